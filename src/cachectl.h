@@ -1,0 +1,110 @@
+/* cachectl.h — the types shared by the C files of cachectl.core: a request as
+ * parsed from its options table, the endpoint rows, and the entry points of
+ * each file. Nothing here is exported from the shared object. */
+#ifndef CACHECTL_H
+#define CACHECTL_H
+
+#include <stddef.h>
+#include <curl/curl.h>
+#include "compat.h"
+
+#define CC_VERSION "0.1.0"
+
+/* Error kinds, in the order of cc_kind_names[]. */
+enum cc_kind {
+    CC_OK = 0, CC_INVALID, CC_CONNECT, CC_TIMEOUT, CC_TLS, CC_HTTP, CC_API,
+    CC_RATE_LIMITED, CC_DECODE, CC_TOO_LARGE
+};
+extern const char *const cc_kind_names[];
+
+/* Options an endpoint takes beyond the common ones. */
+enum {
+    OPT_KEY = 1 << 0, OPT_TOKEN = 1 << 1, OPT_PRODUCT = 1 << 2,
+    OPT_INSTANCE = 1 << 3, OPT_PLAYGROUND = 1 << 4, OPT_MODEL_ID = 1 << 5,
+    OPT_POLICY = 1 << 6, OPT_RESET_AT = 1 << 7
+};
+
+enum cc_auth { AUTH_BODY_KEY, AUTH_BEARER };
+enum cc_rule { RULE_STATUS_SUCCESS, RULE_SUCCESS_NOT_FALSE };
+
+/* One row of the endpoint table (endpoints.c). The path template may hold
+ * {product}, {model_id} and {policy}. */
+typedef struct cc_endpoint {
+    const char *service;     /* "modelslab" or "omni" */
+    const char *name;        /* function name in the service table */
+    const char *path;        /* appended to base_url */
+    enum cc_auth auth;
+    enum cc_rule rule;
+    int idempotent;          /* retried on connection failures, 429, 502-504 */
+    unsigned opts;           /* OPT_* bits accepted */
+} cc_endpoint;
+
+extern const cc_endpoint cc_endpoints[];
+extern const size_t cc_nendpoints;
+const cc_endpoint *cc_endpoint_find(const char *service, const char *name);
+
+/* Growable byte buffer. */
+typedef struct cc_buf { char *data; size_t len, cap; } cc_buf;
+int cc_buf_add(cc_buf *b, const void *p, size_t n);  /* 0 on out of memory */
+void cc_buf_free(cc_buf *b);
+
+/* A request, parsed and validated (options.c). Strings point into the Lua
+ * options table, which stays on the stack while the request runs. */
+typedef struct cc_req {
+    const cc_endpoint *ep;
+    double timeout, connect_timeout;
+    long retries;
+    curl_off_t max_bytes;
+    int verify_tls;
+    const char *user_agent, *proxy, *ca_file;
+    const char *secret; size_t secret_len;   /* key or token */
+    char *url;          /* malloc'd full URL */
+    char *body;         /* malloc'd JSON body */
+    size_t body_len;
+    /* set when validation fails */
+    const char *bad_field;
+    char bad_msg[160];
+} cc_req;
+
+/* options.c: read opts (at index idx) into r. Raises on programming mistakes;
+ * returns 0 and fills r->bad_field/bad_msg on a bad value. */
+int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
+void cc_req_free(cc_req *r);
+void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
+
+/* parse.c: pure text helpers over untrusted input (fuzzed). */
+int cc_is_uuid(const char *s, size_t n);
+int cc_is_slug(const char *s, size_t n);
+int cc_is_dns_label(const char *s, size_t n);
+int cc_has_ctl(const char *s, size_t n);
+int cc_pct_encode(cc_buf *b, const char *s, size_t n);
+int cc_json_string(cc_buf *b, const char *s, size_t n);
+/* RFC 3339 date-time -> epoch seconds; writes the normalised text (T, Z
+ * upper-case) to out. Returns 0 when s is not a date-time. */
+int cc_rfc3339(const char *s, size_t n, double *epoch, char *out, size_t outsz);
+int cc_format_epoch(double t, char *out, size_t outsz);
+/* Retry-After header value -> seconds from now (< 0 when unusable). */
+double cc_retry_after(const char *s, size_t n, double now_epoch);
+/* 0 ok, else a static message; *is_http tells whether the scheme is http. */
+const char *cc_check_base_url(const char *s, size_t n);
+
+/* errors.c */
+void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,
+                   long status, const char *code, double retry_after,
+                   int attempts, const char *field, const cc_req *r);
+void cc_errors_init(lua_State *L);
+
+/* transport.c */
+typedef struct cc_session cc_session;
+cc_session *cc_session_new(lua_State *L);        /* pushes the userdata */
+cc_session *cc_session_check(lua_State *L, int idx);
+/* Runs n requests (opts tables in the array at list_idx, or the single
+ * table at list_idx when n == 0), up to concurrency at once. Pushes the
+ * results: for a single request res or nil, err; for a list, one array of
+ * { result = ..., err = ... }. Returns the number of values pushed. */
+int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int list_idx,
+           int single, int concurrency);
+void cc_transport_init(lua_State *L);
+double cc_now_epoch(void);
+
+#endif

@@ -1,0 +1,38 @@
+/* compat.h — the only place that knows Lua versions apart. Lua 5.1 and
+ * LuaJIT (5.1 ABI) lack a few calls of 5.2+; the shims are static and
+ * prefixed, never redefinitions of public Lua API symbols. */
+#ifndef CACHECTL_COMPAT_H
+#define CACHECTL_COMPAT_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#if LUA_VERSION_NUM >= 502
+#define cc_rawlen(L, i) lua_rawlen(L, (i))
+#else
+#define cc_rawlen(L, i) lua_objlen(L, (i))
+#endif
+
+#if LUA_VERSION_NUM >= 502
+#define cc_setfuncs(L, l) luaL_setfuncs(L, (l), 0)
+#else
+static inline void cc_setfuncs(lua_State *L, const luaL_Reg *l)
+{
+    for (; l->name; l++) {
+        lua_pushcfunction(L, l->func);
+        lua_setfield(L, -2, l->name);
+    }
+}
+#endif
+
+#define cc_absindex(L, i) \
+    ((i) > 0 || (i) <= LUA_REGISTRYINDEX ? (i) : lua_gettop(L) + (i) + 1)
+
+/* Lua 5.1's lua_newuserdata has no user values; plain userdata suffices. */
+#if LUA_VERSION_NUM >= 504
+#define cc_newuserdata(L, sz) lua_newuserdatauv(L, (sz), 0)
+#else
+#define cc_newuserdata(L, sz) lua_newuserdata(L, (sz))
+#endif
+
+#endif

@@ -1,0 +1,288 @@
+/* parse.c — the pure text helpers: validators for option values, percent-
+ * and JSON-encoding, the RFC 3339 and Retry-After parsers and the base URL
+ * check. No Lua here, so the fuzz targets can drive every function. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <math.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include "cachectl.h"
+
+int cc_buf_add(cc_buf *b, const void *p, size_t n)
+{
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap ? b->cap : 256;
+        char *d;
+        while (cap - b->len < n) {
+            if (cap > ((size_t)-1) / 2) return 0;
+            cap *= 2;
+        }
+        d = realloc(b->data, cap);
+        if (!d) return 0;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 1;
+}
+
+void cc_buf_free(cc_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static int is_hex(int c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static int is_lower_alnum(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+int cc_is_uuid(const char *s, size_t n)
+{
+    size_t i;
+    if (n != 36) return 0;
+    for (i = 0; i < n; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-') return 0;
+        } else if (!is_hex((unsigned char)s[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int cc_is_slug(const char *s, size_t n)
+{
+    size_t i;
+    if (n == 0) return 0;
+    for (i = 0; i < n; i++)
+        if (!is_lower_alnum((unsigned char)s[i]) && s[i] != '-') return 0;
+    return 1;
+}
+
+int cc_is_dns_label(const char *s, size_t n)
+{
+    return n >= 1 && n <= 63 && cc_is_slug(s, n) && s[0] != '-' && s[n - 1] != '-';
+}
+
+int cc_has_ctl(const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 1;
+    return 0;
+}
+
+/* Everything but RFC 3986 unreserved characters is encoded, so no byte of a
+ * policy name can end the segment or start a query or fragment. */
+int cc_pct_encode(cc_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (is_lower_alnum(c) || (c >= 'A' && c <= 'Z') || c == '-' || c == '.' ||
+            c == '_' || c == '~') {
+            if (!cc_buf_add(b, &c, 1)) return 0;
+        } else {
+            char e[3] = { '%', hex[c >> 4], hex[c & 15] };
+            if (!cc_buf_add(b, e, 3)) return 0;
+        }
+    }
+    return 1;
+}
+
+/* A JSON string literal; bytes >= 0x80 pass through as they are. */
+int cc_json_string(cc_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+    if (!cc_buf_add(b, "\"", 1)) return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = { '\\', (char)c };
+            if (!cc_buf_add(b, e, 2)) return 0;
+        } else if (c < 0x20 || c == 0x7f) {
+            char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            if (!cc_buf_add(b, e, 6)) return 0;
+        } else if (!cc_buf_add(b, &c, 1)) {
+            return 0;
+        }
+    }
+    return cc_buf_add(b, "\"", 1);
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
+static long days_from_civil(long y, int m, int d)
+{
+    long era, yoe, doy, doe;
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153L * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int digits(const char *s, size_t n, size_t at, size_t count, int *out)
+{
+    size_t i;
+    int v = 0;
+    if (at + count > n) return 0;
+    for (i = at; i < at + count; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int dm[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : dm[m - 1];
+}
+
+/* full-date "T" full-time, where full-time is HH:MM:SS[.frac](Z|+HH:MM|-HH:MM). */
+int cc_rfc3339(const char *s, size_t n, double *epoch, char *out, size_t outsz)
+{
+    int y, mo, d, h, mi, se, oh = 0, om = 0, sign = 0;
+    size_t i = 19, fstart = 0, fend = 0;
+    double frac = 0, scale = 0.1;
+    if (!digits(s, n, 0, 4, &y) || n < 20 || s[4] != '-' || !digits(s, n, 5, 2, &mo) ||
+        s[7] != '-' || !digits(s, n, 8, 2, &d) || (s[10] != 'T' && s[10] != 't') ||
+        !digits(s, n, 11, 2, &h) || s[13] != ':' || !digits(s, n, 14, 2, &mi) ||
+        s[16] != ':' || !digits(s, n, 17, 2, &se))
+        return 0;
+    if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 60)
+        return 0;
+    if (s[i] == '.') {
+        fstart = ++i;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            frac += (s[i] - '0') * scale;
+            scale /= 10;
+            i++;
+        }
+        fend = i;
+        if (fend == fstart) return 0;
+    }
+    if (i < n && (s[i] == 'Z' || s[i] == 'z')) {
+        i++;
+    } else if (i < n && (s[i] == '+' || s[i] == '-')) {
+        sign = s[i] == '-' ? -1 : 1;
+        if (!digits(s, n, i + 1, 2, &oh) || i + 3 >= n || s[i + 3] != ':' ||
+            !digits(s, n, i + 4, 2, &om) || oh > 23 || om > 59)
+            return 0;
+        i += 6;
+    } else {
+        return 0;
+    }
+    if (i != n || n >= outsz) return 0;
+    *epoch = (double)days_from_civil(y, mo, d) * 86400.0 + h * 3600 + mi * 60 + se + frac -
+             sign * (oh * 3600 + om * 60);
+    memcpy(out, s, n);
+    out[10] = 'T';
+    if (out[n - 1] == 'z') out[n - 1] = 'Z';
+    out[n] = '\0';
+    return 1;
+}
+
+int cc_format_epoch(double t, char *out, size_t outsz)
+{
+    struct tm tm;
+    time_t secs;
+    double whole;
+    int ms, len;
+    if (!(t >= 0) || t > 253402300799.0) return 0;   /* up to 9999-12-31 */
+    whole = floor(t);
+    ms = (int)((t - whole) * 1000.0 + 0.5);
+    if (ms == 1000) { whole += 1; ms = 0; }
+    secs = (time_t)whole;
+    if (!gmtime_r(&secs, &tm)) return 0;
+    len = (int)strftime(out, outsz, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (len == 0) return 0;
+    if (ms) len += snprintf(out + len, outsz - (size_t)len, ".%03d", ms);
+    return snprintf(out + len, outsz - (size_t)len, "Z") == 1;
+}
+
+/* delta-seconds or an HTTP date (curl_getdate knows all three forms). */
+double cc_retry_after(const char *s, size_t n, double now_epoch)
+{
+    char tmp[64];
+    size_t i = 0;
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+        n--;
+    while (i < n && (s[i] == ' ' || s[i] == '\t')) i++;
+    s += i;
+    n -= i;
+    if (n == 0 || n >= sizeof tmp) return -1;
+    memcpy(tmp, s, n);
+    tmp[n] = '\0';
+    if (strspn(tmp, "0123456789") == n) {
+        return n > 9 ? 1e9 : atof(tmp);
+    } else {
+        time_t t = curl_getdate(tmp, NULL);
+        if (t == -1) return -1;
+        return (double)t > now_epoch ? (double)t - now_epoch : 0;
+    }
+}
+
+static int is_loopback_host(const char *h)
+{
+    unsigned char a[16];
+    char tmp[64];
+    size_t n = strlen(h);
+    if (strcasecmp(h, "localhost") == 0) return 1;
+    if (inet_pton(AF_INET, h, a) == 1) return a[0] == 127;
+    if (n > 2 && n < sizeof tmp && h[0] == '[' && h[n - 1] == ']') {
+        memcpy(tmp, h + 1, n - 2);
+        tmp[n - 2] = '\0';
+        return inet_pton(AF_INET6, tmp, a) == 1 && memcmp(a, &in6addr_loopback, 16) == 0;
+    }
+    return 0;
+}
+
+/* Parsed by libcurl itself, so the host we judge is the host it will use. */
+const char *cc_check_base_url(const char *s, size_t n)
+{
+    CURLU *u;
+    char *tmp, *scheme = NULL, *host = NULL, *part = NULL;
+    const char *bad = NULL;
+    if (n == 0 || strlen(s) != n || cc_has_ctl(s, n)) return "must be an http(s):// URL";
+    if (strncasecmp(s, "http://", 7) != 0 && strncasecmp(s, "https://", 8) != 0)
+        return "must be an http(s):// URL";
+    if (!(u = curl_url()) || !(tmp = malloc(n + 1))) {
+        curl_url_cleanup(u);
+        return "could not be parsed (out of memory)";
+    }
+    memcpy(tmp, s, n + 1);
+    if (curl_url_set(u, CURLUPART_URL, tmp, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+        bad = "is not a valid URL";
+    } else if (curl_url_get(u, CURLUPART_USER, &part, 0) == CURLUE_OK) {
+        bad = "must not carry user information";
+    } else if (curl_url_get(u, CURLUPART_QUERY, &part, 0) == CURLUE_OK ||
+               curl_url_get(u, CURLUPART_FRAGMENT, &part, 0) == CURLUE_OK) {
+        bad = "must not carry a query or fragment";
+    } else if (strcmp(scheme, "http") == 0 && !is_loopback_host(host)) {
+        bad = "must use https:// (plain http:// is only for loopback hosts)";
+    }
+    curl_free(part);
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(u);
+    free(tmp);
+    return bad;
+}

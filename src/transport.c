@@ -1,0 +1,633 @@
+/* transport.c — the request engine. A session owns a libcurl multi handle
+ * (and so its connection cache: calls on one session reuse connections) and
+ * a few idle easy handles. cc_run drives one or many requests through it:
+ * attempts, retries with Retry-After or jittered backoff inside the call's
+ * deadline, and the reading of each answer into a result or an error.
+ *
+ * Lua is only touched between libcurl calls: the callbacks copy bytes into C
+ * buffers and never raise. The requests of a run live in a userdata with a
+ * __gc, so even a memory error raised mid-run frees every handle. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include "cachectl.h"
+
+#define SESSION_MT "cachectl.session"
+#define RUN_MT "cachectl.run"
+#define POOL_MAX 16
+#define MSG_MAX 400
+
+struct run;
+
+struct cc_session {
+    CURLM *multi;
+    CURL *pool[POOL_MAX];
+    int npool;
+    uint64_t rng;
+    struct run *active;     /* the run in progress, closed with the session */
+};
+
+enum { X_WAIT, X_RUN, X_DONE };
+
+typedef struct xfer {
+    cc_req req;
+    CURL *easy;
+    struct curl_slist *headers;
+    cc_buf resp;
+    int too_large, oom, state, attempts;
+    double deadline, next_start;
+    char retry_after[64];
+    char errbuf[CURL_ERROR_SIZE];
+} xfer;
+
+typedef struct run {
+    cc_session *s;
+    size_t n;
+    int oom;
+    xfer *x;
+} run;
+
+/* What one attempt came to. */
+typedef struct outcome {
+    enum cc_kind kind;
+    long status;
+    int retryable;
+    double retry_after;
+    char msg[MSG_MAX];
+    char code[64];
+} outcome;
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+double cc_now_epoch(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double jitter(cc_session *s)
+{
+    s->rng ^= s->rng << 13;
+    s->rng ^= s->rng >> 7;
+    s->rng ^= s->rng << 17;
+    return (double)(s->rng >> 11) / 9007199254740992.0;
+}
+
+/* ---- the session ---------------------------------------------------- */
+
+static void run_release(run *r);
+
+static void session_close(cc_session *s)
+{
+    if (s->active) run_release(s->active);
+    while (s->npool > 0) curl_easy_cleanup(s->pool[--s->npool]);
+    if (s->multi) curl_multi_cleanup(s->multi);
+    s->multi = NULL;
+}
+
+cc_session *cc_session_new(lua_State *L)
+{
+    cc_session *s = cc_newuserdata(L, sizeof *s);
+    memset(s, 0, sizeof *s);
+    luaL_getmetatable(L, SESSION_MT);
+    lua_setmetatable(L, -2);
+    s->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)s;
+    if (!s->rng) s->rng = 0x9e3779b97f4a7c15ULL;
+    if (!(s->multi = curl_multi_init())) luaL_error(L, "cachectl: cannot create a libcurl multi handle");
+    return s;
+}
+
+cc_session *cc_session_check(lua_State *L, int idx)
+{
+    cc_session *s = luaL_checkudata(L, idx, SESSION_MT);
+    if (!s->multi) luaL_error(L, "cachectl: session is closed");
+    return s;
+}
+
+static int session_gc(lua_State *L)
+{
+    session_close(luaL_checkudata(L, 1, SESSION_MT));
+    return 0;
+}
+
+static int session_tostring(lua_State *L)
+{
+    cc_session *s = luaL_checkudata(L, 1, SESSION_MT);
+    lua_pushfstring(L, "cachectl.session (%s)", s->multi ? "open" : "closed");
+    return 1;
+}
+
+static CURL *easy_get(cc_session *s)
+{
+    CURL *e;
+    if (s->npool == 0) return curl_easy_init();
+    e = s->pool[--s->npool];
+    curl_easy_reset(e);
+    return e;
+}
+
+static void easy_put(cc_session *s, CURL *e)
+{
+    if (s->npool < POOL_MAX) s->pool[s->npool++] = e;
+    else curl_easy_cleanup(e);
+}
+
+/* ---- one run: its requests and their cleanup ------------------------ */
+
+static void xfer_release(cc_session *s, xfer *x)
+{
+    if (x->easy) {
+        if (x->state == X_RUN && s->multi) curl_multi_remove_handle(s->multi, x->easy);
+        easy_put(s, x->easy);
+        x->easy = NULL;
+    }
+    curl_slist_free_all(x->headers);
+    x->headers = NULL;
+    cc_buf_free(&x->resp);
+    cc_req_free(&x->req);
+}
+
+static void run_release(run *r)
+{
+    size_t i;
+    if (!r->x) return;
+    for (i = 0; i < r->n; i++) xfer_release(r->s, &r->x[i]);
+    free(r->x);
+    r->x = NULL;
+    if (r->s->active == r) r->s->active = NULL;
+}
+
+static int run_gc(lua_State *L)
+{
+    run_release(lua_touserdata(L, 1));
+    return 0;
+}
+
+static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
+{
+    xfer *x = ud;
+    size_t n = size * nmemb;
+    if ((curl_off_t)(x->resp.len + n) > x->req.max_bytes) {
+        x->too_large = 1;
+        return 0;
+    }
+    if (!cc_buf_add(&x->resp, p, n)) {
+        x->oom = 1;
+        return 0;
+    }
+    return n;
+}
+
+static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
+{
+    xfer *x = ud;
+    size_t n = size * nmemb;
+    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) x->retry_after[0] = '\0';   /* a new response */
+    if (n > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
+        size_t len = n - 12 < sizeof x->retry_after - 1 ? n - 12 : sizeof x->retry_after - 1;
+        memcpy(x->retry_after, p + 12, len);
+        x->retry_after[len] = '\0';
+    }
+    return n;
+}
+
+static int build_headers(xfer *x)
+{
+    struct curl_slist *h = NULL, *t;
+    const char *fixed[] = { "Content-Type: application/json", "Accept: application/json", "Expect:" };
+    size_t i;
+    for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        if (!(t = curl_slist_append(h, fixed[i]))) goto fail;
+        h = t;
+    }
+    if (x->req.ep->auth == AUTH_BEARER) {
+        cc_buf b = { 0 };
+        int ok = cc_buf_add(&b, "Authorization: Bearer ", 22) &&
+                 cc_buf_add(&b, x->req.secret, x->req.secret_len) && cc_buf_add(&b, "", 1);
+        t = ok ? curl_slist_append(h, b.data) : NULL;
+        if (b.data) memset(b.data, 0, b.len);
+        cc_buf_free(&b);
+        if (!t) goto fail;
+        h = t;
+    }
+    x->headers = h;
+    return 1;
+fail:
+    curl_slist_free_all(h);
+    return 0;
+}
+
+static long ms(double seconds)
+{
+    double v = ceil(seconds * 1000.0);
+    return v < 1 ? 1 : v > 1e9 ? 1000000000L : (long)v;
+}
+
+/* Returns 0 when out of memory. */
+static int start_attempt(cc_session *s, xfer *x, double now)
+{
+    const cc_req *q = &x->req;
+    double left = x->deadline - now;
+    CURL *e;
+    if (!x->headers && !build_headers(x)) return 0;
+    if (!(e = easy_get(s))) return 0;
+    x->easy = e;
+    x->resp.len = 0;
+    x->too_large = 0;
+    x->retry_after[0] = x->errbuf[0] = '\0';
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_URL, q->url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, q->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)q->body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(left));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(q->connect_timeout < left ? q->connect_timeout : left));
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, q->max_bytes);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, q->verify_tls ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, q->verify_tls ? 2L : 0L);
+    if (q->proxy) curl_easy_setopt(e, CURLOPT_PROXY, q->proxy);
+    if (q->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    if (curl_multi_add_handle(s->multi, e) != CURLM_OK) return 0;
+    x->state = X_RUN;
+    x->attempts++;
+    return 1;
+}
+
+/* ---- reading an answer ---------------------------------------------- */
+
+/* Decodes the answer with cjson; leaves the table on the stack, or nothing. */
+static int decode(lua_State *L, const cc_buf *b)
+{
+    if (b->len == 0) return 0;
+    lua_getfield(L, LUA_REGISTRYINDEX, "cachectl.decode");
+    lua_pushlstring(L, b->data, b->len);
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    return 1;
+}
+
+/* A service value as text: integral numbers without cjson's ".0". */
+static int value_text(lua_State *L, int idx, char *out, size_t sz)
+{
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        snprintf(out, sz, "%s", lua_tostring(L, idx));
+    } else if (lua_type(L, idx) == LUA_TNUMBER) {
+        double d = lua_tonumber(L, idx);
+        if (d == floor(d) && fabs(d) < 1e15) snprintf(out, sz, "%.0f", d);
+        else snprintf(out, sz, "%.17g", d);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Fills message, code and retry_after from a decoded body at the top. */
+static void read_error_body(lua_State *L, outcome *o)
+{
+    static const char *msg_fields[] = { "message", "messege", "error" };
+    size_t i;
+    for (i = 0; i < 3; i++) {
+        lua_getfield(L, -1, msg_fields[i]);
+        if (lua_type(L, -1) == LUA_TSTRING && cc_rawlen(L, -1) > 0) {
+            snprintf(o->msg, sizeof o->msg, "%s", lua_tostring(L, -1));
+            i = 3;
+        }
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, -1, "error_code");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "error");
+    }
+    if (!value_text(L, -1, o->code, sizeof o->code)) o->code[0] = '\0';
+    lua_pop(L, 1);
+    if (o->retry_after < 0) {
+        lua_getfield(L, -1, "retry_after");
+        if (lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TSTRING) {
+            double v = lua_tonumber(L, -1);
+            if (lua_isnumber(L, -1) && v >= 0 && v < 1e9) o->retry_after = v;
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static int body_says_success(lua_State *L, const cc_endpoint *ep)
+{
+    int ok;
+    if (ep->rule == RULE_STATUS_SUCCESS) {
+        lua_getfield(L, -1, "status");
+        ok = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "success") == 0;
+    } else {
+        lua_getfield(L, -1, "success");
+        ok = !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
+    }
+    lua_pop(L, 1);
+    return ok;
+}
+
+static int is_tls_error(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND: case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED: case CURLE_USE_SSL_FAILED:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A transfer that libcurl ended with an error. */
+static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
+{
+    const char *why = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    curl_off_t connect_us = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+    if (x->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+        o->kind = CC_TOO_LARGE;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &o->status);
+        snprintf(o->msg, sizeof o->msg, "answer larger than max_response_bytes (%lld bytes)",
+                 (long long)x->req.max_bytes);
+    } else if (rc == CURLE_OPERATION_TIMEDOUT) {
+        o->kind = CC_TIMEOUT;
+        if (connect_us == 0 && now < x->deadline) {
+            o->retryable = 1;
+            snprintf(o->msg, sizeof o->msg, "could not connect within connect_timeout (%gs)",
+                     x->req.connect_timeout);
+        } else {
+            snprintf(o->msg, sizeof o->msg, "no complete answer within timeout (%gs)", x->req.timeout);
+        }
+    } else if (is_tls_error(rc)) {
+        o->kind = CC_TLS;
+        snprintf(o->msg, sizeof o->msg, "TLS failure: %s", why);
+    } else {
+        o->kind = CC_CONNECT;
+        o->retryable = 1;
+        snprintf(o->msg, sizeof o->msg, "%s", why);
+    }
+}
+
+/* A complete HTTP answer. On success leaves the decoded table on the stack
+ * and returns 1. */
+static int read_answer(lua_State *L, xfer *x, outcome *o)
+{
+    int decoded;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &o->status);
+    o->retry_after = x->retry_after[0] ? cc_retry_after(x->retry_after, strlen(x->retry_after),
+                                                         cc_now_epoch())
+                                       : -1;
+    decoded = decode(L, &x->resp);
+    if (o->status >= 200 && o->status < 300) {
+        if (!decoded) {
+            o->kind = CC_DECODE;
+            snprintf(o->msg, sizeof o->msg, "%s answer (HTTP %ld) is not a JSON object",
+                     x->resp.len ? "the" : "the empty", o->status);
+            return 0;
+        }
+        if (body_says_success(L, x->req.ep)) return 1;
+        o->kind = CC_API;
+        snprintf(o->msg, sizeof o->msg, "the service reported a failure");
+    } else {
+        o->kind = o->status == 429 ? CC_RATE_LIMITED : CC_HTTP;
+        o->retryable = o->status == 429 || o->status == 502 || o->status == 503 || o->status == 504;
+        snprintf(o->msg, sizeof o->msg, "the service answered HTTP %ld", o->status);
+    }
+    if (decoded) {
+        read_error_body(L, o);
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Decides what follows an attempt: another one later, or a result pushed as
+ * two values (res, nil) or (nil, err). Returns 1 when the request is done. */
+static int finish(lua_State *L, run *r, xfer *x, CURLcode rc)
+{
+    double now = mono();
+    outcome o;
+    memset(&o, 0, sizeof o);
+    o.retry_after = -1;
+    if (x->oom) {
+        r->oom = 1;
+        x->state = X_DONE;
+        return 0;
+    }
+    if (rc != CURLE_OK) {
+        read_failure(x, rc, now, &o);
+    } else if (read_answer(L, x, &o)) {
+        lua_pushnil(L);
+        x->state = X_DONE;
+        return 1;
+    }
+    if (o.retryable && x->req.ep->idempotent && x->attempts <= x->req.retries) {
+        double wait = o.retry_after;
+        if (wait < 0) {
+            double cap = 0.5 * pow(2, x->attempts - 1);
+            wait = jitter(r->s) * (cap > 30 ? 30 : cap);
+        }
+        if (now + wait < x->deadline) {
+            x->state = X_WAIT;
+            x->next_start = now + wait;
+            return 0;
+        }
+        if (o.retry_after >= 0) {
+            o.kind = CC_RATE_LIMITED;
+            snprintf(o.msg + strlen(o.msg), sizeof o.msg - strlen(o.msg),
+                     "; asked to wait %gs, past the timeout", o.retry_after);
+        }
+    }
+    lua_pushnil(L);
+    cc_push_error(L, o.kind, o.msg, o.status, o.code[0] ? o.code : NULL, o.retry_after,
+                  x->attempts, NULL, &x->req);
+    x->state = X_DONE;
+    return 1;
+}
+
+/* ---- the loop ------------------------------------------------------- */
+
+/* Stores the two values on top as out[i] = { result = ..., err = ... }. */
+static void store(lua_State *L, int out, size_t i)
+{
+    if (!out) return;
+    lua_createtable(L, 0, 2);
+    lua_insert(L, -3);
+    lua_setfield(L, -3, "err");
+    lua_setfield(L, -2, "result");
+    lua_rawseti(L, out, (int)i + 1);
+}
+
+static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
+{
+    cc_session *s = r->s;
+    int active = 0;
+    while (done < r->n && !r->oom) {
+        double now = mono(), wake = now + 1.0;
+        int running, queued;
+        size_t i;
+        CURLMsg *m;
+        for (i = 0; i < r->n && !r->oom; i++) {
+            xfer *x = &r->x[i];
+            if (x->state != X_WAIT || active >= concurrency) continue;
+            if (x->next_start <= now) {
+                if (!start_attempt(s, x, now)) r->oom = 1;
+                else active++;
+            } else if (x->next_start < wake) {
+                wake = x->next_start;
+            }
+        }
+        curl_multi_perform(s->multi, &running);
+        while ((m = curl_multi_info_read(s->multi, &queued)) != NULL) {
+            xfer *x = NULL;
+            CURLcode rc = m->data.result;
+            if (m->msg != CURLMSG_DONE) continue;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+            curl_multi_remove_handle(s->multi, x->easy);
+            x->state = X_DONE;
+            active--;
+            if (finish(L, r, x, rc)) {
+                store(L, out, (size_t)(x - r->x));
+                done++;
+            }
+            easy_put(s, x->easy);
+            x->easy = NULL;
+        }
+        if (done < r->n && !r->oom) {
+            double left = wake - mono();
+            curl_multi_poll(s->multi, NULL, 0, left <= 0 ? 0 : (int)ceil(left * 1000), NULL);
+        }
+    }
+}
+
+int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int single,
+           int concurrency)
+{
+    size_t n = single ? 1 : cc_rawlen(L, idx), i, done = 0;
+    int out = 0;
+    double now = mono();
+    run *r;
+    idx = cc_absindex(L, idx);
+    if (!single) {
+        lua_createtable(L, (int)n, 0);
+        out = lua_gettop(L);
+    }
+    r = cc_newuserdata(L, sizeof *r);
+    memset(r, 0, sizeof *r);
+    luaL_getmetatable(L, RUN_MT);
+    lua_setmetatable(L, -2);
+    r->s = s;
+    if (n > 0 && !(r->x = calloc(n, sizeof *r->x))) luaL_error(L, "not enough memory");
+    r->n = n;
+    s->active = r;
+    for (i = 0; i < n; i++) {
+        xfer *x = &r->x[i];
+        x->state = X_DONE;
+        if (!single) {
+            lua_rawgeti(L, idx, (int)i + 1);
+            luaL_checktype(L, -1, LUA_TTABLE);
+        }
+        if (cc_req_parse(L, single ? idx : -1, ep, &x->req)) {
+            x->state = X_WAIT;
+            x->deadline = now + x->req.timeout;
+        } else {
+            if (!single) lua_pop(L, 1);
+            lua_pushnil(L);
+            cc_push_error(L, CC_INVALID, x->req.bad_msg, 0, NULL, -1, 0, x->req.bad_field, NULL);
+            store(L, out, i);
+            done++;
+            continue;
+        }
+        if (!single) lua_pop(L, 1);
+    }
+    drive(L, r, out, concurrency < 1 ? 1 : concurrency, done);
+    run_release(r);
+    if (r->oom) luaL_error(L, "not enough memory");
+    if (single) return 2;
+    lua_pushvalue(L, out);
+    return 1;
+}
+
+/* ---- the session as seen from Lua ------------------------------------ */
+
+static const cc_endpoint *endpoint_arg(lua_State *L, int i)
+{
+    const char *service = luaL_checkstring(L, i), *name = luaL_checkstring(L, i + 1);
+    const cc_endpoint *ep = cc_endpoint_find(service, name);
+    if (!ep) luaL_error(L, "cachectl: no endpoint %s.%s", service, name);
+    return ep;
+}
+
+/* res, err = session:call(service, name, opts) */
+static int session_call(lua_State *L)
+{
+    cc_session *s = cc_session_check(L, 1);
+    const cc_endpoint *ep = endpoint_arg(L, 2);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    return cc_run(L, s, ep, 4, 1, 1);
+}
+
+/* items = session:batch(service, name, list_of_opts, concurrency), each item
+ * { result = ..., err = ... } in input order. */
+static int session_batch(lua_State *L)
+{
+    cc_session *s = cc_session_check(L, 1);
+    const cc_endpoint *ep = endpoint_arg(L, 2);
+    lua_Integer conc = luaL_optinteger(L, 5, 8);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_argcheck(L, conc >= 1, 5, "concurrency must be >= 1");
+    return cc_run(L, s, ep, 4, 0, conc > 100000 ? 100000 : (int)conc);
+}
+
+static int session_new_l(lua_State *L)
+{
+    cc_session_new(L);
+    return 1;
+}
+
+void cc_transport_init(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        { "call", session_call }, { "batch", session_batch }, { "close", session_gc }, { NULL, NULL }
+    };
+    luaL_newmetatable(L, SESSION_MT);
+    lua_pushcfunction(L, session_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, session_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, session_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_newtable(L);
+    cc_setfuncs(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, RUN_MT);
+    lua_pushcfunction(L, run_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, session_new_l);
+    lua_setfield(L, -2, "session");
+}
