@@ -8,6 +8,12 @@
 #include <curl/curl.h>
 #include "compat.h"
 
+/* Only luaopen_cachectl_core leaves the shared object, however it is built
+ * (the luarocks builtin backend passes no -fvisibility flag). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 #define CC_VERSION "0.1.0"
 
 /* Error kinds, in the order of cc_kind_names[]. */

@@ -33,7 +33,7 @@ static int call_endpoint(lua_State *L)
     return cc_run(L, s, ep, 1, 1, 1);
 }
 
-/* endpoints["omni.reset_cache"] = { service, name, idempotent, options = { name = true } } */
+/* endpoints["omni.reset_cache"] = { service, name, idempotent, options = { name = type } } */
 static void push_endpoint_info(lua_State *L, const cc_endpoint *ep)
 {
     lua_createtable(L, 0, 4);

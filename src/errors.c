@@ -13,12 +13,13 @@ const char *const cc_kind_names[] = {
     "ok", "invalid", "connect", "timeout", "tls", "http", "api", "rate_limited", "decode", "too_large"
 };
 
-/* Pushes s with every occurrence of the secret replaced by "***". */
+/* Pushes s with every occurrence of the secret replaced by "***". Secrets
+ * under 4 bytes are left alone: they would match ordinary words. */
 static void push_scrubbed(lua_State *L, const char *s, const cc_req *r)
 {
     luaL_Buffer b;
     const char *hit;
-    if (!r || !r->secret || r->secret_len == 0) {
+    if (!r || !r->secret || r->secret_len < 4) {
         lua_pushstring(L, s);
         return;
     }

@@ -60,13 +60,15 @@ static const char *user_agent_default(void)
     return ua;
 }
 
+/* { name = "string" | "number" | "boolean" | "string|number" } */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
 {
     int i;
     lua_newtable(L);
     for (i = 0; i < O_COUNT; i++) {
         if (optdefs[i].bit && !(ep->opts & optdefs[i].bit)) continue;
-        lua_pushboolean(L, 1);
+        if (optdefs[i].type == T_STR_OR_NUM) lua_pushliteral(L, "string|number");
+        else lua_pushstring(L, lua_typename(L, optdefs[i].type));
         lua_setfield(L, -2, optdefs[i].name);
     }
 }

@@ -1,0 +1,48 @@
+rockspec_format = "3.0"
+package = "cachectl"
+version = "0.1.0-1"
+source = {
+  url = "git+https://github.com/cachectl/cachectl.git",
+  tag = "v0.1.0",
+}
+description = {
+  summary = "Clear and reset remote caches and queues (ModelsLab, Omni) from Lua, natively with libcurl",
+  detailed = [[
+cachectl calls the ModelsLab "Clear User Cache" and Enterprise "Clear Queue"
+endpoints and the Omni "Reset cache" endpoint from a C module built on
+libcurl, with retries, timeouts, kept-alive connections, concurrent batches,
+a command-line tool and a mock server for tests.
+]],
+  homepage = "https://github.com/cachectl/cachectl",
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson >= 2.1",
+  "luasocket >= 3.0",
+}
+external_dependencies = {
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["cachectl.core"] = {
+      sources = {
+        "src/core.c", "src/transport.c", "src/options.c",
+        "src/endpoints.c", "src/errors.c", "src/parse.c",
+      },
+      defines = { "_GNU_SOURCE" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "m" },
+    },
+    cachectl = "lua/cachectl/init.lua",
+    ["cachectl.mock"] = "lua/cachectl/mock.lua",
+  },
+  install = {
+    bin = {
+      ["cachectl-mock"] = "bin/cachectl-mock",
+    },
+  },
+}
