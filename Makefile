@@ -31,3 +31,49 @@ clean:
 	rm -rf build
 
 .PHONY: all clean
+
+# ---- tests and demo ---------------------------------------------------
+# Tests talk to 127.0.0.1 only: never through a proxy from the environment.
+unexport http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
+export NO_PROXY = 127.0.0.1,localhost,::1
+export no_proxy = $(NO_PROXY)
+export LUA_PATH_5_4 = lua/?.lua;lua/?/init.lua;;
+export LUA_CPATH_5_4 = build/5.4/?.so;;
+
+BUSTED = busted --lua=lua5.4
+ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
+
+lint:
+	luacheck .
+	luarocks --lua-version=5.4 lint cachectl-*.rockspec
+
+spec: all
+	$(BUSTED) -o utfTerminal
+
+# The whole suite with the module built under AddressSanitizer (LeakSanitizer
+# included); every process of the run gets the runtime.
+spec-asan:
+	$(MAKE) SANITIZE=address
+	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/support/lsan.supp:print_suppressions=0 \
+	  $(BUSTED) --cpath="build/5.4-address/?.so" -o TAP
+
+# The whole suite under valgrind: no errors, no definite leaks.
+spec-valgrind: all
+	valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=9 \
+	  lua5.4 $(shell command -v busted) --ignore-lua -o TAP
+
+# A local install with luarocks into a throw-away tree, then a require.
+rock:
+	rm -rf build/tree
+	luarocks --lua-version=5.4 --tree build/tree make --deps-mode=none cachectl-*.rockspec >/dev/null
+	cd /tmp && LUA_PATH_5_4="$(CURDIR)/build/tree/share/lua/5.4/?.lua;$(CURDIR)/build/tree/share/lua/5.4/?/init.lua;;" \
+	  LUA_CPATH_5_4="$(CURDIR)/build/tree/lib/lua/5.4/?.so;;" \
+	  lua5.4 -e 'local c = require "cachectl"; assert(c.version and c.omni.new and require("cachectl.mock").start); print("installed rock: cachectl " .. c.version)'
+
+test: all lint spec spec-asan spec-valgrind rock
+
+demo: all
+	bash examples/demo.sh
+
+.PHONY: lint spec spec-asan spec-valgrind rock test demo
