@@ -30,7 +30,7 @@ build = {
     ["cachectl.core"] = {
       sources = {
         "src/core.c", "src/transport.c", "src/options.c",
-        "src/endpoints.c", "src/errors.c", "src/parse.c",
+        "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
       },
       defines = { "_GNU_SOURCE" },
       incdirs = { "$(CURL_INCDIR)" },

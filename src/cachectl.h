@@ -5,6 +5,7 @@
 #define CACHECTL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <curl/curl.h>
 #include "compat.h"
 
@@ -43,6 +44,7 @@ typedef struct cc_endpoint {
     enum cc_rule rule;
     int idempotent;          /* retried on connection failures, 429, 502-504 */
     unsigned opts;           /* OPT_* bits accepted */
+    int per_minute;          /* default client-side rate limit, 0 for none */
 } cc_endpoint;
 
 extern const cc_endpoint cc_endpoints[];
@@ -64,6 +66,8 @@ typedef struct cc_req {
     int verify_tls;
     const char *user_agent, *proxy, *ca_file;
     const char *secret; size_t secret_len;   /* key or token */
+    double limit_requests, limit_per;         /* rate limit; 0 when off */
+    uint64_t limit_key;
     char *url;          /* malloc'd full URL */
     char *body;         /* malloc'd JSON body */
     size_t body_len;
@@ -93,6 +97,10 @@ int cc_format_epoch(double t, char *out, size_t outsz);
 double cc_retry_after(const char *s, size_t n, double now_epoch);
 /* 0 ok, else a static message; *is_http tells whether the scheme is http. */
 const char *cc_check_base_url(const char *s, size_t n);
+
+/* ratelimit.c */
+uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
+double cc_limit_take(uint64_t key, double requests, double per, double now);
 
 /* errors.c */
 void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,

@@ -8,11 +8,11 @@
 #define OMNI (OPT_TOKEN | OPT_INSTANCE | OPT_PLAYGROUND | OPT_MODEL_ID | OPT_POLICY | OPT_RESET_AT)
 
 const cc_endpoint cc_endpoints[] = {
-    { "modelslab", "clear_cache", "/v5/clear_cache", AUTH_BODY_KEY, RULE_STATUS_SUCCESS, 1, ML_KEY },
+    { "modelslab", "clear_cache", "/v5/clear_cache", AUTH_BODY_KEY, RULE_STATUS_SUCCESS, 1, ML_KEY, 0 },
     { "modelslab", "clear_queue", "/v1/enterprise/{product}/clear_queue", AUTH_BODY_KEY,
-      RULE_STATUS_SUCCESS, 1, ML_KEY | OPT_PRODUCT },
+      RULE_STATUS_SUCCESS, 1, ML_KEY | OPT_PRODUCT, 0 },
     { "omni", "reset_cache", "/v1/models/{model_id}/cache_reset/{policy}", AUTH_BEARER,
-      RULE_SUCCESS_NOT_FALSE, 1, OMNI },
+      RULE_SUCCESS_NOT_FALSE, 1, OMNI, 60 },
 };
 
 const size_t cc_nendpoints = sizeof cc_endpoints / sizeof cc_endpoints[0];

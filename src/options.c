@@ -11,10 +11,11 @@
 #define T_NUM LUA_TNUMBER
 #define T_STR LUA_TSTRING
 #define T_STR_OR_NUM (-2)
+#define T_LIMIT (-3)          /* { requests = n, per = seconds } or a boolean */
 
 enum {
     O_BASE_URL, O_TIMEOUT, O_CONNECT_TIMEOUT, O_RETRIES, O_USER_AGENT, O_PROXY,
-    O_CA_FILE, O_VERIFY_TLS, O_MAX_BYTES, O_KEY, O_TOKEN, O_PRODUCT, O_INSTANCE,
+    O_CA_FILE, O_VERIFY_TLS, O_MAX_BYTES, O_RATE_LIMIT, O_KEY, O_TOKEN, O_PRODUCT, O_INSTANCE,
     O_PLAYGROUND, O_MODEL_ID, O_POLICY, O_RESET_AT, O_COUNT
 };
 
@@ -32,6 +33,7 @@ static const struct optdef {
     { "ca_file", T_STR, 0 },
     { "verify_tls", T_BOOL, 0 },
     { "max_response_bytes", T_NUM, 0 },
+    { "rate_limit", T_LIMIT, 0 },
     { "key", T_STR, OPT_KEY },
     { "token", T_STR, OPT_TOKEN },
     { "product", T_STR, OPT_PRODUCT },
@@ -46,9 +48,16 @@ typedef struct slot {
     int set;
     const char *s;
     size_t len;
-    double n;
-    int b;
+    double n, per;      /* per: rate_limit's second number */
+    int b, table;       /* table: rate_limit was given as a table */
 } slot;
+
+static const char *type_name(lua_State *L, int type)
+{
+    return type == T_STR_OR_NUM ? "string or number"
+         : type == T_LIMIT      ? "table or boolean"
+                                : lua_typename(L, type);
+}
 
 static const char *user_agent_default(void)
 {
@@ -68,9 +77,29 @@ void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
     for (i = 0; i < O_COUNT; i++) {
         if (optdefs[i].bit && !(ep->opts & optdefs[i].bit)) continue;
         if (optdefs[i].type == T_STR_OR_NUM) lua_pushliteral(L, "string|number");
+        else if (optdefs[i].type == T_LIMIT) lua_pushliteral(L, "table|boolean");
         else lua_pushstring(L, lua_typename(L, optdefs[i].type));
         lua_setfield(L, -2, optdefs[i].name);
     }
+}
+
+/* rate_limit = { requests = n, per = seconds }: both numbers, nothing else. */
+static void read_limit(lua_State *L, const cc_endpoint *ep, slot *v)
+{
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+        if (strcmp(k, "requests") != 0 && strcmp(k, "per") != 0)
+            luaL_error(L, "%s.%s: option 'rate_limit' takes only 'requests' and 'per'", ep->service,
+                       ep->name);
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "%s.%s: option 'rate_limit.%s' must be a number, got %s", ep->service,
+                       ep->name, k, luaL_typename(L, -1));
+        if (k[0] == 'r') v->n = lua_tonumber(L, -1);
+        else v->per = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    v->b = v->table = 1;
 }
 
 static void read_slots(lua_State *L, int idx, const cc_endpoint *ep, slot *v)
@@ -90,14 +119,14 @@ static void read_slots(lua_State *L, int idx, const cc_endpoint *ep, slot *v)
         if (i == O_COUNT)
             luaL_error(L, "%s.%s: unknown option '%s'", ep->service, ep->name, name);
         if (t != optdefs[i].type &&
-            !(optdefs[i].type == T_STR_OR_NUM && (t == T_STR || t == T_NUM)))
+            !(optdefs[i].type == T_STR_OR_NUM && (t == T_STR || t == T_NUM)) &&
+            !(optdefs[i].type == T_LIMIT && (t == LUA_TTABLE || t == T_BOOL)))
             luaL_error(L, "%s.%s: option '%s' must be a %s, got %s", ep->service, ep->name, name,
-                       optdefs[i].type == T_STR_OR_NUM ? "string or number"
-                                                       : lua_typename(L, optdefs[i].type),
-                       luaL_typename(L, -1));
+                       type_name(L, optdefs[i].type), luaL_typename(L, -1));
         v[i].set = 1;
         if (t == T_STR) v[i].s = lua_tolstring(L, -1, &v[i].len);
         else if (t == T_NUM) v[i].n = lua_tonumber(L, -1);
+        else if (t == LUA_TTABLE) read_limit(L, ep, &v[i]);
         else v[i].b = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
@@ -123,6 +152,23 @@ static int check_secret(cc_req *r, const slot *v, const char *field)
     if (cc_has_ctl(v->s, v->len)) return bad(r, field, "must not contain control characters");
     r->secret = v->s;
     r->secret_len = v->len;
+    return 1;
+}
+
+/* Off with false; true or absent means the endpoint's default (Omni: 60 a
+ * minute); a table needs both numbers > 0. */
+static int check_limit(cc_req *r, const slot *v)
+{
+    double requests = r->ep->per_minute, per = 60;
+    if (v->set && !v->b) requests = 0;
+    else if (v->table) {
+        if (!(v->n >= 1 && v->n <= 1e9 && v->per > 0 && v->per <= 1e9))
+            return bad(r, "rate_limit", "must be { requests = n >= 1, per = seconds > 0 }");
+        requests = v->n;
+        per = v->per;
+    }
+    r->limit_requests = requests;
+    r->limit_per = requests > 0 ? per : 0;
     return 1;
 }
 
@@ -155,7 +201,7 @@ static int check_common(cc_req *r, slot *v)
     r->user_agent = v[O_USER_AGENT].set ? v[O_USER_AGENT].s : user_agent_default();
     r->proxy = v[O_PROXY].set ? v[O_PROXY].s : NULL;
     r->ca_file = v[O_CA_FILE].set ? v[O_CA_FILE].s : NULL;
-    return 1;
+    return check_limit(r, &v[O_RATE_LIMIT]);
 }
 
 static int check_reset_at(cc_req *r, const slot *v, char *out, size_t outsz)
@@ -269,6 +315,9 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
         cc_buf_free(&body);
         luaL_error(L, "not enough memory");
     }
+    if (r->limit_requests > 0)
+        r->limit_key = cc_limit_key(ep->service, r->secret, r->secret_len, r->limit_requests,
+                                    r->limit_per);
     r->url = url.data;
     r->body = body.data;
     r->body_len = body.len;

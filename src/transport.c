@@ -481,6 +481,29 @@ static void store(lua_State *L, int out, size_t i)
     lua_rawseti(L, out, (int)i + 1);
 }
 
+/* The client-side rate limit: 1 when x may start now; else x waits for
+ * its slot, or fails at once when the slot lies past its deadline. */
+static int slot_free(lua_State *L, run *r, xfer *x, int out, double now, size_t *done)
+{
+    char msg[MSG_MAX];
+    double wait;
+    if (x->req.limit_requests <= 0) return 1;
+    wait = cc_limit_take(x->req.limit_key, x->req.limit_requests, x->req.limit_per, now);
+    if (wait <= 0) return 1;
+    if (now + wait < x->deadline) {
+        x->next_start = now + wait;
+        return 0;
+    }
+    snprintf(msg, sizeof msg, "client-side rate limit (%g requests per %gs): no slot before the timeout",
+             x->req.limit_requests, x->req.limit_per);
+    lua_pushnil(L);
+    cc_push_error(L, CC_RATE_LIMITED, msg, 0, NULL, wait, x->attempts, NULL, &x->req);
+    x->state = X_DONE;
+    store(L, out, (size_t)(x - r->x));
+    (*done)++;
+    return 0;
+}
+
 static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
 {
     cc_session *s = r->s;
@@ -493,10 +516,10 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
         for (i = 0; i < r->n && !r->oom; i++) {
             xfer *x = &r->x[i];
             if (x->state != X_WAIT || active >= concurrency) continue;
-            if (x->next_start <= now) {
+            if (x->next_start <= now && slot_free(L, r, x, out, now, &done)) {
                 if (!start_attempt(s, x, now)) r->oom = 1;
                 else active++;
-            } else if (x->next_start < wake) {
+            } else if (x->state == X_WAIT && x->next_start < wake) {
                 wake = x->next_start;
             }
         }

@@ -71,8 +71,8 @@ local function check_options(where, opts, accepts, level)
       error(format("%s: unknown option '%s'", where, tostring(k)), level + 1)
     end
     local t = type(v)
-    if not (t == want or (want == "string|number" and (t == "string" or t == "number"))) then
-      error(format("%s: option '%s' must be a %s, got %s", where, k, want, t), level + 1)
+    if not ("|" .. want .. "|"):find("|" .. t .. "|", 1, true) then
+      error(format("%s: option '%s' must be a %s, got %s", where, k, want:gsub("|", " or "), t), level + 1)
     end
   end
 end
