@@ -18,7 +18,7 @@ ifneq ($(SANITIZE),)
 ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDSAN = -fsanitize=$(SANITIZE)
 endif
-SRC = src/core.c src/transport.c src/options.c src/endpoints.c src/errors.c src/parse.c src/ratelimit.c
+SRC = src/core.c src/transport.c src/options.c src/endpoints.c src/errors.c src/parse.c src/ratelimit.c src/answer.c
 HDR = src/cachectl.h src/compat.h
 
 all: $(OUT)/cachectl/core.so

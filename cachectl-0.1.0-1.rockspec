@@ -31,6 +31,7 @@ build = {
       sources = {
         "src/core.c", "src/transport.c", "src/options.c",
         "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
+        "src/answer.c",
       },
       defines = { "_GNU_SOURCE" },
       incdirs = { "$(CURL_INCDIR)" },

@@ -102,6 +102,21 @@ const char *cc_check_base_url(const char *s, size_t n);
 uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
 double cc_limit_take(uint64_t key, double requests, double per, double now);
 
+/* What one attempt came to (transport.c, answer.c). */
+#define CC_MSG_MAX 400
+typedef struct outcome {
+    enum cc_kind kind;
+    long status;
+    int retryable;
+    double retry_after;     /* < 0: not given */
+    char msg[CC_MSG_MAX];
+    char code[64];
+} outcome;
+
+/* answer.c */
+int cc_interpret(lua_State *L, const cc_endpoint *ep, long status, const char *body, size_t len,
+                 const char *retry_after, outcome *o);
+
 /* errors.c */
 void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,
                    long status, const char *code, double retry_after,

@@ -20,7 +20,6 @@
 #define SESSION_MT "cachectl.session"
 #define RUN_MT "cachectl.run"
 #define POOL_MAX 16
-#define MSG_MAX 400
 
 struct run;
 
@@ -51,16 +50,6 @@ typedef struct run {
     int oom;
     xfer *x;
 } run;
-
-/* What one attempt came to. */
-typedef struct outcome {
-    enum cc_kind kind;
-    long status;
-    int retryable;
-    double retry_after;
-    char msg[MSG_MAX];
-    char code[64];
-} outcome;
 
 static double mono(void)
 {
@@ -275,78 +264,6 @@ static int start_attempt(cc_session *s, xfer *x, double now)
 
 /* ---- reading an answer ---------------------------------------------- */
 
-/* Decodes the answer with cjson; leaves the table on the stack, or nothing. */
-static int decode(lua_State *L, const cc_buf *b)
-{
-    if (b->len == 0) return 0;
-    lua_getfield(L, LUA_REGISTRYINDEX, "cachectl.decode");
-    lua_pushlstring(L, b->data, b->len);
-    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    return 1;
-}
-
-/* A service value as text: integral numbers without cjson's ".0". */
-static int value_text(lua_State *L, int idx, char *out, size_t sz)
-{
-    if (lua_type(L, idx) == LUA_TSTRING) {
-        snprintf(out, sz, "%s", lua_tostring(L, idx));
-    } else if (lua_type(L, idx) == LUA_TNUMBER) {
-        double d = lua_tonumber(L, idx);
-        if (d == floor(d) && fabs(d) < 1e15) snprintf(out, sz, "%.0f", d);
-        else snprintf(out, sz, "%.17g", d);
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
-/* Fills message, code and retry_after from a decoded body at the top. */
-static void read_error_body(lua_State *L, outcome *o)
-{
-    static const char *msg_fields[] = { "message", "messege", "error" };
-    size_t i;
-    for (i = 0; i < 3; i++) {
-        lua_getfield(L, -1, msg_fields[i]);
-        if (lua_type(L, -1) == LUA_TSTRING && cc_rawlen(L, -1) > 0) {
-            snprintf(o->msg, sizeof o->msg, "%s", lua_tostring(L, -1));
-            i = 3;
-        }
-        lua_pop(L, 1);
-    }
-    lua_getfield(L, -1, "error_code");
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_getfield(L, -1, "error");
-    }
-    if (!value_text(L, -1, o->code, sizeof o->code)) o->code[0] = '\0';
-    lua_pop(L, 1);
-    if (o->retry_after < 0) {
-        lua_getfield(L, -1, "retry_after");
-        if (lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TSTRING) {
-            double v = lua_tonumber(L, -1);
-            if (lua_isnumber(L, -1) && v >= 0 && v < 1e9) o->retry_after = v;
-        }
-        lua_pop(L, 1);
-    }
-}
-
-static int body_says_success(lua_State *L, const cc_endpoint *ep)
-{
-    int ok;
-    if (ep->rule == RULE_STATUS_SUCCESS) {
-        lua_getfield(L, -1, "status");
-        ok = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "success") == 0;
-    } else {
-        lua_getfield(L, -1, "success");
-        ok = !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));
-    }
-    lua_pop(L, 1);
-    return ok;
-}
-
 static int is_tls_error(CURLcode rc)
 {
     switch (rc) {
@@ -392,36 +309,12 @@ static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
     }
 }
 
-/* A complete HTTP answer. On success leaves the decoded table on the stack
- * and returns 1. */
+/* A complete HTTP answer: see cc_interpret. */
 static int read_answer(lua_State *L, xfer *x, outcome *o)
 {
-    int decoded;
-    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &o->status);
-    o->retry_after = x->retry_after[0] ? cc_retry_after(x->retry_after, strlen(x->retry_after),
-                                                         cc_now_epoch())
-                                       : -1;
-    decoded = decode(L, &x->resp);
-    if (o->status >= 200 && o->status < 300) {
-        if (!decoded) {
-            o->kind = CC_DECODE;
-            snprintf(o->msg, sizeof o->msg, "%s answer (HTTP %ld) is not a JSON object",
-                     x->resp.len ? "the" : "the empty", o->status);
-            return 0;
-        }
-        if (body_says_success(L, x->req.ep)) return 1;
-        o->kind = CC_API;
-        snprintf(o->msg, sizeof o->msg, "the service reported a failure");
-    } else {
-        o->kind = o->status == 429 ? CC_RATE_LIMITED : CC_HTTP;
-        o->retryable = o->status == 429 || o->status == 502 || o->status == 503 || o->status == 504;
-        snprintf(o->msg, sizeof o->msg, "the service answered HTTP %ld", o->status);
-    }
-    if (decoded) {
-        read_error_body(L, o);
-        lua_pop(L, 1);
-    }
-    return 0;
+    long status = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    return cc_interpret(L, x->req.ep, status, x->resp.data, x->resp.len, x->retry_after, o);
 }
 
 /* Decides what follows an attempt: another one later, or a result pushed as
@@ -485,7 +378,7 @@ static void store(lua_State *L, int out, size_t i)
  * its slot, or fails at once when the slot lies past its deadline. */
 static int slot_free(lua_State *L, run *r, xfer *x, int out, double now, size_t *done)
 {
-    char msg[MSG_MAX];
+    char msg[CC_MSG_MAX];
     double wait;
     if (x->req.limit_requests <= 0) return 1;
     wait = cc_limit_take(x->req.limit_key, x->req.limit_requests, x->req.limit_per, now);
