@@ -75,4 +75,14 @@ test: all lint spec spec-asan spec-valgrind rock
 demo: all
 	bash examples/demo.sh
 
-.PHONY: lint spec spec-asan spec-valgrind rock test demo
+# Benchmarks (bench/Makefile) and fuzzing (fuzz/Makefile) live in their folders.
+bench: all
+	$(MAKE) -C bench all
+
+bench-smoke: all
+	$(MAKE) -C bench smoke
+
+fuzz:
+	$(MAKE) -C fuzz run
+
+.PHONY: lint spec spec-asan spec-valgrind rock test demo bench bench-smoke fuzz
