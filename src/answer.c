@@ -71,6 +71,9 @@ static int body_says_success(lua_State *L, const cc_endpoint *ep)
     if (ep->rule == RULE_STATUS_SUCCESS) {
         lua_getfield(L, -1, "status");
         ok = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "success") == 0;
+    } else if (ep->rule == RULE_STATUS_NOT_ERROR) {
+        lua_getfield(L, -1, "status");
+        ok = !(lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "error") == 0);
     } else {
         lua_getfield(L, -1, "success");
         ok = !(lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1));

@@ -28,18 +28,18 @@ extern const char *const cc_kind_names[];
 enum {
     OPT_KEY = 1 << 0, OPT_TOKEN = 1 << 1, OPT_PRODUCT = 1 << 2,
     OPT_INSTANCE = 1 << 3, OPT_PLAYGROUND = 1 << 4, OPT_MODEL_ID = 1 << 5,
-    OPT_POLICY = 1 << 6, OPT_RESET_AT = 1 << 7
+    OPT_POLICY = 1 << 6, OPT_RESET_AT = 1 << 7, OPT_REQUEST = 1 << 8   /* method, path, body */
 };
 
 enum cc_auth { AUTH_BODY_KEY, AUTH_BEARER };
-enum cc_rule { RULE_STATUS_SUCCESS, RULE_SUCCESS_NOT_FALSE };
+enum cc_rule { RULE_STATUS_SUCCESS, RULE_STATUS_NOT_ERROR, RULE_SUCCESS_NOT_FALSE };
 
 /* One row of the endpoint table (endpoints.c). The path template may hold
  * {product}, {model_id} and {policy}. */
 typedef struct cc_endpoint {
     const char *service;     /* "modelslab" or "omni" */
     const char *name;        /* function name in the service table */
-    const char *path;        /* appended to base_url */
+    const char *path;        /* appended to base_url; {path}: the caller's */
     enum cc_auth auth;
     enum cc_rule rule;
     int idempotent;          /* retried on connection failures, 429, 502-504 */
@@ -69,8 +69,10 @@ typedef struct cc_req {
     double limit_requests, limit_per;         /* rate limit; 0 when off */
     uint64_t limit_key;
     char *url;          /* malloc'd full URL */
-    char *body;         /* malloc'd JSON body */
+    char *body;         /* malloc'd JSON body, NULL for none */
     size_t body_len;
+    const char *method; /* NULL: POST */
+    int retry_ok;       /* idempotent: may be retried */
     /* set when validation fails */
     const char *bad_field;
     char bad_msg[160];

@@ -47,13 +47,17 @@ static void push_endpoint_info(lua_State *L, const cc_endpoint *ep)
     lua_setfield(L, -2, "options");
 }
 
-static void require_decode(lua_State *L)
+/* cjson's decode and encode, looked up once, kept in the registry. */
+static void require_cjson(lua_State *L)
 {
     lua_getglobal(L, "require");
     lua_pushliteral(L, "cjson");
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "decode");
-    if (!lua_isfunction(L, -1)) luaL_error(L, "cachectl.core: cjson.decode not found");
+    lua_getfield(L, -2, "encode");
+    if (!lua_isfunction(L, -1) || !lua_isfunction(L, -2))
+        luaL_error(L, "cachectl.core: cjson.decode or cjson.encode not found");
+    lua_setfield(L, LUA_REGISTRYINDEX, "cachectl.encode");
     lua_setfield(L, LUA_REGISTRYINDEX, "cachectl.decode");
     lua_pop(L, 1);
 }
@@ -69,7 +73,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
         return luaL_error(L, "cachectl.core: curl_global_init failed: %s", curl_easy_strerror(curl_init_rc));
     v = curl_version_info(CURLVERSION_NOW);
     if (!(v->features & CURL_VERSION_SSL)) luaL_error(L, "cachectl.core: libcurl lacks TLS support");
-    require_decode(L);
+    require_cjson(L);
     cc_errors_init(L);
     lua_newtable(L);
     cc_transport_init(L);

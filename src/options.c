@@ -16,7 +16,7 @@
 enum {
     O_BASE_URL, O_TIMEOUT, O_CONNECT_TIMEOUT, O_RETRIES, O_USER_AGENT, O_PROXY,
     O_CA_FILE, O_VERIFY_TLS, O_MAX_BYTES, O_RATE_LIMIT, O_KEY, O_TOKEN, O_PRODUCT, O_INSTANCE,
-    O_PLAYGROUND, O_MODEL_ID, O_POLICY, O_RESET_AT, O_COUNT
+    O_PLAYGROUND, O_MODEL_ID, O_POLICY, O_RESET_AT, O_METHOD, O_PATH, O_BODY, O_COUNT
 };
 
 static const struct optdef {
@@ -42,6 +42,9 @@ static const struct optdef {
     { "model_id", T_STR, OPT_MODEL_ID },
     { "policy", T_STR, OPT_POLICY },
     { "reset_at", T_STR_OR_NUM, OPT_RESET_AT },
+    { "method", T_STR, OPT_REQUEST },
+    { "path", T_STR, OPT_REQUEST },
+    { "body", LUA_TTABLE, OPT_REQUEST },
 };
 
 typedef struct slot {
@@ -126,7 +129,7 @@ static void read_slots(lua_State *L, int idx, const cc_endpoint *ep, slot *v)
         v[i].set = 1;
         if (t == T_STR) v[i].s = lua_tolstring(L, -1, &v[i].len);
         else if (t == T_NUM) v[i].n = lua_tonumber(L, -1);
-        else if (t == LUA_TTABLE) read_limit(L, ep, &v[i]);
+        else if (i == O_RATE_LIMIT && t == LUA_TTABLE) read_limit(L, ep, &v[i]);
         else v[i].b = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
@@ -219,6 +222,43 @@ static int check_reset_at(cc_req *r, const slot *v, char *out, size_t outsz)
     return 1;
 }
 
+/* A path the caller encoded: printable ASCII from '/', no fragment, no dot
+ * segments. */
+static int check_path(const char *p, size_t n)
+{
+    size_t i, seg = 1;
+    if (n == 0 || p[0] != '/' || strlen(p) != n) return 0;
+    for (i = 0; i <= n; i++) {
+        if (i == n || p[i] == '/' || p[i] == '?') {
+            size_t len = i - seg;
+            if ((len == 1 && p[seg] == '.') || (len == 2 && p[seg] == '.' && p[seg + 1] == '.'))
+                return 0;
+            if (i < n && p[i] == '?') break;
+            seg = i + 1;
+        }
+    }
+    for (i = 0; i < n; i++)
+        if ((unsigned char)p[i] <= ' ' || (unsigned char)p[i] >= 0x7f || p[i] == '#') return 0;
+    return 1;
+}
+
+/* client:request(method, path, body): the method decides whether a retry is
+ * safe; the body table is encoded by cjson here, on the Lua stack. */
+static int check_request(cc_req *r, slot *v)
+{
+    static const char *const methods[] = { "GET", "POST", "PUT", "PATCH", "DELETE" };
+    size_t i;
+    if (!v[O_METHOD].set) return bad(r, "method", "is required");
+    for (i = 0; i < 5 && strcmp(v[O_METHOD].s, methods[i]) != 0; i++) {}
+    if (i == 5) return bad(r, "method", "must be one of GET, POST, PUT, PATCH, DELETE");
+    r->method = methods[i];
+    r->retry_ok = i != 1 && i != 3;      /* not POST, not PATCH */
+    if (!v[O_PATH].set) return bad(r, "path", "is required");
+    if (!check_path(v[O_PATH].s, v[O_PATH].len))
+        return bad(r, "path", "must start with '/', be URL-encoded, without '#', '.' or '..' segments");
+    return 1;
+}
+
 static int check_specific(cc_req *r, slot *v, char *reset_at, size_t sz)
 {
     const cc_endpoint *ep = r->ep;
@@ -247,7 +287,8 @@ static int check_specific(cc_req *r, slot *v, char *reset_at, size_t sz)
     }
     reset_at[0] = '\0';
     if (v[O_RESET_AT].set && !check_reset_at(r, &v[O_RESET_AT], reset_at, sz)) return 0;
-    return 1;
+    r->retry_ok = ep->idempotent;
+    return !(ep->opts & OPT_REQUEST) || check_request(r, v);
 }
 
 /* Expands the path template; every value was validated above, and the
@@ -282,17 +323,47 @@ static int build_url(cc_buf *b, const cc_req *r, const slot *v)
             ok = cc_buf_add(b, v[O_MODEL_ID].s, v[O_MODEL_ID].len);
         else if (strncmp(brace, "{policy}", 8) == 0)
             ok = cc_pct_encode(b, v[O_POLICY].s, v[O_POLICY].len);
+        else if (strncmp(brace, "{path}", 6) == 0)
+            ok = cc_buf_add(b, v[O_PATH].s, v[O_PATH].len);
         if (!ok) return 0;
         p = strchr(brace, '}') + 1;
     }
     return cc_buf_add(b, "", 1);
 }
 
-static int build_body(cc_buf *b, const cc_req *r, const char *reset_at)
+/* body = { ... } of client:request, as JSON text pushed on the stack; for
+ * ModelsLab an object without 'key', which is added. Returns 0 when bad. */
+static int encode_body(lua_State *L, int idx, cc_req *r, slot *v)
 {
-    if (r->ep->auth == AUTH_BODY_KEY)
-        return cc_buf_add(b, "{\"key\":", 7) && cc_json_string(b, r->secret, r->secret_len) &&
-               cc_buf_add(b, "}", 1);
+    if (!v[O_BODY].set) return 1;
+    lua_getfield(L, idx, "body");
+    if (r->ep->auth == AUTH_BODY_KEY) {
+        lua_getfield(L, -1, "key");
+        if (!lua_isnil(L, -1)) return bad(r, "body", "must not hold 'key': the client adds it");
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, "cachectl.encode");
+    lua_insert(L, -2);
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_isstring(L, -1))
+        return bad(r, "body", "cannot be encoded as JSON (functions, userdata or sparse arrays?)");
+    v[O_BODY].s = lua_tolstring(L, -1, &v[O_BODY].len);
+    if (r->ep->auth == AUTH_BODY_KEY && v[O_BODY].s[0] != '{')
+        return bad(r, "body", "must be a JSON object (a table with string keys)");
+    return 1;
+}
+
+static int build_body(cc_buf *b, const cc_req *r, const char *reset_at, const slot *body)
+{
+    if (r->ep->auth == AUTH_BODY_KEY) {
+        if (!cc_buf_add(b, "{\"key\":", 7) || !cc_json_string(b, r->secret, r->secret_len))
+            return 0;
+        if (body->s && body->len > 2 && (!cc_buf_add(b, ",", 1) ||
+                                           !cc_buf_add(b, body->s + 1, body->len - 2)))
+            return 0;
+        return cc_buf_add(b, "}", 1);
+    }
+    if (r->ep->opts & OPT_REQUEST)
+        return !body->s || cc_buf_add(b, body->s, body->len);
     if (reset_at[0])
         return cc_buf_add(b, "{\"resetAt\":", 11) &&
                cc_json_string(b, reset_at, strlen(reset_at)) && cc_buf_add(b, "}", 1);
@@ -304,13 +375,20 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
     slot v[O_COUNT];
     char reset_at[64];
     cc_buf url = { 0 }, body = { 0 };
+    int top = lua_gettop(L), ok;
     memset(v, 0, sizeof v);
     memset(r, 0, sizeof *r);
     r->ep = ep;
     idx = cc_absindex(L, idx);
     read_slots(L, idx, ep, v);
-    if (!check_common(r, v) || !check_specific(r, v, reset_at, sizeof reset_at)) return 0;
-    if (!build_url(&url, r, v) || !build_body(&body, r, reset_at)) {
+    if (!check_common(r, v) || !check_specific(r, v, reset_at, sizeof reset_at) ||
+        !encode_body(L, idx, r, v)) {
+        lua_settop(L, top);
+        return 0;
+    }
+    ok = build_url(&url, r, v) && build_body(&body, r, reset_at, &v[O_BODY]);
+    lua_settop(L, top);
+    if (!ok) {
         cc_buf_free(&url);
         cc_buf_free(&body);
         luaL_error(L, "not enough memory");

@@ -147,14 +147,17 @@ static void xfer_release(cc_session *s, xfer *x)
     cc_req_free(&x->req);
 }
 
+/* Idempotent: after the first call the run no longer refers to the session,
+ * so a late __gc never touches it. */
 static void run_release(run *r)
 {
     size_t i;
-    if (!r->x) return;
-    for (i = 0; i < r->n; i++) xfer_release(r->s, &r->x[i]);
+    if (!r->s) return;
+    for (i = 0; i < r->n && r->x; i++) xfer_release(r->s, &r->x[i]);
     free(r->x);
     r->x = NULL;
     if (r->s->active == r) r->s->active = NULL;
+    r->s = NULL;
 }
 
 static int run_gc(lua_State *L)
@@ -240,8 +243,12 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     curl_easy_setopt(e, CURLOPT_URL, q->url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, q->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)q->body_len);
+    if (q->method && strcmp(q->method, "POST") != 0)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q->method);
+    if (q->body || !q->method || strcmp(q->method, "GET") != 0) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, q->body ? q->body : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)q->body_len);
+    }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
     curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(left));
@@ -337,7 +344,7 @@ static int finish(lua_State *L, run *r, xfer *x, CURLcode rc)
         x->state = X_DONE;
         return 1;
     }
-    if (o.retryable && x->req.ep->idempotent && x->attempts <= x->req.retries) {
+    if (o.retryable && x->req.retry_ok && x->attempts <= x->req.retries) {
         double wait = o.retry_after;
         if (wait < 0) {
             double cap = 0.5 * pow(2, x->attempts - 1);

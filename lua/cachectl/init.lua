@@ -11,7 +11,7 @@
 
 local core = require "cachectl.core"
 
-local error, pairs, type, tostring, setmetatable = error, pairs, type, tostring, setmetatable
+local error, pairs, ipairs, type, tostring, setmetatable = error, pairs, ipairs, type, tostring, setmetatable
 local getenv = os.getenv
 local format = string.format
 
@@ -25,13 +25,14 @@ local M = {
 -- reads, and the options that belong to the client rather than to a call.
 local services = {
   modelslab = {
-    calls = { "clear_cache", "clear_queue" },
+    calls = { "clear_cache", "clear_queue", "enterprise_clear_cache", "restart_server",
+              "update_server", "system_details", "request" },
     secret = "key",
     env = { key = "MODELSLAB_API_KEY", base_url = "MODELSLAB_BASE_URL" },
     default_base = "https://modelslab.com/api",
   },
   omni = {
-    calls = { "reset_cache" },
+    calls = { "reset_cache", "request" },
     secret = "token",
     env = { token = "OMNI_API_KEY", base_url = "OMNI_BASE_URL" },
   },
@@ -167,6 +168,33 @@ end
 function classes.modelslab:clear_queue(opts)
   local st = state(self)
   return perform(st, "clear_queue", call_options(st, "clear_queue", opts, "modelslab:clear_queue"))
+end
+
+-- The ModelsLab Enterprise server calls, one method each, for any product:
+-- POST {base}/v1/enterprise/{product}/{action} with {"key": ...}.
+-- restart_server and update_server are never retried.
+for _, call in ipairs{ "enterprise_clear_cache", "restart_server", "update_server", "system_details" } do
+  classes.modelslab[call] = function(self, opts)
+    local st = state(self)
+    return perform(st, call, call_options(st, call, opts, "modelslab:" .. call))
+  end
+end
+
+--- Sends any other request to the service, authenticated like the client's
+-- calls (ModelsLab: `key` added to the JSON body; Omni: Bearer token), with
+-- the same errors and retries (only GET, PUT and DELETE are retried).
+-- @tparam string method "GET", "POST", "PUT", "PATCH" or "DELETE"
+-- @tparam string path below the base URL, URL-encoded, e.g. "/v1/models"
+-- @tparam[opt] table body encoded as JSON (ModelsLab: an object, without `key`)
+-- @tparam[opt] table opts per-call options
+-- @treturn table|nil the decoded answer
+-- @treturn[2] table err
+-- @usage local res, err = omni:request("GET", "/v1/models")
+function Client:request(method, path, body, opts)
+  local st = state(self)
+  local merged = call_options(st, "request", opts, st.svc.name .. ":request")
+  merged.method, merged.path, merged.body = method, path, body
+  return perform(st, "request", merged)
 end
 
 --- Resets one Omni cache policy of a model.
