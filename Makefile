@@ -40,7 +40,7 @@ export no_proxy = $(NO_PROXY)
 export LUA_PATH_5_4 = lua/?.lua;lua/?/init.lua;;
 export LUA_CPATH_5_4 = build/5.4/?.so;;
 
-BUSTED = busted --lua=lua5.4
+BUSTED = busted
 ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 
 lint:
@@ -48,14 +48,24 @@ lint:
 	luarocks --lua-version=5.4 lint cachectl-*.rockspec
 
 spec: all
-	$(BUSTED) -o utfTerminal
+	$(BUSTED) --lua=lua5.4
+
+# The whole suite again under Lua 5.1, 5.3 and LuaJIT, each with its own build.
+ABIS = 5.1 5.3 luajit
+spec-abis:
+	@set -e; for abi in $(ABIS); do \
+	  $(MAKE) --no-print-directory LUA=$$abi; \
+	  lua=lua$$abi; [ $$abi = luajit ] && lua=luajit; \
+	  echo "== busted under $$lua"; \
+	  $(BUSTED) --lua=$$lua --cpath="build/$$abi/?.so"; \
+	done
 
 # The whole suite with the module built under AddressSanitizer (LeakSanitizer
 # included); every process of the run gets the runtime.
 spec-asan:
 	$(MAKE) SANITIZE=address
 	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=1 \
-	  $(BUSTED) --cpath="build/5.4-address/?.so" -o TAP
+	  $(BUSTED) --lua=lua5.4 --cpath="build/5.4-address/?.so" -o TAP
 
 # The whole suite under valgrind: no errors, no definite leaks.
 spec-valgrind: all
@@ -70,7 +80,7 @@ rock:
 	  LUA_CPATH_5_4="$(CURDIR)/build/tree/lib/lua/5.4/?.so;;" \
 	  lua5.4 -e 'local c = require "cachectl"; assert(c.version and c.omni.new and require("cachectl.mock").start); print("installed rock: cachectl " .. c.version)'
 
-test: all lint spec spec-asan spec-valgrind rock
+test: all lint spec spec-abis spec-asan spec-valgrind rock
 
 demo: all
 	bash examples/demo.sh
@@ -85,4 +95,4 @@ bench-smoke: all
 fuzz:
 	$(MAKE) -C fuzz run
 
-.PHONY: lint spec spec-asan spec-valgrind rock test demo bench bench-smoke fuzz
+.PHONY: lint spec spec-abis spec-asan spec-valgrind rock test demo bench bench-smoke fuzz
