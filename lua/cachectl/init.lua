@@ -12,8 +12,13 @@
 local core = require "cachectl.core"
 
 local error, pairs, ipairs, type, tostring, setmetatable = error, pairs, ipairs, type, tostring, setmetatable
+local rawget, _G = rawget, _G
 local getenv = os.getenv
 local format = string.format
+
+-- Inside nginx, calls run in an nginx thread pool instead of blocking the
+-- worker (see cachectl.openresty); plain Lua never loads that module.
+local openresty = rawget(_G, "ngx") and require "cachectl.openresty" or nil
 
 local M = {
   version = core.version,
@@ -38,7 +43,8 @@ local services = {
   },
 }
 
-local client_options = { product = "string", concurrency = "number" }
+-- thread_pool: the nginx thread pool calls run in (cachectl.openresty).
+local client_options = { product = "string", concurrency = "number", thread_pool = "string|boolean" }
 
 -- The option names (and types) a service's clients take: every option of
 -- every call of the service, plus the client's own.
@@ -145,8 +151,28 @@ local function hint(st, err)
   return err
 end
 
+-- rate_limit.shared_dict names an nginx lua_shared_dict (cachectl.openresty);
+-- outside nginx the core's process-wide bucket applies, with the same numbers
+-- (60 per 60 s unless given). The core takes only requests and per.
+local function without_shared_dict(opts)
+  local limit = opts.rate_limit
+  if type(limit) ~= "table" or limit.shared_dict == nil then return opts end
+  local copy, core_limit = {}, { requests = 60, per = 60 }
+  for k, v in pairs(opts) do copy[k] = v end
+  for k, v in pairs(limit) do
+    if k ~= "shared_dict" then core_limit[k] = v end
+  end
+  copy.rate_limit = core_limit
+  return copy
+end
+
 local function perform(st, call, opts)
-  local res, err = st.session:call(st.svc.name, call, opts)
+  local res, err
+  if openresty and openresty.active() then
+    res, err = openresty.call(st.svc.name, call, opts, st.defaults.thread_pool)
+  else
+    res, err = st.session:call(st.svc.name, call, without_shared_dict(opts))
+  end
   return res, hint(st, err)
 end
 
@@ -233,7 +259,9 @@ function classes.omni:reset_caches(model_id, policies, opts)
   if type(concurrency) ~= "number" or concurrency < 1 or concurrency % 1 ~= 0 then
     error("omni:reset_caches: concurrency must be a whole number >= 1", 2)
   end
+  local nginx = openresty and openresty.active()
   local base = call_options(st, "reset_cache", opts, "omni:reset_caches")
+  if not nginx then base = without_shared_dict(base) end
   local list = {}
   for i = 1, #policies do
     local one = { model_id = model_id, policy = policies[i] }
@@ -242,7 +270,12 @@ function classes.omni:reset_caches(model_id, policies, opts)
     end
     list[i] = one
   end
-  local items = st.session:batch("omni", "reset_cache", list, concurrency)
+  local items
+  if nginx then
+    items = openresty.batch("omni", "reset_cache", list, concurrency, st.defaults.thread_pool)
+  else
+    items = st.session:batch("omni", "reset_cache", list, concurrency)
+  end
   local results = {}
   for i = 1, #policies do
     results[i] = { policy = policies[i], result = items[i].result, err = hint(st, items[i].err) }
