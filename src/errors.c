@@ -13,23 +13,37 @@ const char *const cc_kind_names[] = {
     "ok", "invalid", "connect", "timeout", "tls", "http", "api", "rate_limited", "decode", "too_large"
 };
 
-/* Pushes s with every occurrence of the secret replaced by "***". Secrets
- * under 4 bytes are left alone: they would match ordinary words. */
+/* The length of the longest prefix of s found anywhere in the secret. */
+static size_t secret_match(const char *s, const cc_req *r)
+{
+    size_t best = 0, j, k;
+    for (j = 0; j < r->secret_len; j++) {
+        for (k = 0; j + k < r->secret_len && s[k] && s[k] == r->secret[j + k]; k++) {}
+        if (k > best) best = k;
+    }
+    return best;
+}
+
+/* Pushes s as one line (control characters become spaces) with the secret
+ * masked: the whole of it, and any 8 or more of its characters in a row,
+ * so that a message cut short or echoing part of a key hides it too.
+ * Secrets under 4 bytes are left alone: they would match ordinary words. */
 static void push_scrubbed(lua_State *L, const char *s, const cc_req *r)
 {
     luaL_Buffer b;
-    const char *hit;
-    if (!r || !r->secret || r->secret_len < 4) {
-        lua_pushstring(L, s);
-        return;
-    }
+    int scrub = r && r->secret && r->secret_len >= 4;
+    size_t min = scrub && r->secret_len < 8 ? r->secret_len : 8;
     luaL_buffinit(L, &b);
-    while ((hit = strstr(s, r->secret)) != NULL) {
-        luaL_addlstring(&b, s, (size_t)(hit - s));
-        luaL_addstring(&b, "***");
-        s = hit + r->secret_len;
+    while (*s) {
+        size_t m = scrub ? secret_match(s, r) : 0;
+        if (m >= min) {
+            luaL_addstring(&b, "***");
+            s += m;
+        } else {
+            luaL_addchar(&b, (unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s);
+            s++;
+        }
     }
-    luaL_addstring(&b, s);
     luaL_pushresult(&b);
 }
 

@@ -39,6 +39,7 @@ typedef struct xfer {
     struct curl_slist *headers;
     cc_buf resp;
     int too_large, oom, state, attempts;
+    int sends;              /* requests libcurl sent in this attempt */
     double deadline, next_start;
     char retry_after[64];
     char errbuf[CURL_ERROR_SIZE];
@@ -194,6 +195,15 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
+/* Called before each request goes out, so a silent resend by libcurl on a
+ * dead reused connection is counted in err.attempts too. */
+static int on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
+{
+    (void)ip, (void)local_ip, (void)port, (void)local_port;
+    ((xfer *)ud)->sends++;
+    return CURL_PREREQFUNC_OK;
+}
+
 static int build_headers(xfer *x)
 {
     struct curl_slist *h = NULL, *t;
@@ -237,6 +247,7 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     x->easy = e;
     x->resp.len = 0;
     x->too_large = 0;
+    x->sends = 0;
     x->retry_after[0] = x->errbuf[0] = '\0';
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -256,6 +267,12 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, q->max_bytes);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, q->verify_tls ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, q->verify_tls ? 2L : 0L);
+    if (!q->retry_ok) {
+        /* libcurl silently resends a request once when a reused connection
+         * turns out dead; a call that must not run twice gets its own. */
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
     if (q->proxy) curl_easy_setopt(e, CURLOPT_PROXY, q->proxy);
     if (q->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
@@ -263,6 +280,8 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_send);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
     if (curl_multi_add_handle(s->multi, e) != CURLM_OK) return 0;
     x->state = X_RUN;
     x->attempts++;
@@ -332,6 +351,7 @@ static int finish(lua_State *L, run *r, xfer *x, CURLcode rc)
     outcome o;
     memset(&o, 0, sizeof o);
     o.retry_after = -1;
+    if (x->sends > 1) x->attempts += x->sends - 1;
     if (x->oom) {
         r->oom = 1;
         x->state = X_DONE;
@@ -410,7 +430,7 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
     int active = 0;
     while (done < r->n && !r->oom) {
         double now = mono(), wake = now + 1.0;
-        int running, queued;
+        int running, queued, finished;
         size_t i;
         CURLMsg *m;
         for (i = 0; i < r->n && !r->oom; i++) {
@@ -424,6 +444,7 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
             }
         }
         curl_multi_perform(s->multi, &running);
+        finished = 0;
         while ((m = curl_multi_info_read(s->multi, &queued)) != NULL) {
             xfer *x = NULL;
             CURLcode rc = m->data.result;
@@ -438,8 +459,10 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
             }
             easy_put(s, x->easy);
             x->easy = NULL;
+            finished = 1;
         }
-        if (done < r->n && !r->oom) {
+        /* a finished attempt may have freed a slot or set a retry time */
+        if (done < r->n && !r->oom && !finished) {
             double left = wake - mono();
             curl_multi_poll(s->multi, NULL, 0, left <= 0 ? 0 : (int)ceil(left * 1000), NULL);
         }
@@ -471,7 +494,9 @@ int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int sing
         x->state = X_DONE;
         if (!single) {
             lua_rawgeti(L, idx, (int)i + 1);
-            luaL_checktype(L, -1, LUA_TTABLE);
+            if (!lua_istable(L, -1))
+                luaL_error(L, "%s.%s batch: item %d is not an options table (got %s)", ep->service,
+                           ep->name, (int)i + 1, luaL_typename(L, -1));
         }
         if (cc_req_parse(L, single ? idx : -1, ep, &x->req)) {
             x->state = X_WAIT;
