@@ -1,0 +1,252 @@
+-- Sessions of cachectl.core: kept-alive connections (counted by the mock),
+-- closing, and batches (input order, per-item errors).
+local server = require "support.mock_server"
+local helpers = require "support.helpers"
+local core = require "cachectl.core"
+
+local uid, UUID = helpers.uid, helpers.UUID
+
+describe("core sessions", function()
+  local srv
+
+  setup(function() srv = server.start() end)
+  teardown(function() if srv then srv:stop() end end)
+  before_each(function() srv:reset() end)
+
+  local function ml(over)
+    local o = { key = uid("key"), base_url = srv.base, retries = 0 }
+    for k, v in pairs(over or {}) do o[k] = v end
+    return o
+  end
+
+  local function omni(over)
+    local o = { token = uid("tok"), base_url = srv.base, retries = 0, model_id = UUID, policy = "daily" }
+    for k, v in pairs(over or {}) do o[k] = v end
+    return o
+  end
+
+  local function connections_of(reqs)
+    local seen, n = {}, 0
+    for _, r in ipairs(reqs) do
+      if not seen[r.connection] then seen[r.connection], n = true, n + 1 end
+    end
+    return n
+  end
+
+  describe("keep-alive", function()
+    it("sends 20 sequential calls of one session over one connection", function()
+      local s = core.session()
+      for i = 1, 20 do
+        local res, err = s:call("modelslab", "clear_cache", ml())
+        assert.is_nil(err, "call " .. i)
+        assert.equal("success", res.status)
+      end
+      local stats = srv:stats()
+      assert.equal(20, stats.requests)
+      assert.equal(1, stats.connections)
+      assert.equal(1, connections_of(srv:requests()))
+      s:close()
+    end)
+
+    it("shares the connection between the calls and services of a session", function()
+      local s = core.session()
+      for _ = 1, 5 do
+        assert.is_table((s:call("modelslab", "clear_cache", ml())))
+        assert.is_table((s:call("modelslab", "clear_queue", ml())))
+        assert.is_table((s:call("omni", "reset_cache", omni())))
+      end
+      assert.equal(15, srv:stats().requests)
+      assert.equal(1, srv:stats().connections)
+      s:close()
+    end)
+
+    it("keeps the connection after an error answer", function()
+      local s = core.session()
+      assert.equal("http", select(2, s:call("modelslab", "clear_queue", ml{ key = "bad-" .. uid("k") })).kind)
+      assert.equal("api", select(2, s:call("modelslab", "clear_cache", ml{ key = "bad-" .. uid("k") })).kind)
+      assert.is_table((s:call("modelslab", "clear_cache", ml())))
+      assert.equal(3, srv:stats().requests)
+      assert.equal(1, srv:stats().connections)
+      s:close()
+    end)
+
+    it("reuses connections across the module functions too", function()
+      for _ = 1, 10 do
+        assert.is_table((core.modelslab.clear_cache(ml())))
+        assert.is_table((core.omni.reset_cache(omni())))
+      end
+      assert.equal(20, srv:stats().requests)
+      assert.equal(1, srv:stats().connections)
+    end)
+
+    it("gives each session its own connection", function()
+      local a, b = core.session(), core.session()
+      assert.is_table((a:call("modelslab", "clear_cache", ml())))
+      assert.is_table((b:call("modelslab", "clear_cache", ml())))
+      assert.is_table((a:call("modelslab", "clear_cache", ml())))
+      local reqs = srv:requests()
+      assert.equal(2, connections_of(reqs))
+      assert.equal(reqs[1].connection, reqs[3].connection)
+      a:close()
+      b:close()
+    end)
+
+    it("closes its connection on close()", function()
+      collectgarbage()
+      collectgarbage()
+      local s = core.session()
+      assert.is_table((s:call("modelslab", "clear_cache", ml())))
+      local before = srv:stats().open
+      s:close()
+      -- The mock may accept the next control connection before it reads the
+      -- close of the old one: ask until it has (a bounded wait, not a timing).
+      local open = helpers.eventually(function()
+        local n = srv:stats().open
+        return n == before - 1, n
+      end)
+      assert.equal(before - 1, open)
+    end)
+  end)
+
+  describe("close", function()
+    it("makes a later call raise a clear error", function()
+      local s = core.session()
+      assert.is_table((s:call("modelslab", "clear_cache", ml())))
+      s:close()
+      srv:reset()
+      assert.has_error(function() s:call("modelslab", "clear_cache", ml()) end)
+      local ok, msg = pcall(s.call, s, "modelslab", "clear_cache", ml())
+      assert.is_false(ok)
+      assert.matches("closed", tostring(msg))
+      ok, msg = pcall(s.batch, s, "modelslab", "clear_cache", { ml() })
+      assert.is_false(ok)
+      assert.matches("closed", tostring(msg))
+      assert.equal(0, #srv:requests())
+    end)
+
+    it("can be called twice", function()
+      local s = core.session()
+      assert.is_table((s:call("omni", "reset_cache", omni())))
+      assert.has_no.errors(function() s:close() end)
+      assert.has_no.errors(function() s:close() end)
+    end)
+
+    it("happens at the end of a <close> block", function()
+      local outer
+      do
+        local s <close> = core.session()
+        outer = s
+        assert.is_table((s:call("modelslab", "clear_cache", ml())))
+      end
+      assert.has_error(function() outer:call("modelslab", "clear_cache", ml()) end)
+    end)
+
+    it("of one session leaves the module functions working", function()
+      local s = core.session()
+      s:close()
+      local res, err = core.modelslab.clear_cache(ml())
+      assert.is_nil(err)
+      assert.equal("success", res.status)
+    end)
+  end)
+
+  describe("batch", function()
+    it("returns results in input order, even when earlier items finish later", function()
+      local s = core.session()
+      local policies = { "first", "second", "third", "fourth", "fifth" }
+      local list = {}
+      for i, p in ipairs(policies) do
+        -- the mock holds earlier items longer, so they complete in reverse
+        list[i] = omni{ policy = p, token = uid("tok") .. " hold=" .. (0.1 * (#policies - i)) }
+      end
+      local items = s:batch("omni", "reset_cache", list, 5)
+      s:close()
+      assert.equal(#policies, #items)
+      for i, p in ipairs(policies) do
+        assert.is_nil(items[i].err)
+        assert.equal(p, items[i].result.cache_reset.policy_name)
+      end
+      assert.equal(#policies, #srv:requests())
+    end)
+
+    it("gives a bad item an 'invalid' error while the others still run", function()
+      local s = core.session()
+      local policies = { "one", "two", "..", "four", "" }
+      local list = {}
+      for i, p in ipairs(policies) do list[i] = omni{ policy = p } end
+      local items = s:batch("omni", "reset_cache", list, 3)
+      s:close()
+      assert.equal(5, #items)
+      for _, i in ipairs{ 1, 2, 4 } do
+        assert.is_nil(items[i].err)
+        assert.equal(policies[i], items[i].result.cache_reset.policy_name)
+      end
+      for _, i in ipairs{ 3, 5 } do
+        assert.is_nil(items[i].result)
+        assert.equal("invalid", items[i].err.kind)
+        assert.equal("policy", items[i].err.field)
+        assert.equal(0, items[i].err.attempts)
+      end
+      local paths = {}
+      for _, r in ipairs(srv:requests()) do paths[#paths + 1] = r.path:match("[^/]*$") end
+      table.sort(paths)
+      assert.same({ "four", "one", "two" }, paths)
+    end)
+
+    it("reports each item's own service error", function()
+      local s = core.session()
+      local items = s:batch("modelslab", "clear_cache", {
+        ml(), ml{ key = "bad-" .. uid("k") }, ml{ key = uid("k") .. " fault=invalid_json" }, ml(),
+      })
+      s:close()
+      assert.equal(4, #items)
+      assert.equal("success", items[1].result.status)
+      assert.equal("api", items[2].err.kind)
+      assert.equal("Invalid API key", items[2].err.message)
+      assert.equal("decode", items[3].err.kind)
+      assert.equal("success", items[4].result.status)
+      assert.equal(4, #srv:requests())
+    end)
+
+    it("with concurrency 1 runs the items over one connection", function()
+      local s = core.session()
+      local list = {}
+      for i = 1, 6 do list[i] = ml() end
+      local items = s:batch("modelslab", "clear_queue", list, 1)
+      s:close()
+      for i = 1, 6 do assert.equal("success", items[i].result.status) end
+      assert.equal(6, srv:stats().requests)
+      assert.equal(1, srv:stats().connections)
+    end)
+
+    it("of an empty list returns an empty list", function()
+      local s = core.session()
+      local items = s:batch("omni", "reset_cache", {})
+      assert.same({}, items)
+      assert.is_table((s:call("omni", "reset_cache", omni())))
+      s:close()
+      assert.equal(1, #srv:requests())
+    end)
+
+    -- An empty batch used to leave the session pointing at the freed run;
+    -- closing the session then read freed memory.
+    it("of an empty list leaves the session safe to close (valgrind)", function()
+      local clean, out = helpers.valgrind_lua([[
+        local core = require "cachectl.core"
+        local s = core.session()
+        assert(#s:batch("omni", "reset_cache", {}) == 0)
+        collectgarbage(); collectgarbage()
+        s:close()
+      ]])
+      if clean == nil then
+        pending("valgrind is not installed")
+        return
+      end
+      local report = {}
+      for line in out:gmatch("[^\n]+") do
+        if #report < 8 then report[#report + 1] = line end
+      end
+      assert.is_true(clean, table.concat(report, "\n"))
+    end)
+  end)
+end)

@@ -1,0 +1,184 @@
+-- The key and the token never come back to the caller: not in results, not
+-- in any field of an error, not in tostring(err), not in tostring of a
+-- session, not anywhere in the module table. Each credential carries a
+-- recognisable random part, and the search is for that part alone, so that
+-- an echo of the credential's prefix or of a fragment would be caught too.
+local server = require "support.mock_server"
+local helpers = require "support.helpers"
+local core = require "cachectl.core"
+
+local find_secret = helpers.find_secret
+
+describe("secrets", function()
+  local srv
+
+  setup(function() srv = server.start() end)
+  teardown(function() if srv then srv:stop() end end)
+  before_each(function() srv:reset() end)
+
+  -- Asserts that the secret is nowhere in what a call returned.
+  local function assert_clean(secret, res, err)
+    assert.is_nil(find_secret(res, secret), "result holds the secret")
+    assert.is_nil(find_secret(err, secret), "error holds the secret")
+    if err then
+      assert.is_nil(tostring(err):find(secret, 1, true), "tostring(err) holds the secret")
+    end
+    assert.is_nil(find_secret(core, secret), "the module table holds the secret")
+  end
+
+  -- Asserts that the secret did go out (else the test would prove nothing).
+  local function assert_sent(secret)
+    local reqs = srv:requests()
+    assert.is_true(#reqs >= 1)
+    local r = reqs[#reqs]
+    assert.truthy(r.body:find(secret, 1, true) or (r.headers["authorization"] or ""):find(secret, 1, true))
+  end
+
+  local function ml(key, over)
+    local o = { key = key, base_url = srv.base, retries = 0 }
+    for k, v in pairs(over or {}) do o[k] = v end
+    return o
+  end
+
+  local function omni(token, over)
+    local o = { token = token, base_url = srv.base, retries = 0, model_id = helpers.UUID, policy = "daily" }
+    for k, v in pairs(over or {}) do o[k] = v end
+    return o
+  end
+
+  describe("of a successful call", function()
+    it("clear_cache", function()
+      local key = helpers.secret("SECRETKEY")
+      local res, err = core.modelslab.clear_cache(ml(key))
+      assert.is_table(res)
+      assert_sent(key)
+      assert_clean(key, res, err)
+    end)
+
+    it("clear_queue", function()
+      local key = helpers.secret("SECRETKEY")
+      local res, err = core.modelslab.clear_queue(ml(key))
+      assert.is_table(res)
+      assert_sent(key)
+      assert_clean(key, res, err)
+    end)
+
+    it("reset_cache", function()
+      local token = helpers.secret("SECRETTOKEN")
+      local res, err = core.omni.reset_cache(omni(token))
+      assert.is_table(res)
+      assert_sent(token)
+      assert_clean(token, res, err)
+    end)
+  end)
+
+  describe("of a failing call", function()
+    local failures = {
+      { "api (ModelsLab)", "api", function(s) return core.modelslab.clear_cache(ml(s .. " fault=api_error")) end },
+      { "api (Omni)", "api", function(s) return core.omni.reset_cache(omni(s .. " fault=api_error")) end },
+      { "api (invalid key)", "api", function(s) return core.modelslab.clear_cache(ml("bad-" .. s)) end },
+      { "http 401 (ModelsLab)", "http", function(s) return core.modelslab.clear_queue(ml("bad-" .. s)) end },
+      { "http 401 (Omni)", "http", function(s) return core.omni.reset_cache(omni("bad-" .. s)) end },
+      { "http 404 (Omni)", "http", function(s)
+        return core.omni.reset_cache(omni(s, { model_id = helpers.MISSING_UUID }))
+      end },
+      { "http 503", "http", function(s) return core.modelslab.clear_cache(ml(s .. " fault=503")) end },
+      { "rate_limited", "rate_limited", function(s) return core.omni.reset_cache(omni(s .. " fault=429")) end },
+      { "decode", "decode", function(s) return core.modelslab.clear_cache(ml(s .. " fault=invalid_json")) end },
+      { "too_large", "too_large", function(s) return core.omni.reset_cache(omni(s .. " fault=huge")) end },
+      { "redirect", "http", function(s) return core.modelslab.clear_cache(ml(s .. " fault=redirect")) end },
+    }
+    for _, case in ipairs(failures) do
+      local label, kind, call = case[1], case[2], case[3]
+      it(label, function()
+        local secret = helpers.secret("SECRET")
+        local res, err = call(secret)
+        assert.is_nil(res)
+        assert.equal(kind, err.kind)
+        assert_sent(secret)
+        assert_clean(secret, res, err)
+      end)
+    end
+
+    -- The mock echoes the unknown fault name, i.e. the credential minus its
+    -- "fault=" prefix: the whole credential must still not come back.
+    it("http whose message echoes most of the token", function()
+      local token = "fault=" .. helpers.secret("SECRETTOKEN")
+      local res, err = core.omni.reset_cache(omni(token))
+      assert.equal("http", err.kind)
+      assert.equal(400, err.status)
+      assert_sent(token)
+      assert_clean(token, res, err)
+    end)
+
+    it("connect", function()
+      local key = helpers.secret("SECRETKEY")
+      local res, err = core.modelslab.clear_cache(ml(key, {
+        base_url = "http://127.0.0.1:" .. helpers.free_port() .. "/api" }))
+      assert.equal("connect", err.kind)
+      assert_clean(key, res, err)
+    end)
+
+    it("invalid for another field (ModelsLab)", function()
+      local key = helpers.secret("SECRETKEY")
+      local res, err = core.modelslab.clear_queue(ml(key, { product = "NOT A SLUG" }))
+      assert.equal("invalid", err.kind)
+      assert.equal("product", err.field)
+      assert_clean(key, res, err)
+    end)
+
+    it("invalid for another field (Omni)", function()
+      local token = helpers.secret("SECRETTOKEN")
+      local res, err = core.omni.reset_cache(omni(token, { reset_at = "2999-01-01T00:00:00Z" }))
+      assert.equal("invalid", err.kind)
+      assert.equal("reset_at", err.field)
+      assert_clean(token, res, err)
+    end)
+
+    it("invalid for the key itself", function()
+      local key = helpers.secret("SECRETKEY")
+      local res, err = core.modelslab.clear_cache(ml(key .. "\n"))
+      assert.equal("invalid", err.kind)
+      assert.equal("key", err.field)
+      assert_clean(key, res, err)
+    end)
+
+    it("a raised error for a typo'd option", function()
+      local token = helpers.secret("SECRETTOKEN")
+      local ok, msg = pcall(core.omni.reset_cache, omni(token, { modelId = helpers.UUID }))
+      assert.is_false(ok)
+      assert.is_nil(tostring(msg):find(token, 1, true))
+    end)
+  end)
+
+  describe("of sessions", function()
+    it("tostring of an open and a closed session", function()
+      local key = helpers.secret("SECRETKEY")
+      local s = core.session()
+      local res, err = s:call("modelslab", "clear_cache", ml(key))
+      assert.is_table(res)
+      assert_sent(key)
+      assert_clean(key, res, err)
+      assert.is_nil(tostring(s):find(key, 1, true))
+      s:close()
+      assert.is_nil(tostring(s):find(key, 1, true))
+    end)
+
+    it("the items of a batch", function()
+      local token = helpers.secret("SECRETTOKEN")
+      local s = core.session()
+      local items = s:batch("omni", "reset_cache", {
+        omni(token), omni(token .. " fault=api_error"), omni(token, { model_id = "nope" }),
+        omni("bad-" .. token),
+      }, 4)
+      s:close()
+      assert.equal(4, #items)
+      assert.is_table(items[1].result)
+      assert.equal("api", items[2].err.kind)
+      assert.equal("invalid", items[3].err.kind)
+      assert.equal("http", items[4].err.kind)
+      assert.is_nil(find_secret(items, token))
+      for i = 2, 4 do assert.is_nil(tostring(items[i].err):find(token, 1, true)) end
+    end)
+  end)
+end)

@@ -1,0 +1,131 @@
+--- Shared helpers for the cachectl.core specs: unique credentials, a free
+-- port, a deep search for secrets, percent-decoding, and running a snippet
+-- of Lua under valgrind. No assertions here: the specs assert.
+local io, math, os, string, table = io, math, os, string, table
+local assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package =
+  assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package
+
+local socket = require "socket"
+
+local M = {}
+
+--- A model id the mock accepts, and the one it answers 404 for.
+M.UUID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+M.MISSING_UUID = "00000000-0000-0000-0000-000000000000"
+
+local function hex(n)
+  local out = {}
+  for i = 1, n do out[i] = string.format("%x", math.random(0, 15)) end
+  return table.concat(out)
+end
+M.hex = hex
+
+local counter = 0
+
+--- A credential no other test uses (the mock counts faults per credential).
+-- Directives for the mock can be appended: uid("k") .. ";fault=503;times=1".
+function M.uid(prefix)
+  counter = counter + 1
+  return (prefix or "id") .. "-" .. counter .. "-" .. hex(8)
+end
+
+--- A recognisable secret: "SECRETKEY-" followed by 24 random hex digits.
+function M.secret(prefix)
+  return (prefix or "SECRETKEY") .. "-" .. hex(24)
+end
+
+--- A TCP port on 127.0.0.1 that nothing listens on (bound, read, closed).
+function M.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+--- Where `secret` occurs inside `value` (strings, table keys and values,
+-- metatables, recursively), as a readable path; nil when it occurs nowhere.
+function M.find_secret(value, secret, path, seen)
+  path = path or "value"
+  seen = seen or {}
+  local t = type(value)
+  if t == "string" then
+    if value:find(secret, 1, true) then return path end
+  elseif t == "table" then
+    if seen[value] then return nil end
+    seen[value] = true
+    for k, v in pairs(value) do
+      local where = M.find_secret(k, secret, path .. "<key " .. tostring(k) .. ">", seen)
+        or M.find_secret(v, secret, path .. "." .. tostring(k), seen)
+      if where then return where end
+    end
+    local mt = getmetatable(value)
+    if type(mt) == "table" then
+      return M.find_secret(mt, secret, path .. "<metatable>", seen)
+    end
+  end
+  return nil
+end
+
+--- Decodes %XX escapes; nil when an escape is malformed.
+function M.percent_decode(s)
+  if s:find("%%%X") or s:find("%%.%X") or s:find("%%.?$") then return nil end
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- Escapes the magic characters of a Lua pattern.
+function M.literal(s)
+  return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+--- The recorded requests whose raw path starts with `prefix`.
+function M.requests_under(requests, prefix)
+  local out = {}
+  for _, r in ipairs(requests) do
+    if r.path:sub(1, #prefix) == prefix then out[#out + 1] = r end
+  end
+  return out
+end
+
+--- The URL of `srv` with its host replaced (for loopback spellings).
+function M.url_with_host(srv, host)
+  local port = srv.url:match(":(%d+)$")
+  return "http://" .. host .. ":" .. port .. "/api"
+end
+
+--- Calls fn (which returns done, value) until it is done, up to `tries`
+-- times with a short pause between; returns the last value.
+function M.eventually(fn, tries)
+  local done, value
+  for _ = 1, tries or 100 do
+    done, value = fn()
+    if done then break end
+    socket.sleep(0.02)
+  end
+  return value
+end
+
+local function command_exists(name)
+  local p = io.popen("command -v " .. name .. " 2>/dev/null")
+  local out = p:read("*a")
+  p:close()
+  return out ~= ""
+end
+
+--- Runs `code` in a fresh lua5.4 under valgrind, with this process's
+-- package paths. Returns nil when valgrind is missing; otherwise
+-- clean (true when valgrind reported no error and Lua exited 0), output.
+function M.valgrind_lua(code)
+  if not command_exists("valgrind") then return nil end
+  local file = os.tmpname()
+  local f = assert(io.open(file, "w"))
+  f:write(string.format("package.path = %q\npackage.cpath = %q\n", package.path, package.cpath))
+  f:write(code)
+  f:close()
+  local p = io.popen("valgrind -q --error-exitcode=99 lua5.4 " .. file .. " 2>&1")
+  local out = p:read("*a")
+  local ok, _, status = p:close()
+  os.remove(file)
+  return ok == true and status == 0, out
+end
+
+return M
