@@ -80,7 +80,15 @@ rock:
 	  LUA_CPATH_5_4="$(CURDIR)/build/tree/lib/lua/5.4/?.so;;" \
 	  lua5.4 -e 'local c = require "cachectl"; assert(c.version and c.omni.new and require("cachectl.mock").start); print("installed rock: cachectl " .. c.version)'
 
-test: all lint spec spec-abis spec-asan spec-valgrind rock
+# The packaging check: a source rock installed into an empty tree, used from outside.
+pack-check:
+	bash .ci/pack-check
+
+# The API reference from the doc comments, into doc/api/.
+docs:
+	ldoc .
+
+test: all lint spec spec-abis spec-asan spec-valgrind rock pack-check bench-smoke
 
 demo: all
 	bash examples/demo.sh
@@ -95,4 +103,4 @@ bench-smoke: all
 fuzz:
 	$(MAKE) -C fuzz run
 
-.PHONY: lint spec spec-abis spec-asan spec-valgrind rock test demo bench bench-smoke fuzz
+.PHONY: lint spec spec-abis spec-asan spec-valgrind rock pack-check docs test demo bench bench-smoke fuzz

@@ -20,6 +20,7 @@ dependencies = {
   "lua >= 5.1",
   "lua-cjson >= 2.1",
   "luasocket >= 3.0",
+  "argparse >= 0.6",
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -40,10 +41,13 @@ build = {
     },
     cachectl = "lua/cachectl/init.lua",
     ["cachectl.mock"] = "lua/cachectl/mock.lua",
+    ["cachectl.cli"] = "lua/cachectl/cli.lua",
+    ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },
   install = {
     bin = {
       ["cachectl-mock"] = "bin/cachectl-mock",
+      cachectl = "bin/cachectl",
     },
   },
 }

@@ -132,12 +132,20 @@ describe("core sessions", function()
     end)
 
     it("happens at the end of a <close> block", function()
-      local outer
-      do
-        local s <close> = core.session()
-        outer = s
-        assert.is_table((s:call("modelslab", "clear_cache", ml())))
+      if _VERSION ~= "Lua 5.4" then
+        return pending("to-be-closed variables need Lua 5.4")
       end
+      -- compiled at run time: the syntax would not even parse under 5.1-5.3
+      local outer = assert(load([[
+        local core, call, opts = ...
+        local outer
+        do
+          local s <close> = core.session()
+          outer = s
+          assert(type((s:call("modelslab", "clear_cache", opts))) == "table")
+        end
+        return outer
+      ]]))(core, nil, ml())
       assert.has_error(function() outer:call("modelslab", "clear_cache", ml()) end)
     end)
 
@@ -239,7 +247,7 @@ describe("core sessions", function()
         s:close()
       ]])
       if clean == nil then
-        pending("valgrind is not installed")
+        pending("needs valgrind and Lua 5.4")
         return
       end
       local report = {}

@@ -112,10 +112,11 @@ local function command_exists(name)
 end
 
 --- Runs `code` in a fresh lua5.4 under valgrind, with this process's
--- package paths. Returns nil when valgrind is missing; otherwise
+-- package paths. Returns nil when valgrind is missing or this is not Lua 5.4
+-- (the paths would lead to another ABI's build); otherwise
 -- clean (true when valgrind reported no error and Lua exited 0), output.
 function M.valgrind_lua(code)
-  if not command_exists("valgrind") then return nil end
+  if _VERSION ~= "Lua 5.4" or not command_exists("valgrind") then return nil end
   local file = os.tmpname()
   local f = assert(io.open(file, "w"))
   f:write(string.format("package.path = %q\npackage.cpath = %q\n", package.path, package.cpath))
