@@ -13,7 +13,7 @@
 -- Credentials come from `$MODELSLAB_API_KEY` / `$OMNI_API_KEY` or from the
 -- first line of `--key-file PATH`, never from an argument, and never appear in
 -- what the command prints. Exit status: 0 success, 1 failure from the service
--- or the network, 2 usage. See doc/cli.md.
+-- or the network, 2 usage. The README describes it ("The `cachectl` command").
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli

@@ -5,7 +5,7 @@
 -- ModelsLab Enterprise endpoints and the Omni "Reset cache" endpoint, records
 -- every API request, exposes a small control API under `/_mock/` and injects
 -- faults chosen by directives in the credential (`fault=NAME`, `times=N`,
--- `hold=SECONDS`).  See doc/mock.md for the full description.
+-- `hold=SECONDS`).  The README describes it in full ("The cachectl mock server").
 --
 -- Portable Lua: runs under Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT.
 -- @module cachectl.mock
