@@ -42,7 +42,7 @@ static void read_error_body(lua_State *L, outcome *o)
     size_t i;
     for (i = 0; i < 3; i++) {
         lua_getfield(L, -1, msg_fields[i]);
-        if (lua_type(L, -1) == LUA_TSTRING && cc_rawlen(L, -1) > 0) {
+        if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] != '\0') {
             snprintf(o->msg, sizeof o->msg, "%s", lua_tostring(L, -1));
             i = 3;
         }

@@ -3,7 +3,6 @@
  * and a metatable whose __tostring gives one line. Messages are scrubbed of
  * the call's key or token before they reach Lua. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include "cachectl.h"
 
@@ -24,27 +23,43 @@ static size_t secret_match(const char *s, const cc_req *r)
     return best;
 }
 
-/* Pushes s as one line (control characters become spaces) with the secret
- * masked: the whole of it, and any 8 or more of its characters in a row,
- * so that a message cut short or echoing part of a key hides it too.
- * Secrets under 4 bytes are left alone: they would match ordinary words. */
-static void push_scrubbed(lua_State *L, const char *s, const cc_req *r)
+/* Masks the secret in t (NUL-terminated, changed in place): the whole of
+ * it, and any 8 or more of its characters in a row. Returns 1 when it
+ * masked something. */
+static int mask_once(char *t, const cc_req *r)
 {
-    luaL_Buffer b;
-    int scrub = r && r->secret && r->secret_len >= 4;
-    size_t min = scrub && r->secret_len < 8 ? r->secret_len : 8;
-    luaL_buffinit(L, &b);
-    while (*s) {
-        size_t m = scrub ? secret_match(s, r) : 0;
+    size_t min = r->secret_len < 8 ? r->secret_len : 8, out = 0, in = 0, m;
+    int masked = 0;
+    while (t[in]) {
+        m = secret_match(t + in, r);
         if (m >= min) {
-            luaL_addstring(&b, "***");
-            s += m;
+            memcpy(t + out, "***", 3);   /* m >= 4 > 3: never overtakes in */
+            out += 3;
+            in += m;
+            masked = 1;
         } else {
-            luaL_addchar(&b, (unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s);
-            s++;
+            t[out++] = t[in++];
         }
     }
-    luaL_pushresult(&b);
+    t[out] = '\0';
+    return masked;
+}
+
+/* Pushes s as one line (control characters become spaces) with the secret
+ * masked, again and again until no piece of it is left: a message cut
+ * short, or echoing part of a key, or rebuilding one around a mask, hides
+ * it too. Secrets under 4 bytes are left alone: they would match ordinary
+ * words. */
+static void push_scrubbed(lua_State *L, const char *s, const cc_req *r)
+{
+    size_t i, n = strlen(s);
+    char *t = cc_newuserdata(L, n + 1);       /* scratch the GC frees */
+    for (i = 0; i <= n; i++)
+        t[i] = s[i] && ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? ' ' : s[i];
+    if (r && r->secret && r->secret_len >= 4)
+        while (mask_once(t, r)) {}
+    lua_pushstring(L, t);
+    lua_remove(L, -2);
 }
 
 void cc_push_error(lua_State *L, enum cc_kind kind, const char *message, long status,

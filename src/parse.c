@@ -230,7 +230,8 @@ double cc_retry_after(const char *s, size_t n, double now_epoch)
     memcpy(tmp, s, n);
     tmp[n] = '\0';
     if (strspn(tmp, "0123456789") == n) {
-        return n > 9 ? 1e9 : atof(tmp);
+        size_t zeros = strspn(tmp, "0");
+        return n - zeros > 9 ? 1e9 : atof(tmp);
     } else {
         time_t t = curl_getdate(tmp, NULL);
         if (t == -1) return -1;
@@ -253,13 +254,17 @@ static int is_loopback_host(const char *h)
     return 0;
 }
 
-/* Parsed by libcurl itself, so the host we judge is the host it will use. */
+/* Parsed by libcurl itself, so the host we judge is the host it will use.
+ * s must be NUL-terminated after its n bytes (Lua strings are). */
 const char *cc_check_base_url(const char *s, size_t n)
 {
     CURLU *u;
     char *tmp, *scheme = NULL, *host = NULL, *part = NULL;
     const char *bad = NULL;
     if (n == 0 || strlen(s) != n || cc_has_ctl(s, n)) return "must be an http(s):// URL";
+    /* libcurl drops an empty query or fragment ("...api#"), which would
+     * swallow the endpoint's path: refuse the characters themselves. */
+    if (memchr(s, '?', n) || memchr(s, '#', n)) return "must not carry a query or fragment";
     if (strncasecmp(s, "http://", 7) != 0 && strncasecmp(s, "https://", 8) != 0)
         return "must be an http(s):// URL";
     if (!(u = curl_url()) || !(tmp = malloc(n + 1))) {

@@ -23,10 +23,19 @@
 
 struct run;
 
+/* An idle easy handle; sticky: its last request set options beyond the
+ * usual ones (proxy, CA file, no verification, a method, a fresh
+ * connection), so it must be reset before the next. */
+typedef struct pooled {
+    CURL *easy;
+    int sticky;
+} pooled;
+
 struct cc_session {
     CURLM *multi;
-    CURL *pool[POOL_MAX];
+    pooled pool[POOL_MAX];
     int npool;
+    struct curl_slist *headers;  /* the headers every request sends */
     uint64_t rng;
     struct run *active;     /* the run in progress, closed with the session */
 };
@@ -36,7 +45,9 @@ enum { X_WAIT, X_RUN, X_DONE };
 typedef struct xfer {
     cc_req req;
     CURL *easy;
-    struct curl_slist *headers;
+    int sticky;
+    struct curl_slist *headers;   /* the session's, or auth below in front of them */
+    struct curl_slist auth;       /* "Authorization: Bearer ..." (data malloc'd) */
     cc_buf resp;
     int too_large, oom, state, attempts;
     int sends;              /* requests libcurl sent in this attempt */
@@ -49,7 +60,8 @@ typedef struct run {
     cc_session *s;
     size_t n;
     int oom;
-    xfer *x;
+    xfer *x;            /* calloc'd, or one[] for a single call */
+    xfer one[1];
 } run;
 
 static double mono(void)
@@ -81,7 +93,9 @@ static void run_release(run *r);
 static void session_close(cc_session *s)
 {
     if (s->active) run_release(s->active);
-    while (s->npool > 0) curl_easy_cleanup(s->pool[--s->npool]);
+    while (s->npool > 0) curl_easy_cleanup(s->pool[--s->npool].easy);
+    curl_slist_free_all(s->headers);
+    s->headers = NULL;
     if (s->multi) curl_multi_cleanup(s->multi);
     s->multi = NULL;
 }
@@ -118,19 +132,41 @@ static int session_tostring(lua_State *L)
     return 1;
 }
 
-static CURL *easy_get(cc_session *s)
+static size_t on_body(char *p, size_t size, size_t nmemb, void *ud);
+static size_t on_header(char *p, size_t size, size_t nmemb, void *ud);
+static int on_send(void *ud, char *ip, char *local_ip, int port, int local_port);
+
+/* An easy handle with the options every request shares. A pooled handle
+ * keeps them, and is reset only when its last request or this one is
+ * sticky: most calls set just the handful of options that change. */
+static CURL *easy_get(cc_session *s, int sticky)
 {
-    CURL *e;
-    if (s->npool == 0) return curl_easy_init();
-    e = s->pool[--s->npool];
-    curl_easy_reset(e);
+    CURL *e = NULL;
+    if (s->npool > 0) {
+        pooled *p = &s->pool[--s->npool];
+        e = p->easy;
+        if (!p->sticky && !sticky) return e;
+        curl_easy_reset(e);
+    } else if (!(e = curl_easy_init())) {
+        return NULL;
+    }
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_send);
     return e;
 }
 
-static void easy_put(cc_session *s, CURL *e)
+static void easy_put(cc_session *s, CURL *e, int sticky)
 {
-    if (s->npool < POOL_MAX) s->pool[s->npool++] = e;
-    else curl_easy_cleanup(e);
+    if (s->npool < POOL_MAX) {
+        s->pool[s->npool].easy = e;
+        s->pool[s->npool++].sticky = sticky;
+    } else {
+        curl_easy_cleanup(e);
+    }
 }
 
 /* ---- one run: its requests and their cleanup ------------------------ */
@@ -139,11 +175,14 @@ static void xfer_release(cc_session *s, xfer *x)
 {
     if (x->easy) {
         if (x->state == X_RUN && s->multi) curl_multi_remove_handle(s->multi, x->easy);
-        easy_put(s, x->easy);
+        easy_put(s, x->easy, 1);
         x->easy = NULL;
     }
-    curl_slist_free_all(x->headers);
-    x->headers = NULL;
+    if (x->auth.data) {
+        memset(x->auth.data, 0, strlen(x->auth.data));
+        free(x->auth.data);
+        x->auth.data = NULL;
+    }
     cc_buf_free(&x->resp);
     cc_req_free(&x->req);
 }
@@ -155,7 +194,7 @@ static void run_release(run *r)
     size_t i;
     if (!r->s) return;
     for (i = 0; i < r->n && r->x; i++) xfer_release(r->s, &r->x[i]);
-    free(r->x);
+    if (r->x != r->one) free(r->x);
     r->x = NULL;
     if (r->s->active == r) r->s->active = NULL;
     r->s = NULL;
@@ -204,30 +243,36 @@ static int on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
     return CURL_PREREQFUNC_OK;
 }
 
-static int build_headers(xfer *x)
+/* The session's fixed headers, built once; an Omni request puts its own
+ * Authorization node in front of them. */
+static int build_headers(cc_session *s, xfer *x)
 {
-    struct curl_slist *h = NULL, *t;
-    const char *fixed[] = { "Content-Type: application/json", "Accept: application/json", "Expect:" };
+    static const char *const fixed[] = {
+        "Content-Type: application/json", "Accept: application/json", "Expect:"
+    };
     size_t i;
-    for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-        if (!(t = curl_slist_append(h, fixed[i]))) goto fail;
-        h = t;
+    if (!s->headers) {
+        struct curl_slist *h = NULL, *t;
+        for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+            if (!(t = curl_slist_append(h, fixed[i]))) {
+                curl_slist_free_all(h);
+                return 0;
+            }
+            h = t;
+        }
+        s->headers = h;
     }
+    x->headers = s->headers;
     if (x->req.ep->auth == AUTH_BEARER) {
-        cc_buf b = { 0 };
-        int ok = cc_buf_add(&b, "Authorization: Bearer ", 22) &&
-                 cc_buf_add(&b, x->req.secret, x->req.secret_len) && cc_buf_add(&b, "", 1);
-        t = ok ? curl_slist_append(h, b.data) : NULL;
-        if (b.data) memset(b.data, 0, b.len);
-        cc_buf_free(&b);
-        if (!t) goto fail;
-        h = t;
+        size_t n = x->req.secret_len;
+        if (!(x->auth.data = malloc(22 + n + 1))) return 0;
+        memcpy(x->auth.data, "Authorization: Bearer ", 22);
+        memcpy(x->auth.data + 22, x->req.secret, n);
+        x->auth.data[22 + n] = '\0';
+        x->auth.next = s->headers;
+        x->headers = &x->auth;
     }
-    x->headers = h;
     return 1;
-fail:
-    curl_slist_free_all(h);
-    return 0;
 }
 
 static long ms(double seconds)
@@ -242,18 +287,16 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     const cc_req *q = &x->req;
     double left = x->deadline - now;
     CURL *e;
-    if (!x->headers && !build_headers(x)) return 0;
-    if (!(e = easy_get(s))) return 0;
+    if (!x->headers && !build_headers(s, x)) return 0;
+    x->sticky = q->proxy || q->ca_file || !q->verify_tls || q->method || !q->retry_ok;
+    if (!(e = easy_get(s, x->sticky))) return 0;
     x->easy = e;
     x->resp.len = 0;
     x->too_large = 0;
     x->sends = 0;
     x->retry_after[0] = x->errbuf[0] = '\0';
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_URL, q->url);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     if (q->method && strcmp(q->method, "POST") != 0)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q->method);
     if (q->body || !q->method || strcmp(q->method, "GET") != 0) {
@@ -265,8 +308,10 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(left));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(q->connect_timeout < left ? q->connect_timeout : left));
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, q->max_bytes);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, q->verify_tls ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, q->verify_tls ? 2L : 0L);
+    if (!q->verify_tls) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
     if (!q->retry_ok) {
         /* libcurl silently resends a request once when a reused connection
          * turns out dead; a call that must not run twice gets its own. */
@@ -276,11 +321,8 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     if (q->proxy) curl_easy_setopt(e, CURLOPT_PROXY, q->proxy);
     if (q->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_send);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
     if (curl_multi_add_handle(s->multi, e) != CURLM_OK) return 0;
     x->state = X_RUN;
@@ -457,7 +499,7 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
                 store(L, out, (size_t)(x - r->x));
                 done++;
             }
-            easy_put(s, x->easy);
+            easy_put(s, x->easy, x->sticky);
             x->easy = NULL;
             finished = 1;
         }
@@ -486,7 +528,8 @@ int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int sing
     luaL_getmetatable(L, RUN_MT);
     lua_setmetatable(L, -2);
     r->s = s;
-    if (n > 0 && !(r->x = calloc(n, sizeof *r->x))) luaL_error(L, "not enough memory");
+    if (single) r->x = r->one;
+    else if (n > 0 && !(r->x = calloc(n, sizeof *r->x))) luaL_error(L, "not enough memory");
     r->n = n;
     s->active = r;
     for (i = 0; i < n; i++) {
