@@ -109,7 +109,9 @@ local function new_client(svc, opts)
     error(format("%s: give either 'instance' or 'base_url', not both", where), 2)
   end
   local self = setmetatable({}, classes[svc.name])
-  private[self] = { svc = svc, defaults = defaults, session = core.session() }
+  -- plain[call]: the options of a call made without options of its own,
+  -- built once (callers only ever set the same positional fields in it)
+  private[self] = { svc = svc, defaults = defaults, session = core.session(), plain = {} }
   return self
 end
 
@@ -123,10 +125,12 @@ end
 -- The options for one call: the client's defaults that this call takes,
 -- overridden by the call's own. Naming a host per call replaces the
 -- client's way of naming it. Mistakes raise at the caller's caller.
+-- Without options of its own a call gets the same table every time.
 local function call_options(st, call, opts, where)
   if opts ~= nil and type(opts) ~= "table" then
     error(format("bad argument to '%s' (options table expected, got %s)", where, type(opts)), 4)
   end
+  if opts == nil and st.plain[call] then return st.plain[call] end
   local takes = st.svc.call_options[call]
   if opts then check_options(where, opts, takes, 4) end
   local merged = {}
@@ -138,6 +142,8 @@ local function call_options(st, call, opts, where)
   end
   if opts then
     for k, v in pairs(opts) do merged[k] = v end
+  else
+    st.plain[call] = merged
   end
   return merged
 end
