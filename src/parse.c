@@ -101,22 +101,28 @@ int cc_pct_encode(cc_buf *b, const char *s, size_t n)
     return 1;
 }
 
-/* A JSON string literal; bytes >= 0x80 pass through as they are. */
+/* A JSON string literal; bytes >= 0x80 pass through as they are. Runs of
+ * plain bytes are copied at once. */
 int cc_json_string(cc_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t i;
+    size_t i = 0, run;
     if (!cc_buf_add(b, "\"", 1)) return 0;
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
+    while (i < n) {
+        unsigned char c;
+        for (run = i; run < n; run++) {
+            c = (unsigned char)s[run];
+            if (c == '"' || c == '\\' || c < 0x20 || c == 0x7f) break;
+        }
+        if (run > i && !cc_buf_add(b, s + i, run - i)) return 0;
+        if ((i = run) == n) break;
+        c = (unsigned char)s[i++];
         if (c == '"' || c == '\\') {
             char e[2] = { '\\', (char)c };
             if (!cc_buf_add(b, e, 2)) return 0;
-        } else if (c < 0x20 || c == 0x7f) {
+        } else {
             char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
             if (!cc_buf_add(b, e, 6)) return 0;
-        } else if (!cc_buf_add(b, &c, 1)) {
-            return 0;
         }
     }
     return cc_buf_add(b, "\"", 1);
