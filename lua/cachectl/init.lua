@@ -187,6 +187,7 @@ end
 -- @treturn table|nil the decoded answer, e.g. `{ status = "success", message = "Cache cleared" }`
 -- @treturn[2] table err (`kind`, `message`, `status`, `code`, `retry_after`, `attempts`, `field`)
 -- @usage local res, err = ml:clear_cache()
+-- @function modelslab_client:clear_cache
 function classes.modelslab:clear_cache(opts)
   local st = state(self)
   return perform(st, "clear_cache", call_options(st, "clear_cache", opts, "modelslab:clear_cache"))
@@ -197,14 +198,18 @@ end
 -- @treturn table|nil the decoded answer
 -- @treturn[2] table err
 -- @usage local res, err = ml:clear_queue{ product = "3d" }
+-- @function modelslab_client:clear_queue
 function classes.modelslab:clear_queue(opts)
   local st = state(self)
   return perform(st, "clear_queue", call_options(st, "clear_queue", opts, "modelslab:clear_queue"))
 end
 
--- The ModelsLab Enterprise server calls, one method each, for any product:
--- POST {base}/v1/enterprise/{product}/{action} with {"key": ...}.
--- restart_server and update_server are never retried.
+--- The ModelsLab Enterprise server calls, one method each, for any product:
+-- `POST {base}/v1/enterprise/{product}/{action}` with `{"key": ...}`:
+-- `ml:enterprise_clear_cache(opts)`, `ml:restart_server(opts)`,
+-- `ml:update_server(opts)`, `ml:system_details(opts)`, each returning `res` or
+-- `nil, err` like `clear_queue`. restart_server and update_server are never retried.
+-- @section enterprise
 for _, call in ipairs{ "enterprise_clear_cache", "restart_server", "update_server", "system_details" } do
   classes.modelslab[call] = function(self, opts)
     local st = state(self)
@@ -222,6 +227,7 @@ end
 -- @treturn table|nil the decoded answer
 -- @treturn[2] table err
 -- @usage local res, err = omni:request("GET", "/v1/models")
+-- @function client:request
 function Client:request(method, path, body, opts)
   local st = state(self)
   local merged = call_options(st, "request", opts, st.svc.name .. ":request")
@@ -236,6 +242,7 @@ end
 -- @treturn table|nil the whole decoded answer (`res.cache_reset.policy_name`, `res.success`)
 -- @treturn[2] table err
 -- @usage local res, err = omni:reset_cache(model_id, "daily")
+-- @function omni_client:reset_cache
 function classes.omni:reset_cache(model_id, policy, opts)
   local st = state(self)
   local merged = call_options(st, "reset_cache", opts, "omni:reset_cache")
@@ -249,6 +256,7 @@ end
 -- @tparam[opt] table opts per-call options plus `concurrency` (default: the client's, else 8)
 -- @treturn {table,...} one `{ policy = name, result = res, err = err }` per policy, in input order
 -- @usage local results = omni:reset_caches(model_id, { "daily", "hourly" }, { concurrency = 8 })
+-- @function omni_client:reset_caches
 function classes.omni:reset_caches(model_id, policies, opts)
   local st = state(self)
   if type(policies) ~= "table" then
@@ -291,6 +299,7 @@ end
 
 --- Closes the client's connections. Closing twice does nothing; any other
 -- use of a closed client raises "client is closed".
+-- @function client:close
 function Client:close()
   local st = private[self]
   if st and not st.closed then
@@ -324,6 +333,7 @@ end
 -- and the common options
 -- @treturn table the client
 -- @usage local ml = cachectl.modelslab.new{ key = KEY }
+-- @function modelslab.new
 function M.modelslab.new(opts)
   return new_client(services.modelslab, opts)
 end
@@ -334,6 +344,7 @@ end
 -- and the common options
 -- @treturn table the client
 -- @usage local omni = cachectl.omni.new{ instance = "acme" }
+-- @function omni.new
 function M.omni.new(opts)
   return new_client(services.omni, opts)
 end
