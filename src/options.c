@@ -116,7 +116,7 @@ static void read_slots(lua_State *L, int idx, const cc_endpoint *ep, slot *v)
                        luaL_typename(L, -2));
         name = lua_tostring(L, -2);
         for (i = 0; i < O_COUNT; i++)
-            if (strcmp(name, optdefs[i].name) == 0 &&
+            if (name[0] == optdefs[i].name[0] && strcmp(name, optdefs[i].name) == 0 &&
                 (!optdefs[i].bit || (ep->opts & optdefs[i].bit)))
                 break;
         if (i == O_COUNT)

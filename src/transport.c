@@ -23,23 +23,6 @@
 
 struct run;
 
-/* An idle easy handle; sticky: its last request set options beyond the
- * usual ones (proxy, CA file, no verification, a method, a fresh
- * connection), so it must be reset before the next. */
-typedef struct pooled {
-    CURL *easy;
-    int sticky;
-} pooled;
-
-struct cc_session {
-    CURLM *multi;
-    pooled pool[POOL_MAX];
-    int npool;
-    struct curl_slist *headers;  /* the headers every request sends */
-    uint64_t rng;
-    struct run *active;     /* the run in progress, closed with the session */
-};
-
 enum { X_WAIT, X_RUN, X_DONE };
 
 typedef struct xfer {
@@ -57,12 +40,30 @@ typedef struct xfer {
 } xfer;
 
 typedef struct run {
-    cc_session *s;
+    struct cc_session *s;
     size_t n;
     int oom;
     xfer *x;            /* calloc'd, or one[] for a single call */
     xfer one[1];
 } run;
+
+/* An idle easy handle; sticky: its last request set options beyond the
+ * usual ones (proxy, CA file, no verification, a method, a fresh
+ * connection), so it must be reset before the next. */
+typedef struct pooled {
+    CURL *easy;
+    int sticky;
+} pooled;
+
+struct cc_session {
+    CURLM *multi;
+    pooled pool[POOL_MAX];
+    int npool;
+    struct curl_slist *headers;  /* the headers every request sends */
+    uint64_t rng;
+    struct run *active;     /* the run in progress, closed with the session */
+    struct run single;      /* the run of single calls, reused */
+};
 
 static double mono(void)
 {
@@ -226,7 +227,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
     xfer *x = ud;
     size_t n = size * nmemb;
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) x->retry_after[0] = '\0';   /* a new response */
-    if (n > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
+    if (n > 12 && (p[0] | 0x20) == 'r' && strncasecmp(p, "retry-after:", 12) == 0) {
         size_t len = n - 12 < sizeof x->retry_after - 1 ? n - 12 : sizeof x->retry_after - 1;
         memcpy(x->retry_after, p + 12, len);
         x->retry_after[len] = '\0';
@@ -523,13 +524,20 @@ int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int sing
         lua_createtable(L, (int)n, 0);
         out = lua_gettop(L);
     }
-    r = cc_newuserdata(L, sizeof *r);
-    memset(r, 0, sizeof *r);
-    luaL_getmetatable(L, RUN_MT);
-    lua_setmetatable(L, -2);
+    if (s->active) run_release(s->active);   /* left behind by an error raised mid-run */
+    if (single) {
+        /* single calls reuse the session's run: no userdata, no finalizer */
+        r = &s->single;
+        memset(r, 0, sizeof *r);
+        r->x = r->one;
+    } else {
+        r = cc_newuserdata(L, sizeof *r);
+        memset(r, 0, sizeof *r);
+        luaL_getmetatable(L, RUN_MT);
+        lua_setmetatable(L, -2);
+        if (n > 0 && !(r->x = calloc(n, sizeof *r->x))) luaL_error(L, "not enough memory");
+    }
     r->s = s;
-    if (single) r->x = r->one;
-    else if (n > 0 && !(r->x = calloc(n, sizeof *r->x))) luaL_error(L, "not enough memory");
     r->n = n;
     s->active = r;
     for (i = 0; i < n; i++) {
