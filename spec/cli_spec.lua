@@ -21,12 +21,7 @@ local function secret(prefix, directives)
   return (prefix or "k") .. "-SECRET" .. hex(20) .. (directives and (" " .. directives) or "")
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = require("support.helpers").free_port
 
 local function sh_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"

@@ -45,12 +45,7 @@ local function root_dir()
   return (dir:gsub("/%./", "/"):gsub("/%.$", ""))
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = require("support.helpers").free_port
 
 -- A process that is there and not a zombie.
 local function alive(pid)

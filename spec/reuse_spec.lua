@@ -247,7 +247,7 @@ describe("core sessions", function()
         s:close()
       ]])
       if clean == nil then
-        pending("needs valgrind and Lua 5.4")
+        pending("needs valgrind, Lua 5.4 and no AddressSanitizer")
         return
       end
       local report = {}

@@ -117,6 +117,8 @@ end
 -- clean (true when valgrind reported no error and Lua exited 0), output.
 function M.valgrind_lua(code)
   if _VERSION ~= "Lua 5.4" or not command_exists("valgrind") then return nil end
+  -- under AddressSanitizer the module needs the ASan runtime, valgrind can't run both
+  if (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) then return nil end
   local file = os.tmpname()
   local f = assert(io.open(file, "w"))
   f:write(string.format("package.path = %q\npackage.cpath = %q\n", package.path, package.cpath))
