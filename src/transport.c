@@ -5,8 +5,8 @@
  * deadline, and the reading of each answer into a result or an error.
  *
  * Lua is only touched between libcurl calls: the callbacks copy bytes into C
- * buffers and never raise. The requests of a run live in a userdata with a
- * __gc, so even a memory error raised mid-run frees every handle. */
+ * buffers and never raise. A run goes on under lua_pcall, so even a memory
+ * error raised mid-run frees every handle before it is passed on. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,7 +18,6 @@
 #include "cachectl.h"
 
 #define SESSION_MT "cachectl.session"
-#define RUN_MT "cachectl.run"
 #define POOL_MAX 16
 
 struct run;
@@ -61,7 +60,7 @@ struct cc_session {
     int npool;
     struct curl_slist *headers;  /* the headers every request sends */
     uint64_t rng;
-    struct run *active;     /* the run in progress, closed with the session */
+    struct run *active;     /* the run in progress */
     struct run single;      /* the run of single calls, reused */
 };
 
@@ -123,6 +122,15 @@ cc_session *cc_session_check(lua_State *L, int idx)
 static int session_gc(lua_State *L)
 {
     session_close(luaL_checkudata(L, 1, SESSION_MT));
+    return 0;
+}
+
+/* session:close(), refused while a call runs on it (from a finalizer). */
+static int session_close_method(lua_State *L)
+{
+    cc_session *s = luaL_checkudata(L, 1, SESSION_MT);
+    if (s->active) return luaL_error(L, "cachectl: cannot close a session while a call runs on it");
+    session_close(s);
     return 0;
 }
 
@@ -188,8 +196,8 @@ static void xfer_release(cc_session *s, xfer *x)
     cc_req_free(&x->req);
 }
 
-/* Idempotent: after the first call the run no longer refers to the session,
- * so a late __gc never touches it. */
+/* Frees what a run holds and returns its easy handles to the pool;
+ * idempotent. */
 static void run_release(run *r)
 {
     size_t i;
@@ -199,12 +207,6 @@ static void run_release(run *r)
     r->x = NULL;
     if (r->s->active == r) r->s->active = NULL;
     r->s = NULL;
-}
-
-static int run_gc(lua_State *L)
-{
-    run_release(lua_touserdata(L, 1));
-    return 0;
 }
 
 static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
@@ -512,62 +514,90 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
     }
 }
 
-int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int single,
-           int concurrency)
+typedef struct run_args {
+    run *r;
+    const cc_endpoint *ep;
+    int single, concurrency;
+} run_args;
+
+/* Parses and drives a run, under lua_pcall (arguments: the options table or
+ * the list of them, and the run_args), so that whatever it raises, cc_run
+ * releases the run before passing the error on. */
+static int run_protected(lua_State *L)
 {
-    size_t n = single ? 1 : cc_rawlen(L, idx), i, done = 0;
+    run_args *a = lua_touserdata(L, 2);
+    run *r = a->r;
+    size_t i, done = 0;
     int out = 0;
     double now = mono();
-    run *r;
-    idx = cc_absindex(L, idx);
-    if (!single) {
-        lua_createtable(L, (int)n, 0);
+    if (!a->single) {
+        lua_createtable(L, (int)r->n, 0);
         out = lua_gettop(L);
     }
-    if (s->active) run_release(s->active);   /* left behind by an error raised mid-run */
-    if (single) {
-        /* single calls reuse the session's run: no userdata, no finalizer */
-        r = &s->single;
-        memset(r, 0, sizeof *r);
-        r->x = r->one;
-    } else {
-        r = cc_newuserdata(L, sizeof *r);
-        memset(r, 0, sizeof *r);
-        luaL_getmetatable(L, RUN_MT);
-        lua_setmetatable(L, -2);
-        if (n > 0 && !(r->x = calloc(n, sizeof *r->x))) luaL_error(L, "not enough memory");
-    }
-    r->s = s;
-    r->n = n;
-    s->active = r;
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < r->n; i++) {
         xfer *x = &r->x[i];
         x->state = X_DONE;
-        if (!single) {
-            lua_rawgeti(L, idx, (int)i + 1);
+        if (!a->single) {
+            lua_rawgeti(L, 1, (int)i + 1);
             if (!lua_istable(L, -1))
-                luaL_error(L, "%s.%s batch: item %d is not an options table (got %s)", ep->service,
-                           ep->name, (int)i + 1, luaL_typename(L, -1));
+                luaL_error(L, "%s.%s batch: item %d is not an options table (got %s)", a->ep->service,
+                           a->ep->name, (int)i + 1, luaL_typename(L, -1));
         }
-        if (cc_req_parse(L, single ? idx : -1, ep, &x->req)) {
+        if (cc_req_parse(L, a->single ? 1 : -1, a->ep, &x->req)) {
             x->state = X_WAIT;
             x->deadline = now + x->req.timeout;
         } else {
-            if (!single) lua_pop(L, 1);
+            if (!a->single) lua_pop(L, 1);
             lua_pushnil(L);
             cc_push_error(L, CC_INVALID, x->req.bad_msg, 0, NULL, -1, 0, x->req.bad_field, NULL);
             store(L, out, i);
             done++;
             continue;
         }
-        if (!single) lua_pop(L, 1);
+        if (!a->single) lua_pop(L, 1);
     }
-    drive(L, r, out, concurrency < 1 ? 1 : concurrency, done);
-    run_release(r);
-    if (r->oom) luaL_error(L, "not enough memory");
-    if (single) return 2;
+    drive(L, r, out, a->concurrency < 1 ? 1 : a->concurrency, done);
+    if (r->oom) return luaL_error(L, "not enough memory");
+    if (a->single) return 2;
     lua_pushvalue(L, out);
     return 1;
+}
+
+int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int single,
+           int concurrency)
+{
+    run_args a;
+    run *r;
+    size_t n;
+    int top, rc;
+    if (s->active) return luaL_error(L, "cachectl: this session is already running a call");
+    idx = cc_absindex(L, idx);
+    n = single ? 1 : cc_rawlen(L, idx);
+    top = lua_gettop(L);
+    lua_pushcfunction(L, run_protected);
+    lua_pushvalue(L, idx);
+    lua_pushlightuserdata(L, &a);
+    if (single) {
+        /* single calls reuse the session's run: nothing to allocate */
+        r = &s->single;
+        memset(r, 0, sizeof *r);
+        r->x = r->one;
+    } else if (!(r = calloc(1, sizeof *r)) || (n > 0 && !(r->x = calloc(n, sizeof *r->x)))) {
+        free(r);
+        return luaL_error(L, "not enough memory");
+    }
+    r->s = s;
+    r->n = n;
+    s->active = r;
+    a.r = r;
+    a.ep = ep;
+    a.single = single;
+    a.concurrency = concurrency;
+    rc = lua_pcall(L, 2, LUA_MULTRET, 0);
+    run_release(r);
+    if (!single) free(r);
+    if (rc != 0) return lua_error(L);
+    return lua_gettop(L) - top;
 }
 
 /* ---- the session as seen from Lua ------------------------------------ */
@@ -610,7 +640,7 @@ static int session_new_l(lua_State *L)
 void cc_transport_init(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        { "call", session_call }, { "batch", session_batch }, { "close", session_gc }, { NULL, NULL }
+        { "call", session_call }, { "batch", session_batch }, { "close", session_close_method }, { NULL, NULL }
     };
     luaL_newmetatable(L, SESSION_MT);
     lua_pushcfunction(L, session_gc);
@@ -622,10 +652,6 @@ void cc_transport_init(lua_State *L)
     lua_newtable(L);
     cc_setfuncs(L, methods);
     lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, RUN_MT);
-    lua_pushcfunction(L, run_gc);
-    lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     lua_pushcfunction(L, session_new_l);
     lua_setfield(L, -2, "session");
