@@ -129,12 +129,13 @@ void cc_errors_init(lua_State *L);
 typedef struct cc_session cc_session;
 cc_session *cc_session_new(lua_State *L);        /* pushes the userdata */
 cc_session *cc_session_check(lua_State *L, int idx);
-/* Runs n requests (opts tables in the array at list_idx, or the single
- * table at list_idx when n == 0), up to concurrency at once. Pushes the
- * results: for a single request res or nil, err; for a list, one array of
- * { result = ..., err = ... }. Returns the number of values pushed. */
-int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int list_idx,
-           int single, int concurrency);
+/* Runs the request whose options table is at idx (single), or the requests
+ * of the list of options tables at idx, up to concurrency at once. Pushes
+ * the results: for a single request res or nil, err; for a list, one array
+ * of { result = ..., err = ... } in input order. Returns the number of
+ * values pushed. Raises on programming mistakes, with nothing sent. */
+int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int single,
+           int concurrency);
 void cc_transport_init(lua_State *L);
 double cc_now_epoch(void);
 
