@@ -73,7 +73,7 @@ local C = SMOKE and {
   soak_n = 200, soak_warmup = 20, soak_mock_n = 100,
   require_runs = 3,
 } or {
-  rounds = 3, seconds = 2.5, fixed_n = nil, warmup = 20,
+  rounds = 5, seconds = 2.5, fixed_n = nil, warmup = 20,
   cg_small = 200, cg_large = 1200,
   batch_n = 1000, batch_n1 = 100, batch_conc = { 1, 8, 32, 128 }, batch_rounds = 3,
   soak_n = 100000, soak_warmup = 1000, soak_mock_n = 100000,
