@@ -105,6 +105,18 @@ describe("cachectl (Lua layer)", function()
     assert.equal("daily", res.cache_reset.policy_name)
   end)
 
+  it("takes a default model from new, which an argument overrides", function()
+    local omni = cachectl.omni.new{ token = "tok-model", base_url = srv.base, model_id = MODEL }
+    assert.truthy(omni:reset_cache(nil, "daily"))
+    local other = "00000000-0000-0000-0000-0000000000aa"
+    assert.truthy(omni:reset_cache(other, "daily"))
+    assert.truthy(omni:reset_cache(nil, "weekly"))
+    local reqs = srv:requests()
+    assert.equal("/api/v1/models/" .. MODEL .. "/cache_reset/daily", reqs[1].path)
+    assert.equal("/api/v1/models/" .. other .. "/cache_reset/daily", reqs[2].path)
+    assert.equal("/api/v1/models/" .. MODEL .. "/cache_reset/weekly", reqs[3].path)
+  end)
+
   it("passes reset_at through", function()
     local omni = cachectl.omni.new{ token = "tok-reset", base_url = srv.base }
     assert.truthy(omni:reset_cache(MODEL, "daily", { reset_at = "2026-01-02T03:04:05Z" }))

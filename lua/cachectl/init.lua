@@ -148,6 +148,13 @@ local function call_options(st, call, opts, where)
   return merged
 end
 
+-- A positional argument left nil falls back to the client's option of that
+-- name (new{ model_id = ... } gives a default model).
+local function arg_or_default(st, value, name)
+  if value == nil then return st.defaults[name] end
+  return value
+end
+
 -- An invalid secret most often means an unset environment variable: say so.
 local function hint(st, err)
   if err and err.kind == "invalid" and err.field == st.svc.secret then
@@ -231,7 +238,9 @@ end
 function Client:request(method, path, body, opts)
   local st = state(self)
   local merged = call_options(st, "request", opts, st.svc.name .. ":request")
-  merged.method, merged.path, merged.body = method, path, body
+  merged.method = arg_or_default(st, method, "method")
+  merged.path = arg_or_default(st, path, "path")
+  merged.body = arg_or_default(st, body, "body")
   return perform(st, "request", merged)
 end
 
@@ -246,7 +255,8 @@ end
 function classes.omni:reset_cache(model_id, policy, opts)
   local st = state(self)
   local merged = call_options(st, "reset_cache", opts, "omni:reset_cache")
-  merged.model_id, merged.policy = model_id, policy
+  merged.model_id = arg_or_default(st, model_id, "model_id")
+  merged.policy = arg_or_default(st, policy, "policy")
   return perform(st, "reset_cache", merged)
 end
 
@@ -278,7 +288,7 @@ function classes.omni:reset_caches(model_id, policies, opts)
   if not nginx then base = without_shared_dict(base) end
   local list = {}
   for i = 1, #policies do
-    local one = { model_id = model_id, policy = policies[i] }
+    local one = { model_id = arg_or_default(st, model_id, "model_id"), policy = policies[i] }
     for k, v in pairs(base) do
       if k ~= "model_id" and k ~= "policy" then one[k] = v end
     end
