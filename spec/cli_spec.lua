@@ -21,26 +21,9 @@ local function secret(prefix, directives)
   return (prefix or "k") .. "-SECRET" .. hex(20) .. (directives and (" " .. directives) or "")
 end
 
-local free_port = require("support.helpers").free_port
-
-local function sh_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function write_file(path, text, mode)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  if mode then assert(os.execute("chmod " .. mode .. " " .. sh_quote(path))) end
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local helpers = require "support.helpers"
+local free_port, sh_quote, read_file, write_file =
+  helpers.free_port, helpers.sh_quote, helpers.read_file, helpers.write_file
 
 local function cwd()
   local p = assert(io.popen("pwd"))

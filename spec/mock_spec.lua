@@ -72,11 +72,7 @@ local function clear_cache(srv, key)
   return modelslab(srv, "/v5/clear_cache", key)
 end
 
--- os.execute returns true (5.2+) or 0 (5.1) on success.
-local function succeeds(cmd)
-  local r = os.execute(cmd)
-  return r == true or r == 0
-end
+local succeeds = require("support.helpers").succeeds
 
 local function process_alive(pid)
   return succeeds("kill -0 " .. pid .. " 2>/dev/null")

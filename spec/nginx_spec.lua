@@ -12,29 +12,6 @@ local MODEL = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 local MISSING = "00000000-0000-0000-0000-000000000000"
 local HOLD = 2             -- seconds the mock holds the "slow" token's calls
 
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function run(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
 local function root_dir()
   local p = assert(io.popen("pwd"))
   local cwd = p:read("*l")
@@ -45,7 +22,9 @@ local function root_dir()
   return (dir:gsub("/%./", "/"):gsub("/%.$", ""))
 end
 
-local free_port = require("support.helpers").free_port
+local helpers = require "support.helpers"
+local free_port, sh_quote, read_file, write_file, run =
+  helpers.free_port, helpers.sh_quote, helpers.read_file, helpers.write_file, helpers.succeeds
 
 -- A process that is there and not a zombie.
 local function alive(pid)

@@ -20,8 +20,6 @@
 #define SESSION_MT "cachectl.session"
 #define POOL_MAX 16
 
-struct run;
-
 enum { X_WAIT, X_RUN, X_DONE };
 
 typedef struct xfer {

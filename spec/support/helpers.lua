@@ -1,6 +1,6 @@
---- Shared helpers for the cachectl.core specs: unique credentials, a free
--- port, a deep search for secrets, percent-decoding, and running a snippet
--- of Lua under valgrind. No assertions here: the specs assert.
+--- Shared helpers for the specs: unique credentials, a free port, a deep
+-- search for secrets, percent-decoding, files and shell commands, and running
+-- a snippet of Lua under valgrind. No assertions here: the specs assert.
 local io, math, os, string, table = io, math, os, string, table
 local assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package =
   assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package
@@ -102,6 +102,35 @@ function M.eventually(fn, tries)
     socket.sleep(0.02)
   end
   return value
+end
+
+--- `s` quoted for sh.
+function M.sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+--- Runs a shell command; true when it exited 0 (os.execute returns true in
+-- 5.2+, 0 in 5.1).
+function M.succeeds(cmd)
+  local r = os.execute(cmd)
+  return r == true or r == 0
+end
+
+--- The whole content of a file, or nil when it cannot be opened.
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+--- Writes a file, then gives it `mode` (e.g. "600") when one is given.
+function M.write_file(path, text, mode)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  if mode then assert(M.succeeds("chmod " .. mode .. " " .. M.sh_quote(path))) end
 end
 
 local function command_exists(name)

@@ -6,6 +6,9 @@
 local io, os, table = io, os, table
 local assert, error, ipairs, setmetatable = assert, error, ipairs, setmetatable
 
+local helpers = require "support.helpers"
+local sh_quote, write_file = helpers.sh_quote, helpers.write_file
+
 local M = {}
 
 local Certs = {}
@@ -13,14 +16,10 @@ Certs.__index = Certs
 
 local FILES = { "ca.key", "ca.pem", "ca.srl", "server.key", "server.csr", "server.pem", "server.ext" }
 
-local function quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
 -- Runs an openssl command; raises with its output when it fails.
 local function openssl(dir, args)
   local log = dir .. "/openssl.log"
-  local ok = os.execute("cd " .. quote(dir) .. " && openssl " .. args .. " >" .. quote(log) .. " 2>&1")
+  local ok = os.execute("cd " .. sh_quote(dir) .. " && openssl " .. args .. " >" .. sh_quote(log) .. " 2>&1")
   if ok ~= true and ok ~= 0 then
     local f = io.open(log)
     local out = f and f:read("*a") or ""
@@ -29,18 +28,12 @@ local function openssl(dir, args)
   end
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
 --- Makes the CA and the server certificate (P-256 keys, valid 2 days).
 -- @return certs { dir, ca, cert, key } with a `cleanup` method
 function M.make()
   local dir = os.tmpname()          -- a unique name; replaced by a directory
   os.remove(dir)
-  assert(os.execute("mkdir -m 700 " .. quote(dir)), "cannot create " .. dir)
+  assert(os.execute("mkdir -m 700 " .. sh_quote(dir)), "cannot create " .. dir)
   local certs = setmetatable({ dir = dir, ca = dir .. "/ca.pem", cert = dir .. "/server.pem",
                                key = dir .. "/server.key" }, Certs)
   local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
@@ -48,7 +41,7 @@ function M.make()
     .. " -subj '/CN=cachectl test CA'"
     .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
   openssl(dir, "req " .. ec .. " -keyout server.key -out server.csr -subj '/CN=127.0.0.1'")
-  write(dir .. "/server.ext", table.concat({
+  write_file(dir .. "/server.ext", table.concat({
     "basicConstraints = CA:FALSE",
     "keyUsage = critical, digitalSignature, keyEncipherment",
     "extendedKeyUsage = serverAuth",
