@@ -391,6 +391,7 @@ static int run_protected(lua_State *L)
         if (cc_req_parse(L, a->single ? 1 : -1, a->ep, &x->req)) {
             x->state = X_WAIT;
             x->deadline = now + x->req.timeout;
+            x->next_start = now + x->req.delay;
         } else {
             if (!a->single) lua_pop(L, 1);
             lua_pushnil(L);

@@ -310,6 +310,8 @@ static int check_common(cc_req *r, slot *v)
     if (v[O_MAX_BYTES].set && !(v[O_MAX_BYTES].n >= 1 && v[O_MAX_BYTES].n <= 1e15 &&
                                 v[O_MAX_BYTES].n == floor(v[O_MAX_BYTES].n)))
         return bad(r, "max_response_bytes", "must be a whole number > 0");
+    if (v[O_DELAY].set && !(v[O_DELAY].n >= 0 && v[O_DELAY].n <= 1e9))
+        return bad(r, "delay", "must be a number of seconds >= 0");
     if (v[O_USER_AGENT].set && cc_has_ctl(v[O_USER_AGENT].s, v[O_USER_AGENT].len))
         return bad(r, "user_agent", "must not contain control characters");
     if (v[O_PROXY].set && cc_has_ctl(v[O_PROXY].s, v[O_PROXY].len))
@@ -319,6 +321,7 @@ static int check_common(cc_req *r, slot *v)
     r->timeout = v[O_TIMEOUT].set ? v[O_TIMEOUT].n : 30;
     r->connect_timeout = v[O_CONNECT_TIMEOUT].set ? v[O_CONNECT_TIMEOUT].n : 10;
     r->retries = v[O_RETRIES].set ? (long)v[O_RETRIES].n : 2;
+    r->delay = v[O_DELAY].set ? v[O_DELAY].n : 0;
     r->max_bytes = v[O_MAX_BYTES].set ? (curl_off_t)v[O_MAX_BYTES].n : 1024 * 1024;
     r->verify_tls = v[O_VERIFY_TLS].set ? v[O_VERIFY_TLS].b : 1;
     r->user_agent = v[O_USER_AGENT].set ? v[O_USER_AGENT].s : user_agent_default();
