@@ -85,11 +85,15 @@ rock:
 pack-check:
 	bash .ci/pack-check
 
-# The API reference from the doc comments, into doc/api/.
+# The API reference from the doc comments (config.ld), into build/docs/.
 docs:
 	ldoc .
 
-test: all lint spec spec-abis spec-asan spec-valgrind rock pack-check bench-smoke
+# Every ```lua and ```sh sample of README.md and docs/*.md, run against the mock.
+docs-check: all
+	$(BUSTED) --lua=lua5.4 spec/docs_spec.lua
+
+test: all lint spec docs-check spec-abis spec-asan spec-valgrind rock pack-check bench-smoke
 
 demo: all
 	bash examples/demo.sh
@@ -104,4 +108,4 @@ bench-smoke: all
 fuzz:
 	$(MAKE) -C fuzz run
 
-.PHONY: lint spec spec-abis spec-asan spec-valgrind rock pack-check docs test demo bench bench-smoke fuzz
+.PHONY: lint spec docs-check spec-abis spec-asan spec-valgrind rock pack-check docs test demo bench bench-smoke fuzz
