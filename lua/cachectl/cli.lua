@@ -250,7 +250,7 @@ end
 local function print_results(ctx, items)
   local args = ctx.args
   if args.json then
-    ctx.out(output.json_doc(items, ctx.action.service .. " " .. ctx.action.name))
+    ctx.out(output.json_doc(items, ctx.action.service .. " " .. ctx.action.name, ctx.secrets))
     return
   end
   for _, item in ipairs(items) do

@@ -19,10 +19,17 @@ M.SUCCESS, M.FAILURE, M.USAGE, M.INTERRUPTED = 0, 1, 2, 130
 
 -- Until core.scrub lands: masks every run of 8 or more characters of
 -- `secret` (the whole of a shorter one), as given, JSON-escaped or
--- percent-encoded. TODO: drop once core.scrub is on main.
-local function mask(text, form)
+-- percent-encoded, all forms marked in one pass so that a run covering
+-- several becomes one mask. TODO: drop once core.scrub is on main.
+local function forms_of(secret)
+  local ok, json = pcall(cjson.encode, secret)
+  return { secret, ok and json:sub(2, -2) or secret,
+    (secret:gsub("[^%w%-%._~]", function(c) return format("%%%02X", c:byte()) end)),
+    (secret:gsub("[^%w%-%._~]", function(c) return format("%%%02x", c:byte()) end)) }
+end
+
+local function mark(text, form, hit)
   local n = math.min(8, #form)
-  local hit = {}
   for j = 1, #form - n + 1 do
     local piece, i = form:sub(j, j + n - 1), 1
     while true do
@@ -34,6 +41,12 @@ local function mask(text, form)
       i = a + 1
     end
   end
+end
+
+local function scrub_fallback(text, secret)
+  local hit = {}
+  for _, form in ipairs(forms_of(secret)) do mark(text, form, hit) end
+  if next(hit) == nil then return text end
   local out, p = {}, 1
   while p <= #text do
     if hit[p] then
@@ -47,17 +60,6 @@ local function mask(text, form)
   return concat(out)
 end
 
-local function scrub_fallback(text, secret)
-  local ok, json = pcall(cjson.encode, secret)
-  local forms = { secret, ok and json:sub(2, -2) or secret,
-    (secret:gsub("[^%w%-%._~]", function(c) return format("%%%02X", c:byte()) end)),
-    (secret:gsub("[^%w%-%._~]", function(c) return format("%%%02x", c:byte()) end)) }
-  for _, form in ipairs(forms) do
-    if #form > 0 then text = mask(text, form) end
-  end
-  return text
-end
-
 local scrub = core.scrub or scrub_fallback
 
 --- `text` with every secret of `secrets` (a set of strings) masked.
@@ -67,6 +69,16 @@ function M.scrub(text, secrets)
     if #s >= 4 then text = scrub(text, s) end
   end
   return text
+end
+
+-- A copy of `v` with every string (keys too) scrubbed: masking the encoded
+-- JSON instead could cut an escape sequence in two.
+local function scrub_value(v, secrets)
+  if type(v) == "string" then return M.scrub(v, secrets) end
+  if type(v) ~= "table" then return v end
+  local copy = {}
+  for k, x in pairs(v) do copy[scrub_value(k, secrets)] = scrub_value(x, secrets) end
+  return copy
 end
 
 --- Whether a raised error is the interpreter's answer to Ctrl-C.
@@ -166,8 +178,8 @@ local function list(t)
 end
 M.list = list
 
---- The --json document.
-function M.json_doc(items, command)
+--- The --json document, every string in it scrubbed of `secrets`.
+function M.json_doc(items, command, secrets)
   local doc_items, all_ok = {}, true
   for i, item in ipairs(items) do
     local d = { call = item.call, ok = item.ok, ms = math.floor(item.ms * 10 + 0.5) / 10 }
@@ -176,7 +188,8 @@ function M.json_doc(items, command)
     else d.error = json_error(item.err); all_ok = false end
     doc_items[i] = d
   end
-  local encoded, text = pcall(cjson.encode, { ok = all_ok, command = command, results = doc_items })
+  local doc = scrub_value({ ok = all_ok, command = command, results = doc_items }, secrets)
+  local encoded, text = pcall(cjson.encode, doc)
   if not encoded then
     -- An answer cjson cannot write back (it decoded it, so this is rare):
     -- keep the document valid and say why the results are missing.
