@@ -103,9 +103,8 @@ local function show(name)
 end
 M.show = show
 
-local function describe_success(item)
-  local res = item.result
-  if item.describe then return item.describe(res) end
+-- What a successful answer says, in words.
+local function describe_answer(res)
   if type(res) == "table" and type(res.cache_reset) == "table" then
     local at = res.cache_reset.reset_at
     return at and at ~= cjson.null and ("reset, as of " .. tostring(at)) or "reset"
@@ -117,6 +116,13 @@ local function describe_success(item)
     if ok then text = text .. ": " .. encoded end
   end
   return text
+end
+
+local function describe_success(item)
+  local res = item.result
+  if item.describe then return item.describe(res) end
+  local shared = type(res) == "table" and res.coalesced and " (shared with an identical call)" or ""
+  return describe_answer(res) .. shared
 end
 
 --- The human line of one result item.
@@ -146,8 +152,7 @@ function M.event_line(ev)
     return format("%s attempt %s: %s %s -> %s (%.0f ms)\n", who, tostring(ev.attempt), tostring(ev.method),
       tostring(ev.url), outcome, tonumber(ev.ms) or 0)
   elseif ev.type == "wait" then
-    return format("%s waits %.3f s (%s) after attempt %s\n", who, tonumber(ev.wait) or 0,
-      REASONS[ev.reason] or tostring(ev.reason), tostring(ev.attempt))
+    return format("%s waits %.3f s (%s)\n", who, tonumber(ev.wait) or 0, REASONS[ev.reason] or tostring(ev.reason))
   elseif ev.type == "coalesced" then
     return format("%s shares the outcome of an identical call (--coalesce)\n", who)
   elseif ev.type == "redis_fallback" then
