@@ -53,11 +53,12 @@ describe("cachectl events and fleet flags", function()
 
     it("says nothing without -v, and keeps stdout one JSON document with --json", function()
       local key = secret("k", "fault=503 times=1")
-      local status, out, err = run({ "modelslab", "clear-cache", "--base-url", srv.base },
+      local status, _, err = run({ "modelslab", "clear-cache", "--base-url", srv.base },
         { MODELSLAB_API_KEY = key })
       assert.equal(0, status)
       assert.equal("", err)
       srv:reset()
+      local out
       status, out, err = run({ "modelslab", "clear-cache", "--base-url", srv.base, "--json", "-v" },
         { MODELSLAB_API_KEY = key })
       assert.equal(0, status)
@@ -107,7 +108,7 @@ describe("cachectl events and fleet flags", function()
 
     before_each(function() closed = helpers.free_port() end)
 
-    it("falls back to the process's own limit when Redis is unreachable, says so with -v, hides the password", function()
+    it("falls back to the process's own limit when Redis is unreachable, says so, hides the password", function()
       local password = "pw-" .. helpers.hex(16)
       local url = "redis://:" .. password .. "@127.0.0.1:" .. closed .. "/0"
       local status, out, err = reset({ "--policy", "daily", "--redis", url, "-v" }, nil, { password })
