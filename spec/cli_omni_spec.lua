@@ -15,7 +15,7 @@ local FINANCE_BRANCH = "6ba7b813-9dad-11d1-80b4-00c04fd430c8"
 local EMPTY = "6ba7b812-9dad-11d1-80b4-00c04fd430c8"
 local FORBIDDEN = "6ba7b814-9dad-11d1-80b4-00c04fd430c8"
 
-local secret, run, lines = support.secret, support.run, support.lines
+local secret, run, lines, L = support.secret, support.run, support.lines, helpers.literal
 
 describe("cachectl omni discovery", function()
   local srv
@@ -59,7 +59,7 @@ describe("cachectl omni discovery", function()
       local l = lines(out)
       assert.matches("^omni models: 6 models %(%d+ ms%)$", l[1])
       assert.equal(7, #l)
-      assert.matches("^  " .. SALES .. "  SHARED +Sales$", l[2])
+      assert.matches("^  " .. L(SALES) .. "  SHARED +Sales$", l[2])
       for _, id in ipairs{ SALES, FINANCE, FINANCE_BRANCH, EMPTY, FORBIDDEN } do
         assert.matches(id, out, 1, true)
       end
@@ -71,8 +71,8 @@ describe("cachectl omni discovery", function()
       assert.equal(0, status)
       local l = lines(out)
       assert.matches("^omni models: 2 models ", l[1])
-      assert.matches("^  " .. FINANCE .. "  SHARED +Finance$", l[2])
-      assert.matches("^  " .. FINANCE_BRANCH .. "  BRANCH +Finance$", l[3])
+      assert.matches("^  " .. L(FINANCE) .. "  SHARED +Finance$", l[2])
+      assert.matches("^  " .. L(FINANCE_BRANCH) .. "  BRANCH +Finance$", l[3])
       assert.equal("GET /api/v1/models?name=Finance", wire()[1]:match("^[^&]*"))
     end)
 
@@ -107,7 +107,7 @@ describe("cachectl omni discovery", function()
       local w = wire()
       assert.equal(2, #w)
       assert.matches("^GET /api/v1/models%?.*name=Sales", w[1])
-      assert.matches("^GET /api/v1/models/" .. SALES .. "/yaml%?", w[2])
+      assert.matches("^GET /api/v1/models/" .. L(SALES) .. "/yaml%?", w[2])
     end)
 
     it("takes a UUID as it is (no model lookup)", function()
@@ -162,8 +162,8 @@ describe("cachectl omni discovery", function()
         assert.equal("", out)
         assert.matches("cachectl: error: several models are named Finance; give one of their ids with --model:",
           err, 1, true)
-        assert.matches("  " .. FINANCE .. "  SHARED +Finance\n", err)
-        assert.matches("  " .. FINANCE_BRANCH .. "  BRANCH +Finance\n", err)
+        assert.matches("  " .. L(FINANCE) .. "  SHARED +Finance\n", err)
+        assert.matches("  " .. L(FINANCE_BRANCH) .. "  BRANCH +Finance\n", err)
       end
       assert.equal(0, resets())
       assert.equal(0, count("GET /api/v1/models/"))
@@ -192,7 +192,7 @@ describe("cachectl omni discovery", function()
       local w = wire()
       assert.equal(3, #w)
       assert.matches("^GET /api/v1/models%?", w[1])
-      assert.matches("^GET /api/v1/models/" .. SALES .. "/yaml%?", w[2])
+      assert.matches("^GET /api/v1/models/" .. L(SALES) .. "/yaml%?", w[2])
       assert.equal("POST /api/v1/models/" .. SALES .. "/cache_reset/daily", w[3])
     end)
 
