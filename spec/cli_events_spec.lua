@@ -43,6 +43,17 @@ describe("cachectl events and fleet flags", function()
       assert.equal(2, #srv:requests())
     end)
 
+    it("may come before the service", function()
+      local key = secret("k", "fault=503 times=1")
+      local status, _, err = run({ "-v", "modelslab", "clear-cache", "--base-url", srv.base },
+        { MODELSLAB_API_KEY = key })
+      assert.equal(0, status)
+      local l = lines(err)
+      assert.equal(3, #l, err)
+      assert.matches("^cachectl: modelslab clear_cache attempt 1: ", l[1])
+      assert.matches("^cachectl: modelslab clear_cache attempt 2: ", l[3])
+    end)
+
     it("names the service's Retry-After as the reason of a wait", function()
       local key = secret("k", "fault=503_retry_after times=1")
       local status, _, err = run({ "modelslab", "clear-cache", "--base-url", srv.base, "--verbose" },

@@ -217,7 +217,7 @@ local function client_options(ctx)
   opts[svc.secret] = key
   opts.on_event = function(ev)
     if ev.type == "attempt" and ev.call == "model_yaml" then ctx.yaml_status = ev.status end
-    if args.verbose then ctx.note(output.event_line(ev)) end
+    if args.verbose or args.verbose_first then ctx.note(output.event_line(ev)) end
   end
   return opts
 end

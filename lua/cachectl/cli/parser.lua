@@ -223,7 +223,9 @@ function M.build(state)
   state.parsers[""] = parser
   parser:flag("--version", "Show the version and exit.")
     :action(function() state.stop = "version"; error(M.STOP, 0) end)
+  -- its own target: the action's -v (unset) would overwrite a shared one
   parser:flag("-v --verbose", "Print each attempt and wait on stderr (also taken after the action).")
+    :target("verbose_first")
   parser:command_target("service")
   parser:help_max_width(100)
   local all, per = {}, {}
