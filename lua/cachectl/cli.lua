@@ -283,11 +283,14 @@ local function command(ctx)
     return FAILURE
   end
   ctx.client = client
+  local hints = {}
+  ctx.later = function(s) hints[#hints + 1] = s end     -- said after the results
   local ok, items, usage = pcall(run[ctx.action.run], ctx)
   pcall(client.close, client)
   if not ok then error(items, 0) end
   if usage then return usage_error(ctx, usage) end
   print_results(ctx, items)
+  for _, s in ipairs(hints) do ctx.note(s) end
   return output.exit_status(items)
 end
 

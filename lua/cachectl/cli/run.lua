@@ -117,7 +117,7 @@ local function permission_hint(ctx, items, model_id)
   if ctx.args.no_check or (ctx.yaml_status ~= nil and ctx.yaml_status ~= 403) then return end
   for _, it in ipairs(items) do
     if not it.ok and type(it.err) == "table" and it.err.status == 403 then
-      ctx.note(format("cachectl: the credential lacks permission to read model %s's YAML (HTTP 403), "
+      ctx.later(format("cachectl: the credential lacks permission to read model %s's YAML (HTTP 403), "
         .. "which the policy check needs; --no-check resets without the check\n", model_id))
       return
     end
@@ -193,7 +193,7 @@ function M.policies(ctx)
   if not model_id then return failed, usage end
   local res, err, ms = timed(ctx.sys.clock, ctx.client.cache_policies, ctx.client, model_id)
   if not res and type(err) == "table" and err.status == 403 then
-    ctx.note(format("cachectl: the credential lacks permission to read model %s's YAML (HTTP 403)\n", model_id))
+    ctx.later(format("cachectl: the credential lacks permission to read model %s's YAML (HTTP 403)\n", model_id))
   end
   return { item("cache_policies", "omni policies " .. show(ctx.args.model), res, err, ms, {
     fields = { model_id = model_id },
