@@ -447,6 +447,157 @@ describe("fleet", function()
     end)
   end)
 
+  describe("inside nginx (2 workers, LuaJIT)", function()
+    local root, dir, port, pid, proc
+
+    local HOOKS = [[
+local fleet = require "cachectl.fleet"
+local cjson = require "cjson.safe"
+local M = {}
+local URL = os.getenv("CACHECTL_REDIS_URL")
+
+local function digit_string(at) return at and string.format("%.0f", at) or nil end
+
+function M.thread_take(url, digest, n, per)
+  local f = require "cachectl.fleet"
+  local wait, at, msg = f.take(url, { service = "omni", digest = digest }, n, per, 30, 2)
+  return f.available(), wait, type(at) == "number" and digit_string(at) or at, msg
+end
+
+function M.take()
+  local a = ngx.req.get_uri_args()
+  local out = { pid = ngx.worker.pid() }
+  if a.thread then
+    local ok, lib, wait, at, msg = ngx.run_worker_thread("fleet", "fleet_hooks", "thread_take",
+      URL, a.digest, tonumber(a.n), tonumber(a.per))
+    out.ok, out.library, out.wait, out.at, out.msg = ok, lib, wait, at, msg
+  else
+    local wait, at, msg = fleet.take(URL, { service = "omni", digest = a.digest },
+      tonumber(a.n), tonumber(a.per), 30, 2)
+    out.library, out.wait, out.msg = fleet.available(), wait, msg
+    out.at = type(at) == "number" and digit_string(at) or at
+  end
+  ngx.say(cjson.encode(out))
+end
+
+function M.coalesce()
+  local a = ngx.req.get_uri_args()
+  local res, err, co = fleet.coalesce(URL, a.digest, 30, 10, function()
+    ngx.sleep(0.3)
+    return { ran_by = ngx.worker.pid() }
+  end)
+  ngx.say(cjson.encode{ res = res, err = err, co = co })
+end
+return M
+]]
+
+    local function conf()
+      local temp = {}
+      for _, t in ipairs{ "client_body", "proxy", "fastcgi", "uwsgi", "scgi" } do
+        temp[#temp + 1] = string.format("%s_temp_path %s/%s;", t, dir, t)
+      end
+      return table.concat({
+        "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
+        "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;",
+        "daemon off;", "master_process on;", "worker_processes 2;",
+        "error_log " .. dir .. "/error.log notice;", "pid " .. dir .. "/nginx.pid;",
+        "env CACHECTL_REDIS_URL;", "thread_pool fleet threads=2;",
+        "events { worker_connections 64; }",
+        "http {", "access_log off;", table.concat(temp, " "),
+        string.format('lua_package_path "%s/lua/?.lua;%s/?.lua;;";', root, dir),
+        "server {", "listen 127.0.0.1:" .. port .. " reuseport;",
+        'location = /take { content_by_lua_block { require("fleet_hooks").take() } }',
+        'location = /coalesce { content_by_lua_block { require("fleet_hooks").coalesce() } }',
+        "}", "}",
+      }, "\n") .. "\n"
+    end
+
+    -- Sends all `paths` at once (HTTP/1.0), then reads every answer as JSON.
+    local function get_all(paths)
+      local conns = {}
+      for i, path in ipairs(paths) do
+        local c = assert(socket.tcp())
+        c:settimeout(15)
+        assert(c:connect("127.0.0.1", port))
+        assert(c:send("GET " .. path .. " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+        conns[i] = c
+      end
+      local out = {}
+      for i, c in ipairs(conns) do
+        local all, _, partial = c:receive("*a")
+        c:close()
+        local body = assert((all or partial):match("\r\n\r\n(.*)$"))
+        out[i] = cjson.decode(body)
+      end
+      return out
+    end
+
+    setup(function()
+      local p = assert(io.popen("pwd"))
+      root = p:read("*l")
+      p:close()
+      assert(helpers.succeeds("command -v nginx >/dev/null"), "nginx is not installed")
+      p = assert(io.popen("mktemp -d /tmp/cachectl-fleet-nginx.XXXXXX"))
+      dir = p:read("*l")
+      p:close()
+      helpers.succeeds("chmod 755 " .. helpers.sh_quote(dir)) -- workers may run as nobody
+      port = helpers.free_port()
+      helpers.write_file(dir .. "/nginx.conf", conf())
+      helpers.write_file(dir .. "/fleet_hooks.lua", HOOKS)
+      proc = assert(io.popen("exec env -u LD_PRELOAD CACHECTL_REDIS_URL=" .. helpers.sh_quote(url)
+        .. " nginx -p " .. helpers.sh_quote(dir) .. " -c " .. helpers.sh_quote(dir .. "/nginx.conf")
+        .. " >" .. helpers.sh_quote(dir .. "/stderr.log") .. " 2>&1"))
+      local up = helpers.eventually(function()
+        pid = pid or tonumber(helpers.read_file(dir .. "/nginx.pid") or "")
+        local c = socket.tcp()
+        c:settimeout(0.5)
+        local ok = pid and c:connect("127.0.0.1", port)
+        c:close()
+        return ok, ok
+      end, 250)
+      assert(up, "nginx did not start: " .. tostring(helpers.read_file(dir .. "/error.log")))
+    end)
+
+    teardown(function()
+      if pid then
+        helpers.succeeds("kill -TERM " .. pid)
+        helpers.eventually(function() return not helpers.succeeds("kill -0 " .. pid .. " 2>/dev/null") end, 250)
+      end
+      if proc then proc:close() end
+      if dir then helpers.succeeds("rm -rf " .. helpers.sh_quote(dir)) end
+    end)
+
+    it("takes turns with lua-resty-redis in the workers and redis-lua in their threads, one window", function()
+      local d = sha256(helpers.secret())
+      local paths = {}
+      for i = 1, 12 do
+        paths[i] = "/take?n=4&per=0.5&digest=" .. d .. (i % 3 == 0 and "&thread=1" or "")
+      end
+      local all = {}
+      for i, r in ipairs(get_all(paths)) do
+        assert.is_number(r.wait, tostring(r.msg or r.at))
+        assert.equal(i % 3 == 0 and "redis-lua" or "lua-resty-redis", r.library)
+        all[#all + 1] = tonumber(r.at)
+      end
+      for _ = 1, 4 do all[#all + 1] = select(2, fleet.take(url, parts(d), 4, 0.5, 30)) end
+      assert.equal(16, #all)
+      assert.is_nil(window_violation(all, 4, 500000))
+    end)
+
+    it("coalesces concurrent identical calls across workers", function()
+      local d = sha256(helpers.secret())
+      local paths = {}
+      for i = 1, 4 do paths[i] = "/coalesce?digest=" .. d end
+      local outs = get_all(paths)
+      local shared, ran_by = 0, outs[1].res.ran_by
+      for _, r in ipairs(outs) do
+        assert.equal(ran_by, r.res.ran_by)
+        if r.co then shared = shared + 1 end
+      end
+      assert.equal(3, shared)
+    end)
+  end)
+
   describe("without the client library", function()
     it("says which library is missing", function()
       local code = [[

@@ -198,17 +198,18 @@ local function load_resty()
   return resty_lib
 end
 
---- Whether Redis can be used from here: the client library this context
--- needs (lua-redis in plain Lua, lua-resty-redis on nginx's main side) loads.
--- @treturn boolean true
+--- Whether Redis can be used from here, and through which library: the
+-- one this context needs loads (lua-redis in plain Lua and in nginx's worker
+-- threads, lua-resty-redis on nginx's main side).
+-- @treturn string "redis-lua" or "lua-resty-redis"
 -- @treturn[2] nil
 -- @treturn[2] string the message naming the missing library
 function M.available()
   if cosockets() then
-    if load_resty() then return true end
+    if load_resty() then return "lua-resty-redis" end
     return nil, MISSING_RESTY
   end
-  if load_plain() then return true end
+  if load_plain() then return "redis-lua" end
   return nil, MISSING_PLAIN
 end
 
