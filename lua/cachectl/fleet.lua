@@ -134,20 +134,35 @@ function M.parse_url(url)
     cfg.password = unescape(password)
     rest = rest:sub(at + 1)
   end
-  if not parse_hostpart(cfg, rest) then return parse_hostpart(cfg, rest) end
+  local ok, err = parse_hostpart(cfg, rest)
+  if not ok then return nil, err end
   local host = cfg.ipv6 and "[" .. cfg.host .. "]" or cfg.host
   cfg.where = format("Redis at %s:%d%s", host, cfg.port, cfg.db ~= 0 and "/" .. cfg.db or "")
   return cfg
 end
 
--- `s` with every occurrence of the password (as given and as it may appear
--- percent-encoded) replaced.
+local parsed, n_parsed = {}, 0 -- url -> cfg, for the URLs this process uses
+
+-- M.parse_url, remembered (a turn should not parse its URL every time).
+local function config(url)
+  local cfg = parsed[url]
+  if cfg then return cfg end
+  local err
+  cfg, err = M.parse_url(url)
+  if not cfg then return nil, err end
+  if n_parsed >= 64 then parsed, n_parsed = {}, 0 end
+  parsed[url], n_parsed = cfg, n_parsed + 1
+  return cfg
+end
+
+-- `s` with every occurrence of the password replaced: as given, and
+-- percent-encoded (upper or lower case hex), as a server may echo it.
 local function redact(s, cfg)
   s = tostring(s)
   local secret = cfg.password
   if not secret then return s end
-  local forms = { secret, (secret:gsub("[^%w]", function(c) return format("%%%02X", c:byte()) end)) }
-  for _, form in pairs(forms) do
+  local upper = secret:gsub("[^%w]", function(c) return format("%%%02X", c:byte()) end)
+  for _, form in pairs{ secret, upper, upper:lower() } do
     local i, j = s:find(form, 1, true)
     while i do
       s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
@@ -353,13 +368,13 @@ local function with_redis(url, cfg, timeout, fn)
   local msg
   for _ = 1, 2 do
     local conn, err = open(url, cfg, timeout)
-    if not conn then return false, redact(cfg.where .. ": " .. tostring(err), cfg) end
+    if not conn then return false, cfg.where .. ": " .. redact(err, cfg) end
     local ok, value, broken = fn(conn)
     if ok then
       conn:release()
       return true, value
     end
-    msg = redact(cfg.where .. ": " .. tostring(value), cfg)
+    msg = cfg.where .. ": " .. redact(value, cfg)
     if not broken then
       conn:release()
       return false, msg
@@ -446,7 +461,7 @@ function M.take(url, key_parts, requests, per, budget, connect_timeout)
   check(is_number(requests, 1) and requests == floor(requests), "take", "requests must be an integer >= 1")
   check(is_number(per, 0) and per > 0, "take", "per must be a number of seconds > 0")
   check(is_number(budget, 0, true), "take", "budget must be a number of seconds >= 0")
-  local cfg, perr = M.parse_url(url)
+  local cfg, perr = config(url)
   if not cfg then return nil, "invalid", perr end
   need_library(2)
   local key = format("cachectl:rl:%s:%s:%s:%s", key_parts.service, key_parts.digest:lower(),
@@ -593,7 +608,7 @@ function M.coalesce(url, digest, window, budget, run, opts)
   check(is_number(window, 0) and window > 0, "coalesce", "window must be a number of seconds > 0")
   check(is_number(budget, 0), "coalesce", "budget must be a number of seconds >= 0")
   check(type(run) == "function", "coalesce", "run must be a function")
-  local cfg, perr = M.parse_url(url)
+  local cfg, perr = config(url)
   if not cfg then return nil, "invalid", perr end
   need_library(2)
   local key, token = "cachectl:co:" .. digest:lower(), new_token()
