@@ -183,7 +183,7 @@ describe("core input", function()
       { "clear_queue", "product", "" },
       { "clear_queue", "product", "3d/../admin" },
       { "clear_queue", "product", "3d?x=1" },
-      { "clear_queue", "product", "my_product" },
+      { "clear_queue", "product", "My_Product" },
       { "clear_queue", "product", "prod uct" },
       { "clear_queue", "product", "pröduct" },
       { "reset_cache", "instance", "Acme", nil, true },

@@ -9,7 +9,7 @@
 #define ERROR_MT "cachectl.error"
 
 const char *const cc_kind_names[] = {
-    "ok", "invalid", "connect", "timeout", "tls", "http", "api", "rate_limited", "decode", "too_large"
+    "invalid", "connect", "timeout", "tls", "http", "api", "rate_limited", "decode", "too_large"
 };
 
 /* The length of the longest prefix of s found anywhere in the secret. */

@@ -1,0 +1,14 @@
+/* buf.h — a growable byte buffer: a leaf unit (lua-cjson's strbuf), used by
+ * the option parser to build URLs and bodies and by the engine to collect
+ * answers. No Lua, no libcurl. */
+#ifndef CACHECTL_BUF_H
+#define CACHECTL_BUF_H
+
+#include <stddef.h>
+
+typedef struct cc_buf { char *data; size_t len, cap; } cc_buf;
+
+int cc_buf_add(cc_buf *b, const void *p, size_t n);  /* 0 on out of memory */
+void cc_buf_free(cc_buf *b);
+
+#endif
