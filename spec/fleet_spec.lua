@@ -430,6 +430,30 @@ describe("fleet", function()
       assert.equal(2, shared)
     end)
 
+    it("stores no secret the caller names, in any form, and returns its own results untouched", function()
+      local d = sha256(helpers.secret())
+      local token = helpers.secret("TOKEN") .. "/+x"
+      local pct = token:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end)
+      local escaped = token:gsub("/", "\\/")
+      local body = { echo = token, url = "https://h/?t=" .. pct, raw = escaped, list = { token .. "!" },
+                     [token] = "as a key" }
+      local res = fleet.coalesce(url, d, 30, 1, function()
+        return body, nil
+      end, { secrets = { token } })
+      assert.equal(body, res)
+      assert.equal(token, res.echo)
+      local admin = srv:client()
+      local stored = admin:get("cachectl:co:" .. d)
+      admin:quit()
+      for _, form in ipairs{ token, pct, pct:lower(), escaped, cjson.encode(token):sub(2, -2) } do
+        assert.is_nil(stored:find(form, 1, true), form)
+      end
+      local shared, _, co = fleet.coalesce(url, d, 30, 1, function() error("must not run") end)
+      assert.is_true(co)
+      assert.same({ echo = "***", url = "https://h/?t=***", raw = "***", list = { "***!" },
+                    ["***"] = "as a key", coalesced = true }, shared)
+    end)
+
     it("a waiter whose first caller never stores ends with timeout naming the call", function()
       local d = sha256(helpers.secret())
       local admin = srv:client()

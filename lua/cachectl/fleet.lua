@@ -18,7 +18,7 @@
 
 local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget =
   require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget
-local format, char = string.format, string.char
+local format, char, lower = string.format, string.char, string.lower
 local floor, min, random = math.floor, math.min, math.random
 local tointeger = math.tointeger -- nil before Lua 5.3
 local G = _G
@@ -155,21 +155,45 @@ local function config(url)
   return cfg
 end
 
--- `s` with every occurrence of the password replaced: as given, and
--- percent-encoded (upper or lower case hex), as a server may echo it.
-local function redact(s, cfg)
-  s = tostring(s)
-  local secret = cfg.password
-  if not secret then return s end
-  local upper = secret:gsub("[^%w]", function(c) return format("%%%02X", c:byte()) end)
-  for _, form in pairs{ secret, upper, upper:lower() } do
-    local i, j = s:find(form, 1, true)
-    while i do
-      s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
-      i, j = s:find(form, i + 3, true)
+-- The forms in which a secret may come back from a server: as given,
+-- percent-encoded (reserved characters only, or every non-alphanumeric one;
+-- upper or lower case hex) and JSON-escaped.
+local function secret_forms(secret)
+  local function pct(class)
+    local upper = secret:gsub(class, function(c) return format("%%%02X", c:byte()) end)
+    return upper, (upper:gsub("%%%x%x", lower))
+  end
+  local forms = { secret }
+  forms[2], forms[3] = pct("[^%w%-%._~]")
+  forms[4], forms[5] = pct("[^%w]")
+  forms[6] = (secret:gsub('[%c"\\/]', function(c)
+    local named = { ['"'] = '\\"', ["\\"] = "\\\\", ["/"] = "\\/", ["\n"] = "\\n", ["\r"] = "\\r",
+                    ["\t"] = "\\t" }
+    return named[c] or format("\\u%04x", c:byte())
+  end))
+  return forms
+end
+
+-- `s` with every occurrence of any of `forms` replaced by "***".
+local function scrub_string(s, forms)
+  for _, form in pairs(forms) do
+    if form ~= "" then
+      local i, j = s:find(form, 1, true)
+      while i do
+        s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
+        i, j = s:find(form, i + 3, true)
+      end
     end
   end
   return s
+end
+
+-- A message from a library or a server, without the URL's password.
+local function redact(s, cfg)
+  s = tostring(s)
+  if not cfg.password then return s end
+  cfg.forms = cfg.forms or secret_forms(cfg.password)
+  return scrub_string(s, cfg.forms)
 end
 
 -- ------------------------------------------------------------ the backends
@@ -514,7 +538,24 @@ local function integers(v)
   return v
 end
 
-local function encode_outcome(res, err)
+-- A copy of `v` with every secret form scrubbed from its strings (keys too).
+local function scrubbed(v, forms)
+  if type(v) == "string" then return scrub_string(v, forms) end
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[scrubbed(k, forms)] = scrubbed(x, forms) end
+  return t
+end
+
+-- The outcome as JSON, with the caller's secrets scrubbed out.
+local function encode_outcome(res, err, secrets)
+  if secrets then
+    local forms = {}
+    for _, secret in pairs(secrets) do
+      for _, form in pairs(secret_forms(secret)) do forms[#forms + 1] = form end
+    end
+    res, err = scrubbed(res, forms), scrubbed(err, forms)
+  end
   return json().encode({ res = res, err = err })
 end
 
@@ -546,13 +587,13 @@ local function redis_call(cmd, ...)
 end
 
 -- The winner: runs, stores the outcome under its claim, returns run's results.
-local function run_and_store(url, cfg, ct, key, token, window, run)
+local function run_and_store(url, cfg, ct, key, token, window, run, secrets)
   local ok, res, err = pcall(run)
   if not ok then
     with_redis(url, cfg, ct, function(conn) return eval(conn, RELEASE, 1, key, token) end)
     error(res, 0)
   end
-  local text = encode_outcome(res, err)
+  local text = encode_outcome(res, err, secrets)
   if text then
     with_redis(url, cfg, ct, function(conn)
       return eval(conn, STORE, 1, key, token, text, format("%d", min(GRACE_MS, floor(window * 1000) + 1)))
@@ -590,8 +631,11 @@ end
 -- @tparam number budget seconds a waiter waits for the outcome (its own timeout)
 -- @tparam function run `run() -> res, err` (err a string or an error table:
 -- kind, message, status, code, retry_after, attempts, field)
--- @tparam[opt] table opts `{ connect_timeout = seconds, label = "omni reset_cache" }`
--- (label names the call in the timeout message)
+-- @tparam[opt] table opts `{ connect_timeout = seconds, label = "omni reset_cache",
+-- secrets = { token } }`: label names the call in the timeout message; every
+-- secret (as given, percent-encoded or JSON-escaped) is replaced by `***` in
+-- the outcome stored in Redis (a service may echo a credential); the
+-- caller's own results are returned untouched
 -- @treturn table|nil res: run's own, or the first caller's with `coalesced = true`
 -- @treturn table|string|nil err: likewise (a shared error table gets `coalesced = true`);
 -- a waiter that saw no outcome within `budget` gets a `timeout` error naming the call
@@ -608,6 +652,7 @@ function M.coalesce(url, digest, window, budget, run, opts)
   check(is_number(window, 0) and window > 0, "coalesce", "window must be a number of seconds > 0")
   check(is_number(budget, 0), "coalesce", "budget must be a number of seconds >= 0")
   check(type(run) == "function", "coalesce", "run must be a function")
+  check(opts.secrets == nil or type(opts.secrets) == "table", "coalesce", "opts.secrets must be a list of strings")
   local cfg, perr = config(url)
   if not cfg then return nil, "invalid", perr end
   need_library(2)
@@ -616,7 +661,7 @@ function M.coalesce(url, digest, window, budget, run, opts)
   local ok, claimed = with_redis(url, cfg, ct,
     redis_call("set", key, token, "NX", "PX", format("%d", floor(window * 1000) + 1)))
   if not ok then return nil, "unreachable", claimed end
-  if claimed then return run_and_store(url, cfg, ct, key, token, window, run) end
+  if claimed then return run_and_store(url, cfg, ct, key, token, window, run, opts.secrets) end
   return wait_outcome(url, cfg, ct, key, budget, opts.label or "(" .. key .. ")")
 end
 
