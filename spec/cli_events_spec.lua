@@ -115,8 +115,12 @@ describe("cachectl events and fleet flags", function()
   end)
 
   describe("--redis", function()
+    local redis_server = require "support.redis_server"
     local closed
 
+    -- The command runs in this process: give it Debian's redis-lua (which
+    -- lua5.4 does not find by itself, see the report of issue 12).
+    setup(function() assert(redis_server.use_redis_lua()) end)
     before_each(function() closed = helpers.free_port() end)
 
     it("falls back to the process's own limit when Redis is unreachable, says so, hides the password", function()
@@ -157,19 +161,15 @@ describe("cachectl events and fleet flags", function()
     end)
 
     describe("with a real Redis", function()
-      local have, redis_server = pcall(require, "support.redis_server")
       local redis
 
-      setup(function()
-        if have then redis = redis_server.start{ password = "pw-" .. helpers.hex(16) } end
-      end)
+      setup(function() redis = redis_server.start{ password = "pw-" .. helpers.hex(16) } end)
       teardown(function() if redis then redis:stop() end end)
 
       it("keeps the window there, under keys without the token", function()
-        if not redis then return pending("spec/support/redis_server.lua is not there yet") end
         local token = secret("t")
-        local status, _, err = reset({ "--policy", "daily", "--redis", redis:url(), "-v" }, { OMNI_API_KEY = token },
-          { redis:url():match("//[^@]*:([^@]+)@") })
+        local status, _, err = reset({ "--policy", "daily", "--redis", redis:url{ password = true }, "-v" },
+          { OMNI_API_KEY = token }, { redis.password })
         assert.equal(0, status, err)
         assert.is_nil(err:find("Redis unreachable", 1, true))
         local keys = redis:client():keys("cachectl:*")
