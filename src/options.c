@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "options.h"
 
 const cc_optdef cc_optdefs[O_COUNT] = {
@@ -171,6 +172,7 @@ static void read_value(lua_State *L, const char *where, int i, cc_slot *v)
     v->set = 1;
     if (t == T_STR) {
         v->s = lua_tolstring(L, -1, &v->len);
+        v->too_long = v->len > CC_MAX_TEXT;
     } else if (t == T_NUM) {
         v->n = lua_tonumber(L, -1);
     } else if (i == O_RATE_LIMIT && t == LUA_TTABLE) {
@@ -292,6 +294,19 @@ static const char *check_base_url(const char *url, size_t n)
     return why;
 }
 
+/* A proxy URL libcurl takes, with a scheme named (never its guess). */
+static int proxy_ok(const char *s, size_t n)
+{
+    static const char *const schemes[] = { "http://", "https://", "socks5://", "socks5h://" };
+    size_t i;
+    if (strlen(s) != n || cc_has_ctl(s, n) || memchr(s, ' ', n)) return 0;
+    for (i = 0; i < sizeof schemes / sizeof schemes[0]; i++) {
+        size_t k = strlen(schemes[i]);
+        if (n > k && strncasecmp(s, schemes[i], k) == 0) return 1;
+    }
+    return 0;
+}
+
 static int whole(double n, double lo, double hi)
 {
     return n >= lo && n <= hi && n == floor(n);
@@ -319,16 +334,19 @@ static int check_numbers(cc_req *r, const cc_slot *v)
     return 1;
 }
 
-/* The texts every call takes. */
+/* The texts every call takes; no text of any option over CC_MAX_TEXT. */
 static int check_common(cc_req *r, const cc_slot *v)
 {
     const char *why;
+    int i;
+    for (i = 0; i < O_COUNT; i++)
+        if (v[i].too_long) return bad(r, cc_optdefs[i].name, "is too long (over 64 KiB)");
     if (v[O_BASE_URL].set && (why = check_base_url(v[O_BASE_URL].s, v[O_BASE_URL].len)))
         return bad(r, "base_url", why);
     if (v[O_USER_AGENT].set && cc_has_ctl(v[O_USER_AGENT].s, v[O_USER_AGENT].len))
         return bad(r, "user_agent", "must not contain control characters");
-    if (v[O_PROXY].set && cc_has_ctl(v[O_PROXY].s, v[O_PROXY].len))
-        return bad(r, "proxy", "must not contain control characters");
+    if (v[O_PROXY].set && !proxy_ok(v[O_PROXY].s, v[O_PROXY].len))
+        return bad(r, "proxy", "must be an http://, https://, socks5:// or socks5h:// URL");
     if (v[O_CA_FILE].set && (v[O_CA_FILE].len == 0 || strlen(v[O_CA_FILE].s) != v[O_CA_FILE].len))
         return bad(r, "ca_file", "must be a file path");
     if (!check_numbers(r, v)) return 0;

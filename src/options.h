@@ -16,6 +16,10 @@
 #define T_STR_OR_FALSE (-4)   /* product: a slug, or false for none */
 #define T_STR_OR_BOOL (-5)    /* thread_pool: a name, or true/false */
 
+/* Longest text option, and longest request body (contract, "Fine points"). */
+#define CC_MAX_TEXT (64 * 1024)
+#define CC_MAX_BODY (1024 * 1024)
+
 enum {
     O_BASE_URL, O_TIMEOUT, O_CONNECT_TIMEOUT, O_RETRIES, O_USER_AGENT, O_PROXY,
     O_CA_FILE, O_VERIFY_TLS, O_MAX_BYTES, O_RATE_LIMIT, O_KEY, O_TOKEN, O_PRODUCT, O_INSTANCE,
@@ -39,6 +43,7 @@ typedef struct cc_slot {
     int set;
     const char *s;
     size_t len;
+    int too_long;       /* a text over CC_MAX_TEXT: s is not kept */
     double n, per;      /* per: rate_limit's second number */
     int b, table;       /* table: rate_limit was given as a table */
     int external;       /* rate_limit: kept in a shared dict or Redis */

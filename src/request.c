@@ -16,8 +16,10 @@ static int own_strings(cc_req *r, cc_slot *v)
 {
     size_t total = 0, at = 0;
     int i;
-    for (i = 0; i < O_COUNT; i++)
+    for (i = 0; i < O_COUNT; i++) {
+        if (v[i].too_long) v[i].s = NULL;     /* refused by the checks, never copied */
         if (v[i].s) total += v[i].len + 1;
+    }
     if (total == 0) return 1;
     if (!(r->own = malloc(total))) return 0;
     r->own_len = total;
@@ -52,6 +54,7 @@ static int encode_body(lua_State *L, int idx, cc_req *r, cc_slot *body)
     if (lua_pcall(L, 1, 1, 0) != 0 || !lua_isstring(L, -1))
         return cc_opts_bad(r, "body", "cannot be encoded as JSON (functions, userdata or sparse arrays?)");
     body->s = lua_tolstring(L, -1, &body->len);
+    if (body->len > CC_MAX_BODY) return cc_opts_bad(r, "body", "is too large (over 1 MiB as JSON)");
     if (r->ep->svc->auth == AUTH_BODY_KEY && body->s[0] != '{')
         return cc_opts_bad(r, "body", "must be a JSON object (a table with string keys)");
     return 1;
