@@ -110,13 +110,13 @@ static int build_url(cc_buf *b, const cc_req *r, const cc_slot *v)
     while (*p) {
         const char *brace = strchr(p, '{');
         size_t lit = brace ? (size_t)(brace - p) : strlen(p);
-        int ok = 1;
+        int ok = 1, drop = 0;
         if (!cc_buf_add(b, p, lit)) return 0;
         if (!brace) break;
         if (strncmp(brace, "{product}", 9) == 0) {
             const char *prod = v[O_PRODUCT].set ? v[O_PRODUCT].s : r->ep->svc->default_product;
             if (prod) ok = cc_buf_add(b, prod, v[O_PRODUCT].set ? v[O_PRODUCT].len : strlen(prod));
-            else if (brace[9] == '/') brace++;      /* no product: no segment */
+            else drop = 1;                      /* no product: no segment, one '/' */
         } else if (strncmp(brace, "{model_id}", 10) == 0) {
             ok = cc_buf_add(b, v[O_MODEL_ID].s, v[O_MODEL_ID].len);
         } else if (strncmp(brace, "{policy}", 8) == 0) {
@@ -126,6 +126,7 @@ static int build_url(cc_buf *b, const cc_req *r, const cc_slot *v)
         }
         if (!ok) return 0;
         p = strchr(brace, '}') + 1;
+        if (drop && *p == '/') p++;
     }
     return build_query(b, v) && cc_buf_add(b, "", 1);
 }
