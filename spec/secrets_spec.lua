@@ -214,7 +214,8 @@ describe("secrets", function()
         local _, e2 = core.omni.reset_cache{ token = token, base_url = base, retries = 0,
                                              model_id = helpers.UUID, policy = "daily" }
         local _, e3 = core.omni.list_models{ token = token, base_url = base, retries = 0 }
-        for _, case in ipairs{ { e1, key }, { e2, token }, { e3, token } } do
+        local _, e4 = core.omni.model_yaml{ token = token, base_url = base, retries = 0, model_id = helpers.UUID }
+        for _, case in ipairs{ { e1, key }, { e2, token }, { e3, token }, { e4, token } } do
           local err, secret = case[1], case[2]
           assert.equal("http", err.kind)
           assert.equal(401, err.status)

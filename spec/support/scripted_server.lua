@@ -5,7 +5,9 @@
 -- credential percent-encoded or JSON-escaped.
 --
 -- The first path segment names the scenario: with base_url = srv.url ..
--- "/detail_404", a call to {base}/v1/models/... gets that scenario's answer.
+-- "/detail_404", a call to {base}/v1/models/... gets that scenario's answer;
+-- "/echo_<form>" echoes the credential in that form (M.FORMS);
+-- "/503_then_ok" (any status) answers it once per credential, then success.
 -- `GET /_log` returns the requests seen since the last `POST /_reset`
 -- (method, path, headers, body), in order.
 --
@@ -82,8 +84,19 @@ end
 
 -- echo_<form>: a 401 whose message, detail and error all echo the credential.
 local function echo(form, req, json)
-  local enc = M.FORMS[form](credential_of(req, json))
+  local enc = M.FORMS[form](req.cred)
   return 401, json.encode({ message = "invalid key " .. enc, error = enc, detail = "got " .. enc })
+end
+
+-- <status>_then_ok: the first request of each credential gets that status
+-- (Omni's {detail, status} body, Retry-After: 0), the next ones a success.
+local function then_ok(status, req, state, json)
+  local seen = state.count[req.cred] or 0
+  state.count[req.cred] = seen + 1
+  if seen == 0 then
+    return status, json.encode({ detail = "try again", status = status }), "Retry-After: 0\r\n"
+  end
+  return 200, '{"records": [], "pageInfo": {"hasNextPage": false}, "files": {}, "success": true}'
 end
 
 local function read_request(c)
@@ -105,11 +118,14 @@ end
 
 local function answer(req, state, json)
   if req.path == "/_log" then return 200, json.encode(state.log) end
-  if req.path == "/_reset" then state.log = {}; return 200, "{}" end
+  if req.path == "/_reset" then state.log, state.count = {}, {}; return 200, "{}" end
   state.log[#state.log + 1] = req
+  req.cred = credential_of(req, json)
   local scenario = req.path:match("^/([^/?]+)") or ""
   local form = scenario:match("^echo_(.+)$")
   if form and M.FORMS[form] then return echo(form, req, json) end
+  local status = tonumber(scenario:match("^(%d%d%d)_then_ok$") or "")
+  if status then return then_ok(status, req, state, json) end
   local fn = SCENARIOS[scenario]
   if fn then return fn(req) end
   return 404, '{"detail": "no scenario ' .. scenario .. '", "status": 404}'
@@ -122,16 +138,16 @@ function M.serve()
   local _, port = server:getsockname()
   io.stdout:write("http://127.0.0.1:", port, "\n")
   io.stdout:flush()
-  local state = { log = {} }
+  local state = { log = {}, count = {} }
   while true do
     local c = server:accept()
     if c then
       c:settimeout(5)
       local req = read_request(c)
       if req then
-        local status, body = answer(req, state, json)
+        local status, body, extra = answer(req, state, json)
         c:send(string.format("HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-          .. "Connection: close\r\n\r\n%s", status, #body, body))
+          .. "%sConnection: close\r\n\r\n%s", status, #body, extra or "", body))
       end
       c:close()
     end
