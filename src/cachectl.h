@@ -131,7 +131,7 @@ const char *cc_check_base_url(const char *s, size_t n);
 uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
 double cc_limit_take(uint64_t key, double requests, double per, double now);
 
-/* What one attempt came to (transport.c, answer.c). */
+/* What one attempt came to (engine.c, answer.c). */
 #define CC_MSG_MAX 400
 typedef struct outcome {
     enum cc_kind kind;
