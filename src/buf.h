@@ -1,6 +1,7 @@
-/* buf.h — a growable byte buffer and a wipe for secrets: a leaf unit (lua-cjson's strbuf), used by
- * the option parser to build URLs and bodies and by the engine to collect
- * answers. No Lua, no libcurl. */
+/* buf.h — a growable byte buffer and a wipe for secrets: a leaf unit
+ * (lua-cjson's strbuf), used to build URLs and bodies (request.c), to
+ * collect answers (engine.c) and to clear copies of credentials. No Lua,
+ * no libcurl. */
 #ifndef CACHECTL_BUF_H
 #define CACHECTL_BUF_H
 
