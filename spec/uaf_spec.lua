@@ -138,7 +138,7 @@ describe("a call whose options change while it runs", function()
     local res, err = with_eager_gc(function()
       garbage_with_finalizer(function()
         fired = phase
-        opts.base_url, opts.key, opts.user_agent, opts.path = nil, nil, nil, nil
+        opts.base_url, opts.key, opts.user_agent, opts.path, opts.body = nil, nil, nil, nil, nil
         collectgarbage()
       end)
       phase = "during"

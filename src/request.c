@@ -33,14 +33,27 @@ static int own_strings(cc_req *r, cc_slot *v)
     return 1;
 }
 
-/* body = { ... } of client:request, as JSON text left on the stack; for
- * ModelsLab an object without 'key', which is added. cjson reads the table
- * raw, without metamethods, and so does the check for 'key'. */
-static int encode_body(lua_State *L, int idx, cc_req *r, cc_slot *body)
+/* Pushes the body table of the options at idx, found with lua_next: no
+ * allocation, so no finalizer can run before the table is held. */
+static void hold_body(lua_State *L, int idx)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "body") == 0) {
+            lua_remove(L, -2);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);     /* not reached: cc_opts_read saw it */
+}
+
+/* The body table at the top (client:request) as JSON text, left in its
+ * place; for ModelsLab an object without 'key', which is added. cjson reads
+ * the table raw, without metamethods, and so does the check for 'key'. */
+static int encode_body(lua_State *L, cc_req *r, cc_slot *body)
 {
     if (!body->set) return 1;
-    lua_pushliteral(L, "body");
-    lua_rawget(L, idx);
     if (r->ep->svc->auth == AUTH_BODY_KEY) {
         int has_key;
         lua_pushliteral(L, "key");
@@ -180,10 +193,11 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
     r->ep = ep;
     idx = cc_absindex(L, idx);
     cc_opts_read(L, idx, ep, v);
+    if (v[O_BODY].set) hold_body(L, idx);
     if (!own_strings(r, v)) return luaL_error(L, "not enough memory");
-    ok = cc_opts_check(r, v, reset_at, sizeof reset_at) && encode_body(L, idx, r, v + O_BODY);
+    ok = cc_opts_check(r, v, reset_at, sizeof reset_at) && encode_body(L, r, v + O_BODY);
     built = ok && build(r, v, reset_at);
-    lua_settop(L, top);                   /* the body's JSON text, used by build */
+    lua_settop(L, top);                   /* the body and its JSON text, used by build */
     if (ok && !built) {
         cc_req_free(r);
         return luaL_error(L, "not enough memory");
