@@ -23,7 +23,8 @@
 -- and OMNI_BASE_URL (the mock's /api), CACHECTL_MOCK_URL (the mock's root, for
 -- its control API), LUA_PATH/LUA_CPATH to lua/ and build/5.4, and bin/ first
 -- in PATH; the mock is reset before each block. `DOCS_PAGES="docs/lua.md"`
--- limits the run to some pages.
+-- limits the run to some pages. The pages' relative links (and #anchors)
+-- must lead somewhere, and README.md must link every page of docs/.
 local io, os, string, table = io, os, string, table
 local assert, ipairs, load, pairs, error, tonumber, tostring =
   assert, ipairs, load, pairs, error, tonumber, tostring
@@ -225,6 +226,25 @@ local function compile(sample)
   return out:match("(%d+)%s*$") == "0", out
 end
 
+--- The anchors of a page's headings, as GitHub makes them: lower case,
+-- punctuation dropped, spaces as hyphens, "-1", "-2" for repeats.
+local function anchors_of(text)
+  local out, seen = {}, {}
+  local _, prose = blocks_of(text)
+  for heading in ("\n" .. prose):gmatch("\n#+ +([^\n]+)") do
+    heading = heading:gsub("%s+#*%s*$", "")
+    local slug = heading:lower():gsub("[^%w%- _]", ""):gsub(" ", "-")
+    if seen[slug] then
+      seen[slug] = seen[slug] + 1
+      slug = slug .. "-" .. seen[slug]
+    else
+      seen[slug] = 0
+    end
+    out[slug] = true
+  end
+  return out
+end
+
 local function indent(text)
   return "    " .. (text or ""):gsub("\n", "\n    ")
 end
@@ -276,19 +296,25 @@ describe("the docs' pages", function()
     end
   end)
 
-  it("link only to files that exist", function()
+  it("link only to files and headings that exist", function()
+    local broken = {}
     for _, page in ipairs(pages()) do
       local dir = page:match("^(.*)/") or "."
       local _, text = blocks_of(read_file(page))
-      text = text:gsub("`[^`]*`", "")
-      for target in text:gmatch("%]%(([^)%s]+)%)") do
-        local path = target:gsub("#.*$", "")
-        if path ~= "" and not path:find("^%a[%w+.-]*:") then
-          assert(read_file(dir .. "/" .. path) or capture("test -d " .. sh_quote(dir .. "/" .. path)
-            .. " && echo dir") ~= "", page .. " links to a missing file: " .. target)
+      for target in text:gsub("`[^`]*`", ""):gmatch("%]%(([^)%s]+)%)") do
+        local path, anchor = target:match("^([^#]*)#?(.*)$")
+        if not path:find("^%a[%w+.-]*:") then
+          local file = path == "" and page or dir .. "/" .. path
+          local linked = read_file(file)
+          if not linked and capture("test -d " .. sh_quote(file) .. " && echo dir") == "" then
+            broken[#broken + 1] = page .. " links to a missing file: " .. target
+          elseif anchor ~= "" and file:find("%.md$") and not anchors_of(linked)[anchor] then
+            broken[#broken + 1] = page .. " links to a missing heading: " .. target
+          end
         end
       end
     end
+    assert(#broken == 0, table.concat(broken, "\n"))
   end)
 end)
 
@@ -320,5 +346,14 @@ describe("the output comparison", function()
     assert.has_error(function() samples_of("t.md", "```json\n{}\n```\n```output\nx\n```\n") end)
     assert.has_error(function() samples_of("t.md", "```lua\nx()\n```\nprose\n```output\nx\n```\n") end)
     assert.has_error(function() samples_of("t.md", "```lua skip\nx()\n```\n") end)
+  end)
+end)
+
+describe("the heading anchors", function()
+  it("are made the way GitHub makes them", function()
+    local a = anchors_of("# A b\ntext # not a heading\n## The reference (LDoc)\n### `cachectl` omni models\n"
+      .. "## A b\n```sh\n# a comment, not a heading\n```\n")
+    assert.same({ ["a-b"] = true, ["the-reference-ldoc"] = true, ["cachectl-omni-models"] = true,
+                  ["a-b-1"] = true }, a)
   end)
 end)
