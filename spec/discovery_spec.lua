@@ -198,7 +198,7 @@ describe("Omni discovery (Lua layer)", function()
       if not HAS_YAML then pending(NO_YAML) end
     end)
 
-    it("reads model.yaml fully resolved: comments, a quoted name, anchors and merge keys, in the file's order", function()
+    it("reads model.yaml fully resolved: comments, a quoted name, anchors, merge keys, in file order", function()
       if not HAS_YAML then return end
       local list = assert(omni():cache_policies(SALES))
       assert.same({
