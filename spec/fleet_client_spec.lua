@@ -204,7 +204,8 @@ describe("clients with rate_limit.redis and coalesce", function()
 
   it("gives each item of a batch its own turn; one fallback event per batch", function()
     if not usable then return end
-    local c = omni(helpers.uid("tok-batch"), { timeout = 1, rate_limit = { requests = 2, per = 60, redis = redis:url() } })
+    local c = omni(helpers.uid("tok-batch"), { timeout = 1,
+      rate_limit = { requests = 2, per = 60, redis = redis:url() } })
     local results = c:reset_caches(UUID, { "a", "b", "c" })
     assert.is_table(results[1].result)
     assert.is_table(results[2].result)
