@@ -12,6 +12,9 @@ cachectl calls the ModelsLab "Clear User Cache" and Enterprise "Clear Queue"
 endpoints and the Omni "Reset cache" endpoint from a C module built on
 libcurl, with retries, timeouts, kept-alive connections, concurrent batches,
 a command-line tool and a mock server for tests.
+
+Optional: lyaml (Debian lua-yaml), for omni:cache_policies and check_policy
+only; without it every other call works.
 ]],
   homepage = "https://github.com/cachectl/cachectl",
   license = "MIT",
@@ -21,6 +24,7 @@ dependencies = {
   "lua-cjson >= 2.1",
   "luasocket >= 3.0",
   "argparse >= 0.6",
+  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy)
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -41,6 +45,8 @@ build = {
       libraries = { "curl", "crypto", "m" },
     },
     cachectl = "lua/cachectl/init.lua",
+    ["cachectl.perform"] = "lua/cachectl/perform.lua",
+    ["cachectl.policies"] = "lua/cachectl/policies.lua",
     ["cachectl.mock"] = "lua/cachectl/mock.lua",
     ["cachectl.cli"] = "lua/cachectl/cli.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
