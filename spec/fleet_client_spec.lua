@@ -9,6 +9,8 @@ local helpers = require "support.helpers"
 local cjson = require "cjson"
 
 local UUID = helpers.UUID
+-- The interpreter running this spec, for the child processes.
+local LUA = type(rawget(_G, "jit")) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
 
 local ok_fleet = pcall(require, "cachectl.fleet")
 local ok_rs, redis_server = pcall(require, "support.redis_server")
@@ -77,7 +79,7 @@ describe("clients with rate_limit.redis and coalesce", function()
       "local TOKEN, BASE, REDIS = %q, %q, %q\nlocal cachectl = require 'cachectl'\n", token, srv.base, redis:url())
       .. code)
     local procs, out = {}, {}
-    for i = 1, n do procs[i] = io.popen("lua5.4 " .. script .. " 2>&1") end
+    for i = 1, n do procs[i] = io.popen(LUA .. " " .. script .. " 2>&1") end
     for i = 1, n do
       local text = procs[i]:read("*a")
       procs[i]:close()
