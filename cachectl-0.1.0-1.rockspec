@@ -49,6 +49,10 @@ build = {
     ["cachectl.policies"] = "lua/cachectl/policies.lua",
     ["cachectl.mock"] = "lua/cachectl/mock.lua",
     ["cachectl.cli"] = "lua/cachectl/cli.lua",
+    ["cachectl.cli.parser"] = "lua/cachectl/cli/parser.lua",
+    ["cachectl.cli.run"] = "lua/cachectl/cli/run.lua",
+    ["cachectl.cli.output"] = "lua/cachectl/cli/output.lua",
+    ["cachectl.cli.sys"] = "lua/cachectl/cli/sys.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },
   install = {

@@ -497,7 +497,7 @@ static int build_url(cc_buf *b, const cc_req *r, const slot *v)
         if (strncmp(brace, "{product}", 9) == 0) {
             const char *prod = v[O_PRODUCT].set ? v[O_PRODUCT].s : r->ep->svc->default_product;
             if (prod) ok = cc_buf_add(b, prod, v[O_PRODUCT].set ? v[O_PRODUCT].len : strlen(prod));
-            else if (brace[9] == '/') brace++;      /* no product: no segment */
+            /* product = false: no segment (the '/' after it is skipped below) */
         } else if (strncmp(brace, "{model_id}", 10) == 0) {
             ok = cc_buf_add(b, v[O_MODEL_ID].s, v[O_MODEL_ID].len);
         } else if (strncmp(brace, "{policy}", 8) == 0) {
@@ -507,6 +507,7 @@ static int build_url(cc_buf *b, const cc_req *r, const slot *v)
         }
         if (!ok) return 0;
         p = strchr(brace, '}') + 1;
+        if (strncmp(brace, "{product}/", 10) == 0 && !v[O_PRODUCT].s && v[O_PRODUCT].set) p++;
     }
     return build_query(b, v) && cc_buf_add(b, "", 1);
 }
