@@ -218,7 +218,8 @@ local function across_fleet(ctx, opts, digest, window)
   local limit = opts.rate_limit
   local res, err, shared = fleet().coalesce(limit.redis, digest, window, opts.timeout or 30,
     function() return M.send(ctx, opts) end,
-    { connect_timeout = opts.connect_timeout, label = ctx.service.name .. "." .. ctx.call })
+    { connect_timeout = opts.connect_timeout, label = ctx.service.name .. "." .. ctx.call,
+      secrets = { opts[ctx.service.secret] } })
   if type(err) == "string" then
     local out, ferr, down = redis_failure(ctx, opts, err, shared)
     if not out then return nil, ferr, down end
