@@ -12,6 +12,7 @@ local core = require "cachectl.core"
 
 local pcall, require, error, type, pairs, ipairs, next, select, tostring, setmetatable, getmetatable =
   pcall, require, error, type, pairs, ipairs, next, select, tostring, setmetatable, getmetatable
+local rawget, _G = rawget, _G
 local format = string.format
 local max = math.max
 local gettime = require("socket").gettime
@@ -243,6 +244,38 @@ function M.window(window)
   return window
 end
 
+-- Inside nginx, identical calls of one worker overlap (each yields while
+-- its request runs): a later one waits, up to its timeout, for the first's
+-- outcome; none kept (the first sent nothing, or raised) -> nil: it goes
+-- itself; none within the timeout -> nil, a timeout error.
+local function await(ctx, opts, digest, mark)
+  local sleep, budget = rawget(_G, "ngx").sleep, opts.timeout or 30
+  local deadline = gettime() + budget
+  while outcomes[digest] == mark and gettime() < deadline do sleep(0.005) end
+  local o = outcomes[digest]
+  if o == mark then
+    return nil, M.new_error{ kind = "timeout", attempts = 0, message = format(
+      "coalesced call %s.%s: no outcome from the first caller within %g s", ctx.service.name, ctx.call, budget) }
+  end
+  if o and not o.pending then return o end
+end
+
+local function go(ctx, opts, digest, window)
+  if names_redis(opts) then return across_fleet(ctx, opts, digest, window) end
+  return M.send(ctx, opts)
+end
+
+-- Runs the first of identical calls inside nginx, marked as in flight for
+-- the others of the worker; the mark goes whatever happens.
+local function go_marked(ctx, opts, digest, window, now)
+  local mark = { pending = true, expires = now + window }
+  outcomes[digest] = mark
+  local ok, res, err = pcall(go, ctx, opts, digest, window)
+  if outcomes[digest] == mark then outcomes[digest] = nil end
+  if not ok then error(res, 0) end
+  return res, err
+end
+
 --- One call, coalesced with identical ones within `window` seconds when
 -- a window is given.
 -- @tparam table ctx the call's context
@@ -256,12 +289,17 @@ function M.one(ctx, opts, window)
   if not digest then return nil, bad end
   local now = gettime()
   local o = lookup(digest, now)
+  if o and o.pending then
+    local late
+    if ctx.nginx then o, late = await(ctx, opts, digest, o) else o = nil end
+    if late then return nil, late end
+  end
   if o then return M.share(ctx, opts, o.res, o.err) end
   local res, err
-  if names_redis(opts) then
-    res, err = across_fleet(ctx, opts, digest, window)
+  if ctx.nginx then
+    res, err = go_marked(ctx, opts, digest, window, now)
   else
-    res, err = M.send(ctx, opts)
+    res, err = go(ctx, opts, digest, window)
   end
   keep(digest, now, window, res, err)
   return res, err
@@ -278,6 +316,7 @@ local function plan(ctx, list, window, items)
     local digest, bad
     if window then digest, bad = core.identity(ctx.service.name, ctx.call, list[i]) end
     local o = digest and lookup(digest, now)
+    if o and o.pending then o = nil end       -- in flight elsewhere in the worker: send our own
     if bad then
       items[i] = { err = bad }
     elseif o then
