@@ -37,7 +37,7 @@ build = {
       sources = {
         "src/core.c", "src/session.c", "src/engine.c", "src/options.c",
         "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
-        "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c",
+        "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
       },
       defines = { "_GNU_SOURCE" },
       incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)" },
