@@ -257,6 +257,13 @@ describe("Omni discovery (Lua layer)", function()
       assert.equal("mid name", list.default)
     end)
 
+    it("takes a file_name that is a regular expression matching one file", function()
+      if skipped(true) then return end
+      local list = assert(omni():cache_policies(SALES, { file_name = "^model\\.ya?ml$" }))
+      assert.same({ "daily", "hourly", "weekly report" }, names_of(list))
+      assert.equal("^model\\.ya?ml$", query(sent(srv, "GET", "/yaml")[1]).fileName)
+    end)
+
     it("gives an empty list for a model without policies", function()
       if skipped(true) then return end
       local list = assert(omni():cache_policies(EMPTY))

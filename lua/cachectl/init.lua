@@ -202,8 +202,10 @@ end
 local function read_policies(st, yopts, window)
   local res, err = one(st, "model_yaml", yopts, window)
   if not res then return nil, err end
-  local files = type(res.files) == "table" and res.files or {}
-  local text = files[yopts.file_name]
+  local files, count, only = type(res.files) == "table" and res.files or {}, 0, nil
+  for _, t in pairs(files) do count, only = count + 1, t end
+  -- file_name may be a regular expression: then the one file it matched
+  local text = files[yopts.file_name] or (count == 1 and only or nil)
   if type(text) ~= "string" then
     return nil, perform.new_error{ kind = "decode", attempts = 1,
       message = format("the answer holds no file '%s' for model %s", yopts.file_name, yopts.model_id) }
