@@ -79,6 +79,7 @@ function Conn:read_line(max)
     if first then
       local i = first:find("\n", self.pos, true)
       if i then
+        if i - self.pos > max then return nil, "too long" end
         local line = first:sub(self.pos, i - 1):gsub("\r$", "")
         self.size = self.size - (i - self.pos + 1)
         self.pos = i + 1
