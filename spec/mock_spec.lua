@@ -1121,6 +1121,19 @@ socket.sleep(600)
       end, 250)
       assert.equals(0, open)
     end)
+    it("keeps serving when it runs out of descriptors (ulimit -n) first", function()
+      local m = mock.start({ lua = [[sh -c 'ulimit -n 40 && exec lua5.4 "$@"' sh]] })
+      local held = {}
+      finally(function()
+        for _, c in ipairs(held) do c:close() end
+        m:stop()
+      end)
+      for i = 1, 100 do held[i] = connect(m.url) end
+      local res = clear_cache(m, "still-served")
+      assert.is_table(res, "no answer while the mock is out of descriptors")
+      assert.equals(200, res.status)
+      assert.is_true(m:stats().open < 40)
+    end)
   end)
 
   describe("cachectl-mock command", function()

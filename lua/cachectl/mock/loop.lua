@@ -4,10 +4,12 @@
 -- `select` can only watch descriptors below FD_SETSIZE (1024), so the loop
 -- keeps well below it: it holds at most `max_connections` (default 900)
 -- connections and closes at once any accepted socket whose descriptor is 1000
--- or more. When it is full, a new connection takes the place of the one that
--- has waited longest for its client to send anything; so a client that opens
--- thousands of idle connections never locks the others out. An error in the
--- loop itself is logged (at most once a second) and never spins.
+-- or more; when the process runs out of descriptors first (`ulimit -n`), it
+-- lowers that number to what it holds. When it is full, a new connection takes
+-- the place of the one that has waited longest for its client to send
+-- anything; so a client that opens thousands of idle connections never locks
+-- the others out. An error in the loop itself is logged (at most once a
+-- second) and never spins.
 -- @module cachectl.mock.loop
 
 local coroutine, debug, os = coroutine, debug, os
@@ -122,13 +124,17 @@ function Loop:_accept()
   while true do
     local client, err = self.server:accept()
     if not client then
-      if err ~= "timeout" then
-        self:_complain("accept: " .. tostring(err))
+      if err == "timeout" then return end
+      self:_complain("accept: " .. tostring(err))
+      -- Out of descriptors (ulimit -n): hold one connection fewer from now on.
+      if not (tostring(err):find("open files", 1, true) and self:_evict()) then
         self.accept_after = socket.gettime() + ACCEPT_PAUSE
+        return
       end
-      return
+      self.max_open = self.open
+    else
+      self:_admit(client)
     end
-    self:_admit(client)
   end
 end
 
