@@ -24,20 +24,21 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { library = "curl" },
+  CRYPTO = { library = "crypto" },
 }
 build = {
   type = "builtin",
   modules = {
     ["cachectl.core"] = {
       sources = {
-        "src/core.c", "src/transport.c", "src/options.c",
+        "src/core.c", "src/session.c", "src/engine.c", "src/options.c",
         "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
-        "src/answer.c",
+        "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
       },
       defines = { "_GNU_SOURCE" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
-      libraries = { "curl", "m" },
+      incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(CRYPTO_LIBDIR)" },
+      libraries = { "curl", "crypto", "m" },
     },
     cachectl = "lua/cachectl/init.lua",
     ["cachectl.mock"] = "lua/cachectl/mock/init.lua",
@@ -56,6 +57,10 @@ build = {
     ["cachectl.mock.server"] = "lua/cachectl/mock/server.lua",
     ["cachectl.mock.util"] = "lua/cachectl/mock/util.lua",
     ["cachectl.cli"] = "lua/cachectl/cli.lua",
+    ["cachectl.cli.parser"] = "lua/cachectl/cli/parser.lua",
+    ["cachectl.cli.run"] = "lua/cachectl/cli/run.lua",
+    ["cachectl.cli.output"] = "lua/cachectl/cli/output.lua",
+    ["cachectl.cli.sys"] = "lua/cachectl/cli/sys.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },
   install = {

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <curl/curl.h>
 #include "compat.h"
+#include "buf.h"
+#include "clock.h"
 
 /* Only luaopen_cachectl_core leaves the shared object, however it is built
  * (the luarocks builtin backend passes no -fvisibility flag). */
@@ -19,7 +21,7 @@
 
 /* Error kinds, in the order of cc_kind_names[]. */
 enum cc_kind {
-    CC_OK = 0, CC_INVALID, CC_CONNECT, CC_TIMEOUT, CC_TLS, CC_HTTP, CC_API,
+    CC_INVALID = 0, CC_CONNECT, CC_TIMEOUT, CC_TLS, CC_HTTP, CC_API,
     CC_RATE_LIMITED, CC_DECODE, CC_TOO_LARGE
 };
 extern const char *const cc_kind_names[];
@@ -28,44 +30,65 @@ extern const char *const cc_kind_names[];
 enum {
     OPT_KEY = 1 << 0, OPT_TOKEN = 1 << 1, OPT_PRODUCT = 1 << 2,
     OPT_INSTANCE = 1 << 3, OPT_PLAYGROUND = 1 << 4, OPT_MODEL_ID = 1 << 5,
-    OPT_POLICY = 1 << 6, OPT_RESET_AT = 1 << 7, OPT_REQUEST = 1 << 8   /* method, path, body */
+    OPT_POLICY = 1 << 6, OPT_RESET_AT = 1 << 7, OPT_REQUEST = 1 << 8,  /* method, path, body */
+    OPT_DEPLOY_TYPE = 1 << 9,
+    OPT_LIST = 1 << 10,      /* name, kind, include_deleted, cursor, page_size */
+    OPT_YAML = 1 << 11       /* file_name, mode, fully_resolved, branch_id */
 };
 
 enum cc_auth { AUTH_BODY_KEY, AUTH_BEARER };
 enum cc_rule { RULE_STATUS_SUCCESS, RULE_STATUS_NOT_ERROR, RULE_SUCCESS_NOT_FALSE };
 
-/* One row of the endpoint table (endpoints.c). The path template may hold
- * {product}, {model_id} and {policy}. */
-typedef struct cc_endpoint {
-    const char *service;     /* "modelslab" or "omni" */
-    const char *name;        /* function name in the service table */
-    const char *path;        /* appended to base_url; {path}: the caller's */
+/* One row of the service table (endpoints.c). */
+typedef struct cc_service {
+    const char *name;             /* "modelslab", "omni" */
+    const char *secret;           /* the credential's option name */
+    const char *env_secret, *env_base_url;   /* read by the Lua layer only */
+    const char *base_url;         /* the default, or NULL: built from instance */
+    const char *host, *playground_host;      /* templates holding {instance} */
     enum cc_auth auth;
+    const char *auth_header;      /* header line before the secret (Bearer) */
+    const char *default_product;  /* {product} when none is given */
+    double limit_requests, limit_per;        /* default rate limit; 0: none */
+} cc_service;
+
+extern const cc_service cc_services[];
+extern const size_t cc_nservices;
+const cc_service *cc_service_find(const char *name);
+
+/* One row of the endpoint table (endpoints.c). The path template may hold
+ * {product}, {model_id}, {policy} and {path}. */
+typedef struct cc_endpoint {
+    const cc_service *svc;
+    const char *service;     /* svc->name, for messages */
+    const char *name;        /* function name in the service table */
+    const char *method;      /* NULL: the caller's (request) */
+    const char *path;        /* appended to base_url */
     enum cc_rule rule;
     int idempotent;          /* retried on connection failures, 429, 502-504 */
     unsigned opts;           /* OPT_* bits accepted */
-    int per_minute;          /* default client-side rate limit, 0 for none */
+    const char *args[4];     /* positional arguments of the client method */
+    const char *action;      /* the command's action, or NULL */
 } cc_endpoint;
 
 extern const cc_endpoint cc_endpoints[];
 extern const size_t cc_nendpoints;
 const cc_endpoint *cc_endpoint_find(const char *service, const char *name);
 
-/* Growable byte buffer. */
-typedef struct cc_buf { char *data; size_t len, cap; } cc_buf;
-int cc_buf_add(cc_buf *b, const void *p, size_t n);  /* 0 on out of memory */
-void cc_buf_free(cc_buf *b);
-
-/* A request, parsed and validated (options.c). Strings point into the Lua
- * options table, which stays on the stack while the request runs. */
+/* A request, read and checked (options.c) and built (request.c). It owns
+ * copies of every string it uses, taken before any Lua code could run, so
+ * Lua code run during the call (a finalizer, an event handler) may change
+ * or collect the options table without touching the request. */
 typedef struct cc_req {
     const cc_endpoint *ep;
     double timeout, connect_timeout;
+    double delay;       /* seconds before the first attempt (a fleet turn) */
     long retries;
     curl_off_t max_bytes;
     int verify_tls;
-    const char *user_agent, *proxy, *ca_file;
-    const char *secret; size_t secret_len;   /* key or token */
+    const char *user_agent, *proxy, *ca_file;   /* in own (or static), NUL-terminated */
+    const char *secret; size_t secret_len;   /* key or token, in own */
+    char *own; size_t own_len;  /* malloc'd copies of the option texts; wiped when freed */
     double limit_requests, limit_per;         /* rate limit; 0 when off */
     uint64_t limit_key;
     char *url;          /* malloc'd full URL */
@@ -78,11 +101,15 @@ typedef struct cc_req {
     char bad_msg[160];
 } cc_req;
 
-/* options.c: read opts (at index idx) into r. Raises on programming mistakes;
- * returns 0 and fills r->bad_field/bad_msg on a bad value. */
+/* request.c: read opts (at index idx) into r. Raises on programming
+ * mistakes; returns 0 and fills r->bad_field/bad_msg on a bad value (r then
+ * holds nothing to free). cc_req_free is idempotent. */
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
 void cc_req_free(cc_req *r);
+/* options.c */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
+void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep, int idx,
+                      const char *where);
 
 /* parse.c: pure text helpers over untrusted input (fuzzed). */
 int cc_is_uuid(const char *s, size_t n);
@@ -97,14 +124,14 @@ int cc_rfc3339(const char *s, size_t n, double *epoch, char *out, size_t outsz);
 int cc_format_epoch(double t, char *out, size_t outsz);
 /* Retry-After header value -> seconds from now (< 0 when unusable). */
 double cc_retry_after(const char *s, size_t n, double now_epoch);
-/* 0 ok, else a static message; *is_http tells whether the scheme is http. */
+/* NULL when s is a base URL we send to, else why not (a static message). */
 const char *cc_check_base_url(const char *s, size_t n);
 
 /* ratelimit.c */
 uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
 double cc_limit_take(uint64_t key, double requests, double per, double now);
 
-/* What one attempt came to (transport.c, answer.c). */
+/* What one attempt came to (engine.c, answer.c). */
 #define CC_MSG_MAX 400
 typedef struct outcome {
     enum cc_kind kind;
@@ -124,8 +151,13 @@ void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,
                    long status, const char *code, double retry_after,
                    int attempts, const char *field, const cc_req *r);
 void cc_errors_init(lua_State *L);
+/* The one scrubber: masks secret in t (n bytes, in place) as given,
+ * percent-encoded or JSON-escaped, and any 8 of its bytes in a row; returns
+ * the new length. cc_scrub_l is core.scrub(text, secret) (core.c). */
+size_t cc_scrub(char *t, size_t n, const char *secret, size_t sn);
+int cc_scrub_l(lua_State *L);
 
-/* transport.c */
+/* session.c, engine.c */
 typedef struct cc_session cc_session;
 cc_session *cc_session_new(lua_State *L);        /* pushes the userdata */
 cc_session *cc_session_check(lua_State *L, int idx);
@@ -136,7 +168,6 @@ cc_session *cc_session_check(lua_State *L, int idx);
  * values pushed. Raises on programming mistakes, with nothing sent. */
 int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int single,
            int concurrency);
-void cc_transport_init(lua_State *L);
-double cc_now_epoch(void);
+void cc_session_init(lua_State *L);
 
 #endif

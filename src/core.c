@@ -3,7 +3,9 @@
  * the module's default session and its endpoint row. */
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 #include "cachectl.h"
+#include "digest.h"
 
 #if defined(__GNUC__)
 #define CC_EXPORT __attribute__((visibility("default")))
@@ -33,18 +35,124 @@ static int call_endpoint(lua_State *L)
     return cc_run(L, s, ep, 1, 1, 1);
 }
 
-/* endpoints["omni.reset_cache"] = { service, name, idempotent, options = { name = type } } */
-static void push_endpoint_info(lua_State *L, const cc_endpoint *ep)
+static void set_string(lua_State *L, const char *k, const char *v)
 {
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, ep->service);
-    lua_setfield(L, -2, "service");
-    lua_pushstring(L, ep->name);
-    lua_setfield(L, -2, "name");
+    if (!v) return;
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* A whole endpoint row: { service, name, method, path, idempotent, args,
+ * action, options = { name = type } }. */
+static void push_endpoint_row(lua_State *L, const cc_endpoint *ep)
+{
+    int i;
+    lua_createtable(L, 0, 8);
+    set_string(L, "service", ep->service);
+    set_string(L, "name", ep->name);
+    set_string(L, "method", ep->method);
+    set_string(L, "path", ep->path);
+    set_string(L, "action", ep->action);
     lua_pushboolean(L, ep->idempotent);
     lua_setfield(L, -2, "idempotent");
+    lua_newtable(L);
+    for (i = 0; ep->args[i]; i++) {
+        lua_pushstring(L, ep->args[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "args");
     cc_push_option_names(L, ep);
     lua_setfield(L, -2, "options");
+}
+
+/* A whole service row, its calls (the rows above) under `calls`. */
+static void push_service_row(lua_State *L, const cc_service *svc)
+{
+    size_t i;
+    lua_createtable(L, 0, 10);
+    set_string(L, "name", svc->name);
+    set_string(L, "secret", svc->secret);
+    set_string(L, "default_base", svc->base_url);
+    set_string(L, "host", svc->host);
+    set_string(L, "playground_host", svc->playground_host);
+    set_string(L, "default_product", svc->default_product);
+    lua_createtable(L, 0, 2);
+    set_string(L, svc->secret, svc->env_secret);
+    set_string(L, "base_url", svc->env_base_url);
+    lua_setfield(L, -2, "env");
+    if (svc->limit_requests > 0) {
+        lua_createtable(L, 0, 2);
+        lua_pushnumber(L, svc->limit_requests);
+        lua_setfield(L, -2, "requests");
+        lua_pushnumber(L, svc->limit_per);
+        lua_setfield(L, -2, "per");
+        lua_setfield(L, -2, "rate_limit");
+    }
+    lua_newtable(L);
+    for (i = 0; i < cc_nendpoints; i++) {
+        if (cc_endpoints[i].svc != svc) continue;
+        push_endpoint_row(L, &cc_endpoints[i]);
+        lua_setfield(L, -2, cc_endpoints[i].name);
+    }
+    lua_setfield(L, -2, "calls");
+}
+
+/* core.check_options(service, opts [, call [, where]]) */
+static int check_options_l(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const cc_service *svc = cc_service_find(name);
+    const cc_endpoint *ep = NULL;
+    char where[96];
+    luaL_argcheck(L, svc != NULL, 1, "no such service");
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 3)) {
+        ep = cc_endpoint_find(name, luaL_checkstring(L, 3));
+        luaL_argcheck(L, ep != NULL, 3, "no such call");
+    }
+    snprintf(where, sizeof where, "%s", luaL_optstring(L, 4, ep ? ep->name : svc->name));
+    cc_check_options(L, svc, ep, 2, where);
+    return 0;
+}
+
+/* core.sha256(s) -> 64 hex digits */
+static int sha256_l(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char hex[65];
+    cc_digest *d = cc_digest_new();
+    if (!d || !cc_digest_add(d, s, n) || !cc_digest_hex(d, hex))
+        return luaL_error(L, "cachectl: SHA-256 failed");
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+/* core.identity(service, call, opts) -> the SHA-256 of what makes two calls
+ * the same request (service, call, credential, URL, body), or nil, err. */
+static int identity_l(lua_State *L)
+{
+    const cc_endpoint *ep = cc_endpoint_find(luaL_checkstring(L, 1), luaL_checkstring(L, 2));
+    cc_req r;
+    char hex[65];
+    cc_digest *d;
+    int ok;
+    luaL_argcheck(L, ep != NULL, 2, "no such call");
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (!cc_req_parse(L, 3, ep, &r)) {
+        lua_pushnil(L);
+        cc_push_error(L, CC_INVALID, r.bad_msg, 0, NULL, -1, 0, r.bad_field, NULL);
+        return 2;
+    }
+    ok = (d = cc_digest_new()) != NULL && cc_digest_add(d, ep->service, strlen(ep->service) + 1) &&
+         cc_digest_add(d, ep->name, strlen(ep->name) + 1) && cc_digest_add(d, r.secret, r.secret_len) &&
+         cc_digest_add(d, "", 1) && cc_digest_add(d, r.url, strlen(r.url) + 1) &&
+         cc_digest_add(d, r.body ? r.body : "", r.body ? r.body_len : 0);
+    ok = d && cc_digest_hex(d, hex) && ok;
+    cc_req_free(&r);
+    if (!ok) return luaL_error(L, "cachectl: SHA-256 failed");
+    lua_pushstring(L, hex);
+    return 1;
 }
 
 /* cjson's decode and encode, looked up once, kept in the registry. */
@@ -65,7 +173,6 @@ static void require_cjson(lua_State *L)
 CC_EXPORT int luaopen_cachectl_core(lua_State *L)
 {
     const curl_version_info_data *v;
-    char version[64];
     size_t i;
     int session;
     pthread_once(&curl_once, curl_init);
@@ -76,10 +183,10 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     require_cjson(L);
     cc_errors_init(L);
     lua_newtable(L);
-    cc_transport_init(L);
+    cc_session_init(L);
     cc_session_new(L);
     session = lua_gettop(L);
-    lua_newtable(L);                        /* endpoints */
+    lua_newtable(L);                        /* endpoints: "service.name" -> row */
     for (i = 0; i < cc_nendpoints; i++) {
         const cc_endpoint *ep = &cc_endpoints[i];
         lua_getfield(L, session - 1, ep->service);
@@ -94,12 +201,33 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
         lua_pushcclosure(L, call_endpoint, 2);
         lua_setfield(L, -2, ep->name);
         lua_pop(L, 1);
-        snprintf(version, sizeof version, "%s.%s", ep->service, ep->name);
-        push_endpoint_info(L, ep);
-        lua_setfield(L, -2, version);
     }
+    lua_newtable(L);                        /* services: name -> row */
+    for (i = 0; i < cc_nservices; i++) {
+        size_t j;
+        push_service_row(L, &cc_services[i]);
+        lua_getfield(L, -1, "calls");
+        for (j = 0; j < cc_nendpoints; j++) {
+            char key[64];
+            if (cc_endpoints[j].svc != &cc_services[i]) continue;
+            snprintf(key, sizeof key, "%s.%s", cc_endpoints[j].service, cc_endpoints[j].name);
+            lua_getfield(L, -1, cc_endpoints[j].name);
+            lua_setfield(L, -5, key);
+        }
+        lua_pop(L, 1);
+        lua_setfield(L, -2, cc_services[i].name);
+    }
+    lua_setfield(L, session - 1, "services");
     lua_setfield(L, session - 1, "endpoints");
     lua_pop(L, 1);
+    lua_pushcfunction(L, check_options_l);
+    lua_setfield(L, -2, "check_options");
+    lua_pushcfunction(L, sha256_l);
+    lua_setfield(L, -2, "sha256");
+    lua_pushcfunction(L, identity_l);
+    lua_setfield(L, -2, "identity");
+    lua_pushcfunction(L, cc_scrub_l);
+    lua_setfield(L, -2, "scrub");
     lua_pushliteral(L, CC_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, v->version);

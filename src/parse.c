@@ -10,32 +10,6 @@
 #include <arpa/inet.h>
 #include "cachectl.h"
 
-int cc_buf_add(cc_buf *b, const void *p, size_t n)
-{
-    if (n > b->cap - b->len) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *d;
-        while (cap - b->len < n) {
-            if (cap > ((size_t)-1) / 2) return 0;
-            cap *= 2;
-        }
-        d = realloc(b->data, cap);
-        if (!d) return 0;
-        b->data = d;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 1;
-}
-
-void cc_buf_free(cc_buf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
 static int is_hex(int c)
 {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
@@ -60,18 +34,23 @@ int cc_is_uuid(const char *s, size_t n)
     return 1;
 }
 
+/* 1-64 characters of a-z, 0-9, '_' and '-': an Enterprise product or deploy type. */
 int cc_is_slug(const char *s, size_t n)
 {
     size_t i;
-    if (n == 0) return 0;
+    if (n == 0 || n > 64) return 0;
     for (i = 0; i < n; i++)
-        if (!is_lower_alnum((unsigned char)s[i]) && s[i] != '-') return 0;
+        if (!is_lower_alnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_') return 0;
     return 1;
 }
 
 int cc_is_dns_label(const char *s, size_t n)
 {
-    return n >= 1 && n <= 63 && cc_is_slug(s, n) && s[0] != '-' && s[n - 1] != '-';
+    size_t i;
+    if (n < 1 || n > 63 || s[0] == '-' || s[n - 1] == '-') return 0;
+    for (i = 0; i < n; i++)
+        if (!is_lower_alnum((unsigned char)s[i]) && s[i] != '-') return 0;
+    return 1;
 }
 
 int cc_has_ctl(const char *s, size_t n)

@@ -1,8 +1,7 @@
-/* transport.c — the request engine. A session owns a libcurl multi handle
- * (and so its connection cache: calls on one session reuse connections) and
- * a few idle easy handles. cc_run drives one or many requests through it:
- * attempts, retries with Retry-After or jittered backoff inside the call's
- * deadline, and the reading of each answer into a result or an error.
+/* engine.c — the run loop: one or many requests driven through a session's
+ * multi handle; attempts, retries with Retry-After or jittered backoff
+ * inside the call's deadline, the client-side rate limit, and the reading of
+ * each answer into a result or an error.
  *
  * Lua is only touched between libcurl calls: the callbacks copy bytes into C
  * buffers and never raise. A run goes on under lua_pcall, so even a memory
@@ -13,68 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
-#include <unistd.h>
-#include "cachectl.h"
-
-#define SESSION_MT "cachectl.session"
-#define POOL_MAX 16
-
-enum { X_WAIT, X_RUN, X_DONE };
-
-typedef struct xfer {
-    cc_req req;
-    CURL *easy;
-    int sticky;
-    struct curl_slist *headers;   /* the session's, or auth below in front of them */
-    struct curl_slist auth;       /* "Authorization: Bearer ..." (data malloc'd) */
-    cc_buf resp;
-    int too_large, oom, state, attempts;
-    int sends;              /* requests libcurl sent in this attempt */
-    double deadline, next_start;
-    char retry_after[64];
-    char errbuf[CURL_ERROR_SIZE];
-} xfer;
-
-typedef struct run {
-    struct cc_session *s;
-    size_t n;
-    int oom;
-    xfer *x;            /* calloc'd, or one[] for a single call */
-    xfer one[1];
-} run;
-
-/* An idle easy handle; sticky: its last request set options beyond the
- * usual ones (proxy, CA file, no verification, a method, a fresh
- * connection), so it must be reset before the next. */
-typedef struct pooled {
-    CURL *easy;
-    int sticky;
-} pooled;
-
-struct cc_session {
-    CURLM *multi;
-    pooled pool[POOL_MAX];
-    int npool;
-    struct curl_slist *headers;  /* the headers every request sends */
-    uint64_t rng;
-    struct run *active;     /* the run in progress */
-    struct run single;      /* the run of single calls, reused */
-};
-
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-double cc_now_epoch(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "engine.h"
 
 static double jitter(cc_session *s)
 {
@@ -86,103 +24,11 @@ static double jitter(cc_session *s)
 
 /* ---- the session ---------------------------------------------------- */
 
-static void run_release(run *r);
-
-static void session_close(cc_session *s)
-{
-    if (s->active) run_release(s->active);
-    while (s->npool > 0) curl_easy_cleanup(s->pool[--s->npool].easy);
-    curl_slist_free_all(s->headers);
-    s->headers = NULL;
-    if (s->multi) curl_multi_cleanup(s->multi);
-    s->multi = NULL;
-}
-
-cc_session *cc_session_new(lua_State *L)
-{
-    cc_session *s = cc_newuserdata(L, sizeof *s);
-    memset(s, 0, sizeof *s);
-    luaL_getmetatable(L, SESSION_MT);
-    lua_setmetatable(L, -2);
-    s->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)s;
-    if (!s->rng) s->rng = 0x9e3779b97f4a7c15ULL;
-    if (!(s->multi = curl_multi_init())) luaL_error(L, "cachectl: cannot create a libcurl multi handle");
-    return s;
-}
-
-cc_session *cc_session_check(lua_State *L, int idx)
-{
-    cc_session *s = luaL_checkudata(L, idx, SESSION_MT);
-    if (!s->multi) luaL_error(L, "cachectl: session is closed");
-    return s;
-}
-
-static int session_gc(lua_State *L)
-{
-    session_close(luaL_checkudata(L, 1, SESSION_MT));
-    return 0;
-}
-
-/* session:close(), refused while a call runs on it (from a finalizer). */
-static int session_close_method(lua_State *L)
-{
-    cc_session *s = luaL_checkudata(L, 1, SESSION_MT);
-    if (s->active) return luaL_error(L, "cachectl: cannot close a session while a call runs on it");
-    session_close(s);
-    return 0;
-}
-
-static int session_tostring(lua_State *L)
-{
-    cc_session *s = luaL_checkudata(L, 1, SESSION_MT);
-    lua_pushfstring(L, "cachectl.session (%s)", s->multi ? "open" : "closed");
-    return 1;
-}
-
-static size_t on_body(char *p, size_t size, size_t nmemb, void *ud);
-static size_t on_header(char *p, size_t size, size_t nmemb, void *ud);
-static int on_send(void *ud, char *ip, char *local_ip, int port, int local_port);
-
-/* An easy handle with the options every request shares. A pooled handle
- * keeps them, and is reset only when its last request or this one is
- * sticky: most calls set just the handful of options that change. */
-static CURL *easy_get(cc_session *s, int sticky)
-{
-    CURL *e = NULL;
-    if (s->npool > 0) {
-        pooled *p = &s->pool[--s->npool];
-        e = p->easy;
-        if (!p->sticky && !sticky) return e;
-        curl_easy_reset(e);
-    } else if (!(e = curl_easy_init())) {
-        return NULL;
-    }
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_send);
-    return e;
-}
-
-static void easy_put(cc_session *s, CURL *e, int sticky)
-{
-    if (s->npool < POOL_MAX) {
-        s->pool[s->npool].easy = e;
-        s->pool[s->npool++].sticky = sticky;
-    } else {
-        curl_easy_cleanup(e);
-    }
-}
-
-/* ---- one run: its requests and their cleanup ------------------------ */
-
 static void xfer_release(cc_session *s, xfer *x)
 {
     if (x->easy) {
         if (x->state == X_RUN && s->multi) curl_multi_remove_handle(s->multi, x->easy);
-        easy_put(s, x->easy, 1);
+        cc_easy_put(s, x->easy, 1);
         x->easy = NULL;
     }
     if (x->auth.data) {
@@ -196,7 +42,7 @@ static void xfer_release(cc_session *s, xfer *x)
 
 /* Frees what a run holds and returns its easy handles to the pool;
  * idempotent. */
-static void run_release(run *r)
+void cc_run_release(run *r)
 {
     size_t i;
     if (!r->s) return;
@@ -207,7 +53,7 @@ static void run_release(run *r)
     r->s = NULL;
 }
 
-static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
+size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     xfer *x = ud;
     size_t n = size * nmemb;
@@ -222,7 +68,7 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
+size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     xfer *x = ud;
     size_t n = size * nmemb;
@@ -237,7 +83,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 
 /* Called before each request goes out, so a silent resend by libcurl on a
  * dead reused connection is counted in err.attempts too. */
-static int on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
+int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
 {
     (void)ip, (void)local_ip, (void)port, (void)local_port;
     ((xfer *)ud)->sends++;
@@ -264,12 +110,13 @@ static int build_headers(cc_session *s, xfer *x)
         s->headers = h;
     }
     x->headers = s->headers;
-    if (x->req.ep->auth == AUTH_BEARER) {
-        size_t n = x->req.secret_len;
-        if (!(x->auth.data = malloc(22 + n + 1))) return 0;
-        memcpy(x->auth.data, "Authorization: Bearer ", 22);
-        memcpy(x->auth.data + 22, x->req.secret, n);
-        x->auth.data[22 + n] = '\0';
+    if (x->req.ep->svc->auth_header) {
+        const char *h = x->req.ep->svc->auth_header;
+        size_t hn = strlen(h), n = x->req.secret_len;
+        if (!(x->auth.data = malloc(hn + n + 1))) return 0;
+        memcpy(x->auth.data, h, hn);
+        memcpy(x->auth.data + hn, x->req.secret, n);
+        x->auth.data[hn + n] = '\0';
         x->auth.next = s->headers;
         x->headers = &x->auth;
     }
@@ -290,7 +137,7 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     CURL *e;
     if (!x->headers && !build_headers(s, x)) return 0;
     x->sticky = q->proxy || q->ca_file || !q->verify_tls || q->method || !q->retry_ok;
-    if (!(e = easy_get(s, x->sticky))) return 0;
+    if (!(e = cc_easy_get(s, x->sticky))) return 0;
     x->easy = e;
     x->resp.len = 0;
     x->too_large = 0;
@@ -390,7 +237,7 @@ static int read_answer(lua_State *L, xfer *x, outcome *o)
  * two values (res, nil) or (nil, err). Returns 1 when the request is done. */
 static int finish(lua_State *L, run *r, xfer *x, CURLcode rc)
 {
-    double now = mono();
+    double now = cc_mono();
     outcome o;
     memset(&o, 0, sizeof o);
     o.retry_after = -1;
@@ -472,7 +319,7 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
     cc_session *s = r->s;
     int active = 0;
     while (done < r->n && !r->oom) {
-        double now = mono(), wake = now + 1.0;
+        double now = cc_mono(), wake = now + 1.0;
         int running, queued, finished;
         size_t i;
         CURLMsg *m;
@@ -500,13 +347,13 @@ static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
                 store(L, out, (size_t)(x - r->x));
                 done++;
             }
-            easy_put(s, x->easy, x->sticky);
+            cc_easy_put(s, x->easy, x->sticky);
             x->easy = NULL;
             finished = 1;
         }
         /* a finished attempt may have freed a slot or set a retry time */
         if (done < r->n && !r->oom && !finished) {
-            double left = wake - mono();
+            double left = wake - cc_mono();
             curl_multi_poll(s->multi, NULL, 0, left <= 0 ? 0 : (int)ceil(left * 1000), NULL);
         }
     }
@@ -527,7 +374,7 @@ static int run_protected(lua_State *L)
     run *r = a->r;
     size_t i, done = 0;
     int out = 0;
-    double now = mono();
+    double now = cc_mono();
     if (!a->single) {
         lua_createtable(L, (int)r->n, 0);
         out = lua_gettop(L);
@@ -544,6 +391,7 @@ static int run_protected(lua_State *L)
         if (cc_req_parse(L, a->single ? 1 : -1, a->ep, &x->req)) {
             x->state = X_WAIT;
             x->deadline = now + x->req.timeout;
+            x->next_start = now + x->req.delay;
         } else {
             if (!a->single) lua_pop(L, 1);
             lua_pushnil(L);
@@ -592,65 +440,10 @@ int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int sing
     a.single = single;
     a.concurrency = concurrency;
     rc = lua_pcall(L, 2, LUA_MULTRET, 0);
-    run_release(r);
+    cc_run_release(r);
     if (!single) free(r);
     if (rc != 0) return lua_error(L);
     return lua_gettop(L) - top;
 }
 
 /* ---- the session as seen from Lua ------------------------------------ */
-
-static const cc_endpoint *endpoint_arg(lua_State *L, int i)
-{
-    const char *service = luaL_checkstring(L, i), *name = luaL_checkstring(L, i + 1);
-    const cc_endpoint *ep = cc_endpoint_find(service, name);
-    if (!ep) luaL_error(L, "cachectl: no endpoint %s.%s", service, name);
-    return ep;
-}
-
-/* res, err = session:call(service, name, opts) */
-static int session_call(lua_State *L)
-{
-    cc_session *s = cc_session_check(L, 1);
-    const cc_endpoint *ep = endpoint_arg(L, 2);
-    luaL_checktype(L, 4, LUA_TTABLE);
-    return cc_run(L, s, ep, 4, 1, 1);
-}
-
-/* items = session:batch(service, name, list_of_opts, concurrency), each item
- * { result = ..., err = ... } in input order. */
-static int session_batch(lua_State *L)
-{
-    cc_session *s = cc_session_check(L, 1);
-    const cc_endpoint *ep = endpoint_arg(L, 2);
-    lua_Integer conc = luaL_optinteger(L, 5, 8);
-    luaL_checktype(L, 4, LUA_TTABLE);
-    luaL_argcheck(L, conc >= 1, 5, "concurrency must be >= 1");
-    return cc_run(L, s, ep, 4, 0, conc > 100000 ? 100000 : (int)conc);
-}
-
-static int session_new_l(lua_State *L)
-{
-    cc_session_new(L);
-    return 1;
-}
-
-void cc_transport_init(lua_State *L)
-{
-    static const luaL_Reg methods[] = {
-        { "call", session_call }, { "batch", session_batch }, { "close", session_close_method }, { NULL, NULL }
-    };
-    luaL_newmetatable(L, SESSION_MT);
-    lua_pushcfunction(L, session_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, session_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, session_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_newtable(L);
-    cc_setfuncs(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-    lua_pushcfunction(L, session_new_l);
-    lua_setfield(L, -2, "session");
-}
