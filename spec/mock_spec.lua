@@ -333,6 +333,21 @@ describe("cachectl.mock", function()
       assert.equals('{"key":"k"}', srv:requests()[2].body)
     end)
 
+    it("reads a request that arrives one byte at a time", function()
+      local c = connect(srv.url)
+      c:setoption("tcp-nodelay", true)
+      local req = "POST /v5/clear_cache HTTP/1.1\r\nContent-Type: application/json\r\n"
+        .. "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"key\r\n6\r\n\":\"k\"}\r\n0\r\n\r\n"
+      for i = 1, #req do
+        assert(c:send(req:sub(i, i)))
+        socket.sleep(0.001)
+      end
+      local res = read_response(c)
+      c:close()
+      assert.equals(200, res.status)
+      assert.equals('{"key":"k"}', srv:requests()[1].body)
+    end)
+
     it("answers a malformed request with 400 and closes", function()
       local c = connect(srv.url)
       assert(c:send("BLAH\r\n\r\n"))

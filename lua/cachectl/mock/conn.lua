@@ -70,28 +70,25 @@ function Conn:_shift()
   self.pos = 1
 end
 
---- Reads one line (without its CR LF).
+--- Reads one line (without its CR LF). Each byte is searched once, and the
+-- line is joined once, however many reads it took to arrive.
 -- @param max longest line accepted, in bytes
 -- @return the line, or nil, "eof" | "too long"
 function Conn:read_line(max)
+  local k, from = self.head, self.pos
   while true do
-    local first = self.chunks[self.head]
-    if first then
-      local i = first:find("\n", self.pos, true)
+    local chunk = self.chunks[k]
+    if chunk then
+      local i = chunk:find("\n", from, true)
       if i then
-        if i - self.pos > max then return nil, "too long" end
-        local line = first:sub(self.pos, i - 1):gsub("\r$", "")
-        self.size = self.size - (i - self.pos + 1)
-        self.pos = i + 1
-        if self.pos > #first then self:_shift() end
-        return line
+        local n = i - (self.pos - 1)          -- bytes up to the newline, with it
+        for j = self.head, k - 1 do n = n + #self.chunks[j] end
+        if n - 1 > max then return nil, "too long" end
+        return (self:read_exact(n):sub(1, -2):gsub("\r$", ""))
       end
-      if #first - self.pos + 1 > max then return nil, "too long" end
-    end
-    if self.head < self.tail then
-      -- the line goes on in the next chunk: join the two (bounded by max)
-      self.chunks[self.head + 1] = first:sub(self.pos) .. self.chunks[self.head + 1]
-      self:_shift()
+      k, from = k + 1, 1
+    elseif self.size > max then
+      return nil, "too long"
     elseif not self:fill() then
       return nil, "eof"
     end
