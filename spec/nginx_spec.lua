@@ -34,7 +34,7 @@ local function start_redis()
   local ok, redis_server = pcall(require, "support.redis_server")
   if not ok then return nil, "spec/support/redis_server.lua has not landed" end
   if not run("command -v redis-server >/dev/null") then return nil, "redis-server is not installed" end
-  return redis_server.start()
+  return redis_server.start{ password = helpers.secret("redis-pw") }
 end
 
 -- ---- nginx ---------------------------------------------------------------
@@ -299,7 +299,7 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     redis, no_redis = start_redis()
     local env = { OMNI_API_KEY = TOKEN, OMNI_BASE_URL = srv.base, CACHECTL_SLOW_TOKEN = SLOW,
                   CACHECTL_LIMITED_TOKEN = LIMITED, CACHECTL_PER_WORKER_TOKEN = PER_WORKER,
-                  CACHECTL_REDIS_TOKEN = REDIS_TOKEN, CACHECTL_REDIS_URL = redis and redis:url() or nil }
+                  CACHECTL_REDIS_TOKEN = REDIS_TOKEN, CACHECTL_REDIS_URL = redis and redis:url{ password = true } or nil }
     local files = { ["nginx_spec_hooks.lua"] = HOOKS }
     one = nginx_server.start{ conf = nginx_conf(root, 1), files = files, env = env }
     two = nginx_server.start{ conf = nginx_conf(root, 2), files = files, env = env }

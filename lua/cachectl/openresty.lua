@@ -45,7 +45,8 @@ local ngx = ngx
 local error, pairs, pcall, type, tostring, getmetatable, setmetatable, require =
   error, pairs, pcall, type, tostring, getmetatable, setmetatable, require
 local format = string.format
-local min, max = math.min, math.max
+local min, max, ceil = math.min, math.max, math.ceil
+local rep = string.rep
 
 local core = require "cachectl.core"
 
@@ -143,32 +144,39 @@ end
 local LOCK_TTL = 0.1    -- seconds; the lock is held for microseconds
 local LOCK_RETRY = 0.001
 
--- The window of one key is a ring of its last n start times (INTERFACES.md
--- §4): `<key>:n` counts the starts reserved so far (h), `<key>:<i>` holds
--- start number i modulo n. Start h must come at or after the last one
--- (slot h-1) and `per` seconds after the n-th most recent (slot h, about to
--- be overwritten): t = max(now, last, nth + per). Every reservation costs a
--- few dict operations, whatever n. The entries expire once they no longer
--- count (the counter last of all): absent means no recent start.
-local function put(dict, limit, k, v, ttl)
-  local ok, err = dict:safe_set(k, v, ttl)
-  if not ok then
-    error(format("cachectl: rate_limit.shared_dict '%s': %s (make the lua_shared_dict larger)",
-      limit.dict, tostring(err)), 0)
-  end
+-- The window of one key is one dict value, a ring of its last n start times
+-- (INTERFACES.md §4) in records of W characters: the index of the slot to
+-- write next, then n slots, each a start in seconds on ngx.now's clock with
+-- its milliseconds ("0.000": no start yet). A new start t must come at or
+-- after the last one and `per` seconds after the n-th most recent (the slot
+-- about to be overwritten): t = max(now, last, nth + per). A reservation
+-- reads two records and writes one; the value expires once no start in it
+-- counts any more (absent: no recent start). About 15 bytes a request:
+-- Omni's 60 take one kilobyte per credential.
+local W = 14
+local HEAD = "%" .. W .. "d"
+local START = "%" .. W .. ".3f"
+
+local function record(s, i)
+  return tonumber(s:sub(W * i + 1, W * (i + 1)))
 end
 
 local function reserve(dict, key, limit, deadline)
   local t0 = now()
   local n = limit.requests
-  local h = dict:get(key .. ":n") or 0
-  local slot = format("%s:%d", key, h % n)
-  local last, nth = dict:get(format("%s:%d", key, (h - 1) % n)), dict:get(slot)
-  local t = max(t0, last or t0, nth and nth + limit.per or t0)
+  local s = dict:get(key)
+  if type(s) ~= "string" or #s ~= W * (n + 1) then s = format(HEAD, 0) .. rep(format(START, 0), n) end
+  local i = record(s, 0)
+  local last, nth = record(s, (i - 1) % n + 1), record(s, i + 1)
+  -- whole milliseconds, never earlier than the window allows
+  local t = ceil(max(t0, last, nth + limit.per) * 1000 - 1e-3) / 1000
   if t >= deadline then return nil, t - t0 end
-  local ttl = t - t0 + limit.per + 1
-  put(dict, limit, slot, t, ttl)
-  put(dict, limit, key .. ":n", h + 1, ttl)
+  s = format(HEAD, (i + 1) % n) .. s:sub(W + 1, W * (i + 1)) .. format(START, t) .. s:sub(W * (i + 2) + 1)
+  local ok, err = dict:safe_set(key, s, t - t0 + limit.per + 1)
+  if not ok then
+    error(format("cachectl: rate_limit.shared_dict '%s': %s (make the lua_shared_dict larger)",
+      limit.dict, tostring(err)), 0)
+  end
   return t
 end
 
@@ -178,7 +186,7 @@ end
 -- lies at or past `deadline` (nothing is reserved then).
 --
 -- Atomicity across workers: each dict operation is atomic, the reservation
--- (read the ring, write a slot and the counter) is not, so it runs under a
+-- (read the ring, compute, write it back) is not, so it runs under a
 -- lock. `dict:add` is the lock: it succeeds for exactly one caller while the
 -- lock key exists; the others retry 1 ms later (ngx.sleep: their workers
 -- keep serving). Dict operations never yield, so the lock is held for
@@ -283,14 +291,14 @@ local function take_turn(c)
   out.rate_limit, out.delay = other or false, nil
   if t then
     local wait = t - now()
-    if wait > 0 then
+    if wait >= 0.001 then     -- the clocks count milliseconds
       if c.on_event then
         c.on_event{ type = "wait", service = c.service, call = c.call, wait = wait, reason = "rate_limit", attempt = 1 }
       end
       ngx.sleep(wait)
     end
     local left = t - now()
-    if left > 0 then out.delay = left end   -- ngx.sleep counts in milliseconds
+    if left > 0 then out.delay = left end   -- what ngx.sleep left: the core waits it
   end
   out.timeout = max(deadline - now(), 0.001)
   return out
