@@ -169,6 +169,7 @@ http {
     lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;%s/examples/openresty/?.lua;%s/?.lua;;";
     lua_package_cpath "%s/build/luajit/?.so;;";
     lua_shared_dict cachectl_limits 1m;
+    init_worker_by_lua_block { require("cachectl.openresty").warm("cachectl", 8) }
     server {
         listen 127.0.0.1:%d reuseport;
         add_header X-Worker-Pid $pid always;
@@ -299,7 +300,8 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     redis, no_redis = start_redis()
     local env = { OMNI_API_KEY = TOKEN, OMNI_BASE_URL = srv.base, CACHECTL_SLOW_TOKEN = SLOW,
                   CACHECTL_LIMITED_TOKEN = LIMITED, CACHECTL_PER_WORKER_TOKEN = PER_WORKER,
-                  CACHECTL_REDIS_TOKEN = REDIS_TOKEN, CACHECTL_REDIS_URL = redis and redis:url{ password = true } or nil }
+                  CACHECTL_REDIS_TOKEN = REDIS_TOKEN }
+    if redis then env.CACHECTL_REDIS_URL = redis:url{ password = true } end
     local files = { ["nginx_spec_hooks.lua"] = HOOKS }
     one = nginx_server.start{ conf = nginx_conf(root, 1), files = files, env = env }
     two = nginx_server.start{ conf = nginx_conf(root, 2), files = files, env = env }

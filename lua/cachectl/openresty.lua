@@ -96,6 +96,14 @@ end
 
 local session
 
+--- Loads cachectl in a pool thread's Lua VM and makes its session; called
+-- by `M.warm` in a worker thread.
+-- @treturn boolean true
+function M.thread_warm()
+  if not session then session = core.session() end
+  return true
+end
+
 --- Runs one core call; called in a worker thread's own Lua VM.
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint, e.g. "reset_cache"
@@ -302,6 +310,35 @@ local function take_turn(c)
   end
   out.timeout = max(deadline - now(), 0.001)
   return out
+end
+
+-- -------------------------------------------------------------- warming up
+
+--- Readies the threads of a pool ahead of the first calls: each thread
+-- makes its Lua VM and loads cachectl the first time it runs a call, which
+-- costs a few milliseconds (tens on a busy machine) that would otherwise
+-- delay the first calls after nginx starts, and make the starts of a burst
+-- uneven under a shared rate limit. Call it from `init_worker_by_lua*`: it
+-- starts a timer that hands `threads` small tasks to the pool at once.
+-- @tparam[opt] string pool the thread pool (default `M.default_pool`)
+-- @tparam[opt] number threads how many threads the pool has (its `threads=`; default 16)
+-- @usage init_worker_by_lua_block { require("cachectl.openresty").warm("cachectl", 16) }
+function M.warm(pool, threads)
+  pool = pool or M.default_pool
+  local ok, err = ngx.timer.at(0, function(premature)
+    if premature then return end
+    local tasks = {}
+    for i = 1, threads or 16 do
+      tasks[i] = ngx.thread.spawn(ngx.run_worker_thread, pool, MODULE, "thread_warm")
+    end
+    for i = 1, #tasks do
+      local ran, done, why = ngx.thread.wait(tasks[i])
+      if not (ran and done) then
+        ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", tostring(ran and why or done))
+      end
+    end
+  end)
+  if not ok then ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", err) end
 end
 
 -- -------------------------------------------------------------- the calls
