@@ -62,7 +62,7 @@ M.limited = webhook.handler{ client = { token = getenv("CACHECTL_LIMITED_TOKEN")
 M.per_worker = webhook.handler{ client = { token = getenv("CACHECTL_PER_WORKER_TOKEN"),
   rate_limit = { requests = 2, per = 1 } } }
 M.redis = webhook.handler{ client = { token = getenv("CACHECTL_REDIS_TOKEN"),
-  rate_limit = { requests = 2, per = 1, redis = getenv("CACHECTL_REDIS_URL") } } }
+  rate_limit = { requests = 2, per = 1, redis = getenv("CACHECTL_SPEC_REDIS_URL") } } }
 M.secret = webhook.handler{ secret = "hook-secret" }
 
 function M.keys()
@@ -141,8 +141,10 @@ end
 return M
 ]]
 
+-- nginx's environment. The Redis URL goes under a name of the spec's own: as
+-- $CACHECTL_REDIS_URL the Lua layer would make it every client's default.
 local ENV = { "OMNI_API_KEY", "OMNI_BASE_URL", "CACHECTL_SLOW_TOKEN", "CACHECTL_LIMITED_TOKEN",
-  "CACHECTL_PER_WORKER_TOKEN", "CACHECTL_REDIS_TOKEN", "CACHECTL_REDIS_URL" }
+  "CACHECTL_PER_WORKER_TOKEN", "CACHECTL_REDIS_TOKEN", "CACHECTL_SPEC_REDIS_URL" }
 
 local function nginx_conf(root, workers)
   return function(dir, port)
@@ -301,7 +303,7 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     local env = { OMNI_API_KEY = TOKEN, OMNI_BASE_URL = srv.base, CACHECTL_SLOW_TOKEN = SLOW,
                   CACHECTL_LIMITED_TOKEN = LIMITED, CACHECTL_PER_WORKER_TOKEN = PER_WORKER,
                   CACHECTL_REDIS_TOKEN = REDIS_TOKEN }
-    if redis then env.CACHECTL_REDIS_URL = redis:url{ password = true } end
+    if redis then env.CACHECTL_SPEC_REDIS_URL = redis:url{ password = true } end
     local files = { ["nginx_spec_hooks.lua"] = HOOKS }
     one = nginx_server.start{ conf = nginx_conf(root, 1), files = files, env = env }
     two = nginx_server.start{ conf = nginx_conf(root, 2), files = files, env = env }
