@@ -240,7 +240,7 @@ end
 
 local function late(limit, where, wait)
   return nil, new_error{ kind = "rate_limited", retry_after = wait,
-    message = format("client-side rate limit (%g requests per %gs, %s): no slot before the timeout",
+    message = format("client-side rate limit (%g requests per %gs, shared through %s): no turn before the timeout",
       limit.requests, limit.per, where) }
 end
 
@@ -249,7 +249,7 @@ local function dict_turn(c, limit, deadline)
   local key = "cachectl:" .. core.sha256(format("%s\0%s\0%.17g\0%.17g", c.service, c.secret,
     limit.requests, limit.per))
   local t, wait = shared_turn(limit.shared, key, limit, deadline)
-  if not t then return late(limit, format("shared dict '%s'", limit.dict), wait) end
+  if not t then return late(limit, format("the shared dict '%s'", limit.dict), wait) end
   return t
 end
 
