@@ -75,8 +75,10 @@ extern const cc_endpoint cc_endpoints[];
 extern const size_t cc_nendpoints;
 const cc_endpoint *cc_endpoint_find(const char *service, const char *name);
 
-/* A request, parsed and validated (options.c). Strings point into the Lua
- * options table, which stays on the stack while the request runs. */
+/* A request, read and checked (options.c) and built (request.c). It owns
+ * copies of every string it uses, taken before any Lua code could run, so
+ * Lua code run during the call (a finalizer, an event handler) may change
+ * or collect the options table without touching the request. */
 typedef struct cc_req {
     const cc_endpoint *ep;
     double timeout, connect_timeout;
@@ -84,8 +86,9 @@ typedef struct cc_req {
     long retries;
     curl_off_t max_bytes;
     int verify_tls;
-    const char *user_agent, *proxy, *ca_file;
-    const char *secret; size_t secret_len;   /* key or token */
+    const char *user_agent, *proxy, *ca_file;   /* in own (or static), NUL-terminated */
+    const char *secret; size_t secret_len;   /* key or token, in own */
+    char *own; size_t own_len;  /* malloc'd copies of the option texts; wiped when freed */
     double limit_requests, limit_per;         /* rate limit; 0 when off */
     uint64_t limit_key;
     char *url;          /* malloc'd full URL */
@@ -98,10 +101,12 @@ typedef struct cc_req {
     char bad_msg[160];
 } cc_req;
 
-/* options.c: read opts (at index idx) into r. Raises on programming mistakes;
- * returns 0 and fills r->bad_field/bad_msg on a bad value. */
+/* request.c: read opts (at index idx) into r. Raises on programming
+ * mistakes; returns 0 and fills r->bad_field/bad_msg on a bad value (r then
+ * holds nothing to free). cc_req_free is idempotent. */
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
 void cc_req_free(cc_req *r);
+/* options.c */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
 void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep, int idx,
                       const char *where);
@@ -126,7 +131,7 @@ const char *cc_check_base_url(const char *s, size_t n);
 uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
 double cc_limit_take(uint64_t key, double requests, double per, double now);
 
-/* What one attempt came to (transport.c, answer.c). */
+/* What one attempt came to (engine.c, answer.c). */
 #define CC_MSG_MAX 400
 typedef struct outcome {
     enum cc_kind kind;
@@ -146,6 +151,11 @@ void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,
                    long status, const char *code, double retry_after,
                    int attempts, const char *field, const cc_req *r);
 void cc_errors_init(lua_State *L);
+/* The one scrubber: masks secret in t (n bytes, in place) as given,
+ * percent-encoded or JSON-escaped, and any 8 of its bytes in a row; returns
+ * the new length. cc_scrub_l is core.scrub(text, secret) (core.c). */
+size_t cc_scrub(char *t, size_t n, const char *secret, size_t sn);
+int cc_scrub_l(lua_State *L);
 
 /* session.c, engine.c */
 typedef struct cc_session cc_session;

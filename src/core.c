@@ -226,6 +226,8 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     lua_setfield(L, -2, "sha256");
     lua_pushcfunction(L, identity_l);
     lua_setfield(L, -2, "identity");
+    lua_pushcfunction(L, cc_scrub_l);
+    lua_setfield(L, -2, "scrub");
     lua_pushliteral(L, CC_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, v->version);

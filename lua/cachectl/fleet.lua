@@ -16,8 +16,8 @@
 --
 -- @module cachectl.fleet
 
-local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget =
-  require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget
+local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, loadfile, package =
+  require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, loadfile, package
 local format, char, lower = string.format, string.char, string.lower
 local floor, min, random = math.floor, math.min, math.random
 local tointeger = math.tointeger -- nil before Lua 5.3
@@ -218,9 +218,25 @@ end
 
 local redis_lib, socket_lib, resty_lib, cjson -- loaded on first use; false: missing
 
+-- Debian's lua-redis installs redis.lua for Lua 5.1-5.3 only; the same
+-- file runs unchanged under 5.4, so it is loaded from there when `require`
+-- does not find one of the running version's own.
+local DEBIAN_REDIS = "/usr/share/lua/5.3/?.lua;/usr/share/lua/5.1/?.lua"
+
+local function require_redis()
+  local ok, lib = pcall(require, "redis")
+  local search = package.searchpath
+  if ok or not search then return ok, lib end
+  local file = search("redis", DEBIAN_REDIS)
+  local chunk = file and loadfile(file)
+  if not chunk then return ok, lib end
+  package.preload.redis = chunk
+  return pcall(require, "redis")
+end
+
 local function load_plain()
   if redis_lib == nil then
-    local ok_r, lib = pcall(require, "redis")
+    local ok_r, lib = require_redis()
     local ok_s, sock = pcall(require, "socket")
     redis_lib = ok_r and ok_s and type(lib) == "table" and type(lib.connect) == "function" and lib or false
     socket_lib = ok_s and sock or false
