@@ -95,7 +95,7 @@ local function log_event(ev)
   ngx.log(ngx.INFO, "cachectl: ", ev.type, " ", ev.service, ".", ev.call,
     ev.method and format(" %s %s", ev.method, ev.url) or "",
     ev.status and format(" -> %d", ev.status) or "", ev.kind and " " .. ev.kind or "",
-    ev.ms and format(" (%d ms)", ev.ms) or "",
+    ev.ms and format(" (%.0f ms)", ev.ms) or "",
     ev.wait and format(" wait %.3f s (%s)", ev.wait, ev.reason) or "",
     ev.message and ": " .. ev.message or "")
 end
