@@ -31,7 +31,15 @@ $(OUT)/cachectl/core.so: $(SRC) $(HDR)
 clean:
 	rm -rf build
 
-.PHONY: all clean
+# Compiles every source against another libcurl's headers (no link), e.g. the
+# oldest supported, 7.68: make check-curl CURL_INCLUDE=/path/to/curl-7.68.0/include
+check-curl:
+	@test -n "$(CURL_INCLUDE)" || { echo "usage: make check-curl CURL_INCLUDE=DIR"; exit 2; }
+	@grep -h "define LIBCURL_VERSION " $(CURL_INCLUDE)/curl/curlver.h
+	@for f in $(SRC); do $(CC) $(ALL_CFLAGS) -I$(CURL_INCLUDE) -fsyntax-only $$f || exit 1; done
+	@echo "check-curl: every source compiles against $(CURL_INCLUDE)"
+
+.PHONY: all clean check-curl
 
 # ---- tests and demo ---------------------------------------------------
 # Tests talk to 127.0.0.1 only: never through a proxy from the environment.

@@ -15,18 +15,29 @@
 
 CC_EXPORT int luaopen_cachectl_core(lua_State *L);
 
+/* Process-wide, fixed once before the first call of any thread. */
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc;
+static char user_agent[96];
 
 static void curl_init(void)
 {
+    const curl_version_info_data *v;
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    v = curl_version_info(CURLVERSION_NOW);
+    snprintf(user_agent, sizeof user_agent, "cachectl/%s libcurl/%s", CC_VERSION, v->version);
+}
+
+const char *cc_user_agent_default(void)
+{
+    pthread_once(&curl_once, curl_init);
+    return user_agent;
 }
 
 /* res, err = core.<service>.<name>(opts) */
 static int call_endpoint(lua_State *L)
 {
-    cc_session *s = cc_session_check(L, lua_upvalueindex(1));
+    cc_session *s = cc_session_of(L, lua_upvalueindex(1));
     const cc_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
     if (lua_type(L, 1) != LUA_TTABLE)
         return luaL_error(L, "bad argument #1 to '%s.%s' (options table expected, got %s)",

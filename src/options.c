@@ -83,16 +83,6 @@ static const char *type_name(lua_State *L, int type)
                                   : lua_typename(L, type);
 }
 
-static const char *user_agent_default(void)
-{
-    static char ua[96];
-    if (!ua[0]) {
-        const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
-        snprintf(ua, sizeof ua, "cachectl/%s libcurl/%s", CC_VERSION, v->version);
-    }
-    return ua;
-}
-
 /* { name = "string" | "number" | "boolean" | "string|number" } */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
 {
@@ -324,7 +314,7 @@ static int check_common(cc_req *r, slot *v)
     r->delay = v[O_DELAY].set ? v[O_DELAY].n : 0;
     r->max_bytes = v[O_MAX_BYTES].set ? (curl_off_t)v[O_MAX_BYTES].n : 1024 * 1024;
     r->verify_tls = v[O_VERIFY_TLS].set ? v[O_VERIFY_TLS].b : 1;
-    r->user_agent = v[O_USER_AGENT].set ? v[O_USER_AGENT].s : user_agent_default();
+    r->user_agent = v[O_USER_AGENT].set ? v[O_USER_AGENT].s : NULL;
     r->proxy = v[O_PROXY].set ? v[O_PROXY].s : NULL;
     r->ca_file = v[O_CA_FILE].set ? v[O_CA_FILE].s : NULL;
     return check_limit(r, &v[O_RATE_LIMIT]);
