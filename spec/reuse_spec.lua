@@ -149,6 +149,57 @@ describe("core sessions", function()
       assert.has_error(function() outer:call("modelslab", "clear_cache", ml()) end)
     end)
 
+    -- Lua code runs inside a call: a body's __index while the options are
+    -- read, an on_event function while it runs. Closing the session there
+    -- must not free the run in progress.
+    local function closing_body(s, how)
+      return setmetatable({ note = "x" }, { __index = function(_, k)
+        if k == "key" then getmetatable(s)[how](s) end
+      end })
+    end
+
+    for _, how in ipairs{ "__close", "__gc" } do
+      it("by " .. how .. " from a body's __index during a batch waits for the batch's end", function()
+        local s = core.session()
+        local list = {}
+        for i = 1, 3 do
+          list[i] = ml{ method = "POST", path = "/v5/clear_cache", body = i == 2 and closing_body(s, how) or nil }
+        end
+        local items = s:batch("modelslab", "request", list, 3)
+        for i = 1, 3 do
+          assert.is_nil(items[i].err, items[i].err and tostring(items[i].err))
+          assert.equal("success", items[i].result.status)
+        end
+        assert.equal(3, #srv:requests())
+        assert.error_matches(function() s:call("modelslab", "clear_cache", ml()) end, "closed")
+        assert.equal(3, #srv:requests())
+      end)
+
+      it("by " .. how .. " from on_event during a batch waits for the batch's end", function()
+        local s = core.session()
+        local list = {}
+        for i = 1, 4 do
+          list[i] = ml{ key = uid("key") .. " hold=" .. (0.02 * i),
+                        on_event = function() getmetatable(s)[how](s) end }
+        end
+        local items = s:batch("modelslab", "clear_cache", list, 2)
+        for i = 1, 4 do assert.equal("success", items[i].result.status) end
+        assert.equal(4, #srv:requests())
+        assert.error_matches(function() s:batch("modelslab", "clear_cache", { ml() }) end, "closed")
+      end)
+    end
+
+    it("by close() from inside a call raises there, and the session stays open", function()
+      local s = core.session()
+      local ok, msg = pcall(s.call, s, "modelslab", "clear_cache", ml{ on_event = function() s:close() end })
+      assert.is_false(ok)
+      assert.matches("while a call runs", msg)
+      local res, err = s:call("modelslab", "clear_cache", ml())
+      assert.is_nil(err)
+      assert.equal("success", res.status)
+      s:close()
+    end)
+
     it("of one session leaves the module functions working", function()
       local s = core.session()
       s:close()
