@@ -438,7 +438,8 @@ local function machine()
     curl = curl_version,
     cachectl = version,
     nginx = trim(capture("nginx -v 2>&1")):gsub("^nginx version: ", ""),
-    python = not COMPARE and trim(capture(PYTHON .. " -c 'import requests, sys; print(sys.version.split()[0], requests.__version__)'")),
+    python = not COMPARE
+      and trim(capture(PYTHON .. " -c 'import requests, sys; print(sys.version.split()[0], requests.__version__)'")),
     load = trim(capture("cat /proc/loadavg")),
     commit = trim(capture("cd " .. shell_quote(ROOT) .. " && (git rev-parse --short HEAD 2>/dev/null || echo ?)"))
       .. (trim(capture("cd " .. shell_quote(ROOT) .. " && git status --porcelain -- src lua 2>/dev/null")) ~= ""
