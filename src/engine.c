@@ -292,7 +292,6 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     const cc_req *q = &x->req;
     const char *refused;
     int rc;
-    if (!x->headers && !build_headers(s, x)) return 0;
     if (!x->url && (rc = parse_url(s, x)) <= 0) return rc < 0 ? refuse(x, "the URL") : 0;
     x->sticky = q->proxy || q->ca_file || !q->verify_tls || q->method || !q->retry_ok;
     if (!(x->easy = cc_easy_get(s, x->sticky, &x->st, &refused))) return refused ? refuse(x, refused) : 0;
@@ -710,6 +709,9 @@ static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double
     ok = cc_req_parse(L, idx, a->ep, &x->req);
     if (ok) keep_on_event(L, r, x, idx);
     lua_settop(L, top);
+    /* the header lines copy the credential and User-Agent at once: Lua code
+     * that runs before the first attempt cannot change them */
+    if (ok && !build_headers(r->s, x)) luaL_error(L, "not enough memory");
     if (!ok) {
         lua_pushnil(L);
         cc_push_error(L, CC_INVALID, x->req.bad_msg, 0, NULL, -1, 0, x->req.bad_field, NULL);
