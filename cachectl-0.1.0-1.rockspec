@@ -33,7 +33,7 @@ build = {
       sources = {
         "src/core.c", "src/session.c", "src/engine.c", "src/options.c",
         "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
-        "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c",
+        "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
       },
       defines = { "_GNU_SOURCE" },
       incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)" },
@@ -43,6 +43,10 @@ build = {
     cachectl = "lua/cachectl/init.lua",
     ["cachectl.mock"] = "lua/cachectl/mock.lua",
     ["cachectl.cli"] = "lua/cachectl/cli.lua",
+    ["cachectl.cli.parser"] = "lua/cachectl/cli/parser.lua",
+    ["cachectl.cli.run"] = "lua/cachectl/cli/run.lua",
+    ["cachectl.cli.output"] = "lua/cachectl/cli/output.lua",
+    ["cachectl.cli.sys"] = "lua/cachectl/cli/sys.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },
   install = {

@@ -6,10 +6,11 @@
  * Input: byte 0 picks the endpoint row (low bits) and whether a Retry-After
  * header came (bit 7); bytes 1-2 the status (0-599); byte 3 the length of a
  * credential (0-31) whose bytes follow; then the header value up to the first
- * '\n' (at most 63 bytes, as transport.c keeps); the rest is the body.
+ * '\n' (at most 63 bytes, as engine.c keeps); the rest is the body.
  *
- * Checks: on success the stack grew by one table, the status was 2xx and the
- * body passes the endpoint's rule; on failure the stack is as it was, the
+ * Checks: on success the stack grew by one table, the status was 2xx, the
+ * body is a JSON object (not an array: its first byte after blanks is '{')
+ * and passes the endpoint's rule; on failure the stack is as it was, the
  * kind fits the status (2xx: decode or api; 429: rate_limited; else http),
  * only 429/502/503/504 are retryable, message and code are NUL-terminated
  * within their buffers, retry_after is -1 or a finite number >= 0. The error
@@ -78,7 +79,7 @@ static int has_ctl_bytes(const char *s, size_t n)
     return 0;
 }
 
-static void check_error(lua_State *L, const outcome *o, const cc_req *r, const uint8_t *data, size_t size)
+static void check_error(lua_State *L, const outcome *o, const cc_req *r)
 {
     static const char *const fields[] = { "message", "code" };
     int top = lua_gettop(L), i;
@@ -107,78 +108,104 @@ static void check_error(lua_State *L, const outcome *o, const cc_req *r, const u
     CHECK(lua_gettop(L) == top);
 }
 
+/* The fuzzer's bytes, taken apart (see the header comment). */
+typedef struct input {
+    const cc_endpoint *ep;
+    long status;
+    int has_header;
+    char header[64];
+    char *secret, *body;     /* malloc'd; body has exactly blen bytes */
+    size_t slen, blen;
+} input;
+
+static int read_input(const uint8_t *data, size_t size, input *in)
+{
+    const uint8_t *p, *end = data + size, *nl;
+    size_t hlen;
+    memset(in, 0, sizeof *in);
+    if (size < 4) return 0;
+    in->ep = &cc_endpoints[data[0] % 16 % cc_nendpoints];
+    in->has_header = data[0] & 0x80;
+    in->status = (long)(((unsigned)data[1] << 8 | data[2]) % 600);
+    in->slen = data[3] % 32;
+    p = data + 4;
+    if (in->slen > (size_t)(end - p)) in->slen = (size_t)(end - p);
+    CHECK((in->secret = malloc(in->slen + 1)) != NULL);
+    memcpy(in->secret, p, in->slen);
+    in->secret[in->slen] = '\0';
+    p += in->slen;
+    if (in->has_header) {
+        nl = memchr(p, '\n', (size_t)(end - p));
+        hlen = (size_t)((nl ? nl : end) - p);
+        if (hlen > 63) hlen = 63;
+        memcpy(in->header, p, hlen);
+        in->header[hlen] = '\0';
+        p = nl ? nl + 1 : end;
+    }
+    in->blen = (size_t)(end - p);
+    CHECK((in->body = malloc(in->blen ? in->blen : 1)) != NULL);   /* an over-read shows */
+    memcpy(in->body, p, in->blen);
+    return 1;
+}
+
+/* Independently of answer.c: the first byte that is not a JSON blank is '{'. */
+static int opens_object(const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!memchr(" \t\r\n", s[i], 4)) return s[i] == '{';
+    return 0;
+}
+
+static void check_failure(lua_State *L, const input *in, const outcome *o, const cc_req *req, int top)
+{
+    CHECK(lua_gettop(L) == top);
+    CHECK(memchr(o->msg, '\0', sizeof o->msg) != NULL);
+    CHECK(o->msg[0] != '\0');
+    CHECK(memchr(o->code, '\0', sizeof o->code) != NULL);
+    if (in->status >= 200 && in->status < 300) {
+        CHECK(o->kind == CC_DECODE || o->kind == CC_API);
+        CHECK(!o->retryable);
+    } else {
+        CHECK(o->kind == (in->status == 429 ? CC_RATE_LIMITED : CC_HTTP));
+        CHECK(o->retryable == (in->status == 429 || in->status == 502 || in->status == 503 || in->status == 504));
+    }
+    check_error(L, o, req);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     lua_State *L = fuzz_lua();
-    const cc_endpoint *ep;
+    input in;
     cc_req req;
     outcome o;
-    char header[64], *secret = NULL, *body;
-    const uint8_t *p, *end = data + size, *nl;
-    size_t slen, hlen = 0, blen;
-    long status;
-    int has_header, top, ok;
-    if (size < 4) return 0;
-    ep = &cc_endpoints[data[0] % 16 % cc_nendpoints];
-    has_header = data[0] & 0x80;
-    status = (long)(((unsigned)data[1] << 8 | data[2]) % 600);
-    slen = data[3] % 32;
-    p = data + 4;
-    if (slen > (size_t)(end - p)) slen = (size_t)(end - p);
-    if (slen && !(secret = malloc(slen + 1))) return 0;
-    if (secret) {
-        memcpy(secret, p, slen);
-        secret[slen] = '\0';
-    }
-    p += slen;
-    if (has_header) {
-        nl = memchr(p, '\n', (size_t)(end - p));
-        hlen = (size_t)((nl ? nl : end) - p);
-        memcpy(header, p, hlen < 63 ? hlen : 63);
-        header[hlen < 63 ? hlen : 63] = '\0';
-        p = nl ? nl + 1 : end;
-    }
-    blen = (size_t)(end - p);
-    body = malloc(blen ? blen : 1);      /* exactly blen bytes: an over-read shows */
-    CHECK(body != NULL);
-    memcpy(body, p, blen);
-
+    int top, ok;
+    if (!read_input(data, size, &in)) return 0;
     memset(&o, 0, sizeof o);
     o.retry_after = -1;
     memset(&req, 0, sizeof req);
-    req.ep = ep;
+    req.ep = in.ep;
     /* options.c refuses credentials with control characters or NUL */
-    if (secret && !cc_has_ctl(secret, slen) && strlen(secret) == slen) {
-        req.secret = secret;
-        req.secret_len = slen;
+    if (in.slen && !cc_has_ctl(in.secret, in.slen) && strlen(in.secret) == in.slen) {
+        req.secret = in.secret;
+        req.secret_len = in.slen;
     }
-
     top = lua_gettop(L);
-    ok = cc_interpret(L, ep, status, body, blen, has_header ? header : NULL, &o);
-    CHECK(o.status == status);
+    ok = cc_interpret(L, in.ep, in.status, in.body, in.blen, in.has_header ? in.header : NULL, &o);
+    CHECK(o.status == in.status);
     CHECK(o.retry_after == -1 || (isfinite(o.retry_after) && o.retry_after >= 0));
     if (ok) {
         CHECK(ok == 1 && lua_gettop(L) == top + 1 && lua_istable(L, -1));
-        CHECK(status >= 200 && status < 300);
-        CHECK(rule_holds(L, ep));
+        CHECK(in.status >= 200 && in.status < 300);
+        CHECK(opens_object(in.body, in.blen));
+        CHECK(rule_holds(L, in.ep));
         lua_pop(L, 1);
     } else {
-        CHECK(lua_gettop(L) == top);
-        CHECK(memchr(o.msg, '\0', sizeof o.msg) != NULL);
-        CHECK(o.msg[0] != '\0');
-        CHECK(memchr(o.code, '\0', sizeof o.code) != NULL);
-        if (status >= 200 && status < 300) {
-            CHECK(o.kind == CC_DECODE || o.kind == CC_API);
-            CHECK(!o.retryable);
-        } else {
-            CHECK(o.kind == (status == 429 ? CC_RATE_LIMITED : CC_HTTP));
-            CHECK(o.retryable == (status == 429 || status == 502 || status == 503 || status == 504));
-        }
-        check_error(L, &o, &req, data, size);
+        check_failure(L, &in, &o, &req, top);
     }
     CHECK(lua_gettop(L) == top);
     lua_gc(L, LUA_GCSTEP, 0);
-    free(body);
-    free(secret);
+    free(in.body);
+    free(in.secret);
     return 0;
 }

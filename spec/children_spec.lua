@@ -35,7 +35,7 @@ end
 -- whose other end is the mock's port.
 local function connections(srv)
   local p = assert(io.popen("ls -l /proc/" .. my_pid() .. "/fd 2>/dev/null"))
-  local mine = sockets_in(p:read("a"))
+  local mine = sockets_in(p:read("*a"))
   p:close()
   local out, n = {}, 0
   for inode in pairs(tcp_to(tonumber(srv.url:match(":(%d+)$")))) do

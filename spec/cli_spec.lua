@@ -3,33 +3,24 @@
 -- exit statuses, --json, --quiet, --key-file, and that the credential shows
 -- neither in the output nor in the process's argument list.
 local server = require "support.mock_server"
-local cli = require "cachectl.cli"
+local support = require "support.cli"
+local helpers = require "support.helpers"
+local parser = require "cachectl.cli.parser"
+local core = require "cachectl.core"
 local cjson = require "cjson"
 local socket = require "socket"
 
 local MODEL = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 local MISSING = "00000000-0000-0000-0000-000000000000"
 
-local function hex(n)
-  local t = {}
-  for i = 1, n do t[i] = string.format("%x", math.random(0, 15)) end
-  return table.concat(t)
-end
+local secret, run = support.secret, support.run
+local free_port, read_file, write_file, sh_quote =
+  helpers.free_port, helpers.read_file, helpers.write_file, helpers.sh_quote
 
--- A recognisable credential no other test uses; mock directives may follow.
-local function secret(prefix, directives)
-  return (prefix or "k") .. "-SECRET" .. hex(20) .. (directives and (" " .. directives) or "")
-end
-
-local helpers = require "support.helpers"
-local free_port, sh_quote, read_file, write_file =
-  helpers.free_port, helpers.sh_quote, helpers.read_file, helpers.write_file
-
-local function cwd()
-  local p = assert(io.popen("pwd"))
-  local d = p:read("*l")
-  p:close()
-  return d
+-- The Enterprise actions: every action whose row takes a product.
+local ENTERPRISE = {}
+for _, a in ipairs(parser.actions()) do
+  if a.row.options.product then ENTERPRISE[#ENTERPRISE + 1] = a end
 end
 
 describe("cachectl command", function()
@@ -38,25 +29,6 @@ describe("cachectl command", function()
   setup(function() srv = server.start() end)
   teardown(function() if srv then srv:stop() end end)
   before_each(function() srv:reset() end)
-
-  -- Runs cli.main in process; every run checks that the credentials given
-  -- in `env` appear in neither stream.
-  local function run(argv, env, sys)
-    local out, err = {}, {}
-    sys = sys or {}
-    sys.stdout = function(s) out[#out + 1] = s end
-    sys.stderr = function(s) err[#err + 1] = s end
-    local status = cli.main(argv, env or {}, sys)
-    local o, e = table.concat(out), table.concat(err)
-    for _, name in ipairs{ "MODELSLAB_API_KEY", "OMNI_API_KEY" } do
-      local s = env and env[name]
-      if s and #s >= 4 then
-        assert.is_nil(o:find(s, 1, true), "the credential is in stdout")
-        assert.is_nil(e:find(s, 1, true), "the credential is in stderr")
-      end
-    end
-    return status, o, e
-  end
 
   local function ml(argv, key)
     key = key or secret()
@@ -68,9 +40,11 @@ describe("cachectl command", function()
     return status, o, e, key
   end
 
+  -- An Omni reset without the policy check (cli_omni_spec.lua tests it):
+  -- these tests are about the reset itself.
   local function omni(argv, token, sys)
     token = token or secret("t")
-    local args = { "omni", "reset-cache", "--base-url", srv.base }
+    local args = { "omni", "reset-cache", "--base-url", srv.base, "--no-check" }
     for _, a in ipairs(argv) do args[#args + 1] = a end
     local status, o, e = run(args, { OMNI_API_KEY = token }, sys)
     return status, o, e, token
@@ -99,21 +73,69 @@ describe("cachectl command", function()
       assert.equal("/api/v1/enterprise/video/clear_queue", reqs[2].path)
     end)
 
-    for _, c in ipairs{
-      { "enterprise-clear-cache", "clear_cache", "Cache cleared successfully" },
-      { "restart-server", "restart_server", "Server restart initiated successfully" },
-      { "update-server", "update_server", "Server update initiated successfully" },
-      { "system-details", "system_details", "System details fetched successfully" },
-    } do
-      it(c[1] .. " calls the enterprise " .. c[2] .. " endpoint", function()
-        local status, out = ml{ c[1], "--product", "img-2" }
-        assert.equal(0, status)
-        assert.matches(c[3], out, 1, true)
+    -- Written out here (not read from the rows) so that the rows are checked too.
+    local ENDPOINT = {
+      ["clear-queue"] = "clear_queue", ["enterprise-clear-cache"] = "clear_cache",
+      ["restart-server"] = "restart_server", ["update-server"] = "update_server",
+      ["system-details"] = "system_details",
+    }
+
+    it("has the five Enterprise actions, each with --product, --no-product and --deploy-type", function()
+      local names = {}
+      for _, a in ipairs(ENTERPRISE) do
+        names[#names + 1] = a.name
+        local _, out = run({ "modelslab", a.name, "--help" })
+        for _, flag in ipairs{ "--product <slug>", "--no-product", "--deploy-type <slug>" } do
+          assert.matches(flag, out, 1, true)
+        end
+      end
+      table.sort(names)
+      assert.same({ "clear-queue", "enterprise-clear-cache", "restart-server", "system-details", "update-server" },
+        names)
+    end)
+
+    for action, endpoint in pairs(ENDPOINT) do
+      it(action .. " reaches any product slug, the product-less server, and sends --deploy-type", function()
+        local status, out, err, key = ml{ action, "--product", "flux_kontext_dev" }
+        assert.equal(0, status, err)
+        assert.matches("^modelslab " .. action:gsub("%-", "%%-") .. " %[flux_kontext_dev%]: ", out)
+        status, out, err = ml({ action, "--no-product" }, key)
+        assert.equal(0, status, err)
+        assert.matches("[no product]: ", out, 1, true)
+        status, out, err = ml({ action, "--product", "flux", "--deploy-type", "flux_2_dev" }, key)
+        assert.equal(0, status, err)
+        assert.matches("[flux, deploy_type flux_2_dev]: ", out, 1, true)
         local reqs = srv:requests()
-        assert.equal(1, #reqs)
-        assert.equal("/api/v1/enterprise/img-2/" .. c[2], reqs[1].path)
+        assert.equal(3, #reqs)
+        assert.equal("/api/v1/enterprise/flux_kontext_dev/" .. endpoint, reqs[1].path)
+        assert.same({ key = key }, cjson.decode(reqs[1].body))
+        assert.equal("/api/v1/enterprise/" .. endpoint, reqs[2].path)
+        assert.same({ key = key }, cjson.decode(reqs[2].body))
+        assert.equal("/api/v1/enterprise/flux/" .. endpoint, reqs[3].path)
+        assert.same({ key = key, deploy_type = "flux_2_dev" }, cjson.decode(reqs[3].body))
       end)
     end
+
+    it("--json names the product (false for --no-product) and the deploy type", function()
+      local status, out = ml{ "clear-queue", "--no-product", "--deploy-type", "flux_2_dev", "--json" }
+      assert.equal(0, status)
+      local r = cjson.decode(out).results[1]
+      assert.equal(false, r.product)
+      assert.equal("flux_2_dev", r.deploy_type)
+      status, out = ml{ "clear-queue", "--product", "face_gen", "--json" }
+      assert.equal(0, status)
+      r = cjson.decode(out).results[1]
+      assert.equal("face_gen", r.product)
+      assert.is_nil(r.deploy_type)
+    end)
+
+    it("refuses a bad slug before sending (exit 2, naming the option)", function()
+      local status, out, err = ml{ "clear-queue", "--product", "Face Gen" }
+      assert.equal(2, status)
+      assert.equal("", out)
+      assert.matches("product", err, 1, true)
+      assert.equal(0, #srv:requests())
+    end)
 
     it("system-details --json carries the details", function()
       local status, out = ml{ "system-details", "--json" }
@@ -182,7 +204,7 @@ describe("cachectl command", function()
 
     it("shows a batch's progress on a terminal only", function()
       local function argv(...)
-        local a = { "omni", "reset-cache", "--base-url", srv.base, "--model", MODEL,
+        local a = { "omni", "reset-cache", "--base-url", srv.base, "--model", MODEL, "--no-check",
                     "--policy", "a", "--policy", "b", "--policy", "c" }
         for _, x in ipairs{ ... } do a[#a + 1] = x end
         return a
@@ -207,7 +229,7 @@ describe("cachectl command", function()
 
     it("builds the host from --instance (https only, so nothing reaches the mock)", function()
       local status, out, err = run({ "omni", "reset-cache", "--instance", "Not_A_Label", "--model", MODEL,
-        "--policy", "daily" }, { OMNI_API_KEY = secret("t") })
+        "--policy", "daily", "--no-check" }, { OMNI_API_KEY = secret("t") })
       assert.equal(2, status)
       assert.equal("", out)
       assert.matches("instance", err)
@@ -301,16 +323,17 @@ describe("cachectl command", function()
       assert.matches("failed: cachectl: connect: ", err)
     end)
 
-    it("is 2 for a bad value caught before sending (an invalid model id)", function()
-      local status, _, err = omni{ "--model", "not-a-uuid", "--policy", "daily" }
+    it("is 2 for a bad value caught before sending (the policy '..')", function()
+      local status, out, err = omni{ "--model", MODEL, "--policy", ".." }
       assert.equal(2, status)
-      assert.matches("invalid", err)
+      assert.equal("", out)
+      assert.matches("failed: cachectl: invalid: ", err, 1, true)
       assert.equal(0, #srv:requests())
     end)
 
-    it("is 1 for a batch where one policy is invalid and the others went out", function()
+    it("is 2 for a batch where one policy was refused and the others went out", function()
       local status, out, err = omni{ "--model", MODEL, "--policy", "daily", "--policy", ".." }
-      assert.equal(1, status)
+      assert.equal(2, status)
       assert.matches("^omni reset%-cache daily: reset", out)
       assert.matches("omni reset-cache ..: failed: cachectl: invalid: ", err, 1, true)
       assert.equal(1, #srv:requests())
@@ -333,6 +356,13 @@ describe("cachectl command", function()
         "--instance", "acme", "--base-url", "http://127.0.0.1:1/api" } },
       { "--playground without --instance", { "omni", "reset-cache", "--model", MODEL, "--policy", "d",
         "--playground" } },
+      { "--product with --no-product", { "modelslab", "clear-queue", "--product", "3d", "--no-product" } },
+      { "--no-product where there is none", { "modelslab", "clear-cache", "--no-product" } },
+      { "--deploy-type where there is none", { "modelslab", "clear-cache", "--deploy-type", "x" } },
+      { "--redis without a rate limit to keep", { "modelslab", "clear-queue", "--redis", "redis://127.0.0.1:1" } },
+      { "bad --rate-limit", { "modelslab", "clear-cache", "--rate-limit", "60" } },
+      { "bad --coalesce", { "modelslab", "clear-cache", "--coalesce", "-1" } },
+      { "--model twice", { "omni", "reset-cache", "--model", MODEL, "--model", MODEL, "--policy", "d" } },
     }
     for _, case in ipairs(usage) do
       it("is 2 for a usage error: " .. case[1], function()
@@ -367,6 +397,13 @@ describe("cachectl command", function()
       end)
     end
 
+    it("is 1 for a batch with one refused policy and one failed at the service", function()
+      local token = secret("t", "fault=503 times=1")
+      local status = omni({ "--model", MODEL, "--policy", "daily", "--policy", "..", "--retries", "0" }, token)
+      assert.equal(1, status)
+      assert.equal(1, #srv:requests())
+    end)
+
     it("is 2 without a credential, naming the variable", function()
       local status, _, err = run({ "omni", "reset-cache", "--base-url", srv.base, "--model", MODEL,
         "--policy", "daily" }, {})
@@ -381,13 +418,9 @@ describe("cachectl command", function()
   end)
 
   describe("--help", function()
-    for _, argv in ipairs{
-      { "--help" }, { "modelslab", "--help" }, { "omni", "-h" },
-      { "modelslab", "clear-cache", "--help" }, { "modelslab", "clear-queue", "--help" },
-      { "modelslab", "enterprise-clear-cache", "--help" }, { "modelslab", "restart-server", "--help" },
-      { "modelslab", "update-server", "--help" }, { "modelslab", "system-details", "--help" },
-      { "omni", "reset-cache", "--help" },
-    } do
+    local every = { { "--help" }, { "modelslab", "--help" }, { "omni", "-h" } }
+    for _, a in ipairs(parser.actions()) do every[#every + 1] = { a.service, a.name, "--help" } end
+    for _, argv in ipairs(every) do
       it("cachectl " .. table.concat(argv, " ") .. " prints help with an example and exits 0", function()
         local status, out, err = run(argv, {})
         assert.equal(0, status)
@@ -397,10 +430,32 @@ describe("cachectl command", function()
       end)
     end
 
+    it("lists an action per call row with an action name, and omni models and policies", function()
+      local want = {}
+      for sname, svc in pairs(core.services) do
+        for _, row in pairs(svc.calls) do
+          if row.action then want[#want + 1] = sname .. " " .. row.action end
+        end
+      end
+      want[#want + 1] = "omni models"
+      want[#want + 1] = "omni policies"
+      table.sort(want)
+      local got = {}
+      for _, service in ipairs{ "modelslab", "omni" } do
+        local _, out = run({ service, "--help" })
+        for line in out:match("Commands:\n(.-)\n\n"):gmatch("[^\n]+") do
+          local name = line:match("^   ([%w%-]+)")
+          if name then got[#got + 1] = service .. " " .. name end
+        end
+      end
+      table.sort(got)
+      assert.same(want, got)
+    end)
+
     it("wins over missing flags", function()
       local status, out = run({ "omni", "reset-cache", "--help" }, {})
       assert.equal(0, status)
-      assert.matches("--model <uuid>", out, 1, true)
+      assert.matches("--model <uuid|name>", out, 1, true)
       assert.matches("--key-file", out, 1, true)
     end)
   end)
@@ -442,7 +497,7 @@ describe("cachectl command", function()
       local token = secret("file")
       write_file(path, token .. "\n", "644")
       local status, out, err = run({ "omni", "reset-cache", "--base-url", srv.base, "--key-file", path,
-        "--model", MODEL, "--policy", "daily" }, {})
+        "--model", MODEL, "--policy", "daily", "--no-check" }, {})
       assert.equal(0, status)
       assert.matches("warning: the key file " .. path .. " is readable by group or others (mode 644)",
         err, 1, true)
@@ -451,13 +506,13 @@ describe("cachectl command", function()
       assert.equal("Bearer " .. token, srv:requests()[1].headers.authorization)
       write_file(path, token .. "\n", "640")
       status, out, err = run({ "omni", "reset-cache", "--base-url", srv.base, "--key-file", path,
-        "--model", MODEL, "--policy", "daily" }, {})
+        "--model", MODEL, "--policy", "daily", "--no-check" }, {})
       assert.equal(0, status)
       assert.matches("mode 640", err, 1, true)
       assert.is_nil((out .. err):find(token, 1, true))
       write_file(path, token .. "\n", "600")
       status, out, err = run({ "omni", "reset-cache", "--base-url", srv.base, "--key-file", path,
-        "--model", MODEL, "--policy", "daily" }, {})
+        "--model", MODEL, "--policy", "daily", "--no-check" }, {})
       assert.equal(0, status)
       assert.equal("", err)
       assert.matches("^omni reset%-cache daily: ", out)
@@ -474,25 +529,70 @@ describe("cachectl command", function()
       assert.matches("cannot read the key file", err, 1, true)
       assert.equal(0, #srv:requests())
     end)
+
+    it("never echoes its argument when the file cannot be read (the key given as a path)", function()
+      local key = secret("pasted")
+      for _, argv in ipairs{ { "--key-file=" .. key }, { "--key-file", key } } do
+        local args = { "omni", "reset-cache", "--base-url", srv.base, "--model", MODEL, "--policy", "daily" }
+        for _, a in ipairs(argv) do args[#args + 1] = a end
+        local status, out, err = run(args, {}, nil, { key, key:sub(1, 12), key:sub(-12) })
+        assert.equal(2, status)
+        assert.equal("", out)
+        assert.matches("cannot read the key file given to --key-file: No such file or directory", err, 1, true)
+      end
+      assert.equal(0, #srv:requests())
+    end)
   end)
 
   describe("never shows the credential", function()
-    it("even when the service echoes it", function()
-      -- The mock never echoes a key, so hand the command a service that does.
-      local key = secret()
-      local fake = {
-        modelslab = { new = function()
-          return { clear_cache = function() return { status = "success", message = "cleared for " .. key } end,
-                   close = function() end }
-        end },
-      }
+    -- The mock never echoes a ModelsLab key, so hand the command a service
+    -- that does (cli_omni_spec.lua has the same through the mock's models).
+    local function echoing(message)
+      return { modelslab = { new = function()
+        return { clear_cache = function() return { status = "success", message = message } end,
+                 close = function() end }
+      end } }
+    end
+
+    local function with_fake(fake, argv, env)
       local real = package.loaded.cachectl
       package.loaded.cachectl = fake
-      local ok, status, out = pcall(run, { "modelslab", "clear-cache", "--json" }, { MODELSLAB_API_KEY = key })
+      local ok, status, out, err = pcall(run, argv, env)
       package.loaded.cachectl = real
       assert.is_true(ok, status)
+      return status, out, err
+    end
+
+    local key = "Zq7+xY2/pL9=mK4\"" .. helpers.hex(16)
+    local json_escaped = cjson.encode(key):sub(2, -2)
+    local percent = key:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end)
+    for _, case in ipairs{
+      { "as given", key }, { "an 8-character piece", key:sub(9, 16) }, { "a longer piece", key:sub(3, 20) },
+      { "percent-encoded", percent }, { "JSON-escaped", json_escaped },
+      { "piece of the encoded form (13 characters of the key)", percent:sub(4, 24) },
+    } do
+      it("in success output, when the service echoes it " .. case[1], function()
+        local message = "cleared for <" .. case[2] .. ">"
+        for _, json in ipairs{ false, true } do
+          local argv = { "modelslab", "clear-cache", json and "--json" or nil }
+          local status, out = with_fake(echoing(message), argv, { MODELSLAB_API_KEY = key })
+          assert.equal(0, status)
+          assert.is_nil(out:find(case[2], 1, true))
+          assert.is_nil(out:find(key:sub(9, 16), 1, true))
+          if json then
+            assert.equal("cleared for <***>", cjson.decode(out).results[1].result.message)
+          else
+            assert.matches("cleared for <***>", out, 1, true)
+          end
+        end
+      end)
+    end
+
+    it("but leaves ordinary text alone", function()
+      local status, out = with_fake(echoing("Cache cleared for Zq7 at 10:00"), { "modelslab", "clear-cache" },
+        { MODELSLAB_API_KEY = key })
       assert.equal(0, status)
-      assert.equal("cleared for ***", cjson.decode(out).results[1].result.message)
+      assert.matches("Cache cleared for Zq7 at 10:00", out, 1, true)
     end)
   end)
 
@@ -516,37 +616,15 @@ describe("cachectl command", function()
   end)
 
   describe("as a process", function()
-    local root = cwd()
-    local tmp
+    local root = support.root()
+    local tmp, runner, command, exec
 
-    before_each(function() tmp = os.tmpname() end)
-    after_each(function()
-      for _, suffix in ipairs{ "", ".env", ".out", ".err" } do os.remove(tmp .. suffix) end
+    before_each(function()
+      tmp = os.tmpname()
+      runner = support.process(tmp)
+      command, exec = runner.command, runner.exec
     end)
-
-    -- The shell command that runs bin/cachectl with `env`: the variables go
-    -- through a private file, so that no process ever has them as arguments.
-    local function command(args, env)
-      local lines = {
-        "export LUA_PATH_5_4=" .. sh_quote(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"),
-        "export LUA_CPATH_5_4=" .. sh_quote(root .. "/build/5.4/?.so;;"),
-        "unset MODELSLAB_API_KEY OMNI_API_KEY MODELSLAB_BASE_URL OMNI_BASE_URL",
-      }
-      for k, v in pairs(env or {}) do lines[#lines + 1] = "export " .. k .. "=" .. sh_quote(v) end
-      write_file(tmp .. ".env", table.concat(lines, "\n") .. "\n", "600")
-      local quoted = {}
-      for i, a in ipairs(args) do quoted[i] = sh_quote(a) end
-      return ". " .. sh_quote(tmp .. ".env") .. " && exec lua5.4 " .. sh_quote(root .. "/bin/cachectl") .. " "
-        .. table.concat(quoted, " ")
-    end
-
-    local function exec(args, env)
-      local ok, how, code = os.execute(command(args, env) .. " >" .. sh_quote(tmp .. ".out")
-        .. " 2>" .. sh_quote(tmp .. ".err"))
-      if type(ok) == "number" then code = ok / 256 elseif how ~= "exit" then code = -1 end
-      if ok == true then code = 0 end
-      return code, read_file(tmp .. ".out"), read_file(tmp .. ".err")
-    end
+    after_each(function() runner.clean() end)
 
     it("bin/cachectl is an executable lua5.4 script", function()
       local head = read_file(root .. "/bin/cachectl")
@@ -569,7 +647,7 @@ describe("cachectl command", function()
     it("resets Omni policies with --json from $OMNI_BASE_URL", function()
       local token = secret("t")
       local status, out, err = exec({ "omni", "reset-cache", "--model", MODEL, "--policy", "daily",
-        "--policy", "weekly", "--json" }, { OMNI_API_KEY = token, OMNI_BASE_URL = srv.base })
+        "--policy", "weekly", "--json", "--no-check" }, { OMNI_API_KEY = token, OMNI_BASE_URL = srv.base })
       assert.equal(0, status)
       assert.equal("", err)
       local doc = cjson.decode(out)
@@ -646,6 +724,32 @@ describe("cachectl command", function()
       assert.matches("readable by group or others (mode 604)", err, 1, true)
       assert.is_nil((out .. err):find(key, 1, true))
       assert.same({ key = key }, cjson.decode(srv:requests()[1].body))
+    end)
+    it("exits 130 on Ctrl-C (a real SIGINT) during a call, printing no credential", function()
+      -- The mock holds the request for 20 s: the command is mid-call when
+      -- the signal comes, and must not wait for the answer to stop.
+      local key = secret("k", "hold=20")
+      local sh = "echo $$; " .. command({ "modelslab", "clear-cache", "--base-url", srv.base },
+        { MODELSLAB_API_KEY = key }) .. " >" .. sh_quote(tmp .. ".out") .. " 2>" .. sh_quote(tmp .. ".err")
+        .. "; echo $?"
+      local p = assert(io.popen(sh, "r"))
+      local pid = assert(tonumber(p:read("*l")))
+      local deadline = socket.gettime() + 10
+      while #srv:requests() == 0 and socket.gettime() < deadline do socket.sleep(0.02) end
+      assert.equal(1, #srv:requests())
+      assert.is_true(helpers.succeeds("kill -INT " .. pid))
+      -- the shell exec'd lua5.4, so "echo $?" never runs: the status comes
+      -- from the wait of popen's close
+      local rest = p:read("*a")
+      local ok, how, code = p:close()
+      if type(ok) == "number" then code = ok / 256; how = "exit" end
+      assert.equal("", rest)
+      assert.equal("exit", how)
+      assert.equal(130, code)
+      local err = read_file(tmp .. ".err")
+      assert.matches("interrupted", err, 1, true)
+      assert.is_nil(err:find(key:match("^%S+"), 1, true))
+      assert.equal("", read_file(tmp .. ".out"))
     end)
   end)
 end)

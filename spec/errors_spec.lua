@@ -1,6 +1,7 @@
 -- The error value of cachectl.core: one test per kind that can be provoked
 -- on loopback, its fields, its one-line __tostring, and attempt counts.
 local server = require "support.mock_server"
+local scripted = require "support.scripted_server"
 local helpers = require "support.helpers"
 local core = require "cachectl.core"
 
@@ -251,6 +252,99 @@ describe("core errors", function()
     it("cuts off an answer one byte over max_response_bytes", function()
       local err = assert_error("too_large", clear_cache(uid("key"), { max_response_bytes = 45 }))
       assert.equal(1, err.attempts)
+    end)
+  end)
+
+  -- Answers the mock does not give, from the scripted server: the first
+  -- path segment of base_url picks the answer.
+  describe("answer shapes", function()
+    local script
+
+    setup(function() script = scripted.start() end)
+    teardown(function() if script then script:stop() end end)
+
+    local CALLS = {
+      ["modelslab.clear_cache"] = function(base) return core.modelslab.clear_cache{ key = uid("key"), base_url = base,
+        retries = 0 } end,
+      ["modelslab.system_details"] = function(base) return core.modelslab.system_details{ key = uid("key"),
+        base_url = base, retries = 0 } end,
+      ["modelslab.request"] = function(base) return core.modelslab.request{ key = uid("key"), base_url = base,
+        retries = 0, method = "GET", path = "/v6/anything" } end,
+      ["omni.reset_cache"] = function(base) return core.omni.reset_cache{ token = uid("tok"), base_url = base,
+        retries = 0, model_id = helpers.UUID, policy = "daily" } end,
+      ["omni.list_models"] = function(base) return core.omni.list_models{ token = uid("tok"), base_url = base,
+        retries = 0 } end,
+      ["omni.model_yaml"] = function(base) return core.omni.model_yaml{ token = uid("tok"), base_url = base,
+        retries = 0, model_id = helpers.UUID } end,
+    }
+
+    for _, scenario in ipairs{ "array", "empty_array", "number", "string", "null", "boolean" } do
+      for name, call in pairs(CALLS) do
+        it("a 2xx JSON " .. scenario .. " is decode for " .. name, function()
+          script:reset()
+          local err = assert_error("decode", call(script.url .. "/" .. scenario))
+          assert.equal(200, err.status)
+          assert.equal(1, err.attempts)
+          assert.is_nil(err.code)
+          assert.equal(1, #script:log())
+        end)
+      end
+    end
+
+    for name, call in pairs(CALLS) do
+      it("an object after blanks is a success for " .. name, function()
+        local res, err = call(script.url .. "/blank_object")
+        assert.is_nil(err)
+        assert.is_table(res)
+      end)
+    end
+
+    local function omni_error(scenario)
+      return assert_error("http", reset_cache(uid("tok"), { base_url = script.url .. "/" .. scenario }))
+    end
+
+    it("reads Omni's OpenAPI shape {detail, status}", function()
+      local err = omni_error("detail_404")
+      assert.equal(404, err.status)
+      assert.equal("Model 770e8400-e29b-41d4-a716-446655440000 not found", err.message)
+      assert.is_nil(err.code)
+      assert.truthy(tostring(err):find("not found", 1, true))
+    end)
+
+    it("reads Omni's 422 shape {error}", function()
+      local err = omni_error("error_422")
+      assert.equal(422, err.status)
+      assert.equal("resetAt must not be in the future", err.message)
+      assert.equal("resetAt must not be in the future", err.code)
+    end)
+
+    it("reads the reset page's shape {error, message}", function()
+      local err = omni_error("error_message_400")
+      assert.equal(400, err.status)
+      assert.equal("Invalid reset timestamp", err.message)
+      assert.equal("invalid_reset_at", err.code)
+    end)
+
+    local preference = {
+      { "all_four", "M1", "7", "message first, error_code before error" },
+      { "no_message", "M2", "E", "then messege" },
+      { "detail_error", "D", "E", "then detail" },
+      { "empty_detail", "E", "E", "an empty detail is skipped" },
+      { "detail_object", "E", "E", "a detail that is not text is skipped" },
+    }
+    for _, case in ipairs(preference) do
+      it("takes the message in order message, messege, detail, error: " .. case[4], function()
+        local err = omni_error(case[1])
+        assert.equal(case[2], err.message)
+        assert.equal(case[3], err.code)
+      end)
+    end
+
+    it("reads nothing from an error body that is a JSON array", function()
+      local err = omni_error("array_error")
+      assert.equal(400, err.status)
+      assert.equal("the service answered HTTP 400", err.message)
+      assert.is_nil(err.code)
     end)
   end)
 end)

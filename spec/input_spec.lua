@@ -127,6 +127,7 @@ describe("core input", function()
   end)
 
   describe("returns kind 'invalid'", function()
+    local srv_base_placeholder = {}
     local cases = {
       -- key and token
       { "clear_cache", "key", false, "missing" },
@@ -224,6 +225,49 @@ describe("core input", function()
       end)
     end
 
+    -- Over-long texts are refused before anything is built or sent, never
+    -- reported as a network failure ("Out of memory", connect, retries).
+    local KiB64 = 64 * 1024
+    local too_long = {
+      { "clear_cache", "key", string.rep("k", KiB64 + 1), "64 KiB + 1" },
+      { "clear_queue", "key", string.rep("k", 10 * 1024 * 1024), "10 MiB" },
+      { "reset_cache", "token", string.rep("t", KiB64 + 1), "64 KiB + 1" },
+      { "reset_cache", "token", string.rep("t", 10 * 1024 * 1024), "10 MiB" },
+      { "reset_cache", "policy", string.rep("p", KiB64 + 1), "64 KiB + 1" },
+      { "reset_cache", "policy", string.rep("p", 1024 * 1024), "1 MiB" },
+      { "clear_cache", "user_agent", string.rep("u", KiB64 + 1), "64 KiB + 1" },
+      { "clear_cache", "base_url", srv_base_placeholder, "64 KiB + 1" },
+      { "clear_queue", "product", string.rep("p", KiB64 + 1), "64 KiB + 1" },
+    }
+    for _, case in ipairs(too_long) do
+      local call, field, value, label = case[1], case[2], case[3], case[4]
+      it(string.format("from %s for a %s of %s, with attempts = 0 even with retries", call, field, label), function()
+        if value == srv_base_placeholder then value = srv.base .. string.rep("/", KiB64) end
+        local res, err = calls[call]{ [field] = value, retries = 2 }
+        assert_invalid(field, res, err)
+        assert.truthy(err.message:find("too long", 1, true), err.message)
+      end)
+    end
+
+    it("from list_models for a name over 64 KiB", function()
+      assert_invalid("name", core.omni.list_models{ token = uid("tok"), base_url = srv.base,
+                                                     name = string.rep("n", KiB64 + 1) })
+    end)
+
+    it("from request for a body over 1 MiB of JSON", function()
+      assert_invalid("body", core.modelslab.request{ key = uid("key"), base_url = srv.base, method = "POST",
+        path = "/v5/clear_cache", body = { pad = string.rep("b", 1024 * 1024) } })
+      assert_invalid("body", core.omni.request{ token = uid("tok"), base_url = srv.base, method = "POST",
+        path = "/v1/anything", body = { pad = string.rep("b", 1024 * 1024) } })
+    end)
+
+    for _, proxy in ipairs{ "", "127.0.0.1:3128", "ftp://127.0.0.1:21", "socks4://127.0.0.1:1080",
+                            "socks://127.0.0.1:1080", "http://", "http:// 127.0.0.1", "file:///tmp/p" } do
+      it(string.format("from clear_cache for proxy = %q", proxy), function()
+        assert_invalid("proxy", calls.clear_cache{ proxy = proxy })
+      end)
+    end
+
     it("from reset_cache without instance or base_url", function()
       local res, err = calls.reset_cache{ base_url = false }
       assert.is_nil(res)
@@ -255,6 +299,34 @@ describe("core input", function()
       assert.is_nil(err)
       assert.is_true(res.success)
     end)
+
+    -- The mock refuses a request line that long (400) before it records it.
+    it("a policy of exactly 64 KiB (sent: the mock refuses so long a line)", function()
+      local res, err = calls.reset_cache{ policy = string.rep("p", 64 * 1024) }
+      assert.is_nil(res)
+      assert.equal("http", err.kind)
+      assert.equal(400, err.status)
+      assert.equal(1, err.attempts)
+    end)
+
+    it("a request body of just under 1 MiB of JSON", function()
+      local body = { pad = string.rep("b", 1024 * 1024 - 20) }
+      local res, err = core.modelslab.request{ key = uid("key"), base_url = srv.base, method = "POST",
+        path = "/v5/clear_cache", body = body, retries = 0 }
+      assert.is_nil(err)
+      assert.equal("success", res.status)
+      assert.equal(1, #srv:requests())
+    end)
+
+    -- Whether a call goes through it is the engine's business (plain http://
+    -- never does): only that these are not refused as invalid.
+    for _, proxy in ipairs{ "http://127.0.0.1:9", "HTTPS://127.0.0.1:9", "socks5://127.0.0.1:9",
+                            "socks5h://user:pw@127.0.0.1:9" } do
+      it(string.format("proxy = %q", proxy), function()
+        local res, err = calls.clear_cache{ proxy = proxy, timeout = 2 }
+        if not res then assert.are_not.equal("invalid", err.kind) end
+      end)
+    end
 
     it("plain http:// to localhost", function()
       local res, err = calls.clear_cache{ base_url = helpers.url_with_host(srv, "localhost") }

@@ -32,13 +32,14 @@ describe("libcurl failing", function()
   -- (each run bounded by `timeout`, so a spinning loop ends as a failure);
   -- returns its output.
   local function run(env, code)
+    if _VERSION ~= "Lua 5.4" then return nil end
     local script = dir .. "/script.lua"
     helpers.write_file(script, string.format("package.path = %q\npackage.cpath = %q\n%s",
       package.path, package.cpath, code))
     local preload = ((os.getenv("LD_PRELOAD") or "") .. " " .. shim):gsub("^ ", "")
     local p = assert(io.popen("env LD_PRELOAD=" .. sh_quote(preload) .. " " .. env .. " timeout 30 lua5.4 "
       .. sh_quote(script) .. " 2>&1; echo \"exit $?\""))
-    local out = p:read("a")
+    local out = p:read("*a")
     p:close()
     os.remove(script)
     return out
@@ -62,6 +63,7 @@ describe("libcurl failing", function()
     it("refuses the call, nothing sent, when CURLOPT_" .. case.option .. " is refused", function()
       local out = run("CURL_SHIM_REFUSE=" .. case.option,
         string.format(CALL, uid("tok"), srv.base, UUID, case.extra or ""))
+      if not out then return pending("runs a lua5.4 with this process's module paths: Lua 5.4 only") end
       assert.matches("error: " .. case.kind .. " 0 libcurl refused CURLOPT_" .. case.option, out, 1, true)
       assert.matches("exit 0", out, 1, true)
       assert.equal(0, #srv:requests())
@@ -70,12 +72,14 @@ describe("libcurl failing", function()
 
   it("sends as usual when nothing is refused (the double is transparent)", function()
     local out = run("CURL_SHIM_REFUSE=none", string.format(CALL, uid("tok"), srv.base, UUID, ""))
+    if not out then return pending("runs a lua5.4 with this process's module paths: Lua 5.4 only") end
     assert.matches("result", out, 1, true)
     assert.equal(1, #srv:requests())
   end)
 
   it("raises when the multi handle fails, instead of spinning", function()
     local out = run("CURL_SHIM_BROKEN_MULTI=1", string.format(CALL, uid("tok"), srv.base, UUID, ""))
+    if not out then return pending("runs a lua5.4 with this process's module paths: Lua 5.4 only") end
     assert.matches("raised: cachectl: libcurl's multi handle failed", out, 1, true)
     assert.matches("exit 0", out, 1, true)
   end)

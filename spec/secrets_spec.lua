@@ -4,6 +4,7 @@
 -- recognisable random part, and the search is for that part alone, so that
 -- an echo of the credential's prefix or of a fragment would be caught too.
 local server = require "support.mock_server"
+local scripted = require "support.scripted_server"
 local helpers = require "support.helpers"
 local core = require "cachectl.core"
 
@@ -179,6 +180,94 @@ describe("secrets", function()
       assert.equal("http", items[4].err.kind)
       assert.is_nil(find_secret(items, token))
       for i = 2, 4 do assert.is_nil(tostring(items[i].err):find(token, 1, true)) end
+    end)
+  end)
+
+  -- A secret with characters that every encoding changes.
+  local function odd_secret()
+    return "Zq7+xY2/pL9=mK4" .. helpers.secret("")
+  end
+
+  -- Asserts that no 8 bytes in a row of secret are in text, in any of the
+  -- forms a service may echo them in.
+  local function assert_no_form(secret, text)
+    for i = 1, #secret - 7 do
+      local piece = secret:sub(i, i + 7)
+      assert.is_nil(text:find(piece, 1, true), "raw piece " .. i)
+      for name, form in pairs(scripted.FORMS) do
+        assert.is_nil(text:find(form(piece), 1, true), name .. " piece " .. i)
+      end
+    end
+  end
+
+  describe("echoed in other forms", function()
+    local script
+
+    setup(function() script = scripted.start() end)
+    teardown(function() if script then script:stop() end end)
+
+    for name in pairs(scripted.FORMS) do
+      it("are masked in err.message and err.code when the service echoes them " .. name, function()
+        local key, token = odd_secret(), odd_secret()
+        local base = script.url .. "/echo_" .. name
+        local _, e1 = core.modelslab.clear_cache{ key = key, base_url = base, retries = 0 }
+        local _, e2 = core.omni.reset_cache{ token = token, base_url = base, retries = 0,
+                                             model_id = helpers.UUID, policy = "daily" }
+        local _, e3 = core.omni.list_models{ token = token, base_url = base, retries = 0 }
+        local _, e4 = core.omni.model_yaml{ token = token, base_url = base, retries = 0, model_id = helpers.UUID }
+        for _, case in ipairs{ { e1, key }, { e2, token }, { e3, token }, { e4, token } } do
+          local err, secret = case[1], case[2]
+          assert.equal("http", err.kind)
+          assert.equal(401, err.status)
+          assert.equal("invalid key ***", err.message)
+          assert.matches("^%*%*%*", err.code)    -- a code is cut at 63 bytes: maybe mid-escape
+          assert_no_form(secret, err.message .. " " .. err.code .. " " .. tostring(err))
+        end
+      end)
+    end
+  end)
+
+  describe("core.scrub", function()
+    local scrub = core.scrub
+
+    it("masks the secret as given, and any 8 bytes of it in a row", function()
+      local secret = odd_secret()
+      assert.equal("a *** b", scrub("a " .. secret .. " b", secret))
+      assert.equal("[***]", scrub("[" .. secret:sub(3, 10) .. "]", secret))
+      assert.equal("(" .. secret:sub(3, 9) .. ")", scrub("(" .. secret:sub(3, 9) .. ")", secret))
+    end)
+
+    for name, form in pairs(scripted.FORMS) do
+      it("masks the secret " .. name, function()
+        local secret = odd_secret()
+        local text = "before " .. form(secret) .. " after"
+        assert.equal("before *** after", scrub(text, secret))
+        assert.equal("<***>", scrub("<" .. form(secret:sub(2, 9)) .. ">", secret))
+      end)
+    end
+
+    it("masks the forms mixed in one echo, upper- and lower-case hex alike", function()
+      local secret = "Zq7+xY2/pL9=mK4-0123"
+      assert.equal("x *** y", scrub("x Zq7%2bxY2\\/pL9\\u003DmK4-0123 y", secret))
+      assert.equal("x *** y", scrub("x Zq7%2BxY2%2fpL9%3dmK4%2D0123 y", secret))
+    end)
+
+    it("masks UTF-8 bytes JSON-escaped as code points, surrogate pairs included", function()
+      local secret = "caf\195\169-\240\159\152\128-key"
+      assert.equal("id ***", scrub("id caf\\u00e9-\\ud83d\\ude00-key", secret))
+      assert.equal("id ***", scrub("id caf%C3%A9-%F0%9F%98%80-key", secret))
+    end)
+
+    it("keeps everything else, line breaks and NUL bytes included", function()
+      local secret = odd_secret()
+      assert.equal("line 1\nline \0 2 ***\n", scrub("line 1\nline \0 2 " .. secret .. "\n", secret))
+      assert.equal("100% sure, \\u is not \\/ a secret", scrub("100% sure, \\u is not \\/ a secret", secret))
+    end)
+
+    it("leaves text alone without a secret, or with one under 4 bytes", function()
+      assert.equal("abc abc", scrub("abc abc"))
+      assert.equal("abc abc", scrub("abc abc", "abc"))
+      assert.equal("*** ***", scrub("abcd abcd", "abcd"))
     end)
   end)
 end)

@@ -7,10 +7,20 @@
 #include <string.h>
 #include "cachectl.h"
 
-/* Decodes the answer with cjson; leaves the table on the stack, or nothing. */
+/* cjson decodes a JSON array to a table too: only a text whose first
+ * non-blank byte is '{' is an object. */
+static int opens_object(const char *body, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\n' || body[i] == '\r')) i++;
+    return i < len && body[i] == '{';
+}
+
+/* Decodes a JSON object with cjson; leaves the table on the stack, or
+ * nothing (an empty body, not JSON, or JSON that is not an object). */
 static int decode(lua_State *L, const char *body, size_t len)
 {
-    if (len == 0) return 0;
+    if (!opens_object(body, len)) return 0;
     lua_getfield(L, LUA_REGISTRYINDEX, "cachectl.decode");
     lua_pushlstring(L, body, len);
     if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
@@ -35,18 +45,20 @@ static int value_text(lua_State *L, int idx, char *out, size_t sz)
     return 1;
 }
 
-/* Fills message, code and retry_after from a decoded body at the top. */
+/* Fills message, code and retry_after from a decoded body at the top. The
+ * message is the first non-empty text of message, messege (old ModelsLab
+ * endpoints), detail (Omni's OpenAPI shape) and error (Omni's 422). */
 static void read_error_body(lua_State *L, outcome *o)
 {
-    static const char *msg_fields[] = { "message", "messege", "error" };
+    static const char *const msg_fields[] = { "message", "messege", "detail", "error" };
     size_t i;
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < sizeof msg_fields / sizeof msg_fields[0]; i++) {
+        int found;
         lua_getfield(L, -1, msg_fields[i]);
-        if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] != '\0') {
-            snprintf(o->msg, sizeof o->msg, "%s", lua_tostring(L, -1));
-            i = 3;
-        }
+        found = lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] != '\0';
+        if (found) snprintf(o->msg, sizeof o->msg, "%s", lua_tostring(L, -1));
         lua_pop(L, 1);
+        if (found) break;
     }
     lua_getfield(L, -1, "error_code");
     if (lua_isnil(L, -1)) {

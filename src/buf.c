@@ -1,4 +1,4 @@
-/* buf.c — the growable byte buffer of buf.h. */
+/* buf.c — the growable byte buffer and the wipe of buf.h. */
 #include <stdlib.h>
 #include <string.h>
 #include "buf.h"
@@ -27,4 +27,12 @@ void cc_buf_free(cc_buf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+/* Called through a volatile pointer, memset cannot be proven dead. */
+static void *(*volatile wipe_memset)(void *, int, size_t) = memset;
+
+void cc_wipe(void *p, size_t n)
+{
+    if (p && n) wipe_memset(p, 0, n);
 }

@@ -75,8 +75,10 @@ extern const cc_endpoint cc_endpoints[];
 extern const size_t cc_nendpoints;
 const cc_endpoint *cc_endpoint_find(const char *service, const char *name);
 
-/* A request, parsed and validated (options.c). Strings point into the Lua
- * options table, which stays on the stack while the request runs. */
+/* A request, read and checked (options.c) and built (request.c). It owns
+ * copies of every string it uses, taken before any Lua code could run, so
+ * Lua code run during the call (a finalizer, an event handler) may change
+ * or collect the options table without touching the request. */
 typedef struct cc_req {
     const cc_endpoint *ep;
     double timeout, connect_timeout;
@@ -84,8 +86,10 @@ typedef struct cc_req {
     long retries;
     curl_off_t max_bytes;
     int verify_tls;
-    const char *user_agent, *proxy, *ca_file;   /* user_agent NULL: the default */
-    const char *secret; size_t secret_len;   /* key or token */
+    const char *user_agent, *proxy, *ca_file;   /* in own (or static: the default
+                                                   User-Agent, cc_user_agent_default()), NUL-terminated */
+    const char *secret; size_t secret_len;   /* key or token, in own */
+    char *own; size_t own_len;  /* malloc'd copies of the option texts; wiped when freed */
     double limit_requests, limit_per;         /* rate limit; 0 when off */
     uint64_t limit_key;
     char *url;          /* malloc'd full URL */
@@ -98,10 +102,12 @@ typedef struct cc_req {
     char bad_msg[160];
 } cc_req;
 
-/* options.c: read opts (at index idx) into r. Raises on programming mistakes;
- * returns 0 and fills r->bad_field/bad_msg on a bad value. */
+/* request.c: read opts (at index idx) into r. Raises on programming
+ * mistakes; returns 0 and fills r->bad_field/bad_msg on a bad value (r then
+ * holds nothing to free). cc_req_free is idempotent. */
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
 void cc_req_free(cc_req *r);
+/* options.c */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
 void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep, int idx,
                       const char *where);
@@ -148,6 +154,11 @@ void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,
                    long status, const char *code, double retry_after,
                    int attempts, const char *field, const cc_req *r);
 void cc_errors_init(lua_State *L);
+/* The one scrubber: masks secret in t (n bytes, in place) as given,
+ * percent-encoded or JSON-escaped, and any 8 of its bytes in a row; returns
+ * the new length. cc_scrub_l is core.scrub(text, secret) (core.c). */
+size_t cc_scrub(char *t, size_t n, const char *secret, size_t sn);
+int cc_scrub_l(lua_State *L);
 
 /* session.c, engine.c */
 typedef struct cc_session cc_session;
@@ -163,8 +174,8 @@ int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int sing
            int concurrency);
 void cc_session_init(lua_State *L);
 
-/* core.c: "cachectl/<version> libcurl/<version>", built once (pthread_once)
- * when the module is first loaded. */
+/* options.c: "cachectl/<version> libcurl/<version>", built once (pthread_once);
+ * r->user_agent points to it when no user_agent is given. */
 const char *cc_user_agent_default(void);
 
 #endif

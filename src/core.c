@@ -15,23 +15,12 @@
 
 CC_EXPORT int luaopen_cachectl_core(lua_State *L);
 
-/* Process-wide, fixed once before the first call of any thread. */
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc;
-static char user_agent[96];
 
 static void curl_init(void)
 {
-    const curl_version_info_data *v;
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-    v = curl_version_info(CURLVERSION_NOW);
-    snprintf(user_agent, sizeof user_agent, "cachectl/%s libcurl/%s", CC_VERSION, v->version);
-}
-
-const char *cc_user_agent_default(void)
-{
-    pthread_once(&curl_once, curl_init);
-    return user_agent;
 }
 
 /* res, err = core.<service>.<name>(opts) */
@@ -237,6 +226,8 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     lua_setfield(L, -2, "sha256");
     lua_pushcfunction(L, identity_l);
     lua_setfield(L, -2, "identity");
+    lua_pushcfunction(L, cc_scrub_l);
+    lua_setfield(L, -2, "scrub");
     lua_pushliteral(L, CC_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, v->version);

@@ -160,7 +160,7 @@ static int build_headers(cc_session *s, xfer *x)
     struct curl_slist *h;
     if (!s->headers && !session_headers(s)) return 0;
     h = s->headers;
-    if (q->user_agent) {
+    if (q->user_agent && q->user_agent != cc_user_agent_default()) {
         if (!header_node(&x->ua, "User-Agent: ", q->user_agent, strlen(q->user_agent), s->headers_noua))
             return 0;
         h = &x->ua;
@@ -352,19 +352,26 @@ static void emit(lua_State *L, run *r, const xfer *x)
     see_hooks(L, r);        /* a hook set by the function is not a signal */
 }
 
-/* { type = "attempt", method, url, status, kind (nil on success), ms }.
- * The URL goes through the error scrubber (via an error value) like any
- * text that might hold the secret. */
+/* The URL with the credential masked, like any text that might hold it
+ * (a `request` path may). */
+static void push_url(lua_State *L, const xfer *x)
+{
+    size_t n = strlen(x->req.url);
+    char *t = cc_newuserdata(L, n + 1);       /* scratch the GC frees */
+    memcpy(t, x->req.url, n + 1);
+    lua_pushlstring(L, t, cc_scrub(t, n, x->req.secret, x->req.secret_len));
+    lua_remove(L, -2);
+}
+
+/* { type = "attempt", method, url, status, kind (nil on success), ms } */
 static void emit_attempt(lua_State *L, run *r, const xfer *x, const outcome *o, int ok, double now)
 {
     if (!x->event) return;
     event_new(L, x, "attempt", x->attempts);
     lua_pushstring(L, x->req.method ? x->req.method : "POST");
     lua_setfield(L, -2, "method");
-    cc_push_error(L, CC_INVALID, x->req.url, 0, NULL, -1, 0, NULL, &x->req);
-    lua_getfield(L, -1, "message");
-    lua_setfield(L, -3, "url");
-    lua_pop(L, 1);
+    push_url(L, x);
+    lua_setfield(L, -2, "url");
     if (o->status > 0) {
         lua_pushinteger(L, o->status);
         lua_setfield(L, -2, "status");

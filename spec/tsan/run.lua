@@ -16,7 +16,7 @@ end
 local srv = server.start()
 local p = io.popen("TSAN_OPTIONS='exitcode=66 second_deadlock_stack=1' " .. helpers.sh_quote(harness) .. " "
   .. helpers.sh_quote(srv.base) .. " " .. helpers.sh_quote(cpath) .. " 2>&1; echo \"exit $?\"")
-local out = p:read("a")
+local out = p:read("*a")
 p:close()
 local requests = #srv:requests()
 srv:stop()

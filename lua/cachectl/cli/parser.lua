@@ -1,0 +1,254 @@
+--- The `cachectl` command's actions and argument parser, built from the
+-- service rows of `cachectl.core` (`core.services`): every call row with an
+-- `action` name is an action, with the flags of the options its row takes;
+-- `omni models` and `omni policies` are the two actions of Lua-layer methods.
+-- Nothing here lists the calls or the environment variables again.
+--
+-- Portable Lua (5.1 to 5.4, LuaJIT).
+-- @module cachectl.cli.parser
+
+local error, ipairs, pairs, tonumber, tostring = error, ipairs, pairs, tonumber, tostring
+local math, string, table = math, string, table
+local format, concat, sort = string.format, table.concat, table.sort
+
+local argparse = require "argparse"
+local core = require "cachectl.core"
+
+local M = {}
+
+-- Raised from inside argparse by --help and --version, which must not exit
+-- the process the way argparse's own actions do.
+M.STOP = "cachectl.cli: stop"
+
+--- The variable holding the default of --redis.
+M.REDIS_ENV = "CACHECTL_REDIS_URL"
+
+-- Flag converters: a value, or nil and a message naming the flag.
+local function positive_number(name)
+  return function(s)
+    local n = tonumber(s)
+    if not n or n ~= n or n <= 0 or n == math.huge then
+      return nil, format("%s needs a number of seconds > 0, got '%s'", name, s)
+    end
+    return n
+  end
+end
+
+local function retries_count(s)
+  local n = tonumber(s)
+  if not n or n < 0 or n > 100 or n % 1 ~= 0 then
+    return nil, format("--retries needs a whole number from 0 to 100, got '%s'", s)
+  end
+  return n
+end
+
+local function rate(s)
+  local n, per = s:match("^(%d+)/(%d+%.?%d*)$")
+  n, per = tonumber(n), tonumber(per)
+  if not n or n < 1 or not per or per <= 0 then
+    return nil, format("--rate-limit needs REQUESTS/SECONDS such as 60/60, got '%s'", s)
+  end
+  return { requests = n, per = per }
+end
+
+-- The flags of a call's own options, by option name, in the order shown;
+-- `example` goes into the action's --help examples.
+local FLAGS = {
+  { option = "model_id", example = "--model Sales", add = function(cmd)
+    cmd:option("--model", "The model: its UUID, or its name (resolved with the model list; "
+      .. "no match or several is a usage error listing the candidates)."):argname("<uuid|name>")
+      :count(1):overwrite(false)
+  end },
+  { option = "policy", example = "--policy daily", add = function(cmd)
+    cmd:option("--policy", "A cache policy name; repeat the flag for several (reset concurrently).")
+      :argname("<name>"):count("+")
+    cmd:flag("--no-check", "Reset without checking the names against the model's declared policies.")
+  end },
+  { option = "reset_at", add = function(cmd)
+    cmd:option("--reset-at", "Reset as of this time: RFC 3339 or epoch seconds, not in the future.")
+      :argname("<time>")
+  end },
+  { option = "product", example = "--product 3d", add = function(cmd, svc)
+    cmd:mutex(
+      cmd:option("--product", format("Enterprise product slug, [a-z0-9_-], 1 to 64 characters (default %s).",
+        tostring(svc.default_product))):argname("<slug>"),
+      cmd:flag("--no-product", "The product-less server: POST {base}/v1/enterprise/<action>."))
+  end },
+  { option = "deploy_type", add = function(cmd)
+    cmd:option("--deploy-type", "Sent as \"deploy_type\" in the body, to pick one server of a product "
+      .. "(e.g. flux_2_dev)."):argname("<slug>")
+  end },
+  { option = "name", example = "--name Sales", add = function(cmd)
+    cmd:option("--name", "Only the models of this name."):argname("<name>")
+  end },
+}
+
+-- The actions of Lua-layer methods: the row each sits on (its options give
+-- the common flags), the options with a flag, and what it does.
+local LUA_ACTIONS = {
+  omni = {
+    { name = "models", on = "list_models", takes = { "name" }, run = "models",
+      what = "List the models (GET {base}/v1/models, every page followed)." },
+    { name = "policies", on = "model_yaml", takes = { "model_id" }, run = "policies",
+      what = "List a model's cache policies, from its model.yaml (fully resolved)." },
+  },
+}
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  sort(keys)
+  return keys
+end
+
+-- "enterprise_clear_cache" -> "Enterprise clear cache"
+local function humanize(name)
+  local s = name:gsub("_", " ")
+  return s:sub(1, 1):upper() .. s:sub(2)
+end
+
+local function row_action(svc, row)
+  local takes = {}
+  for _, f in ipairs(FLAGS) do
+    if row.options[f.option] then takes[#takes + 1] = f.option end
+  end
+  local what = format("%s: %s {base}%s.", humanize(row.name), row.method, row.path)
+  if not row.idempotent then what = what .. " Never retried." end
+  if row.options.policy then
+    what = what .. " Several policies are reset concurrently; the names are checked against the "
+      .. "model's declared policies first (one read of its YAML), unless --no-check."
+  end
+  return { service = svc.name, name = row.action, call = row.name, row = row, takes = takes,
+           run = row.options.policy and "reset" or "call", what = what }
+end
+
+--- Every action of the command, by service then name:
+-- `{ service, name, call, row, takes = { option names }, run, what }`.
+-- @treturn {table,...} the actions
+function M.actions()
+  local list = {}
+  for _, sname in ipairs(sorted_keys(core.services)) do
+    local svc = core.services[sname]
+    local mine = {}
+    for _, cname in ipairs(sorted_keys(svc.calls)) do
+      local row = svc.calls[cname]
+      if row.action then mine[#mine + 1] = row_action(svc, row) end
+    end
+    for _, a in ipairs(LUA_ACTIONS[sname] or {}) do
+      local row = svc.calls[a.on] or error("cachectl.cli: no row " .. sname .. "." .. a.on)
+      mine[#mine + 1] = { service = sname, name = a.name, call = a.on, row = row, takes = a.takes,
+                          run = a.run, what = a.what }
+    end
+    sort(mine, function(x, y) return x.name < y.name end)
+    for _, a in ipairs(mine) do list[#list + 1] = a end
+  end
+  return list
+end
+
+local function help_flag(state, cmd)
+  cmd:add_help(false)
+  cmd:flag("-h --help", "Show this help and exit.")
+    :action(function() state.stop = "help"; state.help_for = cmd; error(M.STOP, 0) end)
+  return cmd
+end
+
+-- The flags every action has, from the service's facts and the row's options.
+local function common_flags(cmd, svc, row)
+  local base_default = "$" .. svc.env.base_url .. (svc.default_base and (", else " .. svc.default_base) or "")
+  cmd:option("--base-url", "Service root URL (default: " .. base_default .. ")."):argname("<url>")
+  if row.options.instance then
+    cmd:option("--instance", "Instance name: " .. svc.host:gsub("{instance}", "<name>") .. "."):argname("<name>")
+    cmd:flag("--playground", "With --instance: " .. svc.playground_host:gsub("{instance}", "<name>") .. ".")
+  end
+  cmd:option("--timeout", "Seconds for the whole call, retries included (default 30).")
+    :argname("<seconds>"):convert(positive_number("--timeout"))
+  cmd:option("--retries", "Extra attempts for retryable failures (default 2)."):argname("<n>"):convert(retries_count)
+  cmd:option("--key-file", "Read the credential from the first line of this file instead of $"
+    .. svc.env[svc.secret] .. "."):argname("<path>")
+  local limit = svc.rate_limit
+  cmd:option("--rate-limit", "At most REQUESTS calls start in any SECONDS (default: "
+    .. (limit and format("%d/%d", limit.requests, limit.per) or "none") .. ")."):argname("<n/s>"):convert(rate)
+  cmd:option("--redis", "Keep the rate limit (and --coalesce) in this Redis, shared by every process using it "
+    .. "(default: $" .. M.REDIS_ENV .. ")."):argname("<url>")
+  cmd:option("--coalesce", "Identical calls starting within this many seconds share one request.")
+    :argname("<seconds>"):convert(positive_number("--coalesce"))
+  cmd:flag("--json", "Print one JSON document for scripts.")
+  cmd:flag("--quiet", "Print nothing on success (failures still go to stderr).")
+  cmd:flag("-v --verbose", "Print each attempt and wait on stderr.")
+end
+
+-- The action's example command line (after the credential) for --help.
+local function example(svc, action)
+  local own = {}
+  for _, f in ipairs(FLAGS) do
+    for _, o in ipairs(action.takes) do
+      if f.option == o and f.example then own[#own + 1] = " " .. f.example end
+    end
+  end
+  local host = svc.host and " --instance acme" or ""
+  return format("cachectl %s %s%s%s", svc.name, action.name, host, concat(own))
+end
+
+local TAIL = "Exit status: 0 success, 1 failure from the service or the network, 2 usage, 130 interrupted."
+
+local function action_epilog(svc, line)
+  return format("Examples:\n  %s=... %s\n  %s \\\n      --key-file ~/.%s-key --json -v\n\n"
+    .. "Credentials: $%s, or the first line of --key-file PATH (never an argument).\n%s",
+    svc.env[svc.secret], line, line, svc.name, svc.env[svc.secret], TAIL)
+end
+
+local function add_action(state, parent, action)
+  local svc = core.services[action.service]
+  local cmd = help_flag(state, parent:command(action.name, action.what))
+  for _, f in ipairs(FLAGS) do
+    for _, o in ipairs(action.takes) do
+      if f.option == o then f.add(cmd, svc) end
+    end
+  end
+  common_flags(cmd, svc, action.row)
+  local line = example(svc, action)
+  cmd:epilog(action_epilog(svc, line))
+  local key = action.service .. " " .. action.name
+  state.actions[key], state.parsers[key] = action, cmd
+  return line
+end
+
+--- Builds the parser; fills `state.parsers` (by "", "service" and
+-- "service action") and `state.actions` (by "service action").
+-- @tparam table state `{ parsers = {}, actions = {} }`; --help and --version
+--   set `state.stop` and raise `M.STOP`
+-- @return the argparse parser
+function M.build(state)
+  local parser = help_flag(state, argparse("cachectl", "Clear ModelsLab caches and queues and reset Omni caches."))
+  state.parsers[""] = parser
+  parser:flag("--version", "Show the version and exit.")
+    :action(function() state.stop = "version"; error(M.STOP, 0) end)
+  -- its own target: the action's -v (unset) would overwrite a shared one
+  parser:flag("-v --verbose", "Print each attempt and wait on stderr (also taken after the action).")
+    :target("verbose_first")
+  parser:command_target("service")
+  parser:help_max_width(100)
+  local all, per = {}, {}
+  for _, action in ipairs(M.actions()) do
+    local svc = core.services[action.service]
+    local cmd = state.parsers[action.service]
+    if not cmd then
+      cmd = help_flag(state, parser:command(svc.name, format("Calls to %s (credential: $%s).",
+        svc.name, svc.env[svc.secret])))
+      cmd:command_target("action")
+      state.parsers[svc.name], per[svc.name] = cmd, {}
+    end
+    local line = format("  %s=... %s", svc.env[svc.secret], add_action(state, cmd, action))
+    per[svc.name][#per[svc.name] + 1] = line
+    if #per[svc.name] == 1 then all[#all + 1] = line end
+  end
+  for name, lines in pairs(per) do
+    state.parsers[name]:epilog("Examples:\n" .. concat(lines, "\n")
+      .. format("\nRun 'cachectl %s <action> --help' for an action's flags.", name))
+  end
+  parser:epilog("Examples:\n" .. concat(all, "\n") .. "\nRun 'cachectl <service> <action> --help' for an "
+    .. "action's flags (docs/cli.md describes them all).\n" .. TAIL)
+  return parser
+end
+
+return M

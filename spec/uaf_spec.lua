@@ -1,0 +1,158 @@
+-- Lua code that runs in the middle of a call — a finalizer run by the garbage
+-- collector between attempts, a metamethod — may change the options table
+-- and collect its strings. The call must go on with what it started with and
+-- never touch freed memory: these run in the AddressSanitizer pass
+-- (make spec-asan), where a read of a freed string aborts the run.
+--
+-- The strings dropped are long (over 40 bytes), so Lua does not intern them:
+-- once the table lets go of them, the collector frees them.
+local server = require "support.mock_server"
+local helpers = require "support.helpers"
+local core = require "cachectl.core"
+
+local LUA54 = _VERSION == "Lua 5.4"
+
+-- A fresh copy of s (long strings are not interned: a new object each time).
+local function copy(s) return (s .. "#"):sub(1, -2) end
+
+-- Unreachable garbage whose finalizer calls fn.
+local function garbage_with_finalizer(fn)
+  setmetatable({}, { __gc = fn })
+end
+
+-- Finalizers on tables, and a C call that allocates nothing on entry (a
+-- light C function), come with Lua 5.2: under 5.1 and LuaJIT the finalizer
+-- cannot be made to run inside the call rather than on its way in.
+local it_finalizer = _VERSION == "Lua 5.1" and pending or it
+
+-- Runs fn with the collector set to run a whole cycle (finalizers included)
+-- at its next chance, i.e. at the first allocation inside the call.
+local function with_eager_gc(fn)
+  if LUA54 then
+    collectgarbage("incremental", 1, 100, 40)  -- pause ~0 (0 keeps the old); a step is a whole cycle
+  else
+    collectgarbage("setpause", 0)
+    collectgarbage("setstepmul", 2 ^ 30)
+  end
+  collectgarbage()
+  local ok, a, b = pcall(fn)
+  if LUA54 then
+    collectgarbage("incremental", 200, 100, 13)
+  else
+    collectgarbage("setpause", 200)
+    collectgarbage("setstepmul", 200)
+  end
+  assert(ok, a)
+  return a, b
+end
+
+describe("a call whose options change while it runs", function()
+  local srv
+
+  setup(function() srv = server.start() end)
+  teardown(function() if srv then srv:stop() end end)
+  before_each(function() srv:reset() end)
+
+  -- An Omni reset against 429s; between attempts a finalizer drops the token
+  -- and the User-Agent and collects. Returns the result, the error, the
+  -- expected token and User-Agent, and when the finalizer ran.
+  local function reset_with_finalizer(faults)
+    local token_part = helpers.secret("UAF-TOKEN-0123456789")
+    local ua_part = "uaf-agent/1.0 " .. string.rep("x", 40)
+    local opts = {
+      token = token_part .. " fault=429_no_retry_after" .. faults, user_agent = copy(ua_part),
+      base_url = srv.base, model_id = helpers.UUID, policy = "daily", retries = 2,
+    }
+    local phase, fired = "before", nil
+    local res, err = with_eager_gc(function()
+      garbage_with_finalizer(function()
+        fired = phase
+        opts.user_agent, opts.token = nil, nil
+        collectgarbage()
+      end)
+      phase = "during"
+      local r, e = core.omni.reset_cache(opts)
+      phase = "after"
+      return r, e
+    end)
+    return res, err, token_part .. " fault=429_no_retry_after" .. faults, ua_part, fired
+  end
+
+  local function assert_every_attempt(token, ua, count)
+    local reqs = srv:requests()
+    assert.equal(count, #reqs)
+    for i, r in ipairs(reqs) do
+      assert.equal("/api/v1/models/" .. helpers.UUID .. "/cache_reset/daily", r.path, "attempt " .. i)
+      assert.equal("Bearer " .. token, r.headers["authorization"], "attempt " .. i)
+      assert.equal(ua, r.headers["user-agent"], "attempt " .. i)
+    end
+  end
+
+  it_finalizer("keeps its token and User-Agent when a finalizer drops them between attempts", function()
+    local res, err, token, ua, fired = reset_with_finalizer(" times=2")
+    assert.is_nil(err)
+    assert.is_true(res.success)
+    assert_every_attempt(token, ua, 3)
+    if LUA54 then assert.equal("during", fired) end
+  end)
+
+  it_finalizer("masks the dropped token in its error after the last attempt", function()
+    local res, err, token, ua, fired = reset_with_finalizer("")
+    assert.is_nil(res)
+    assert.equal("rate_limited", err.kind)
+    assert.equal(3, err.attempts)
+    assert_every_attempt(token, ua, 3)
+    assert.is_nil(helpers.find_secret(err, token))
+    if LUA54 then assert.equal("during", fired) end
+  end)
+
+  -- A body's __index runs Lua code while the request is being read, if the
+  -- reader looks anything up in the body through metamethods.
+  it("core.modelslab.request keeps base_url, key and User-Agent when the body's __index drops them", function()
+    local key_part = helpers.secret("UAF-KEY-0123456789012345")
+    local ua_part = "uaf-agent/2.0 " .. string.rep("y", 40)
+    local opts
+    local body = setmetatable({ note = "hello" }, { __index = function()
+      opts.base_url, opts.key, opts.user_agent = nil, nil, nil
+      collectgarbage()
+      collectgarbage()
+    end })
+    opts = { key = copy(key_part), user_agent = copy(ua_part), base_url = srv.base .. "/" .. string.rep("/", 40),
+             method = "POST", path = "/v5/clear_cache", body = body, retries = 0 }
+    local res, err = core.modelslab.request(opts)
+    assert.is_nil(err)
+    assert.equal("success", res.status)
+    local reqs = srv:requests()
+    assert.equal(1, #reqs)
+    assert.equal("/api/v5/clear_cache", reqs[1].path)
+    assert.equal(ua_part, reqs[1].headers["user-agent"])
+    assert.same({ key = key_part, note = "hello" }, require("cjson").decode(reqs[1].body))
+  end)
+
+  it_finalizer("core.modelslab.request keeps its strings when a finalizer drops them during encoding", function()
+    local key_part = helpers.secret("UAF-KEY-0123456789012345")
+    local ua_part = "uaf-agent/3.0 " .. string.rep("z", 40)
+    local opts = { key = copy(key_part), user_agent = copy(ua_part), method = "POST", path = "/v5/clear_cache",
+                   base_url = srv.base .. string.rep("/", 41), body = { note = "hi" }, retries = 0 }
+    local phase, fired = "before", nil
+    local res, err = with_eager_gc(function()
+      garbage_with_finalizer(function()
+        fired = phase
+        opts.base_url, opts.key, opts.user_agent, opts.path, opts.body = nil, nil, nil, nil, nil
+        collectgarbage()
+      end)
+      phase = "during"
+      local r, e = core.modelslab.request(opts)
+      phase = "after"
+      return r, e
+    end)
+    assert.is_nil(err)
+    assert.equal("success", res.status)
+    local reqs = srv:requests()
+    assert.equal(1, #reqs)
+    assert.equal("/api/v5/clear_cache", reqs[1].path)
+    assert.equal(ua_part, reqs[1].headers["user-agent"])
+    assert.same({ key = key_part, note = "hi" }, require("cjson").decode(reqs[1].body))
+    if LUA54 then assert.equal("during", fired) end
+  end)
+end)

@@ -1,0 +1,61 @@
+/* options.h — what options.c (reading and checking an options table) hands
+ * to request.c (building the request from it): the option table and one
+ * slot per option. Private to those two files. */
+#ifndef CACHECTL_OPTIONS_H
+#define CACHECTL_OPTIONS_H
+
+#include "cachectl.h"
+
+/* Type codes: Lua's, and a few unions of them. */
+#define T_BOOL LUA_TBOOLEAN
+#define T_NUM LUA_TNUMBER
+#define T_STR LUA_TSTRING
+#define T_FUNC LUA_TFUNCTION
+#define T_STR_OR_NUM (-2)
+#define T_LIMIT (-3)          /* { requests = n, per = seconds, ... } or a boolean */
+#define T_STR_OR_FALSE (-4)   /* product: a slug, or false for none */
+#define T_STR_OR_BOOL (-5)    /* thread_pool: a name, or true/false */
+
+/* Longest text option, and longest request body (contract, "Fine points"). */
+#define CC_MAX_TEXT (64 * 1024)
+#define CC_MAX_BODY (1024 * 1024)
+
+enum {
+    O_BASE_URL, O_TIMEOUT, O_CONNECT_TIMEOUT, O_RETRIES, O_USER_AGENT, O_PROXY,
+    O_CA_FILE, O_VERIFY_TLS, O_MAX_BYTES, O_RATE_LIMIT, O_KEY, O_TOKEN, O_PRODUCT, O_INSTANCE,
+    O_PLAYGROUND, O_MODEL_ID, O_POLICY, O_RESET_AT, O_METHOD, O_PATH, O_BODY, O_ON_EVENT, O_DELAY,
+    O_DEPLOY_TYPE, O_NAME, O_KIND, O_INCLUDE_DELETED, O_CURSOR, O_PAGE_SIZE, O_FILE_NAME, O_MODE,
+    O_FULLY_RESOLVED, O_BRANCH_ID, O_COUNT
+};
+
+typedef struct cc_optdef {
+    const char *name;
+    int type;
+    unsigned bit;        /* 0: every endpoint takes it */
+    const char *query;   /* sent as this query parameter, or NULL */
+} cc_optdef;
+
+extern const cc_optdef cc_optdefs[O_COUNT];
+
+/* One option's value as read. s points into the Lua table until request.c
+ * replaces it with the request's own copy. */
+typedef struct cc_slot {
+    int set;
+    const char *s;
+    size_t len;
+    int too_long;       /* a text over CC_MAX_TEXT: s is not kept */
+    double n, per;      /* per: rate_limit's second number */
+    int b, table;       /* table: rate_limit was given as a table */
+    int external;       /* rate_limit: kept in a shared dict or Redis */
+} cc_slot;
+
+/* Reads the options table at idx (raw, without running any Lua code);
+ * raises on an unknown name or a wrong type. */
+void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_slot *v);
+/* Checks the values and fills r's settings; 0 with r->bad_field and
+ * r->bad_msg set when one is bad. reset_at receives resetAt's text. */
+int cc_opts_check(cc_req *r, cc_slot *v, char *reset_at, size_t sz);
+/* Records a bad value in r; returns 0. */
+int cc_opts_bad(cc_req *r, const char *field, const char *why);
+
+#endif

@@ -1,0 +1,226 @@
+/* request.c — one options table made into a request (cc_req): the checked
+ * values of options.c, the URL (service root, path template, query) and the
+ * JSON body.
+ *
+ * The request owns a copy of every string it uses, taken as soon as the
+ * table is read and before any Lua code can run (cjson, a finalizer, an
+ * event handler): such code may change the table or collect its strings
+ * while the call runs, and the request still holds what the call started
+ * with. The copies hold the credential, so they are wiped when freed. */
+#include <stdlib.h>
+#include <string.h>
+#include "options.h"
+
+/* Replaces every text of v by a copy in r->own (one block). */
+static int own_strings(cc_req *r, cc_slot *v)
+{
+    size_t total = 0, at = 0;
+    int i;
+    for (i = 0; i < O_COUNT; i++) {
+        if (v[i].too_long) v[i].s = NULL;     /* refused by the checks, never copied */
+        if (v[i].s) total += v[i].len + 1;
+    }
+    if (total == 0) return 1;
+    if (!(r->own = malloc(total))) return 0;
+    r->own_len = total;
+    for (i = 0; i < O_COUNT; i++) {
+        if (!v[i].s) continue;
+        memcpy(r->own + at, v[i].s, v[i].len);
+        r->own[at + v[i].len] = '\0';
+        v[i].s = r->own + at;
+        at += v[i].len + 1;
+    }
+    return 1;
+}
+
+/* Pushes the body table of the options at idx, found with lua_next: no
+ * allocation, so no finalizer can run before the table is held. */
+static void hold_body(lua_State *L, int idx)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "body") == 0) {
+            lua_remove(L, -2);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);     /* not reached: cc_opts_read saw it */
+}
+
+/* The body table at the top (client:request) as JSON text, left in its
+ * place; for ModelsLab an object without 'key', which is added. cjson reads
+ * the table raw, without metamethods, and so does the check for 'key'. */
+static int encode_body(lua_State *L, cc_req *r, cc_slot *body)
+{
+    if (!body->set) return 1;
+    if (r->ep->svc->auth == AUTH_BODY_KEY) {
+        int has_key;
+        lua_pushliteral(L, "key");
+        lua_rawget(L, -2);
+        has_key = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+        if (has_key) return cc_opts_bad(r, "body", "must not hold 'key': the client adds it");
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, "cachectl.encode");
+    lua_insert(L, -2);
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_isstring(L, -1))
+        return cc_opts_bad(r, "body", "cannot be encoded as JSON (functions, userdata or sparse arrays?)");
+    body->s = lua_tolstring(L, -1, &body->len);
+    if (body->len > CC_MAX_BODY) return cc_opts_bad(r, "body", "is too large (over 1 MiB as JSON)");
+    if (r->ep->svc->auth == AUTH_BODY_KEY && body->s[0] != '{')
+        return cc_opts_bad(r, "body", "must be a JSON object (a table with string keys)");
+    return 1;
+}
+
+/* The service root: base_url, else the service's host for the instance,
+ * else its default base URL. */
+static int build_base(cc_buf *b, const cc_req *r, const cc_slot *v)
+{
+    const cc_service *svc = r->ep->svc;
+    const char *t, *at;
+    if (v[O_BASE_URL].set) {
+        size_t n = v[O_BASE_URL].len;
+        while (n > 0 && v[O_BASE_URL].s[n - 1] == '/') n--;
+        return cc_buf_add(b, v[O_BASE_URL].s, n);
+    }
+    if (!svc->host) return cc_buf_add(b, svc->base_url, strlen(svc->base_url));
+    t = v[O_PLAYGROUND].b ? svc->playground_host : svc->host;
+    at = strstr(t, "{instance}");
+    return cc_buf_add(b, t, (size_t)(at - t)) &&
+           cc_buf_add(b, v[O_INSTANCE].s, v[O_INSTANCE].len) &&
+           cc_buf_add(b, at + 10, strlen(at + 10));
+}
+
+/* ?name=value&... for the options the endpoint sends as query parameters,
+ * each value percent-encoded. */
+static int build_query(cc_buf *b, const cc_slot *v)
+{
+    int i, first = 1;
+    for (i = 0; i < O_COUNT; i++) {
+        const cc_optdef *d = &cc_optdefs[i];
+        char num[32];
+        const char *val = v[i].s;
+        size_t len = v[i].len;
+        if (!d->query || !v[i].set) continue;
+        if (d->type == T_BOOL) val = v[i].b ? "true" : "false";
+        else if (d->type == T_NUM) val = num, snprintf(num, sizeof num, "%.0f", v[i].n);
+        if (d->type != T_STR) len = strlen(val);
+        if (!cc_buf_add(b, first ? "?" : "&", 1) || !cc_buf_add(b, d->query, strlen(d->query)) ||
+            !cc_buf_add(b, "=", 1) || !cc_pct_encode(b, val, len))
+            return 0;
+        first = 0;
+    }
+    return 1;
+}
+
+/* Expands the path template; every value was checked, and the policy alone
+ * needs encoding. product = false drops its segment. */
+static int build_url(cc_buf *b, const cc_req *r, const cc_slot *v)
+{
+    const char *p = r->ep->path;
+    if (!build_base(b, r, v)) return 0;
+    while (*p) {
+        const char *brace = strchr(p, '{');
+        size_t lit = brace ? (size_t)(brace - p) : strlen(p);
+        int ok = 1, drop = 0;
+        if (!cc_buf_add(b, p, lit)) return 0;
+        if (!brace) break;
+        if (strncmp(brace, "{product}", 9) == 0) {
+            const char *prod = v[O_PRODUCT].set ? v[O_PRODUCT].s : r->ep->svc->default_product;
+            if (prod) ok = cc_buf_add(b, prod, v[O_PRODUCT].set ? v[O_PRODUCT].len : strlen(prod));
+            else drop = 1;                      /* no product: no segment, one '/' */
+        } else if (strncmp(brace, "{model_id}", 10) == 0) {
+            ok = cc_buf_add(b, v[O_MODEL_ID].s, v[O_MODEL_ID].len);
+        } else if (strncmp(brace, "{policy}", 8) == 0) {
+            ok = cc_pct_encode(b, v[O_POLICY].s, v[O_POLICY].len);
+        } else if (strncmp(brace, "{path}", 6) == 0) {
+            ok = cc_buf_add(b, v[O_PATH].s, v[O_PATH].len);
+        }
+        if (!ok) return 0;
+        p = strchr(brace, '}') + 1;
+        if (drop && *p == '/') p++;
+    }
+    return build_query(b, v) && cc_buf_add(b, "", 1);
+}
+
+static int build_body(cc_buf *b, const cc_req *r, const char *reset_at, const cc_slot *v)
+{
+    const cc_slot *body = &v[O_BODY], *deploy_type = &v[O_DEPLOY_TYPE];
+    if (r->ep->svc->auth == AUTH_BODY_KEY) {
+        if (!cc_buf_add(b, "{\"key\":", 7) || !cc_json_string(b, r->secret, r->secret_len))
+            return 0;
+        if (deploy_type->set && (!cc_buf_add(b, ",\"deploy_type\":", 15) ||
+                                 !cc_json_string(b, deploy_type->s, deploy_type->len)))
+            return 0;
+        if (body->s && body->len > 2 && (!cc_buf_add(b, ",", 1) ||
+                                           !cc_buf_add(b, body->s + 1, body->len - 2)))
+            return 0;
+        return cc_buf_add(b, "}", 1);
+    }
+    if (r->ep->opts & OPT_REQUEST)
+        return !body->s || cc_buf_add(b, body->s, body->len);
+    if (r->method && strcmp(r->method, "GET") == 0) return 1;
+    if (reset_at[0])
+        return cc_buf_add(b, "{\"resetAt\":", 11) &&
+               cc_json_string(b, reset_at, strlen(reset_at)) && cc_buf_add(b, "}", 1);
+    return cc_buf_add(b, "{}", 2);
+}
+
+/* The URL and the body into r; 0 when out of memory (r unchanged). */
+static int build(cc_req *r, const cc_slot *v, const char *reset_at)
+{
+    cc_buf url = { 0 }, body = { 0 };
+    if (!build_url(&url, r, v) || !build_body(&body, r, reset_at, v)) {
+        cc_buf_free(&url);
+        cc_wipe(body.data, body.len);     /* it may hold the key */
+        cc_buf_free(&body);
+        return 0;
+    }
+    r->url = url.data;
+    r->body = body.data;
+    r->body_len = body.len;
+    return 1;
+}
+
+int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
+{
+    cc_slot v[O_COUNT];
+    char reset_at[64];
+    int top = lua_gettop(L), ok, built;
+    memset(v, 0, sizeof v);
+    memset(r, 0, sizeof *r);
+    r->ep = ep;
+    idx = cc_absindex(L, idx);
+    cc_opts_read(L, idx, ep, v);
+    if (v[O_BODY].set) hold_body(L, idx);
+    if (!own_strings(r, v)) return luaL_error(L, "not enough memory");
+    ok = cc_opts_check(r, v, reset_at, sizeof reset_at) && encode_body(L, r, v + O_BODY);
+    built = ok && build(r, v, reset_at);
+    lua_settop(L, top);                   /* the body and its JSON text, used by build */
+    if (ok && !built) {
+        cc_req_free(r);
+        return luaL_error(L, "not enough memory");
+    }
+    if (!ok) {
+        cc_req_free(r);
+        return 0;
+    }
+    if (r->limit_requests > 0)
+        r->limit_key = cc_limit_key(ep->service, r->secret, r->secret_len, r->limit_requests,
+                                    r->limit_per);
+    return 1;
+}
+
+void cc_req_free(cc_req *r)
+{
+    cc_wipe(r->body, r->body_len);        /* it may hold the key */
+    free(r->body);
+    free(r->url);
+    cc_wipe(r->own, r->own_len);          /* it holds the key or token */
+    free(r->own);
+    r->body = r->url = r->own = NULL;
+    r->body_len = r->own_len = 0;
+    r->secret = r->user_agent = r->proxy = r->ca_file = NULL;
+    r->secret_len = 0;
+}
