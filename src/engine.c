@@ -148,7 +148,7 @@ static int header_node(struct curl_slist *n, const char *prefix, const char *v, 
     return 1;
 }
 
-static char no_expect[] = "Expect:";
+static char no_expect[] = "Expect:";      /* libcurl only reads it */
 
 /* The request's headers: the session's, with the request's own User-Agent,
  * Authorization and, for a body libcurl would announce with "Expect:
@@ -254,21 +254,22 @@ static const char *set_guarded(xfer *x)
 {
     const cc_req *q = &x->req;
     CURL *e = x->easy;
-    if (strncasecmp(q->url, "http://", 7) == 0) {
+    int http = strncasecmp(q->url, "http://", 7) == 0;
+    if (http != x->st.no_proxy) {
         /* "*": no host goes through a proxy, given or from the environment */
-        if (!x->st.no_proxy && curl_easy_setopt(e, CURLOPT_NOPROXY, "*") != CURLE_OK) return "CURLOPT_NOPROXY";
-        x->st.no_proxy = 1;
-    } else {
-        if (x->st.no_proxy && curl_easy_setopt(e, CURLOPT_NOPROXY, NULL) != CURLE_OK) return "CURLOPT_NOPROXY";
-        x->st.no_proxy = 0;
-        if (q->proxy && curl_easy_setopt(e, CURLOPT_PROXY, q->proxy) != CURLE_OK) return "CURLOPT_PROXY";
+        if (curl_easy_setopt(e, CURLOPT_NOPROXY, http ? "*" : NULL) != CURLE_OK) return "CURLOPT_NOPROXY";
+        x->st.no_proxy = http;
+    }
+    if (!http && q->proxy) {
+        if (curl_easy_setopt(e, CURLOPT_PROXY, q->proxy) != CURLE_OK) return "CURLOPT_PROXY";
         /* the CONNECT request to the proxy sends this one, not the header line */
-        if (q->proxy) curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent ? q->user_agent : cc_user_agent_default());
+        curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent ? q->user_agent : cc_user_agent_default());
     }
     if (!q->verify_tls && (curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L) != CURLE_OK ||
                            curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L) != CURLE_OK))
         return "CURLOPT_SSL_VERIFYPEER";
-    if (q->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file) != CURLE_OK) return "CURLOPT_CAINFO";
+    if (q->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file) != CURLE_OK)
+        return "CURLOPT_CAINFO";
     if (!q->retry_ok) {
         /* libcurl silently resends a request once when a reused connection
          * turns out dead; a call that must not run twice gets its own. */
@@ -294,14 +295,16 @@ static int start_attempt(cc_session *s, xfer *x, double now)
     int rc;
     if (!x->url && (rc = parse_url(s, x)) <= 0) return rc < 0 ? refuse(x, "the URL") : 0;
     x->sticky = q->proxy || q->ca_file || !q->verify_tls || q->method || !q->retry_ok;
-    if (!(x->easy = cc_easy_get(s, x->sticky, &x->st, &refused))) return refused ? refuse(x, refused) : 0;
+    if (!(x->easy = cc_easy_get(s, x->sticky, &x->st, &refused)))
+        return refused ? refuse(x, refused) : 0;
     x->resp.len = 0;
     x->too_large = 0;
     x->sends = 0;
     x->retry_after[0] = x->errbuf[0] = '\0';
     set_usual(x, x->deadline - now);
     if ((refused = set_guarded(x)) != NULL) return refuse(x, refused);
-    if (curl_multi_add_handle(s->multi, x->easy) != CURLM_OK) return refuse(x, "the transfer (curl_multi_add_handle)");
+    if (curl_multi_add_handle(s->multi, x->easy) != CURLM_OK)
+        return refuse(x, "the transfer (curl_multi_add_handle)");
     x->state = X_RUN;
     x->attempts++;
     x->started = now;
@@ -575,9 +578,8 @@ static double start_due(lua_State *L, run *r, int out, int concurrency, int *act
             } else if (rc == 0) {
                 r->oom = 1;
             } else {
-                end_with(L, r, x, out, strstr(x->errbuf, "SSL") || strstr(x->errbuf, "CAINFO") ? CC_TLS
-                                                                                              : CC_CONNECT,
-                         x->errbuf, -1);
+                int tls = strstr(x->errbuf, "SSL") || strstr(x->errbuf, "CAINFO");
+                end_with(L, r, x, out, tls ? CC_TLS : CC_CONNECT, x->errbuf, -1);
                 (*done)++;
             }
         }

@@ -108,7 +108,8 @@ static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_soc
 static const char *shared_options(CURL *e)
 {
 #if LIBCURL_VERSION_NUM >= 0x075500
-    if (curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK) return "CURLOPT_PROTOCOLS_STR";
+    if (curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK)
+        return "CURLOPT_PROTOCOLS_STR";
 #else
     if (curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS)) != CURLE_OK)
         return "CURLOPT_PROTOCOLS";
