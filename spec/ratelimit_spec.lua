@@ -152,6 +152,31 @@ describe("the rate limit", function()
     assert.equal(60, busiest(times, limit.per - SLACK))
   end)
 
+  describe("against a server that counts the same way", function()
+    local strict
+
+    setup(function() strict = server.start{ omni_rate_limit = 2, omni_rate_limit_per = 1 } end)
+    teardown(function() if strict then strict:stop() end end)
+
+    it("never draws a 429, for sequential calls and a batch", function()
+      local token = uid("tok")
+      local function opts(i)
+        return { token = token, base_url = strict.base, retries = 0, timeout = 10, model_id = UUID,
+                 policy = "p" .. i, rate_limit = LIMIT }
+      end
+      for i = 1, 4 do
+        local res, err = core.omni.reset_cache(opts(i))
+        assert.is_nil(err, err and ("call " .. i .. ": " .. tostring(err)))
+        assert.is_true(res.success)
+      end
+      local list = {}
+      for i = 1, 4 do list[i] = opts(i) end
+      local items = core.session():batch("omni", "reset_cache", list, 4)
+      for i = 1, 4 do assert.is_nil(items[i].err, items[i].err and ("item " .. i .. ": " .. tostring(items[i].err))) end
+      assert.equal(8, #strict:requests())
+    end)
+  end)
+
   describe("past the deadline", function()
     it("ends at once with rate_limited, retry_after the wait, nothing sent", function()
       local key, limit, events = uid("key"), { requests = 1, per = 10 }, {}
