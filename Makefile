@@ -1,7 +1,8 @@
 # Builds cachectl.core for one Lua ABI into build/<abi>/cachectl/core.so.
 #   make                      Lua 5.4 (build/5.4)
 #   make LUA=5.1|5.3|luajit   the other ABIs
-#   make SANITIZE=address     an AddressSanitizer build (build/<abi>-asan)
+#   make SANITIZE=address     an AddressSanitizer build (build/<abi>-address;
+#                             SANITIZE=thread: ThreadSanitizer, build/<abi>-thread)
 LUA ?= 5.4
 SANITIZE ?=
 CC ?= cc
@@ -31,7 +32,15 @@ $(OUT)/cachectl/core.so: $(SRC) $(HDR)
 clean:
 	rm -rf build
 
-.PHONY: all clean
+# Compiles every source against another libcurl's headers (no link), e.g. the
+# oldest supported, 7.68: make check-curl CURL_INCLUDE=/path/to/curl-7.68.0/include
+check-curl:
+	@test -n "$(CURL_INCLUDE)" || { echo "usage: make check-curl CURL_INCLUDE=DIR"; exit 2; }
+	@grep -h "define LIBCURL_VERSION " $(CURL_INCLUDE)/curl/curlver.h
+	@for f in $(SRC); do $(CC) $(ALL_CFLAGS) -I$(CURL_INCLUDE) -fsyntax-only $$f || exit 1; done
+	@echo "check-curl: every source compiles against $(CURL_INCLUDE)"
+
+.PHONY: all clean check-curl
 
 # ---- tests and demo ---------------------------------------------------
 # Tests talk to 127.0.0.1 only: never through a proxy from the environment.
@@ -68,6 +77,16 @@ spec-asan:
 	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=1 \
 	  $(BUSTED) --lua=lua5.4 --cpath="build/5.4-address/?.so" -o TAP
 
+# ThreadSanitizer: the module built with -fsanitize=thread, loaded by 16
+# threads at once, each with its own lua_State, each making its first call
+# against a mock server (spec/tsan/harness.c, run by spec/tsan/run.lua).
+spec-tsan:
+	$(MAKE) SANITIZE=thread
+	@mkdir -p build/tsan
+	$(CC) -std=c99 -D_GNU_SOURCE -fsanitize=thread -g -O1 $(WARN) $(LUA_CFLAGS) \
+	  -o build/tsan/harness spec/tsan/harness.c -llua$(LUA) -lpthread -ldl
+	lua$(LUA) spec/tsan/run.lua build/tsan/harness "build/$(LUA)-thread/?.so"
+
 # The whole suite under valgrind: no errors, no definite leaks.
 spec-valgrind: all
 	valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=9 \
@@ -93,7 +112,7 @@ docs:
 docs-check: all
 	$(BUSTED) --lua=lua5.4 spec/docs_spec.lua
 
-test: all lint spec docs-check spec-abis spec-asan spec-valgrind rock pack-check bench-smoke
+test: all lint spec docs-check spec-abis spec-asan spec-tsan spec-valgrind rock pack-check bench-smoke
 
 demo: all
 	bash examples/demo.sh
@@ -108,4 +127,4 @@ bench-smoke: all
 fuzz:
 	$(MAKE) -C fuzz run
 
-.PHONY: lint spec docs-check spec-abis spec-asan spec-valgrind rock pack-check docs test demo bench bench-smoke fuzz
+.PHONY: lint spec docs-check spec-abis spec-asan spec-tsan spec-valgrind rock pack-check docs test demo bench bench-smoke fuzz

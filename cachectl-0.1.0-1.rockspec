@@ -12,6 +12,9 @@ cachectl calls the ModelsLab "Clear User Cache" and Enterprise "Clear Queue"
 endpoints and the Omni "Reset cache" endpoint from a C module built on
 libcurl, with retries, timeouts, kept-alive connections, concurrent batches,
 a command-line tool and a mock server for tests.
+
+Optional: lyaml (Debian lua-yaml), for omni:cache_policies and check_policy
+only; without it every other call works.
 ]],
   homepage = "https://github.com/cachectl/cachectl",
   license = "MIT",
@@ -21,6 +24,7 @@ dependencies = {
   "lua-cjson >= 2.1",
   "luasocket >= 3.0",
   "argparse >= 0.6",
+  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy)
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -41,7 +45,23 @@ build = {
       libraries = { "curl", "crypto", "m" },
     },
     cachectl = "lua/cachectl/init.lua",
-    ["cachectl.mock"] = "lua/cachectl/mock.lua",
+    ["cachectl.perform"] = "lua/cachectl/perform.lua",
+    ["cachectl.policies"] = "lua/cachectl/policies.lua",
+    ["cachectl.mock"] = "lua/cachectl/mock/init.lua",
+    ["cachectl.mock.cli"] = "lua/cachectl/mock/cli.lua",
+    ["cachectl.mock.conn"] = "lua/cachectl/mock/conn.lua",
+    ["cachectl.mock.control"] = "lua/cachectl/mock/control.lua",
+    ["cachectl.mock.faults"] = "lua/cachectl/mock/faults.lua",
+    ["cachectl.mock.http"] = "lua/cachectl/mock/http.lua",
+    ["cachectl.mock.json"] = "lua/cachectl/mock/json.lua",
+    ["cachectl.mock.launcher"] = "lua/cachectl/mock/launcher.lua",
+    ["cachectl.mock.loop"] = "lua/cachectl/mock/loop.lua",
+    ["cachectl.mock.models"] = "lua/cachectl/mock/models.lua",
+    ["cachectl.mock.modelslab"] = "lua/cachectl/mock/modelslab.lua",
+    ["cachectl.mock.omni"] = "lua/cachectl/mock/omni.lua",
+    ["cachectl.mock.ratelimit"] = "lua/cachectl/mock/ratelimit.lua",
+    ["cachectl.mock.server"] = "lua/cachectl/mock/server.lua",
+    ["cachectl.mock.util"] = "lua/cachectl/mock/util.lua",
     ["cachectl.cli"] = "lua/cachectl/cli.lua",
     ["cachectl.cli.parser"] = "lua/cachectl/cli/parser.lua",
     ["cachectl.cli.run"] = "lua/cachectl/cli/run.lua",

@@ -1,12 +1,17 @@
 /* raw_curl.c — the reference point of the sequential benchmark: what plain
- * libcurl costs for the same work as cachectl's clear_cache, with nothing
+ * libcurl costs for the same call as cachectl's clear_cache, with nothing
  * around it. One easy handle reused for every call (so one kept-alive
- * connection), CURLOPT_NOSIGNAL, a POST of the same JSON body with the same
- * headers, the answer read into a buffer. It does not decode the JSON: that
- * is the limit of "raw libcurl", and cachectl's extra work is measured
- * against it.
+ * connection), CURLOPT_NOSIGNAL, a POST of the same JSON body, the answer
+ * read into a buffer. It does not decode the JSON: that is the limit of
+ * "raw libcurl", and cachectl's extra work is measured against it.
  *
- *   raw_curl URL KEY N [WARMUP]   prints "calls_per_s <x>" after N timed calls
+ * By default it sends the minimal request: no header beyond libcurl's own
+ * (Host, Accept, Content-Length, Content-Type). With SHAPE "cachectl" it
+ * sends cachectl's request shape too (Content-Type and Accept as JSON, an
+ * empty Expect, a User-Agent of cachectl's length), so the difference
+ * between the two runs is the cost of the request's shape alone.
+ *
+ *   raw_curl URL KEY N [WARMUP [SHAPE]]   prints "calls_per_s <x>" after N timed calls
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -61,24 +66,28 @@ int main(int argc, char **argv)
     char body[512];
     long n, warmup, i;
     double t0, t;
+    int shaped;
     if (argc < 4) {
-        fprintf(stderr, "usage: raw_curl URL KEY N [WARMUP]\n");
+        fprintf(stderr, "usage: raw_curl URL KEY N [WARMUP [minimal|cachectl]]\n");
         return 2;
     }
     n = atol(argv[3]);
     warmup = argc > 4 ? atol(argv[4]) : 20;
+    shaped = argc > 5 && strcmp(argv[5], "cachectl") == 0;
     if (snprintf(body, sizeof body, "{\"key\":\"%s\"}", argv[2]) >= (int)sizeof body) return 2;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     e = curl_easy_init();
-    h = curl_slist_append(h, "Content-Type: application/json");
-    h = curl_slist_append(h, "Accept: application/json");
-    h = curl_slist_append(h, "Expect:");
     curl_easy_setopt(e, CURLOPT_URL, argv[1]);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "raw_curl/1 libcurl");
+    if (shaped) {
+        h = curl_slist_append(h, "Content-Type: application/json");
+        h = curl_slist_append(h, "Accept: application/json");
+        h = curl_slist_append(h, "Expect:");
+        h = curl_slist_append(h, "User-Agent: cachectl/0.1.0 libcurl/7.88.1");
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    }
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
     for (i = 0; i < warmup; i++) {

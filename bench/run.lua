@@ -2,9 +2,12 @@
 -- every measurement in its own process, pinned with taskset to one CPU
 -- (servers too), and writes a Markdown report. See bench/README.md.
 --
---    lua5.4 bench/run.lua [--smoke] [--out FILE]
+--    lua5.4 bench/run.lua [--smoke] [--compare] [--out FILE]
 --
--- `--smoke` runs the same steps with a few calls each. Any failed client,
+-- `--smoke` runs the same steps with a few calls each. `--compare` runs only
+-- the comparison with plain libcurl (sections 1 and 2, for cachectl.core, a
+-- client and the C program with and without cachectl's request shape) and
+-- writes a short report (default bench/out/compare.md). Any failed client,
 -- server or measurement ends the run with an error (exit status 1).
 -- Environment: BENCH_CPU (the CPU to pin to, default 1).
 
@@ -19,14 +22,15 @@ local format, concat = string.format, table.concat
 
 -- ---- command line, paths --------------------------------------------
 
-local SMOKE, OUT = false, nil
+local SMOKE, COMPARE, OUT = false, false, nil
 do
   local i = 1
   while arg[i] do
     if arg[i] == "--smoke" then SMOKE = true
+    elseif arg[i] == "--compare" then COMPARE = true
     elseif arg[i] == "--out" and arg[i + 1] then OUT = arg[i + 1]; i = i + 1
     else
-      io.stderr:write("usage: lua5.4 bench/run.lua [--smoke] [--out FILE]\n")
+      io.stderr:write("usage: lua5.4 bench/run.lua [--smoke] [--compare] [--out FILE]\n")
       os.exit(2)
     end
     i = i + 1
@@ -52,7 +56,7 @@ local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
 local BENCH = trim(capture("cd " .. shell_quote((arg[0]:match("^(.*)/[^/]*$") or ".")) .. " && pwd"))
 local ROOT = BENCH:match("^(.*)/[^/]*$")
 local OUT_DIR = BENCH .. "/out"
-OUT = OUT or (BENCH .. "/RESULTS.md")
+OUT = OUT or (COMPARE and OUT_DIR .. "/compare.md" or BENCH .. "/RESULTS.md")
 local CPU = os.getenv("BENCH_CPU") or "1"
 local PIN = "taskset -c " .. CPU .. " "
 local LUA = "lua5.4"
@@ -216,18 +220,33 @@ end
 local CLIENTS = {
   { id = "core", label = "cachectl.core (`core.modelslab.clear_cache`)" },
   { id = "client", label = "cachectl client (`ml:clear_cache()`)" },
-  { id = "raw_curl", label = "C program, one libcurl easy handle (no JSON decoding)" },
+  { id = "raw_curl", label = "C program, one libcurl easy handle, minimal request (no JSON decoding)" },
+  { id = "raw_curl_shaped", label = "C program as above with cachectl's request shape (headers, User-Agent)" },
   { id = "socket_http", label = "LuaSocket `socket.http` + lua-cjson" },
   { id = "curl_popen", label = "`curl` command per call via `io.popen` + lua-cjson" },
   { id = "requests", label = "Python `requests.Session` + `.json()`" },
 }
 
+-- The clients of the comparison with plain libcurl (--compare, callgrind).
+local CMP_IDS = { core = true, client = true, raw_curl = true, raw_curl_shaped = true }
+local CG_IDS = { "core", "client", "raw_curl", "raw_curl_shaped" }
+if COMPARE then
+  local kept = {}
+  for _, c in ipairs(CLIENTS) do if CMP_IDS[c.id] then kept[#kept + 1] = c end end
+  CLIENTS = kept
+end
+
+local function label(id)
+  for _, c in ipairs(CLIENTS) do if c.id == id then return c.label end end
+end
+
 local RAW_CURL = OUT_DIR .. "/raw_curl"
 
 -- The command of one sequential client (without ENV and PIN).
 local function seq_cmd(id, base, n, warmup)
-  if id == "raw_curl" then
-    return format("%s %s %s %d %d", RAW_CURL, shell_quote(base .. "/v5/clear_cache"), KEY, n, warmup)
+  if id == "raw_curl" or id == "raw_curl_shaped" then
+    return format("%s %s %s %d %d %s", RAW_CURL, shell_quote(base .. "/v5/clear_cache"), KEY, n, warmup,
+      id == "raw_curl" and "minimal" or "cachectl")
   elseif id == "requests" then
     return format("%s %s %s %s %d %d", PYTHON, shell_quote(BENCH .. "/seq_requests.py"), shell_quote(base), KEY,
       n, warmup)
@@ -291,7 +310,7 @@ end
 
 local function bench_callgrind(ng, dir)
   local res = { files = {} }
-  for _, id in ipairs({ "core", "client", "raw_curl" }) do
+  for _, id in ipairs(CG_IDS) do
     local ir = {}
     for _, n in ipairs({ C.cg_small, C.cg_large }) do
       local file = format("%s/callgrind.%s.%d.out", dir, id, n)
@@ -419,7 +438,8 @@ local function machine()
     curl = curl_version,
     cachectl = version,
     nginx = trim(capture("nginx -v 2>&1")):gsub("^nginx version: ", ""),
-    python = trim(capture(PYTHON .. " -c 'import requests, sys; print(sys.version.split()[0], requests.__version__)'")),
+    python = not COMPARE
+      and trim(capture(PYTHON .. " -c 'import requests, sys; print(sys.version.split()[0], requests.__version__)'")),
     load = trim(capture("cat /proc/loadavg")),
     commit = trim(capture("cd " .. shell_quote(ROOT) .. " && (git rev-parse --short HEAD 2>/dev/null || echo ?)"))
       .. (trim(capture("cd " .. shell_quote(ROOT) .. " && git status --porcelain -- src lua 2>/dev/null")) ~= ""
@@ -435,6 +455,75 @@ local function thousands(x)
   return (out:gsub("^,", ""))
 end
 
+-- The two targets measured against the plain libcurl program (minimal request).
+local function targets_vs_c(w, S, G)
+  local core, client = G.core.per_call / G.raw_curl.per_call, G.client.per_call / G.raw_curl.per_call
+  w("| sequential keep-alive calls/s: client ≥ 0.88 × C program | %.2f × (core: %.2f ×) | %s |",
+    S.client.ratio, S.core.ratio, met(S.client.ratio >= 0.88 and S.core.ratio >= 0.88))
+  w("| instructions per call ≤ 1.25 × C program | client %.2f ×, core %.2f × | %s |",
+    client, core, met(client <= 1.25 and core <= 1.25))
+end
+
+local function section_sequential(w, S)
+  w("## 1. Sequential keep-alive calls")
+  w("")
+  w("The same work for every client: `clear_cache` calls one after another against the local nginx, each")
+  w("answer read and decoded (`status == \"success\"` checked), after %d untimed warm-up calls. %d round(s),",
+    C.warmup, C.rounds)
+  w("each round runs every client once (in a rotating order); the table gives the median calls/s and the")
+  w("median of the per-round ratios to the C program (minimal request) of the same round.")
+  w("")
+  w("| client | calls per run | calls/s (median) | ratio to C | each round (calls/s) |")
+  w("|---|---:|---:|---:|---|")
+  for _, c in ipairs(CLIENTS) do
+    local s = S[c.id]
+    local each = {}
+    for i, v in ipairs(s.rates) do each[i] = num(v) end
+    w("| %s | %s | %s | %.3f | %s |", c.label, thousands(s.n), thousands(s.median), s.ratio, concat(each, ", "))
+  end
+  w("")
+end
+
+local function section_callgrind(w, G)
+  w("## 2. Instructions per call (callgrind)")
+  w("")
+  w("`valgrind --tool=callgrind` on the client process alone, run with %d and %d calls (after the same",
+    C.cg_small, C.cg_large)
+  w("%d warm-up calls); instructions per call = (Ir(%d) − Ir(%d)) / %d, so start-up cancels.",
+    C.warmup, C.cg_large, C.cg_small, C.cg_large - C.cg_small)
+  w("")
+  w("| client | Ir (%d calls) | Ir (%d calls) | instructions per call | ratio to C |", C.cg_small, C.cg_large)
+  w("|---|---:|---:|---:|---:|")
+  for _, id in ipairs(CG_IDS) do
+    w("| %s | %s | %s | %s | %.2f |", label(id), thousands(G[id].small), thousands(G[id].large),
+      thousands(G[id].per_call), G[id].per_call / G.raw_curl.per_call)
+  end
+  w("")
+  w("Request-shape cost (cachectl's headers and User-Agent, sent by plain libcurl): %s instructions per call"
+    .. " (the C program with it: %.2f × the minimal request).",
+    thousands(G.raw_curl_shaped.per_call - G.raw_curl.per_call), G.raw_curl_shaped.per_call / G.raw_curl.per_call)
+  w("")
+end
+
+-- The report of --compare: the machine, the two targets, sections 1 and 2.
+local function compare_report(R)
+  local L = {}
+  local function w(...) L[#L + 1] = format(...) end
+  local M = R.machine
+  w("# cachectl against plain libcurl%s", SMOKE and " (SMOKE RUN: figures meaningless)" or "")
+  w("")
+  w("`bench/run.lua --compare` on %s, commit `%s`, libcurl %s, %s, load at start %s, pinned to CPU %s.",
+    M.date, M.commit, M.curl, M.lua, M.load, CPU)
+  w("")
+  w("| target | measured | |")
+  w("|---|---|---|")
+  targets_vs_c(w, R.seq, R.cg)
+  w("")
+  section_sequential(w, R.seq)
+  section_callgrind(w, R.cg)
+  return concat(L, "\n")
+end
+
 local function report(R)
   local L = {}
   local function w(...) L[#L + 1] = format(...) end
@@ -443,8 +532,6 @@ local function report(R)
   for _, b in ipairs(B) do if b.c == 32 then batch32 = b end end
   local soak = R.soak_nginx
   local growth = (soak.rss_after_kib - soak.rss_before_kib) / 1024
-  local cg_ratio_core = G.core.per_call / G.raw_curl.per_call
-  local cg_ratio_client = G.client.per_call / G.raw_curl.per_call
 
   w("# cachectl benchmark results%s", SMOKE and " (SMOKE RUN: tiny counts, figures meaningless)" or "")
   w("")
@@ -470,14 +557,11 @@ local function report(R)
   w("")
   w("| target | measured | |")
   w("|---|---|---|")
-  w("| sequential keep-alive calls/s: client ≥ 0.85 × C program | %.2f × (core: %.2f ×) | %s |",
-    S.client.ratio, S.core.ratio, met(S.client.ratio >= 0.85 and S.core.ratio >= 0.85))
+  targets_vs_c(w, S, G)
   local vs_socket_client = S.client.median / S.socket_http.median
   local vs_socket_core = S.core.median / S.socket_http.median
   w("| sequential keep-alive calls/s: client ≥ 3 × socket.http | %.1f × (core: %.1f ×) | %s |",
     vs_socket_client, vs_socket_core, met(vs_socket_client >= 3 and vs_socket_core >= 3))
-  w("| instructions per call ≤ 1.3 × C program | client %.2f ×, core %.2f × | %s |",
-    cg_ratio_client, cg_ratio_core, met(cg_ratio_client <= 1.3 and cg_ratio_core <= 1.3))
   if batch32 then
     w("| batch of %d at concurrency 32 within 1.25 × ideal | %.2f × | %s |", batch32.n, batch32.ratio,
       met(batch32.ratio <= 1.25))
@@ -488,44 +572,13 @@ local function report(R)
   w("")
   w("A target is met only when both cachectl rows (the C module called directly and the client) meet it.")
   w("")
-  w("## 1. Sequential keep-alive calls")
-  w("")
-  w("The same work for every client: `clear_cache` calls one after another against the local nginx, each")
-  w("answer read and decoded (`status == \"success\"` checked), after %d untimed warm-up calls. %d round(s),",
-    C.warmup, C.rounds)
-  w("each round runs every client once (in a rotating order); the table gives the median calls/s and the")
-  w("median of the per-round ratios to the C program of the same round.")
-  w("")
-  w("| client | calls per run | calls/s (median) | ratio to C | each round (calls/s) |")
-  w("|---|---:|---:|---:|---|")
-  for _, c in ipairs(CLIENTS) do
-    local s = S[c.id]
-    local each = {}
-    for i, v in ipairs(s.rates) do each[i] = num(v) end
-    w("| %s | %s | %s | %.3f | %s |", c.label, thousands(s.n), thousands(s.median), s.ratio, concat(each, ", "))
-  end
-  w("")
+  section_sequential(w, S)
   w("- The C program reuses one easy handle and reads the body into a buffer; it does **not** decode the JSON,")
   w("  so it is a lower bound on the work, not the same work.")
   w("- `socket.http` opens a new connection for every call (it sends `Connection: close`); `curl` via")
   w("  `io.popen` starts a shell and a process per call. Those are what these alternatives do out of the box.")
   w("")
-  w("## 2. Instructions per call (callgrind)")
-  w("")
-  w("`valgrind --tool=callgrind` on the client process alone, run with %d and %d calls (after the same",
-    C.cg_small, C.cg_large)
-  w("%d warm-up calls); instructions per call = (Ir(%d) − Ir(%d)) / %d, so start-up cancels.",
-    C.warmup, C.cg_large, C.cg_small, C.cg_large - C.cg_small)
-  w("")
-  w("| client | Ir (%d calls) | Ir (%d calls) | instructions per call | ratio to C |", C.cg_small, C.cg_large)
-  w("|---|---:|---:|---:|---:|")
-  for _, id in ipairs({ "core", "client", "raw_curl" }) do
-    local g
-    for _, c in ipairs(CLIENTS) do if c.id == id then g = c.label end end
-    w("| %s | %s | %s | %s | %.2f |", g, thousands(G[id].small), thousands(G[id].large),
-      thousands(G[id].per_call), G[id].per_call / G.raw_curl.per_call)
-  end
-  w("")
+  section_callgrind(w, G)
   w("### Where the instructions of one call go")
   w("")
   w("Per call, from the same two runs: each function's Ir(%d) − Ir(%d), divided by %d, so start-up",
@@ -665,6 +718,12 @@ local function main()
   local ok, err = pcall(function()
     R.machine = machine()
     ng = nginx_start()
+    if COMPARE then
+      log("nginx on port %d (pid %d); comparison with plain libcurl", ng.port, ng.pid)
+      R.seq = bench_sequential(ng)
+      R.cg = bench_callgrind(ng, dir)
+      return
+    end
     log("nginx on port %d (pid %d); mock starting", ng.port, ng.pid)
     m = mock_start()
     log("mock at %s (pid %d)", m.url, m.pid)
@@ -690,7 +749,7 @@ local function main()
     log("bench: FAILED: %s", tostring(err))
     os.exit(1)
   end
-  local text = report(R)
+  local text = COMPARE and compare_report(R) or report(R)
   local f = assert(io.open(OUT, "w"))
   f:write(text)
   f:close()

@@ -21,3 +21,8 @@ lua5.4 examples/clear_cache.lua
 lua5.4 examples/clear_queue.lua
 lua5.4 examples/clear_queue.lua video
 lua5.4 examples/reset_cache.lua 1b4e28ba-2fa1-11d2-883f-0016d3cca427 daily hourly "weekly reports"
+lua5.4 examples/policies.lua Sales
+lua5.4 examples/policies.lua 3f2504e0-4f89-41d3-9a0c-0305e82c3301 "weekly report"
+status=0
+lua5.4 examples/policies.lua Sales dialy || status=$?
+[ "$status" -eq 2 ] || { echo "the misspelled policy 'dialy' was not refused (exit $status)" >&2; exit 1; }

@@ -1,11 +1,27 @@
--- Specs of the mock server itself (lua/cachectl/mock.lua), driven with raw LuaSocket.
+-- Specs of the mock server itself (lua/cachectl/mock/), driven with raw LuaSocket.
 local socket = require "socket"
 local cjson = require "cjson"
 local mock = require "cachectl.mock"
 local server = require "support.mock_server"
+local helpers = require "support.helpers"
 
 local MODEL = "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b"
+local MISSING = "00000000-0000-0000-0000-000000000000"
 local JSON = { ["Content-Type"] = "application/json" }
+
+-- The default models, in the order the list answers them (docs/mock.md).
+local SALES = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+local FINANCE = "6ba7b811-9dad-11d1-80b4-00c04fd430c8"
+local FINANCE_BRANCH = "6ba7b813-9dad-11d1-80b4-00c04fd430c8"
+local FORBIDDEN = "6ba7b814-9dad-11d1-80b4-00c04fd430c8"
+local DEFAULT_MODELS = {
+  { SALES, "Sales", "SHARED" },
+  { "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "Marketing", "SHARED" },
+  { FINANCE, "Finance", "SHARED" },
+  { FINANCE_BRANCH, "Finance", "BRANCH" },
+  { "6ba7b812-9dad-11d1-80b4-00c04fd430c8", "Empty", "SCHEMA" },
+  { FORBIDDEN, "Forbidden", "SHARED" },
+}
 
 local function decode(body)
   local ok, v = pcall(cjson.decode, body)
@@ -14,8 +30,9 @@ end
 
 local function connect(url)
   local host, port = url:match("^https?://([^:/]+):(%d+)")
-  local c = assert(socket.connect(host, tonumber(port)))
+  local c = assert(socket.tcp())
   c:settimeout(5)
+  assert(c:connect(host, tonumber(port)))
   return c
 end
 
@@ -72,7 +89,21 @@ local function clear_cache(srv, key)
   return modelslab(srv, "/v5/clear_cache", key)
 end
 
-local succeeds = require("support.helpers").succeeds
+-- A GET with a Bearer token (none when token is nil).
+local function get(srv, path, token)
+  return request(srv.url, "GET", path, token and { Authorization = "Bearer " .. token } or {})
+end
+
+-- Sends raw bytes on a new connection and reads one response.
+local function raw(url, data)
+  local c = connect(url)
+  assert(c:send(data))
+  local res, err = read_response(c)
+  c:close()
+  return res, err
+end
+
+local succeeds, sh_quote = helpers.succeeds, helpers.sh_quote
 
 local function process_alive(pid)
   return succeeds("kill -0 " .. pid .. " 2>/dev/null")
@@ -177,8 +208,9 @@ describe("cachectl.mock", function()
 
   describe("Omni cache_reset", function()
     it("resets a cache and decodes the policy name", function()
-      local before = os.time()
+      local before = os.date("!%Y-%m-%dT%H:%M:%SZ")
       local res = omni(srv, MODEL, "team%2Fa%3Fb%23c%25d%20e%C3%A9", "tok")
+      local after = os.date("!%Y-%m-%dT%H:%M:%SZ")
       assert.equals(200, res.status)
       assert.is_true(res.json.success)
       local r = res.json.cache_reset
@@ -189,7 +221,8 @@ describe("cachectl.mock", function()
       assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", r.created_at)
       assert.equals(r.created_at, r.updated_at)
       assert.equals(r.created_at, r.reset_at)
-      assert.is_true(os.time() - before < 5)
+      -- the same format sorts as text in time order
+      assert.is_true(before <= r.created_at and r.created_at <= after)
     end)
 
     it("echoes resetAt and accepts {}, an empty body and an upper-case UUID", function()
@@ -300,6 +333,21 @@ describe("cachectl.mock", function()
       assert.equals('{"key":"k"}', srv:requests()[2].body)
     end)
 
+    it("reads a request that arrives one byte at a time", function()
+      local c = connect(srv.url)
+      c:setoption("tcp-nodelay", true)
+      local req = "POST /v5/clear_cache HTTP/1.1\r\nContent-Type: application/json\r\n"
+        .. "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"key\r\n6\r\n\":\"k\"}\r\n0\r\n\r\n"
+      for i = 1, #req do
+        assert(c:send(req:sub(i, i)))
+        socket.sleep(0.001)
+      end
+      local res = read_response(c)
+      c:close()
+      assert.equals(200, res.status)
+      assert.equals('{"key":"k"}', srv:requests()[1].body)
+    end)
+
     it("answers a malformed request with 400 and closes", function()
       local c = connect(srv.url)
       assert(c:send("BLAH\r\n\r\n"))
@@ -314,19 +362,21 @@ describe("cachectl.mock", function()
       assert.equals(200, clear_cache(srv, "still-alive").status)
     end)
 
-    it("does not let a held request delay another connection", function()
+    it("does not let a held or stalled request delay another connection", function()
       local held = connect(srv.url)
-      send_request(held, "POST", "/v5/clear_cache", JSON, '{"key":"k hold=2"}')
+      send_request(held, "POST", "/v5/clear_cache", JSON, '{"key":"k hold=30"}')
       local stalled = connect(srv.url)
       assert(stalled:send("POST /v5/clear_cache HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"ke"))
-      local t0 = socket.gettime()
       assert.equals(200, clear_cache(srv, "quick").status)
-      assert.is_true(socket.gettime() - t0 < 1.0)
-      local res = read_response(held)
-      assert.equals(200, res.status)
-      assert.is_true(socket.gettime() - t0 > 1.7)
+      -- answered while the held request still waits for its answer
+      held:settimeout(0)
+      assert.same({ nil, "timeout", "" }, { held:receive("*l") })
       held:close()
       stalled:close()
+      local log = srv:requests()
+      assert.equals(2, #log)
+      assert.equals('{"key":"k hold=30"}', log[1].body)
+      assert.equals('{"key":"quick"}', log[2].body)
     end)
   end)
 
@@ -391,10 +441,14 @@ describe("cachectl.mock", function()
         if k then headers[k:lower()] = v end
       until line == ""
       assert.equals("200", headers["content-length"])
-      local t0 = socket.gettime()
-      assert.equals("{\"", c:receive(2))
+      -- within a second only the first bytes have come, one at a time
+      c:settimeout(1)
+      local data, err, partial = c:receive(200)
       c:close()
-      assert.is_true(socket.gettime() - t0 > 0.8)
+      assert.is_nil(data)
+      assert.equals("timeout", err)
+      assert.is_true(#partial >= 1 and #partial < 200, #partial .. " bytes")
+      assert.equals(partial, ('{"status":"success"'):sub(1, #partial))
     end)
 
     it("answers 429 variants", function()
@@ -475,10 +529,17 @@ describe("cachectl.mock", function()
     end)
 
     it("holds, then answers with the fault", function()
-      local t0 = socket.gettime()
-      local res = clear_cache(srv, "k hold=0.3 fault=504")
+      local held = connect(srv.url)
+      send_request(held, "POST", "/v5/clear_cache", JSON, '{"key":"k hold=2 fault=504"}')
+      local other = clear_cache(srv, "other")
+      held:settimeout(0)
+      local early = { held:receive("*l") }
+      held:settimeout(5)
+      local res = read_response(held)
+      held:close()
+      assert.equals(200, other.status)
+      assert.same({ nil, "timeout", "" }, early)
       assert.equals(504, res.status)
-      assert.is_true(socket.gettime() - t0 >= 0.3)
     end)
   end)
 
@@ -514,6 +575,617 @@ describe("cachectl.mock", function()
       assert.same({}, srv:requests())
       local res = request(srv.url, "POST", "/_mock/reset")
       assert.same({ ok = true }, res.json)
+    end)
+  end)
+
+  describe("ModelsLab enterprise products", function()
+    local ACTIONS = {
+      clear_queue = "Queue cleared successfully", clear_cache = "Cache cleared successfully",
+      restart_server = "Server restart initiated successfully", update_server = "Server update initiated successfully",
+      system_details = "System details fetched successfully",
+    }
+
+    it("serves any slug of [a-z0-9_-], 1 to 64 characters, for every action", function()
+      local slugs = { "face_gen", "image_to_video_ultra", "super-resolution", "z_image_turbo", "nano_banana",
+                      "x", string.rep("a", 64) }
+      for _, slug in ipairs(slugs) do
+        for action, message in pairs(ACTIONS) do
+          local res = modelslab(srv, "/api/v1/enterprise/" .. slug .. "/" .. action, "k-1")
+          assert.equals(200, res.status, slug .. "/" .. action)
+          assert.equals(message, res.json.message)
+        end
+      end
+      for _, slug in ipairs({ string.rep("a", 65), "Face_gen", "face.gen", "face%20gen" }) do
+        local res = modelslab(srv, "/api/v1/enterprise/" .. slug .. "/clear_queue", "k-1")
+        assert.equals(400, res.status, slug)
+        assert.equals("invalid_product", res.json.error_code)
+      end
+    end)
+
+    it("serves the product-less server for every action", function()
+      for action, message in pairs(ACTIONS) do
+        local res = modelslab(srv, "/api/v1/enterprise/" .. action, "k-1")
+        assert.equals(200, res.status, action)
+        assert.same("success", res.json.status)
+        assert.equals(message, res.json.message)
+      end
+      local res = modelslab(srv, "/api/v1/enterprise/system_details", "k-1")
+      assert.is_nil(res.json.details.product)
+      assert.equals(404, modelslab(srv, "/api/v1/enterprise/3d", "k-1").status)
+      assert.equals(401, modelslab(srv, "/api/v1/enterprise/clear_queue", "bad").status)
+      local log = srv:requests()
+      assert.equals("/api/v1/enterprise/clear_queue", log[#log].path)
+    end)
+
+    it("records deploy_type with the body and echoes it in system_details", function()
+      local body = { key = "k-1", deploy_type = "flux_2_dev" }
+      local res = modelslab(srv, "/api/v1/enterprise/flux/system_details", body)
+      assert.same({ product = "flux", deploy_type = "flux_2_dev", status = "running", gpu = "mock-gpu",
+                    queue_length = 0 }, res.json.details)
+      assert.equals(200, modelslab(srv, "/api/v1/enterprise/flux/clear_queue", body).status)
+      local log = srv:requests()
+      assert.equals("/api/v1/enterprise/flux/clear_queue", log[2].path)
+      assert.same(body, cjson.decode(log[2].body))
+      for _, bad in ipairs({ "Flux 2", "", 42, string.rep("d", 65) }) do
+        res = modelslab(srv, "/api/v1/enterprise/flux/clear_queue", { key = "k", deploy_type = bad })
+        assert.equals(400, res.status)
+        assert.equals("invalid_deploy_type", res.json.error_code)
+      end
+    end)
+  end)
+
+  describe("Omni error shapes", function()
+    it("answers {detail, status} on the model list and YAML, and 422 as {error}", function()
+      local res = get(srv, "/api/v1/models")
+      assert.equals(401, res.status)
+      assert.same({ detail = "Invalid or missing bearer token", status = 401 }, res.json)
+      res = get(srv, "/api/v1/models/" .. MISSING .. "/yaml", "tok")
+      assert.equals(404, res.status)
+      assert.same({ detail = "Model " .. MISSING .. " not found", status = 404 }, res.json)
+      res = get(srv, "/api/v1/models/" .. FORBIDDEN .. "/yaml", "tok")
+      assert.equals(403, res.status)
+      assert.same({ detail = "Permission denied", status = 403 }, res.json)
+      res = get(srv, "/api/v1/models?pageSize=0", "tok")
+      assert.equals(422, res.status)
+      assert.same({ error = "pageSize must be a positive integer" }, res.json)
+      res = request(srv.url, "POST", "/api/v1/models", { Authorization = "Bearer tok" }, "{}")
+      assert.equals(405, res.status)
+      assert.equals("GET", res.headers.allow)
+      assert.same({ detail = "Method not allowed", status = 405 }, res.json)
+    end)
+
+    it("switches the shape of one request with shape= in the token", function()
+      local res = omni(srv, MODEL, "p", "bad shape=detail", "{}")
+      assert.same({ detail = "Invalid or missing bearer token", status = 401 }, res.json)
+      res = omni(srv, MISSING, "p", "tok shape=detail", "{}")
+      assert.same({ detail = "Model with id " .. MISSING .. " does not exist", status = 404 }, res.json)
+      res = get(srv, "/api/v1/models/" .. MISSING .. "/yaml", "tok shape=error")
+      assert.same({ error = "404", message = "Model " .. MISSING .. " not found" }, res.json)
+      res = get(srv, "/api/v1/models?pageSize=x", "tok shape=error")
+      assert.same({ error = "422", message = "pageSize must be a positive integer" }, res.json)
+      res = get(srv, "/api/v1/models", "t shape=detail fault=503")
+      assert.same({ detail = "Service unavailable", status = 503 }, res.json)
+      res = get(srv, "/api/v1/models", "t fault=429_retry_after_body")
+      assert.same({ detail = "Too many requests", status = 429, retry_after = 1 }, res.json)
+    end)
+
+    it("sets one shape for every endpoint with omni_error_shape", function()
+      local detail = mock.start({ omni_error_shape = "detail" })
+      local reset = omni(detail, MODEL, "p", nil, "{}")
+      detail:stop()
+      local shaped = mock.start({ omni_error_shape = "error" })
+      local yaml = get(shaped, "/api/v1/models/" .. MISSING .. "/yaml", "tok")
+      local list = get(shaped, "/api/v1/models?modelKind=TABLE", "tok")
+      shaped:stop()
+      assert.same({ detail = "Invalid or missing bearer token", status = 401 }, reset.json)
+      assert.same({ error = "404", message = "Model " .. MISSING .. " not found" }, yaml.json)
+      assert.equals(422, list.status)
+      assert.equals("422", list.json.error)
+      assert.matches("^modelKind must be one of", list.json.message)
+    end)
+
+    it("refuses a bad option before starting", function()
+      for _, opts in ipairs({ { omni_error_shape = "xml" }, { omni_rate_limit = 0 }, { omni_rate_limit_per = 0 },
+                              { page_size = 1.5 }, { max_body = -1 }, { max_connections = 1001 } }) do
+        local ok, err = pcall(mock.start, opts)
+        assert.is_false(ok)
+        local name = next(opts)
+        assert.matches("cachectl.mock: " .. name, err, 1, true)
+      end
+    end)
+  end)
+
+  describe("Omni rate limit", function()
+    it("answers 429 past the limit, with Retry-After until a slot frees, per token", function()
+      local limited = mock.start({ omni_rate_limit = 2, omni_rate_limit_per = 5 })
+      local codes = {}
+      for i = 1, 3 do codes[i] = omni(limited, MODEL, "p", "tok", "{}").status end
+      local res = omni(limited, MODEL, "p", "tok", "{}")
+      local list = get(limited, "/api/v1/models", "tok")
+      local other = omni(limited, MODEL, "p", "other", "{}")
+      limited:reset()
+      local after_reset = omni(limited, MODEL, "p", "tok", "{}")
+      limited:stop()
+      assert.same({ 200, 200, 429 }, codes)
+      assert.same({ error = "429", message = "Too many requests" }, res.json)
+      local wait = tonumber(res.headers["retry-after"])
+      assert.is_true(wait >= 1 and wait <= 5, "Retry-After " .. tostring(wait))
+      assert.equals(429, list.status)
+      assert.same({ detail = "Too many requests", status = 429 }, list.json)
+      assert.equals(200, other.status)
+      assert.equals(200, after_reset.status)
+    end)
+
+    it("is a sliding window that a client keeping the same window never trips", function()
+      local limited = mock.start({ omni_rate_limit = 2, omni_rate_limit_per = 1 })
+      -- connections opened beforehand: a start is only the sending of the request
+      local conns = {}
+      for i = 1, 6 do conns[i] = connect(limited.url) end
+      local starts, codes = {}, {}
+      for i = 1, 6 do
+        if i > 2 then
+          local wait = starts[i - 2] + 1 - socket.gettime()
+          if wait > 0 then socket.sleep(wait) end
+        end
+        starts[i] = socket.gettime()
+        send_request(conns[i], "POST", "/v1/models/" .. MODEL .. "/cache_reset/p",
+          { ["Content-Type"] = "application/json", Authorization = "Bearer tok" }, "{}")
+        codes[i] = read_response(conns[i]).status
+        conns[i]:close()
+      end
+      local log = limited:requests()
+      limited:stop()
+      assert.same({ 200, 200, 200, 200, 200, 200 }, codes)
+      -- on the server's own clock, no two requests before another within per minus the 50 ms grace
+      assert.equals(6, #log)
+      for i = 3, #log do assert.is_true(log[i].at - log[i - 2].at > 0.95, "window at " .. i) end
+    end)
+  end)
+
+  describe("Omni model list", function()
+    local function ids(records)
+      local out = {}
+      for i, r in ipairs(records) do out[i] = r.id end
+      return out
+    end
+
+    it("lists the default models two to a page, following nextCursor to the end", function()
+      local first = get(srv, "/api/v1/models", "tok")
+      assert.equals(200, first.status)
+      assert.same({ hasNextPage = true, nextCursor = FINANCE, pageSize = 2, totalRecords = 6 }, first.json.pageInfo)
+      local seen, pages, cursor = {}, 0, nil
+      repeat
+        local res = get(srv, "/api/v1/models" .. (cursor and ("?cursor=" .. cursor) or ""), "tok")
+        pages = pages + 1
+        for _, r in ipairs(res.json.records) do seen[#seen + 1] = { r.id, r.name, r.modelKind } end
+        cursor = res.json.pageInfo.hasNextPage and res.json.pageInfo.nextCursor or nil
+        if not cursor then assert.equals(cjson.null, res.json.pageInfo.nextCursor) end
+      until not cursor
+      assert.equals(3, pages)
+      assert.same(DEFAULT_MODELS, seen)
+    end)
+
+    it("answers the records with the fields of the OpenAPI document", function()
+      local res = get(srv, "/api/v1/models?name=Finance&modelKind=BRANCH", "tok")
+      assert.equals(1, #res.json.records)
+      local r = res.json.records[1]
+      assert.same({ "baseModelId", "connectionId", "createdAt", "deletedAt", "id", "modelKind", "name", "updatedAt" },
+        (function() local keys = {} for k in pairs(r) do keys[#keys + 1] = k end table.sort(keys) return keys end)())
+      assert.equals(FINANCE_BRANCH, r.id)
+      assert.equals(FINANCE, r.baseModelId)
+      assert.equals(cjson.null, r.deletedAt)
+      assert.matches("^%d%d%d%d%-%d%d%-%d%dT", r.createdAt)
+    end)
+
+    it("filters by exact name and by kind, and pages by pageSize", function()
+      assert.same({ FINANCE, FINANCE_BRANCH }, ids(get(srv, "/api/v1/models?name=Finance", "tok").json.records))
+      for _, name in ipairs({ "finance", "Fin", "Finance%20" }) do
+        local res = get(srv, "/api/v1/models?name=" .. name, "tok")
+        assert.equals(200, res.status)
+        assert.matches('"records":[]', res.body, 1, true)
+        assert.equals(0, res.json.pageInfo.totalRecords)
+      end
+      assert.same({ DEFAULT_MODELS[5][1] }, ids(get(srv, "/api/v1/models?modelKind=SCHEMA", "tok").json.records))
+      local res = get(srv, "/api/v1/models?pageSize=10", "tok")
+      assert.equals(6, #res.json.records)
+      assert.is_false(res.json.pageInfo.hasNextPage)
+      res = get(srv, "/api/v1/models?pageSize=4&cursor=" .. DEFAULT_MODELS[2][1], "tok")
+      assert.same({ DEFAULT_MODELS[2][1], FINANCE, FINANCE_BRANCH, DEFAULT_MODELS[5][1] }, ids(res.json.records))
+      assert.equals(FORBIDDEN, res.json.pageInfo.nextCursor)
+      srv:define_models({ { id = "11111111-2222-4333-8444-555555555555", name = "Weekly Sales+EU" } })
+      for _, q in ipairs({ "Weekly%20Sales%2BEU", "Weekly+Sales%2BEU" }) do
+        assert.same({ "11111111-2222-4333-8444-555555555555" },
+          ids(get(srv, "/api/v1/models?name=" .. q, "tok").json.records))
+      end
+    end)
+
+    it("hides deleted models unless includeDeleted", function()
+      local gone = "22222222-2222-4333-8444-555555555555"
+      srv:define_models({ { id = gone, name = "Old", deleted = true } })
+      assert.equals(6, get(srv, "/api/v1/models", "tok").json.pageInfo.totalRecords)
+      for _, yes in ipairs({ "true", "1" }) do
+        local res = get(srv, "/api/v1/models?name=Old&includeDeleted=" .. yes, "tok")
+        assert.same({ gone }, ids(res.json.records))
+        assert.is_string(res.json.records[1].deletedAt)
+      end
+      assert.equals(0, get(srv, "/api/v1/models?name=Old&includeDeleted=false", "tok").json.pageInfo.totalRecords)
+      assert.equals(404, get(srv, "/api/v1/models/" .. gone .. "/yaml", "tok").status)
+    end)
+
+    it("refuses a bad query with 422, an unknown cursor with 400", function()
+      for _, q in ipairs({ "pageSize=0", "pageSize=-1", "pageSize=abc", "pageSize=1.5", "modelKind=TABLE",
+                           "includeDeleted=maybe", "modelId=nope" }) do
+        local res = get(srv, "/api/v1/models?" .. q, "tok")
+        assert.equals(422, res.status, q)
+        assert.is_string(res.json.error)
+      end
+      local res = get(srv, "/api/v1/models?cursor=nope", "tok")
+      assert.same({ detail = "Invalid cursor", status = 400 }, res.json)
+      res = get(srv, "/api/v1/models?name=%zz", "tok")
+      assert.equals(400, res.status)
+    end)
+
+    it("records the GETs like any API request", function()
+      local path = "/api/v1/models?name=Sales&modelKind=SHARED&pageSize=5&cursor=" .. SALES .. "&includeDeleted=false"
+      assert.equals(200, get(srv, path, "tok-log").status)
+      local yaml = "/api/v1/models/" .. SALES .. "/yaml?fileName=model.yaml&mode=combined&fullyResolved=true"
+      assert.equals(200, get(srv, yaml, "tok-log").status)
+      local log = srv:requests()
+      assert.equals(2, #log)
+      assert.equals("GET", log[1].method)
+      assert.equals(path, log[1].path)
+      assert.equals("Bearer tok-log", log[1].headers.authorization)
+      assert.equals("", log[1].body)
+      assert.equals(yaml, log[2].path)
+      assert.is_number(log[2].at)
+      assert.is_true(log[2].at >= log[1].at)
+    end)
+
+    it("takes its default page size from page_size", function()
+      local paged = mock.start({ page_size = 4 })
+      local res = get(paged, "/api/v1/models", "tok")
+      paged:stop()
+      assert.equals(4, #res.json.records)
+      assert.equals(4, res.json.pageInfo.pageSize)
+    end)
+  end)
+
+  describe("Omni model YAML", function()
+    local function yaml_of(id, query, token)
+      return get(srv, "/api/v1/models/" .. id .. "/yaml" .. (query or ""), token or "tok")
+    end
+
+    it("serves Sales' model.yaml as a real model file: comments, quoted names, anchors, multi-line", function()
+      local res = yaml_of(SALES, "?fileName=model.yaml&mode=combined&fullyResolved=true")
+      assert.equals(200, res.status)
+      assert.is_number(res.json.version)
+      local text = res.json.files["model.yaml"]
+      assert.same({ "model.yaml" }, (function() local k = {} for n in pairs(res.json.files) do k[#k + 1] = n end
+        return k end)())
+      assert.matches("\n%s*#", text)
+      assert.matches('\n  "weekly report":', text, 1, true)
+      assert.matches("&standard", text, 1, true)
+      assert.matches("*standard", text, 1, true)
+      assert.matches("ai_context: |\n", text, 1, true)
+      local ok, lyaml = pcall(require, "lyaml")
+      if not ok then return pending("lyaml (Debian lua-yaml) is not installed: the YAML was not parsed") end
+      local doc = lyaml.load(text)
+      assert.same({
+        daily = { max_cache_age = "24 hours", filter_suggestions_must_obey_policy = true },
+        hourly = { max_cache_age = "1 hour" },
+        ["weekly report"] = { max_cache_age = "7 days", filter_suggestions_must_obey_policy = true },
+      }, doc.cache_policies)
+      assert.equals("daily", doc.default_cache_policy)
+      assert.matches("^Orders and revenue.-\n.-refunds%.\n$", doc.ai_context)
+    end)
+
+    it("declares the documented policies of every default model", function()
+      local ok, lyaml = pcall(require, "lyaml")
+      if not ok then return pending("lyaml (Debian lua-yaml) is not installed") end
+      local expected = {
+        ["6ba7b810-9dad-11d1-80b4-00c04fd430c8"] = { "nightly", { "nightly" } },
+        [FINANCE] = { "daily", { "daily" } },
+        [FINANCE_BRANCH] = { "daily", { "daily" } },
+      }
+      for id, want in pairs(expected) do
+        local doc = lyaml.load(yaml_of(id).json.files["model.yaml"])
+        local names = {}
+        for name in pairs(doc.cache_policies) do names[#names + 1] = name end
+        assert.same(want[2], names)
+        assert.equals(want[1], doc.default_cache_policy)
+      end
+      local empty = lyaml.load(yaml_of(DEFAULT_MODELS[5][1]).json.files["model.yaml"])
+      assert.is_table(empty)
+      assert.is_nil(empty.cache_policies)
+      assert.is_nil(empty.default_cache_policy)
+    end)
+
+    it("finds a model by an upper-case id and refuses an id that is not a UUID", function()
+      assert.equals(200, yaml_of(SALES:upper()).status)
+      local res = yaml_of("not-a-uuid")
+      assert.same({ detail = "modelId must be a UUID", status = 400 }, res.json)
+      assert.equals(401, yaml_of(SALES, nil, "bad-token").status)
+    end)
+
+    it("selects files by fileName: a name or a simple regular expression", function()
+      local id = "33333333-2222-4333-8444-555555555555"
+      srv:define_models({ { id = id, name = "Files", files = { ["model.yaml"] = "a: 1\n",
+        ["orders.view.yaml"] = "b: 2\n", ["orders.topic.yaml"] = "c: 3\n" } } })
+      local function names(query)
+        local out = {}
+        for name in pairs(yaml_of(id, query).json.files) do out[#out + 1] = name end
+        table.sort(out)
+        return out
+      end
+      assert.same({ "model.yaml", "orders.topic.yaml", "orders.view.yaml" }, names())
+      assert.same({ "orders.view.yaml" }, names("?fileName=orders.view.yaml"))
+      assert.same({ "orders.topic.yaml", "orders.view.yaml" }, names("?fileName=%5Eorders%5C..*"))
+      assert.same({ "orders.view.yaml" }, names("?fileName=view%5C.yaml%24"))
+      assert.same({}, names("?fileName=nothing"))
+      assert.matches('"files":{}', yaml_of(id, "?fileName=nothing").body, 1, true)
+    end)
+
+    it("checks mode, fullyResolved and branchId", function()
+      for _, mode in ipairs({ "combined", "extension", "staged", "merged", "history" }) do
+        assert.equals(200, yaml_of(SALES, "?mode=" .. mode).status, mode)
+      end
+      assert.equals(200, yaml_of(SALES, "?branchId=" .. FINANCE_BRANCH .. "&fullyResolved=false&mode=staged").status)
+      assert.equals(422, yaml_of(SALES, "?mode=bogus").status)
+      assert.equals(422, yaml_of(SALES, "?fullyResolved=maybe").status)
+      assert.equals(422, yaml_of(SALES, "?branchId=main").status)
+      local res = yaml_of(SALES, "?fullyResolved=true&mode=staged")
+      assert.same({ detail = "fullyResolved is only valid with mode=combined", status = 400 }, res.json)
+    end)
+  end)
+
+  describe("POST /_mock/models", function()
+    local MINE = "44444444-2222-4333-8444-555555555555"
+
+    it("adds and replaces models; reset restores the default set", function()
+      assert.equals(7, srv:define_models({ { id = MINE, name = "Mine", modelKind = "WORKBOOK",
+                                             yaml = "cache_policies:\n  a:\n    max_cache_age: 1 hour\n" } }))
+      local res = get(srv, "/api/v1/models?pageSize=10", "tok")
+      assert.equals(7, #res.json.records)
+      assert.same({ MINE, "Mine", "WORKBOOK" }, { res.json.records[7].id, res.json.records[7].name,
+                                                 res.json.records[7].modelKind })
+      -- the same id again replaces the model in place
+      assert.equals(7, srv:define_models({ { id = MINE:upper(), name = "Mine 2", version = 5, yaml = "x: 1\n" } }))
+      local yaml = get(srv, "/api/v1/models/" .. MINE .. "/yaml", "tok").json
+      assert.same({ files = { ["model.yaml"] = "x: 1\n" }, version = 5 }, yaml)
+      assert.equals(1, srv:define_models({ { id = MINE, name = "Only", forbidden = true } }, true))
+      res = get(srv, "/api/v1/models", "tok")
+      assert.same({ MINE }, { res.json.records[1].id })
+      assert.equals(403, get(srv, "/api/v1/models/" .. MINE .. "/yaml", "tok").status)
+      assert.equals(404, get(srv, "/api/v1/models/" .. SALES .. "/yaml", "tok").status)
+      srv:reset()
+      assert.equals(6, get(srv, "/api/v1/models", "tok").json.pageInfo.totalRecords)
+    end)
+
+    it("refuses a bad definition, naming the field, and changes nothing", function()
+      local cases = {
+        { "[]", "the body must be a JSON object" },
+        { '{"models": {"id": 1}}', "models must be an array" },
+        { '{"models": [{"id": "x", "name": "a"}]}', "models[1].id must be a UUID" },
+        { '{"models": [{"id": "' .. MINE .. '"}]}', "models[1].name must be a non-empty string" },
+        { '{"models": [{"id": "' .. MINE .. '", "name": "a", "modelKind": "TABLE"}]}', "models[1].modelKind" },
+        { '{"models": [{"id": "' .. MINE .. '", "name": "a", "yaml": 1}]}', "models[1].yaml must be a string" },
+        { '{"models": [{"id": "' .. MINE .. '", "name": "a", "colour": "red"}]}', "unknown field 'colour'" },
+        { '{"models": [], "replace": "yes"}', "replace must be true or false" },
+      }
+      for _, case in ipairs(cases) do
+        local res = request(srv.url, "POST", "/_mock/models", JSON, case[1])
+        assert.equals(400, res.status, case[1])
+        assert.matches(case[2], res.json.message, 1, true)
+      end
+      assert.has_error(function() srv:define_models({ { id = "x", name = "a" } }) end)
+      assert.equals(6, get(srv, "/api/v1/models", "tok").json.pageInfo.totalRecords)
+    end)
+  end)
+
+  describe("under abuse", function()
+    -- Sends a chunked request whose first chunk size line is `size_line`.
+    local function chunked(url, size_line, rest)
+      return raw(url, "POST /v5/clear_cache HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        .. "Transfer-Encoding: chunked\r\n\r\n" .. size_line .. "\r\n" .. (rest or ""))
+    end
+
+    it("answers a chunk size that does not fit with 413, a malformed one with 400, and stays up", function()
+      for _, size in ipairs({ "FFFFFFFFFFFFFFFF", "ffffffffffffffffffff", "100000000", "4000001" }) do
+        local res = chunked(srv.url, size)
+        assert.equals(413, res.status, size)
+        assert.equals("close", res.headers.connection)
+      end
+      for _, size in ipairs({ "zz", "-1", "5 x", "" }) do
+        assert.equals(400, chunked(srv.url, size).status, size)
+      end
+      -- leading zeros are not a size
+      local res = chunked(srv.url, "000000000000000b", '{"key":"k"}\r\n0\r\n\r\n')
+      assert.equals(200, res.status)
+      assert.equals(200, clear_cache(srv, "still-alive").status)
+      assert.equals(2, #srv:requests())
+    end)
+
+    it("answers a body over max_body with 413 before reading it", function()
+      local small = mock.start({ max_body = 100 })
+      local head = "POST /v5/clear_cache HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      local over = raw(small.url, head .. "Content-Length: 101\r\nExpect: 100-continue\r\n\r\n")
+      local huge = raw(small.url, head .. "Content-Length: 99999999999999999999999\r\n\r\n")
+      local chunks = raw(small.url, head .. "Transfer-Encoding: chunked\r\n\r\n3c\r\n" .. string.rep("x", 60)
+        .. "\r\n3c\r\n")
+      local body = '{"key":"k","pad":"' .. string.rep("x", 100 - 20) .. '"}'
+      local exact = raw(small.url, head .. "Content-Length: " .. #body .. "\r\n\r\n" .. body)
+      local count = #small:requests()
+      small:stop()
+      assert.equals(100, #body)
+      assert.equals(413, over.status)
+      assert.equals(413, huge.status)
+      assert.equals(413, chunks.status)
+      assert.equals(200, exact.status)
+      assert.equals(1, count)
+      local default = raw(srv.url, head .. "Content-Length: " .. (64 * 1024 * 1024 + 1) .. "\r\n\r\n")
+      assert.equals(413, default.status)
+    end)
+
+    it("answers over-long header lines with 431 and an over-long request line with 400", function()
+      local res = raw(srv.url, "GET / HTTP/1.1\r\nX-Big: " .. string.rep("a", 17 * 1024) .. "\r\n\r\n")
+      assert.equals(431, res.status)
+      local many = {}
+      for i = 1, 101 do many[i] = "X-H" .. i .. ": v" end
+      res = raw(srv.url, "GET / HTTP/1.1\r\n" .. table.concat(many, "\r\n") .. "\r\n\r\n")
+      assert.equals(431, res.status)
+      res = raw(srv.url, "GET /" .. string.rep("a", 17 * 1024) .. " HTTP/1.1\r\n\r\n")
+      assert.equals(400, res.status)
+      assert.equals(200, clear_cache(srv, "still-alive").status)
+    end)
+
+    it("serves other clients during a 60 MB upload, and reads the upload whole", function()
+      local body = '{"key":"upload","pad":"' .. string.rep("x", 60 * 1024 * 1024) .. '"}'
+      local up = connect(srv.url)
+      assert(up:send("POST /v5/clear_cache HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        .. "Content-Length: " .. #body .. "\r\n\r\n"))
+      -- Stream the upload as fast as the mock takes it; half-way, another
+      -- client sends a request, and its answer must come before the upload ends.
+      up:settimeout(0)
+      local quick, sent, sent_when_answered, answer = nil, 0, nil, nil
+      while sent < #body do
+        local last, err, partial = up:send(body, sent + 1)
+        sent = last or partial or sent
+        assert(last or err == "timeout", err)
+        if not quick and sent >= #body / 2 then
+          quick = connect(srv.url)
+          send_request(quick, "POST", "/v5/clear_cache", JSON, '{"key":"quick"}')
+        end
+        if quick and not answer and socket.select({ quick }, nil, 0)[quick] then
+          answer, sent_when_answered = read_response(quick), sent
+        end
+        if sent < #body then socket.select((quick and not answer) and { quick } or {}, { up }, 1) end
+      end
+      up:settimeout(30)
+      local res = read_response(up)
+      up:close()
+      quick:close()
+      assert.is_number(sent_when_answered, "the other request was answered only after the upload")
+      assert.is_true(sent_when_answered < #body)
+      assert.equals(200, answer.status)
+      assert.equals(200, res.status)
+      local log = srv:requests()
+      assert.equals(2, #log)
+      assert.equals('{"key":"quick"}', log[1].body)
+      assert.equals(#body, #log[2].body)
+      assert.equals(body, log[2].body)
+    end)
+
+    -- A separate process (its own descriptor limit) holds n connections open.
+    local HOLDER = [[
+local socket = require "socket"
+local host, port, n = arg[1], tonumber(arg[2]), tonumber(arg[3])
+local held = {}
+for i = 1, n do
+  local c, err = socket.tcp()
+  if c then c:settimeout(10); local ok; ok, err = c:connect(host, port); if not ok then c = nil end end
+  if not c then io.write("failed ", i, ": ", tostring(err), "\n"); io.flush(); os.exit(1) end
+  held[i] = c
+end
+io.write("open ", #held, "\n")
+io.flush()
+socket.sleep(600)
+]]
+
+    local function hold_connections(url, n)
+      local host, port = url:match("^http://([^:/]+):(%d+)")
+      local file = os.tmpname()
+      helpers.write_file(file, HOLDER)
+      local inner = "ulimit -n 4096 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec lua5.4 "
+        .. sh_quote(file) .. " " .. host .. " " .. port .. " " .. n
+      local proc = assert(io.popen("echo $$; exec sh -c " .. sh_quote(inner), "r"))
+      local pid = tonumber(proc:read("*l"))
+      local line = proc:read("*l") or ""
+      local stopped = false
+      return {
+        line = line,
+        stop = function()
+          if stopped then return end
+          stopped = true
+          os.execute("kill " .. pid .. " 2>/dev/null")
+          proc:close()
+          os.remove(file)
+        end,
+      }
+    end
+
+    it("keeps serving while a client holds more connections than select can watch", function()
+      local m = mock.start()
+      local holder = hold_connections(m.url, 1100)
+      finally(function()   -- one finally per test: busted keeps only the last
+        holder:stop()
+        m:stop()
+      end)
+      if holder.line ~= "open 1100" then
+        return pending("could not open 1100 sockets (" .. holder.line .. "): raise `ulimit -n` above 1200")
+      end
+      local res = clear_cache(m, "still-served")
+      assert.is_table(res, "no answer while 1100 connections are open")
+      assert.equals(200, res.status)
+      local stats = m:stats()
+      assert.equals(1, stats.requests)
+      assert.is_true(stats.open < 1000, stats.open .. " open")
+      holder:stop()
+      local open = helpers.eventually(function()
+        local n = m:stats().open
+        return n == 0, n
+      end, 250)
+      assert.equals(0, open)
+    end)
+    it("keeps serving when it runs out of descriptors (ulimit -n) first", function()
+      local m = mock.start({ lua = [[sh -c 'ulimit -n 40 && exec lua5.4 "$@"' sh]] })
+      local held = {}
+      finally(function()
+        for _, c in ipairs(held) do c:close() end
+        m:stop()
+      end)
+      for i = 1, 100 do held[i] = connect(m.url) end
+      local res = clear_cache(m, "still-served")
+      assert.is_table(res, "no answer while the mock is out of descriptors")
+      assert.equals(200, res.status)
+      assert.is_true(m:stats().open < 40)
+    end)
+  end)
+
+  describe("cachectl-mock command", function()
+    local function run(args)
+      local out, err = os.tmpname(), os.tmpname()
+      local ok, how, code = os.execute("LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
+        .. "LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' lua5.4 bin/cachectl-mock " .. args .. " >" .. out .. " 2>" .. err)
+      if type(ok) == "number" then code = ok / 256 elseif ok == true then code = 0 end
+      if how and how ~= "exit" then code = -1 end
+      local o, e = helpers.read_file(out), helpers.read_file(err)
+      os.remove(out)
+      os.remove(err)
+      return code, o, e
+    end
+
+    it("prints its help with every option", function()
+      local code, out = run("--help")
+      assert.equals(0, code)
+      for _, flag in ipairs({ "--host", "--port", "--omni-rate-limit", "--omni-rate-limit-per", "--omni-error-shape",
+                              "--page-size", "--max-body", "--max-connections", "--tls-cert", "--tls-key",
+                              "--exit-with-parent" }) do
+        assert.matches(flag, out, 1, true)
+      end
+    end)
+
+    it("exits 2 on bad usage, naming what is wrong", function()
+      local cases = {
+        { "--port x", "--port must be an integer" }, { "--port 70000", "--port must be an integer" },
+        { "--omni-rate-limit 0", "--omni-rate-limit must be" }, { "--omni-error-shape xml", "detail" },
+        { "--tls-cert a.pem", "--tls-cert and --tls-key go together" }, { "--bogus", "--bogus" },
+      }
+      for _, case in ipairs(cases) do
+        local code, out, err = run(case[1])
+        assert.equals(2, code, case[1])
+        assert.equals("", out)
+        assert.matches(case[2], err, 1, true)
+      end
     end)
   end)
 

@@ -1,71 +1,40 @@
 -- cachectl inside a real nginx (Debian's nginx + lua-nginx-module, LuaJIT):
 -- the webhook of examples/openresty, calls offloaded to a thread pool so the
--- worker keeps serving, bad input, misuse, and the rate limit shared by
--- workers through a lua_shared_dict. This file runs under Lua 5.4 like the
--- rest: it builds the LuaJIT module, writes nginx.conf into a temp folder,
--- starts nginx and the mock as processes and speaks HTTP with LuaSocket.
-local socket = require "socket"
+-- worker keeps serving, bad input, misuse, events, and the rate limit shared
+-- by workers through a lua_shared_dict or Redis. This file runs under Lua 5.4
+-- like the rest: it builds the LuaJIT module, writes nginx.conf into a temp
+-- folder, starts nginx, the mock (and Redis) as processes and speaks HTTP
+-- with LuaSocket. Windows are computed from the mock's arrival times.
 local cjson = require "cjson"
 local server = require "support.mock_server"
+local helpers = require "support.helpers"
+local nginx_server = require "support.nginx_server"
+
+local sh_quote, read_file, run, uid = helpers.sh_quote, helpers.read_file, helpers.succeeds, helpers.uid
+local send, send_on, receive, request = nginx_server.send, nginx_server.send_on, nginx_server.receive,
+  nginx_server.request
+local busiest_window = nginx_server.busiest_window
 
 local MODEL = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 local MISSING = "00000000-0000-0000-0000-000000000000"
-local HOLD = 2             -- seconds the mock holds the "slow" token's calls
-
-local function root_dir()
-  local p = assert(io.popen("pwd"))
-  local cwd = p:read("*l")
-  p:close()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  local dir = src:match("^(.*)/spec/[^/]*$") or "."
-  if dir:sub(1, 1) ~= "/" then dir = cwd .. "/" .. dir end
-  return (dir:gsub("/%./", "/"):gsub("/%.$", ""))
-end
-
-local helpers = require "support.helpers"
-local free_port, sh_quote, read_file, write_file, run =
-  helpers.free_port, helpers.sh_quote, helpers.read_file, helpers.write_file, helpers.succeeds
-
--- A process that is there and not a zombie.
-local function alive(pid)
-  local stat = read_file("/proc/" .. pid .. "/stat")
-  return stat ~= nil and not stat:match("^%d+ %b() Z")
-end
-
--- ---- HTTP/1.0 over LuaSocket: one request per connection, read to the end.
-
-local function send(port, method, path, body, headers)
-  local c = assert(socket.tcp())
-  c:settimeout(15)
-  assert(c:connect("127.0.0.1", port))
-  local lines = { method .. " " .. path .. " HTTP/1.0", "Host: 127.0.0.1" }
-  if body then
-    lines[#lines + 1] = "Content-Type: application/json"
-    lines[#lines + 1] = "Content-Length: " .. #body
-  end
-  for k, v in pairs(headers or {}) do lines[#lines + 1] = k .. ": " .. v end
-  assert(c:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. (body or "")))
-  return c
-end
-
-local function receive(c)
-  local all, err, partial = c:receive("*a")
-  c:close()
-  all = all or partial
-  assert(all and all ~= "", "no answer: " .. tostring(err))
-  local head, body = all:match("^(.-)\r\n\r\n(.*)$")
-  local res = { status = tonumber(head:match("^HTTP/%d%.%d (%d%d%d)")), headers = {}, body = body }
-  for k, v in head:gmatch("\r\n([^:\r\n]+):%s*([^\r\n]*)") do res.headers[k:lower()] = v end
-  if (res.headers["content-type"] or ""):find("json", 1, true) then res.json = cjson.decode(body) end
-  return res
-end
-
-local function request(port, method, path, body, headers)
-  return receive(send(port, method, path, body, headers))
-end
+local HOLD = 3             -- seconds the mock holds the "slow" token's calls
+-- Starts reserved `per` seconds apart may arrive at the mock a little less
+-- than `per` apart: each goes through a thread hop and a loopback connection
+-- whose latency varies. Arrivals closer than per - TOLERANCE share a window.
+local TOLERANCE = 0.05
 
 local function hook_body(model_id, policies)
   return cjson.encode{ model_id = model_id, policies = policies }
+end
+
+-- A Redis server for the fleet specs, when the fleet module and the harness
+-- are there (nil and the reason otherwise).
+local function start_redis()
+  if not pcall(require, "cachectl.fleet") then return nil, "cachectl.fleet has not landed" end
+  local ok, redis_server = pcall(require, "support.redis_server")
+  if not ok then return nil, "spec/support/redis_server.lua has not landed" end
+  if not run("command -v redis-server >/dev/null") then return nil, "redis-server is not installed" end
+  return redis_server.start{ password = helpers.secret("redis-pw") }
 end
 
 -- ---- nginx ---------------------------------------------------------------
@@ -90,10 +59,50 @@ M.slow = webhook.handler{ client = { token = getenv("CACHECTL_SLOW_TOKEN") } }
 M.blocking = webhook.handler{ client = { token = getenv("CACHECTL_SLOW_TOKEN"), thread_pool = false } }
 M.limited = webhook.handler{ client = { token = getenv("CACHECTL_LIMITED_TOKEN"),
   rate_limit = { requests = 2, per = 1, shared_dict = "cachectl_limits" } } }
+M.per_worker = webhook.handler{ client = { token = getenv("CACHECTL_PER_WORKER_TOKEN"),
+  rate_limit = { requests = 2, per = 1 } } }
+M.redis = webhook.handler{ client = { token = getenv("CACHECTL_REDIS_TOKEN"),
+  rate_limit = { requests = 2, per = 1, redis = getenv("CACHECTL_SPEC_REDIS_URL") } } }
 M.secret = webhook.handler{ secret = "hook-secret" }
 
 function M.keys()
   ngx.say(cjson.encode(ngx.shared.cachectl_limits:get_keys(0)))
+end
+
+local function fields(err)
+  if not err then return nil end
+  return { kind = err.kind, message = err.message, field = err.field, retry_after = err.retry_after,
+           attempts = err.attempts, line = tostring(err) }
+end
+
+-- POST /call {token, rate_limit, timeout, policies, raise, batch}: resets the
+-- policies one after another (or as one batch) with an on_event that records
+-- every event (and raises, with raise); answers the results, events and what
+-- was raised.
+function M.call()
+  ngx.req.read_body()
+  local spec = cjson.decode(ngx.req.get_body_data())
+  local out = { events = {}, results = {} }
+  local omni = cachectl.omni.new{ token = spec.token, rate_limit = spec.rate_limit, timeout = spec.timeout,
+    on_event = function(ev)
+      out.events[#out.events + 1] = ev
+      if spec.raise then error("on_event says no", 0) end
+    end }
+  local ok, why = pcall(function()
+    if spec.batch then
+      for i, item in ipairs(omni:reset_caches(UUID, spec.policies)) do
+        out.results[i] = { ok = item.result ~= nil, err = fields(item.err) }
+      end
+      return
+    end
+    for i, policy in ipairs(spec.policies) do
+      local res, err = omni:reset_cache(UUID, policy)
+      out.results[i] = { ok = res ~= nil, err = fields(err) }
+    end
+  end)
+  if not ok then out.raised = tostring(why) end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode(out))
 end
 
 -- A call made from the set phase, which cannot yield: the error it raises.
@@ -111,7 +120,7 @@ function M.misuse()
   local nodict = cachectl.omni.new{ rate_limit = { requests = 5, per = 1, shared_dict = "no_such_dict" } }
   out.dict = select(2, pcall(nodict.reset_cache, nodict, UUID, "daily"))
   local omni = cachectl.omni.new()
-  out.thread = select(2, pcall(omni.reset_cache, omni, UUID, "daily", { rate_limit = { requests = 5, burst = 2 } }))
+  out.option = select(2, pcall(omni.reset_cache, omni, UUID, "daily", { rate_limit = { requests = 5, burst = 2 } }))
   local res, err = omni:reset_cache(UUID, "daily",
     { rate_limit = { requests = 0, per = 1, shared_dict = "cachectl_limits" } })
   out.invalid = { res = res, kind = err and err.kind, field = err and err.field, line = tostring(err) }
@@ -122,7 +131,7 @@ function M.misuse()
     local r, e = cachectl.omni.new():reset_cache(UUID, "from-timer")
     done = r and r.cache_reset.policy_name or tostring(e)
   end))
-  for _ = 1, 200 do
+  for _ = 1, 400 do
     if done then break end
     ngx.sleep(0.025)
   end
@@ -132,8 +141,16 @@ end
 return M
 ]]
 
-local function nginx_conf(o)
-  return ([[
+-- nginx's environment. The Redis URL goes under a name of the spec's own: as
+-- $CACHECTL_REDIS_URL the Lua layer would make it every client's default.
+local ENV = { "OMNI_API_KEY", "OMNI_BASE_URL", "CACHECTL_SLOW_TOKEN", "CACHECTL_LIMITED_TOKEN",
+  "CACHECTL_PER_WORKER_TOKEN", "CACHECTL_REDIS_TOKEN", "CACHECTL_SPEC_REDIS_URL" }
+
+local function nginx_conf(root, workers)
+  return function(dir, port)
+    local env = {}
+    for i, name in ipairs(ENV) do env[i] = "env " .. name .. ";" end
+    return ([[
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
 daemon off;
@@ -141,11 +158,8 @@ master_process on;
 worker_processes %d;
 error_log %s/error.log notice;
 pid %s/nginx.pid;
-env OMNI_API_KEY;
-env OMNI_BASE_URL;
-env CACHECTL_SLOW_TOKEN;
-env CACHECTL_LIMITED_TOKEN;
-thread_pool cachectl threads=4;
+%s
+thread_pool cachectl threads=8;
 events { worker_connections 256; }
 http {
     access_log off;
@@ -157,16 +171,23 @@ http {
     lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;%s/examples/openresty/?.lua;%s/?.lua;;";
     lua_package_cpath "%s/build/luajit/?.so;;";
     lua_shared_dict cachectl_limits 1m;
+    init_worker_by_lua_block { require("cachectl.openresty").warm("cachectl", 8) }
     server {
-        listen 127.0.0.1:%d%s;
+        listen 127.0.0.1:%d reuseport;
         add_header X-Worker-Pid $pid always;
         location = /ping { content_by_lua_block { ngx.say("pong") } }
+        location = /pid { return 200 $pid; }
         %s
         location = /slow/hooks/data-loaded { content_by_lua_block { require("nginx_spec_hooks").slow() } }
         location = /blocking/hooks/data-loaded { content_by_lua_block { require("nginx_spec_hooks").blocking() } }
         location = /limited/hooks/data-loaded { content_by_lua_block { require("nginx_spec_hooks").limited() } }
+        location = /per-worker/hooks/data-loaded {
+            content_by_lua_block { require("nginx_spec_hooks").per_worker() }
+        }
+        location = /redis/hooks/data-loaded { content_by_lua_block { require("nginx_spec_hooks").redis() } }
         location = /secret/hooks/data-loaded { content_by_lua_block { require("nginx_spec_hooks").secret() } }
         location = /limit-keys { content_by_lua_block { require("nginx_spec_hooks").keys() } }
+        location = /call { content_by_lua_block { require("nginx_spec_hooks").call() } }
         location = /misuse { content_by_lua_block { require("nginx_spec_hooks").misuse() } }
         location = /set-phase {
             set_by_lua_block $phase_error { return require("nginx_spec_hooks").in_set_phase() }
@@ -174,67 +195,12 @@ http {
         }
     }
 }
-]]):format(o.workers, o.dir, o.dir, o.dir, o.dir, o.dir, o.dir, o.dir,
-    o.root, o.root, o.root, o.dir, o.root, o.port, o.reuseport and " reuseport" or "",
-    example_location(o.root))
-end
-
-local Nginx = {}
-Nginx.__index = Nginx
-
-function Nginx:stop()
-  if self.stopped then return end
-  self.stopped = true
-  local pid = self.pid
-  if pid then
-    run("kill -TERM " .. pid .. " 2>/dev/null")
-    local deadline = socket.gettime() + 10
-    while alive(pid) and socket.gettime() < deadline do socket.sleep(0.05) end
-    if alive(pid) then run("kill -KILL " .. pid .. " 2>/dev/null") end
-  end
-  self.proc:close()    -- reaps the master; it has waited for its workers
-  run("rm -rf " .. sh_quote(self.dir))
-end
-
--- Starts nginx with `o.workers` workers in a fresh temp folder, its
--- environment from `o.env`; returns once /ping answers.
-local function start_nginx(o)
-  local p = assert(io.popen("mktemp -d /tmp/cachectl-nginx.XXXXXX"))
-  local dir = p:read("*l")
-  p:close()
-  run("chmod 755 " .. sh_quote(dir))    -- workers run as nobody
-  o.dir, o.port = dir, free_port()
-  write_file(dir .. "/nginx.conf", nginx_conf(o))
-  write_file(dir .. "/nginx_spec_hooks.lua", HOOKS)
-  local env = {}
-  for k, v in pairs(o.env) do env[#env + 1] = k .. "=" .. sh_quote(v) end
-  -- LD_PRELOAD goes: under `make spec-asan` it would load ASan into nginx.
-  local proc = assert(io.popen("exec env -u LD_PRELOAD " .. table.concat(env, " ") .. " nginx -p "
-    .. sh_quote(dir) .. " -c " .. sh_quote(dir .. "/nginx.conf") .. " >" .. sh_quote(dir .. "/stderr.log")
-    .. " 2>&1", "r"))
-  local self = setmetatable({ dir = dir, port = o.port, proc = proc }, Nginx)
-  local deadline = socket.gettime() + 10
-  while true do
-    self.pid = self.pid or tonumber(read_file(dir .. "/nginx.pid") or "")
-    if self.pid then
-      local c = socket.tcp()
-      c:settimeout(1)
-      if c:connect("127.0.0.1", o.port) then
-        c:close()
-        local ok, res = pcall(request, o.port, "GET", "/ping")
-        if ok and res.status == 200 then return self end
-      else
-        c:close()
-      end
-    end
-    if socket.gettime() > deadline then
-      local log = (read_file(dir .. "/stderr.log") or "") .. (read_file(dir .. "/error.log") or "")
-      self:stop()
-      error("nginx did not start:\n" .. log, 2)
-    end
-    socket.sleep(0.05)
+]]):format(workers, dir, dir, table.concat(env, "\n"), dir, dir, dir, dir, dir,
+      root, root, root, dir, root, port, example_location(root))
   end
 end
+
+-- ---- the mock's log -----------------------------------------------------------
 
 -- The recorded Omni calls whose Bearer token is `token`.
 local function calls_with(srv, token)
@@ -245,32 +211,115 @@ local function calls_with(srv, token)
   return out
 end
 
+-- The arrival times (the mock's clock) of the calls with `token`, sorted.
+local function arrivals(srv, token)
+  local times = {}
+  for i, r in ipairs(calls_with(srv, token)) do
+    assert(type(r.at) == "number", "the mock's request log carries no arrival time (field 'at')")
+    times[i] = r.at
+  end
+  table.sort(times)
+  return times
+end
+
+-- What the specs need from other parts of the project that this branch may
+-- not have yet, found with one call to the mock: { arrivals = why, core = why }
+-- (nil: there). A spec that needs a missing part is pending and says why.
+local function missing_parts(srv)
+  local core = require "cachectl.core"
+  local events = 0
+  core.omni.reset_cache{ token = uid("tok-probe"), base_url = srv.base, model_id = MODEL, policy = "probe",
+    on_event = function() events = events + 1 end }
+  local log = srv:requests()
+  srv:reset()
+  return {
+    arrivals = type(log[1] and log[1].at) ~= "number"
+      and "the mock's request log carries no arrival times (field 'at') yet" or nil,
+    core = events == 0 and "the C core's events and sliding window have not landed yet" or nil,
+  }
+end
+
+-- false (and the spec pending, saying why) when a part it needs is missing.
+local function have(missing, ...)
+  for _, part in ipairs{ ... } do
+    if missing[part] then
+      pending(missing[part])
+      return false
+    end
+  end
+  return true
+end
+
+local function show(label, times)
+  local rel = {}
+  for i, t in ipairs(times) do rel[i] = ("%.3f"):format(t - times[1]) end
+  print(("\n  nginx: %s: arrivals at the mock (s after the first): %s"):format(label, table.concat(rel, " ")))
+end
+
+-- One webhook call (one policy each) on each of `each` connections held by
+-- each of two workers, sent all at once; returns the answers with the pid of
+-- the worker that served each.
+local function burst(nginx, path, each)
+  local sent = {}
+  for pid, conns in pairs(nginx_server.connections_per_worker(nginx.port, 2, each)) do
+    for _, c in ipairs(conns) do sent[#sent + 1] = { pid = pid, c = c } end
+  end
+  for i, s in ipairs(sent) do send_on(s.c, "POST", path, hook_body(MODEL, { "p" .. i })) end
+  for _, s in ipairs(sent) do s.answer = receive(s.c) end
+  return sent
+end
+
+-- Asserts that every call of a burst succeeded, served by the worker that
+-- held its connection, three by each of the two.
+local function assert_burst_ok(sent)
+  local per_pid = {}
+  for _, s in ipairs(sent) do
+    assert.equal(200, s.answer.status, s.answer.body)
+    assert.is_true(s.answer.json.ok)
+    assert.equal(s.pid, s.answer.headers["x-worker-pid"])
+    per_pid[s.pid] = (per_pid[s.pid] or 0) + 1
+  end
+  local counts = {}
+  for _, n in pairs(per_pid) do counts[#counts + 1] = n end
+  assert.same({ 3, 3 }, counts)
+end
+
 -- Sends a webhook for the held token to `path` and, once the mock holds the
--- call, times a GET /ping: returns its latency and the webhook's answer.
+-- call, asks GET /ping. Returns whether the webhook's answer had already
+-- arrived when /ping answered, and the webhook's answer.
 local function ping_while_held(srv, nginx, path, token)
   srv:reset()
-  local started = socket.gettime()
   local slow = send(nginx.port, "POST", path, hook_body(MODEL, { "held" }))
-  local deadline = started + HOLD - 0.5
-  while #calls_with(srv, token) == 0 do
-    assert(socket.gettime() < deadline, "the held call did not reach the mock in time")
-    socket.sleep(0.01)
-  end
-  local t0 = socket.gettime()
+  local ok = helpers.eventually(function()
+    local n = #calls_with(srv, token)
+    return n > 0, n > 0
+  end, 500)
+  assert.is_true(ok, "the held call did not reach the mock")
   local ping = request(nginx.port, "GET", "/ping")
-  local latency = socket.gettime() - t0
+  local held_done = nginx_server.answered(slow)
   assert.equal(200, ping.status)
   assert.equal("pong\n", ping.body)
-  local answer = receive(slow)
-  return latency, answer, socket.gettime() - started
+  return held_done, receive(slow)
+end
+
+local function call(nginx, spec)
+  local res = request(nginx.port, "POST", "/call", cjson.encode(spec))
+  assert.equal(200, res.status, res.body)
+  return res.json
+end
+
+local function types(events)
+  local out = {}
+  for i, ev in ipairs(events) do out[i] = ev.type end
+  return out
 end
 
 describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
-  local root = root_dir()
-  local TOKEN = "tok-nginx-" .. os.time()
-  local SLOW = "tok-slow-" .. os.time() .. " hold=" .. HOLD
-  local LIMITED = "tok-limited-" .. os.time()
-  local srv, one, two
+  local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
+  local TOKEN = uid("tok-nginx")
+  local SLOW = uid("tok-slow") .. ";hold=" .. HOLD
+  local LIMITED, PER_WORKER, REDIS_TOKEN = uid("tok-limited"), uid("tok-per-worker"), uid("tok-redis")
+  local srv, redis, no_redis, one, two, missing
 
   setup(function()
     assert(run("cd " .. sh_quote(root) .. " && env -u LD_PRELOAD make -s LUA=luajit >/dev/null"),
@@ -278,18 +327,24 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     assert(io.open(root .. "/build/luajit/cachectl/core.so"), "no build/luajit/cachectl/core.so")
     assert(run("command -v nginx >/dev/null"), "nginx is not installed (apt-get install nginx libnginx-mod-http-lua)")
     srv = server.start()
+    missing = missing_parts(srv)
+    redis, no_redis = start_redis()
     local env = { OMNI_API_KEY = TOKEN, OMNI_BASE_URL = srv.base, CACHECTL_SLOW_TOKEN = SLOW,
-                  CACHECTL_LIMITED_TOKEN = LIMITED }
-    one = start_nginx{ root = root, workers = 1, env = env }
-    two = start_nginx{ root = root, workers = 2, reuseport = true, env = env }
+                  CACHECTL_LIMITED_TOKEN = LIMITED, CACHECTL_PER_WORKER_TOKEN = PER_WORKER,
+                  CACHECTL_REDIS_TOKEN = REDIS_TOKEN }
+    if redis then env.CACHECTL_SPEC_REDIS_URL = redis:url{ password = true } end
+    local files = { ["nginx_spec_hooks.lua"] = HOOKS }
+    one = nginx_server.start{ conf = nginx_conf(root, 1), files = files, env = env }
+    two = nginx_server.start{ conf = nginx_conf(root, 2), files = files, env = env }
   end)
 
   teardown(function()
     if one then one:stop() end
     if two then two:stop() end
     if srv then srv:stop() end
+    if redis then redis:stop() end
     for _, n in ipairs{ one, two } do
-      assert.is_false(alive(n.pid), "nginx " .. n.pid .. " still runs")
+      assert.is_false(nginx_server.alive(n.pid), "nginx " .. n.pid .. " still runs")
     end
   end)
 
@@ -371,48 +426,149 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     assert.equal(200, res.status)
   end)
 
-  it("keeps the worker serving while a call is in flight (thread pool)", function()
-    local latency, answer, total = ping_while_held(srv, one, "/slow/hooks/data-loaded", SLOW)
-    print(("\n  nginx: /ping answered in %.1f ms while a held call was in flight (offload on)")
-      :format(latency * 1000))
-    assert.is_true(latency < 1, ("/ping took %.3f s"):format(latency))
-    assert.equal(200, answer.status)
-    assert.is_true(answer.json.ok)
-    assert.is_true(total >= HOLD - 0.1, ("the held webhook took only %.3f s"):format(total))
-  end)
-
-  it("blocks the worker with the offload turned off (thread_pool = false)", function()
-    local latency, answer = ping_while_held(srv, one, "/blocking/hooks/data-loaded", SLOW)
-    print(("\n  nginx: /ping answered in %.1f ms while a held call was in flight (offload off)")
-      :format(latency * 1000))
-    assert.is_true(latency > 1, ("/ping took only %.3f s"):format(latency))
+  it("keeps the worker serving while a call is in flight (thread pool): /ping answers first", function()
+    local held_done, answer = ping_while_held(srv, one, "/slow/hooks/data-loaded", SLOW)
+    assert.is_false(held_done, "the held call had ended before /ping answered")
     assert.equal(200, answer.status)
     assert.is_true(answer.json.ok)
   end)
 
-  it("shares the rate limit between workers through a lua_shared_dict: requests wait, none fails", function()
-    local n, started = 6, socket.gettime()
-    local conns, answers, workers, nworkers = {}, {}, {}, 0
-    for i = 1, n do
-      conns[i] = send(two.port, "POST", "/limited/hooks/data-loaded", hook_body(MODEL, { "p" .. i }))
-    end
-    for i = 1, n do answers[i] = receive(conns[i]) end
-    local total = socket.gettime() - started
-    for i = 1, n do
-      assert.equal(200, answers[i].status, answers[i].body)
-      assert.is_true(answers[i].json.ok)
-      local pid = answers[i].headers["x-worker-pid"]
-      if not workers[pid] then workers[pid], nworkers = true, nworkers + 1 end
-    end
-    print(("\n  nginx: %d resets at 2 per second (shared dict, %d worker%s served them) took %.2f s")
-      :format(n, nworkers, nworkers == 1 and "" or "s", total))
-    -- A burst of 2, then one slot every 0.5 s: the 6th leaves at 2 s.
-    assert.is_true(total > 1.5, ("%d resets took only %.3f s"):format(n, total))
-    assert.equal(n, #calls_with(srv, LIMITED))
-    -- The bucket is keyed by a hash, never by the credential.
+  it("blocks the worker with the offload turned off (thread_pool = false): /ping answers after", function()
+    local held_done, answer = ping_while_held(srv, one, "/blocking/hooks/data-loaded", SLOW)
+    assert.is_true(held_done, "/ping answered while the worker should have been blocked")
+    assert.equal(200, answer.status)
+    assert.is_true(answer.json.ok)
+  end)
+
+  it("shares a sliding window between workers through a lua_shared_dict: no second holds more than 2", function()
+    if not have(missing, "arrivals") then return end
+    local sent = burst(two, "/limited/hooks/data-loaded", 3)
+    assert_burst_ok(sent)
+    local times = arrivals(srv, LIMITED)
+    assert.equal(6, #times)
+    show("6 calls, 2 workers, {2, 1} in a shared dict", times)
+    assert.is_true(busiest_window(times, 1, TOLERANCE) <= 2)
+    -- the window is keyed by a digest, never by the credential
     local keys = request(two.port, "GET", "/limit-keys").body
-    assert.matches("cachectl:", keys, 1, true)
+    assert.matches("cachectl:" .. ("%x"):rep(64), keys)
     assert.is_nil(keys:find(LIMITED, 1, true))
+  end)
+
+  it("without the shared dict each worker keeps its own window: the same burst exceeds 2 a second", function()
+    if not have(missing, "arrivals") then return end
+    assert_burst_ok(burst(two, "/per-worker/hooks/data-loaded", 3))
+    local times = arrivals(srv, PER_WORKER)
+    assert.equal(6, #times)
+    show("6 calls, 2 workers, {2, 1} per worker (no shared dict)", times)
+    assert.is_true(busiest_window(times, 1, TOLERANCE) > 2)
+  end)
+
+  it("ends a call whose turn lies past its timeout with rate_limited, nothing sent", function()
+    local token = uid("tok-late")
+    local out = call(one, { token = token, timeout = 1, policies = { "a", "b" },
+      rate_limit = { requests = 1, per = 30, shared_dict = "cachectl_limits" } })
+    assert.is_true(out.results[1].ok)
+    local err = out.results[2].err
+    assert.equal("rate_limited", err.kind)
+    assert.equal(0, err.attempts)
+    assert.is_true(err.retry_after > 1 and err.retry_after <= 30, tostring(err.retry_after))
+    assert.matches("shared dict 'cachectl_limits'", err.message, 1, true)
+    assert.equal(1, #calls_with(srv, token))
+  end)
+
+  it("replays the thread's events on the main side, in order", function()
+    if not have(missing, "core") then return end
+    local token = uid("tok-events") .. ";fault=503;times=1"
+    local out = call(one, { token = token, policies = { "a" } })
+    assert.is_true(out.results[1].ok)
+    assert.same({ "attempt", "wait", "attempt" }, types(out.events))
+    local first, wait, second = out.events[1], out.events[2], out.events[3]
+    for _, ev in ipairs(out.events) do
+      assert.equal("omni", ev.service)
+      assert.equal("reset_cache", ev.call)
+    end
+    assert.equal(503, first.status)
+    assert.equal("POST", first.method)
+    assert.equal(srv.base .. "/v1/models/" .. MODEL .. "/cache_reset/a", first.url)
+    assert.equal("backoff", wait.reason)
+    assert.equal(200, second.status)
+    assert.equal(2, second.attempt)
+    assert.is_nil(cjson.encode(out.events):find(token:match("^[^;]+"), 1, true))
+    assert.equal(2, #calls_with(srv, token))
+  end)
+
+  it("reports the shared dict's wait before the attempt it delays", function()
+    if not have(missing, "core") then return end
+    local token = uid("tok-wait")
+    local out = call(one, { token = token, policies = { "a", "b" },
+      rate_limit = { requests = 1, per = 1, shared_dict = "cachectl_limits" } })
+    assert.is_true(out.results[1].ok and out.results[2].ok)
+    assert.same({ "attempt", "wait", "attempt" }, types(out.events))
+    assert.equal("rate_limit", out.events[2].reason)
+    assert.is_true(out.events[2].wait > 0 and out.events[2].wait <= 1)
+    assert.equal(2, #calls_with(srv, token))
+  end)
+
+  it("raises what on_event raises: no later call is made", function()
+    if not have(missing, "core") then return end
+    local token = uid("tok-raise")
+    local out = call(one, { token = token, policies = { "a", "b" }, raise = true })
+    assert.equal("on_event says no", out.raised)
+    assert.same({}, out.results)
+    assert.equal(1, #calls_with(srv, token))
+    local batch = call(one, { token = uid("tok-raise-batch"), policies = { "a", "b", "c" }, raise = true,
+      batch = true })
+    assert.equal("on_event says no", batch.raised)
+  end)
+
+  describe("with rate_limit.redis", function()
+    local function need_redis()
+      if not redis then pending("Redis specs: " .. tostring(no_redis)) end
+      return redis ~= nil
+    end
+
+    it("shares the window through Redis between workers: no second holds more than 2", function()
+      if not (need_redis() and have(missing, "arrivals")) then return end
+      assert_burst_ok(burst(two, "/redis/hooks/data-loaded", 3))
+      local times = arrivals(srv, REDIS_TOKEN)
+      assert.equal(6, #times)
+      show("6 calls, 2 workers, {2, 1} in Redis", times)
+      assert.is_true(busiest_window(times, 1, TOLERANCE) <= 2)
+      local admin = redis:client()
+      local keys = admin:keys("cachectl:*")
+      assert.is_true(#keys >= 1)
+      for _, key in ipairs(keys) do
+        assert.is_nil(key:find(REDIS_TOKEN, 1, true))
+        assert.is_true(admin:pttl(key) > 0)
+      end
+    end)
+
+    it("falls back to the shared dict when Redis cannot be reached, and says so", function()
+      if not (need_redis() and have(missing, "core")) then return end
+      local token = uid("tok-fallback")
+      local url = "redis://127.0.0.1:" .. helpers.free_port() .. "/0"
+      local out = call(one, { token = token, policies = { "a" }, rate_limit = { requests = 2, per = 1,
+        redis = url, shared_dict = "cachectl_limits", } })
+      assert.is_true(out.results[1].ok)
+      assert.same({ "redis_fallback", "attempt" }, types(out.events))
+      assert.matches("Redis", out.events[1].message, 1, true)
+      assert.equal(1, #calls_with(srv, token))
+    end)
+
+    it("fails with connect and sends nothing when Redis is required and cannot be reached", function()
+      if not need_redis() then return end
+      local token = uid("tok-required")
+      local url = "redis://:pw-" .. token .. "@127.0.0.1:" .. helpers.free_port() .. "/0"
+      local out = call(one, { token = token, policies = { "a" }, rate_limit = { requests = 2, per = 1,
+        redis = url, redis_required = true } })
+      local err = out.results[1].err
+      assert.equal("connect", err.kind)
+      assert.equal(0, err.attempts)
+      assert.matches("Redis", err.message, 1, true)
+      assert.is_nil(err.line:find("pw-", 1, true))
+      assert.same({}, out.events)
+      assert.equal(0, #calls_with(srv, token))
+    end)
   end)
 
   it("raises clear errors for misuse, and works from a timer", function()
@@ -425,7 +581,7 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     assert.matches("thread pool no-such-pool not found", out.pool, 1, true)
     assert.matches("thread_pool no-such-pool threads=", out.pool, 1, true)
     assert.matches("lua_shared_dict no_such_dict", out.dict, 1, true)
-    assert.matches("^omni.reset_cache: option 'rate_limit' takes only 'requests', 'per'", out.thread)
+    assert.matches("option 'rate_limit' takes only 'requests', 'per'", out.option, 1, true)
     assert.same("invalid", out.invalid.kind)
     assert.same("rate_limit", out.invalid.field)
     assert.matches("^cachectl: invalid: rate_limit must be", out.invalid.line)
@@ -438,24 +594,27 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
 end)
 
 describe("cachectl outside nginx", function()
-  local srv
-  setup(function() srv = server.start() end)
+  local srv, missing
+  setup(function()
+    srv = server.start()
+    missing = missing_parts(srv)
+  end)
   teardown(function() srv:stop() end)
 
-  it("takes the nginx options, never loads cachectl.openresty, and limits with the core's own bucket", function()
+  it("takes the nginx options, never loads cachectl.openresty, and keeps the window in the process", function()
+    if not have(missing, "arrivals", "core") then return end
     local cachectl = require "cachectl"
     assert.is_nil(package.loaded["cachectl.openresty"])
-    local token = "tok-plain-" .. os.time() .. "-" .. math.random(1e6)
+    local token = uid("tok-plain")
     local omni = cachectl.omni.new{ token = token, base_url = srv.base, thread_pool = "cachectl",
       rate_limit = { requests = 2, per = 1, shared_dict = "cachectl_limits" } }
-    local started = socket.gettime()
     local items = omni:reset_caches(MODEL, { "a", "b", "c", "d" })
-    local took = socket.gettime() - started
     for _, item in ipairs(items) do assert.is_nil(item.err) end
-    -- a burst of 2, then one every 0.5 s: the 4th leaves at 1 s
-    assert.is_true(took > 0.8, ("4 resets at 2 per second took only %.3f s"):format(took))
     assert.truthy(omni:reset_cache(MODEL, "e", { rate_limit = { shared_dict = "cachectl_limits" } }))
     omni:close()
     assert.is_nil(package.loaded["cachectl.openresty"])
+    local times = arrivals(srv, token)
+    assert.equal(5, #times)
+    assert.is_true(busiest_window({ times[1], times[2], times[3], times[4] }, 1, TOLERANCE) <= 2)
   end)
 end)

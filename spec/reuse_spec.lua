@@ -149,6 +149,63 @@ describe("core sessions", function()
       assert.has_error(function() outer:call("modelslab", "clear_cache", ml()) end)
     end)
 
+    -- Lua code runs inside a call: an on_event function, and whatever
+    -- finalizer the collector runs then. Closing the session there must not
+    -- free the run in progress.
+    local function finalizer(fn)
+      if newproxy then                        -- Lua 5.1, LuaJIT: only userdata have __gc
+        local p = newproxy(true)
+        getmetatable(p).__gc = fn
+        return p
+      end
+      return setmetatable({}, { __gc = fn })
+    end
+
+    for _, how in ipairs{ "__close", "__gc" } do
+      it("by " .. how .. " from a finalizer run during a batch waits for the batch's end", function()
+        local s = core.session()
+        local list = {}
+        for i = 1, 3 do list[i] = ml() end
+        list[2].on_event = function()
+          finalizer(function() getmetatable(s)[how](s) end)
+          collectgarbage()
+          collectgarbage()
+        end
+        local items = s:batch("modelslab", "clear_cache", list, 3)
+        for i = 1, 3 do
+          assert.is_nil(items[i].err, items[i].err and tostring(items[i].err))
+          assert.equal("success", items[i].result.status)
+        end
+        assert.equal(3, #srv:requests())
+        assert.error_matches(function() s:call("modelslab", "clear_cache", ml()) end, "closed")
+        assert.equal(3, #srv:requests())
+      end)
+
+      it("by " .. how .. " from on_event during a batch waits for the batch's end", function()
+        local s = core.session()
+        local list = {}
+        for i = 1, 4 do
+          list[i] = ml{ key = uid("key") .. " hold=" .. (0.02 * i),
+                        on_event = function() getmetatable(s)[how](s) end }
+        end
+        local items = s:batch("modelslab", "clear_cache", list, 2)
+        for i = 1, 4 do assert.equal("success", items[i].result.status) end
+        assert.equal(4, #srv:requests())
+        assert.error_matches(function() s:batch("modelslab", "clear_cache", { ml() }) end, "closed")
+      end)
+    end
+
+    it("by close() from inside a call raises there, and the session stays open", function()
+      local s = core.session()
+      local ok, msg = pcall(s.call, s, "modelslab", "clear_cache", ml{ on_event = function() s:close() end })
+      assert.is_false(ok)
+      assert.matches("while a call runs", msg)
+      local res, err = s:call("modelslab", "clear_cache", ml())
+      assert.is_nil(err)
+      assert.equal("success", res.status)
+      s:close()
+    end)
+
     it("of one session leaves the module functions working", function()
       local s = core.session()
       s:close()

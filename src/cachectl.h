@@ -86,7 +86,8 @@ typedef struct cc_req {
     long retries;
     curl_off_t max_bytes;
     int verify_tls;
-    const char *user_agent, *proxy, *ca_file;   /* in own (or static), NUL-terminated */
+    const char *user_agent, *proxy, *ca_file;   /* in own (or static: the default
+                                                   User-Agent, cc_user_agent_default()), NUL-terminated */
     const char *secret; size_t secret_len;   /* key or token, in own */
     char *own; size_t own_len;  /* malloc'd copies of the option texts; wiped when freed */
     double limit_requests, limit_per;         /* rate limit; 0 when off */
@@ -127,9 +128,11 @@ double cc_retry_after(const char *s, size_t n, double now_epoch);
 /* NULL when s is a base URL we send to, else why not (a static message). */
 const char *cc_check_base_url(const char *s, size_t n);
 
-/* ratelimit.c */
+/* ratelimit.c: the sliding window of a credential and limit. cc_limit_take
+ * returns 1 with *wait the seconds to the reserved start, 0 when the start
+ * would be budget or more away (nothing reserved), -1 when out of memory. */
 uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
-double cc_limit_take(uint64_t key, double requests, double per, double now);
+int cc_limit_take(uint64_t key, double requests, double per, double now, double budget, double *wait);
 
 /* What one attempt came to (engine.c, answer.c). */
 #define CC_MSG_MAX 400
@@ -161,6 +164,7 @@ int cc_scrub_l(lua_State *L);
 typedef struct cc_session cc_session;
 cc_session *cc_session_new(lua_State *L);        /* pushes the userdata */
 cc_session *cc_session_check(lua_State *L, int idx);
+cc_session *cc_session_of(lua_State *L, int idx);  /* the module's own, unchecked */
 /* Runs the request whose options table is at idx (single), or the requests
  * of the list of options tables at idx, up to concurrency at once. Pushes
  * the results: for a single request res or nil, err; for a list, one array
@@ -169,5 +173,9 @@ cc_session *cc_session_check(lua_State *L, int idx);
 int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int single,
            int concurrency);
 void cc_session_init(lua_State *L);
+
+/* options.c: "cachectl/<version> libcurl/<version>", built once (pthread_once);
+ * r->user_agent points to it when no user_agent is given. */
+const char *cc_user_agent_default(void);
 
 #endif

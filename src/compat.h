@@ -35,4 +35,19 @@ static inline void cc_setfuncs(lua_State *L, const luaL_Reg *l)
 #define cc_newuserdata(L, sz) lua_newuserdata(L, (sz))
 #endif
 
+/* The state's main thread, whose hook the standalone interpreter sets on
+ * SIGINT; Lua 5.1 and LuaJIT keep no reference to it (NULL). */
+#if LUA_VERSION_NUM >= 502
+static inline lua_State *cc_mainthread(lua_State *L)
+{
+    lua_State *main;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    main = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    return main;
+}
+#else
+#define cc_mainthread(L) ((lua_State *)NULL)
+#endif
+
 #endif

@@ -26,7 +26,7 @@ static void curl_init(void)
 /* res, err = core.<service>.<name>(opts) */
 static int call_endpoint(lua_State *L)
 {
-    cc_session *s = cc_session_check(L, lua_upvalueindex(1));
+    cc_session *s = cc_session_of(L, lua_upvalueindex(1));
     const cc_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
     if (lua_type(L, 1) != LUA_TTABLE)
         return luaL_error(L, "bad argument #1 to '%s.%s' (options table expected, got %s)",

@@ -1,18 +1,24 @@
 /* engine.c — the run loop: one or many requests driven through a session's
  * multi handle; attempts, retries with Retry-After or jittered backoff
- * inside the call's deadline, the client-side rate limit, and the reading of
- * each answer into a result or an error.
+ * inside the call's deadline, the client-side rate limit (a turn before
+ * every attempt), the on_event calls, and the reading of each answer into a
+ * result or an error.
  *
  * Lua is only touched between libcurl calls: the callbacks copy bytes into C
- * buffers and never raise. A run goes on under lua_pcall, so even a memory
- * error raised mid-run frees every handle before it is passed on. */
+ * buffers and never raise. A run goes on under lua_pcall, so an error raised
+ * mid-run (out of memory, or by an on_event function) frees every handle
+ * before it is passed on. The loop wakes at least every WAKE_EVERY seconds
+ * to see whether a signal handler asked the interpreter to stop. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include "engine.h"
+
+#define WAKE_EVERY 0.1
 
 static double jitter(cc_session *s)
 {
@@ -22,20 +28,30 @@ static double jitter(cc_session *s)
     return (double)(s->rng >> 11) / 9007199254740992.0;
 }
 
-/* ---- the session ---------------------------------------------------- */
+/* ---- releasing ------------------------------------------------------ */
+
+static void wipe_node(struct curl_slist *n)
+{
+    if (!n->data) return;
+    memset(n->data, 0, strlen(n->data));
+    free(n->data);
+    n->data = NULL;
+}
 
 static void xfer_release(cc_session *s, xfer *x)
 {
     if (x->easy) {
         if (x->state == X_RUN && s->multi) curl_multi_remove_handle(s->multi, x->easy);
-        cc_easy_put(s, x->easy, 1);
+        cc_easy_put(s, x->easy, 1, &x->st);
         x->easy = NULL;
     }
-    if (x->auth.data) {
-        memset(x->auth.data, 0, strlen(x->auth.data));
-        free(x->auth.data);
-        x->auth.data = NULL;
+    if (x->url) {
+        if (x->url == s->url) s->url_users--;
+        else curl_url_cleanup(x->url);
+        x->url = NULL;
     }
+    wipe_node(&x->auth);
+    wipe_node(&x->ua);
     cc_buf_free(&x->resp);
     cc_req_free(&x->req);
 }
@@ -52,6 +68,8 @@ void cc_run_release(run *r)
     if (r->s->active == r) r->s->active = NULL;
     r->s = NULL;
 }
+
+/* ---- libcurl's callbacks -------------------------------------------- */
 
 size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud)
 {
@@ -81,44 +99,111 @@ size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
+#if LIBCURL_VERSION_NUM >= 0x075000
 /* Called before each request goes out, so a silent resend by libcurl on a
- * dead reused connection is counted in err.attempts too. */
+ * dead reused connection is counted in err.attempts too. (Before libcurl
+ * 7.80 there is no such callback: a silent resend is not counted.) */
 int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
 {
     (void)ip, (void)local_ip, (void)port, (void)local_port;
     ((xfer *)ud)->sends++;
     return CURL_PREREQFUNC_OK;
 }
+#endif
 
-/* The session's fixed headers, built once; an Omni request puts its own
- * Authorization node in front of them. */
+/* ---- the request's shape -------------------------------------------- */
+
+/* The headers every request of the session sends, built once: the default
+ * User-Agent first, so that a request with its own starts after it. */
+static int session_headers(cc_session *s)
+{
+    static const char *const fixed[] = { "Content-Type: application/json", "Accept: application/json" };
+    struct curl_slist *h, *t;
+    char ua[128];
+    size_t i;
+    snprintf(ua, sizeof ua, "User-Agent: %s", cc_user_agent_default());
+    if (!(h = curl_slist_append(NULL, ua))) return 0;
+    for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        if (!(t = curl_slist_append(h, fixed[i]))) {
+            curl_slist_free_all(h);
+            return 0;
+        }
+        h = t;
+    }
+    s->headers = h;
+    s->headers_noua = h->next;
+    return 1;
+}
+
+/* Node n holds the line prefix + value (malloc'd) in front of next. */
+static int header_node(struct curl_slist *n, const char *prefix, const char *v, size_t vn,
+                       struct curl_slist *next)
+{
+    size_t pn = strlen(prefix);
+    if (!(n->data = malloc(pn + vn + 1))) return 0;
+    memcpy(n->data, prefix, pn);
+    memcpy(n->data + pn, v, vn);
+    n->data[pn + vn] = '\0';
+    n->next = next;
+    return 1;
+}
+
+static char no_expect[] = "Expect:";      /* libcurl only reads it */
+
+/* The request's headers: the session's, with the request's own User-Agent,
+ * Authorization and, for a body libcurl would announce with "Expect:
+ * 100-continue" (over 1 KiB), an empty Expect in front. The User-Agent is a
+ * header line: CURLOPT_USERAGENT would be formatted anew for every request. */
 static int build_headers(cc_session *s, xfer *x)
 {
-    static const char *const fixed[] = {
-        "Content-Type: application/json", "Accept: application/json", "Expect:"
-    };
-    size_t i;
-    if (!s->headers) {
-        struct curl_slist *h = NULL, *t;
-        for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-            if (!(t = curl_slist_append(h, fixed[i]))) {
-                curl_slist_free_all(h);
-                return 0;
-            }
-            h = t;
-        }
-        s->headers = h;
+    const cc_req *q = &x->req;
+    struct curl_slist *h;
+    if (!s->headers && !session_headers(s)) return 0;
+    h = s->headers;
+    if (q->user_agent && q->user_agent != cc_user_agent_default()) {
+        if (!header_node(&x->ua, "User-Agent: ", q->user_agent, strlen(q->user_agent), s->headers_noua))
+            return 0;
+        h = &x->ua;
     }
-    x->headers = s->headers;
-    if (x->req.ep->svc->auth_header) {
-        const char *h = x->req.ep->svc->auth_header;
-        size_t hn = strlen(h), n = x->req.secret_len;
-        if (!(x->auth.data = malloc(hn + n + 1))) return 0;
-        memcpy(x->auth.data, h, hn);
-        memcpy(x->auth.data + hn, x->req.secret, n);
-        x->auth.data[hn + n] = '\0';
-        x->auth.next = s->headers;
-        x->headers = &x->auth;
+    if (q->ep->svc->auth_header) {
+        if (!header_node(&x->auth, q->ep->svc->auth_header, q->secret, q->secret_len, h)) return 0;
+        h = &x->auth;
+    }
+    if (q->body_len > 1024) {
+        x->expect.data = no_expect;
+        x->expect.next = h;
+        h = &x->expect;
+    }
+    x->headers = h;
+    return 1;
+}
+
+/* req.url parsed once (CURLOPT_CURLU spares libcurl parsing the URL again
+ * for every transfer); requests to the session's last URL share its parse.
+ * Returns 1, 0 when out of memory, -1 when libcurl cannot parse it. */
+static int parse_url(cc_session *s, xfer *x)
+{
+    const char *text = x->req.url;
+    CURLU *u;
+    char *copy;
+    CURLUcode rc;
+    if (s->url && strcmp(s->url_text, text) == 0) {
+        x->url = s->url;
+        s->url_users++;
+        return 1;
+    }
+    if (!(u = curl_url())) return 0;
+    if ((rc = curl_url_set(u, CURLUPART_URL, text, 0)) != CURLUE_OK) {
+        curl_url_cleanup(u);
+        return rc == CURLUE_OUT_OF_MEMORY ? 0 : -1;
+    }
+    x->url = u;
+    if (s->url_users == 0 && (copy = strdup(text)) != NULL) {
+        curl_url_cleanup(s->url);
+        free(s->url_text);
+        s->url = u;
+        s->url_text = copy;
+        s->url_users = 1;
     }
     return 1;
 }
@@ -129,53 +214,190 @@ static long ms(double seconds)
     return v < 1 ? 1 : v > 1e9 ? 1000000000L : (long)v;
 }
 
-/* Returns 0 when out of memory. */
-static int start_attempt(cc_session *s, xfer *x, double now)
+/* The options that differ from request to request, each set only when the
+ * pooled handle holds another value. */
+static void set_usual(xfer *x, double left)
 {
     const cc_req *q = &x->req;
-    double left = x->deadline - now;
-    CURL *e;
-    if (!x->headers && !build_headers(s, x)) return 0;
-    x->sticky = q->proxy || q->ca_file || !q->verify_tls || q->method || !q->retry_ok;
-    if (!(e = cc_easy_get(s, x->sticky))) return 0;
-    x->easy = e;
-    x->resp.len = 0;
-    x->too_large = 0;
-    x->sends = 0;
-    x->retry_after[0] = x->errbuf[0] = '\0';
-    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(e, CURLOPT_URL, q->url);
-    if (q->method && strcmp(q->method, "POST") != 0)
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q->method);
+    hstate *st = &x->st;
+    CURL *e = x->easy;
+    long t = ms(left), c = ms(q->connect_timeout < left ? q->connect_timeout : left);
+    if (st->bound != x) {
+        curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+#if LIBCURL_VERSION_NUM >= 0x075000
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
+#endif
+        st->bound = x;
+    }
+    if (st->url != x->url) curl_easy_setopt(e, CURLOPT_CURLU, (st->url = x->url));
+    if (st->headers != x->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, (st->headers = x->headers));
+    if (q->method && strcmp(q->method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q->method);
     if (q->body || !q->method || strcmp(q->method, "GET") != 0) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, q->body ? q->body : "");
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)q->body_len);
+        if (st->body_len != (long)q->body_len + 1)
+            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (st->body_len = (long)q->body_len + 1) - 1);
     }
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(left));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(q->connect_timeout < left ? q->connect_timeout : left));
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, q->max_bytes);
-    if (!q->verify_tls) {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    if (st->timeout_ms != t) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (st->timeout_ms = t));
+    if (st->connect_ms != c) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (st->connect_ms = c));
+    if (st->max_bytes != q->max_bytes)
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (st->max_bytes = q->max_bytes));
+}
+
+/* The options that matter for safety, checked: a plain http:// request
+ * never goes through a proxy (whatever the environment says: it carries the
+ * credential in cleartext), TLS as asked. Returns the name of an option
+ * libcurl refused, or NULL. */
+static const char *set_guarded(xfer *x)
+{
+    const cc_req *q = &x->req;
+    CURL *e = x->easy;
+    int http = strncasecmp(q->url, "http://", 7) == 0;
+    if (http != x->st.no_proxy) {
+        /* "*": no host goes through a proxy, given or from the environment */
+        if (curl_easy_setopt(e, CURLOPT_NOPROXY, http ? "*" : NULL) != CURLE_OK) return "CURLOPT_NOPROXY";
+        x->st.no_proxy = http;
     }
+    if (!http && q->proxy) {
+        if (curl_easy_setopt(e, CURLOPT_PROXY, q->proxy) != CURLE_OK) return "CURLOPT_PROXY";
+        /* the CONNECT request to the proxy sends this one, not the header line */
+        curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent ? q->user_agent : cc_user_agent_default());
+    }
+    if (!q->verify_tls && (curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L) != CURLE_OK ||
+                           curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L) != CURLE_OK))
+        return "CURLOPT_SSL_VERIFYPEER";
+    if (q->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file) != CURLE_OK)
+        return "CURLOPT_CAINFO";
     if (!q->retry_ok) {
         /* libcurl silently resends a request once when a reused connection
          * turns out dead; a call that must not run twice gets its own. */
         curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     }
-    if (q->proxy) curl_easy_setopt(e, CURLOPT_PROXY, q->proxy);
-    if (q->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
-    if (curl_multi_add_handle(s->multi, e) != CURLM_OK) return 0;
+    return NULL;
+}
+
+/* The request cannot be sent as asked; x->errbuf says why. */
+static int refuse(xfer *x, const char *what)
+{
+    snprintf(x->errbuf, sizeof x->errbuf, "libcurl refused %s; nothing was sent", what);
+    return -1;
+}
+
+/* Starts an attempt: 1, or 0 when out of memory, or -1 when libcurl refused
+ * something that matters (nothing sent; x->errbuf says what). */
+static int start_attempt(cc_session *s, xfer *x, double now)
+{
+    const cc_req *q = &x->req;
+    const char *refused;
+    int rc;
+    if (!x->url && (rc = parse_url(s, x)) <= 0) return rc < 0 ? refuse(x, "the URL") : 0;
+    x->sticky = q->proxy || q->ca_file || !q->verify_tls || q->method || !q->retry_ok;
+    if (!(x->easy = cc_easy_get(s, x->sticky, &x->st, &refused)))
+        return refused ? refuse(x, refused) : 0;
+    x->resp.len = 0;
+    x->too_large = 0;
+    x->sends = 0;
+    x->retry_after[0] = x->errbuf[0] = '\0';
+    set_usual(x, x->deadline - now);
+    if ((refused = set_guarded(x)) != NULL) return refuse(x, refused);
+    if (curl_multi_add_handle(s->multi, x->easy) != CURLM_OK)
+        return refuse(x, "the transfer (curl_multi_add_handle)");
     x->state = X_RUN;
     x->attempts++;
+    x->started = now;
     return 1;
+}
+
+/* ---- events --------------------------------------------------------- */
+
+/* The hooks as they are now: a change while the loop waits is a signal
+ * handler's (the standalone interpreter's Ctrl-C sets one). */
+static void see_hooks(lua_State *L, run *r)
+{
+    lua_State *m = r->s->main;
+    r->hooks.hook = lua_gethook(L);
+    r->hooks.mask = lua_gethookmask(L);
+    r->hooks.main_hook = m ? lua_gethook(m) : NULL;
+    r->hooks.main_mask = m ? lua_gethookmask(m) : 0;
+}
+
+static int interrupted(lua_State *L, const run *r)
+{
+    lua_State *m = r->s->main;
+    return lua_gethook(L) != r->hooks.hook || lua_gethookmask(L) != r->hooks.mask ||
+           (m && (lua_gethook(m) != r->hooks.main_hook || lua_gethookmask(m) != r->hooks.main_mask));
+}
+
+/* An event table with the fields every event has. */
+static void event_new(lua_State *L, const xfer *x, const char *type, int attempt)
+{
+    lua_createtable(L, 0, 9);
+    lua_pushstring(L, type);
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, x->req.ep->service);
+    lua_setfield(L, -2, "service");
+    lua_pushstring(L, x->req.ep->name);
+    lua_setfield(L, -2, "call");
+    lua_pushinteger(L, attempt);
+    lua_setfield(L, -2, "attempt");
+}
+
+/* Calls the request's on_event with the event on top (popped). An error it
+ * raises goes up through the run's lua_pcall: cc_run frees the run. */
+static void emit(lua_State *L, run *r, const xfer *x)
+{
+    lua_rawgeti(L, r->events, (int)(x - r->x) + 1);
+    lua_insert(L, -2);
+    lua_call(L, 1, 0);
+    see_hooks(L, r);        /* a hook set by the function is not a signal */
+}
+
+/* The URL with the credential masked, like any text that might hold it
+ * (a `request` path may). */
+static void push_url(lua_State *L, const xfer *x)
+{
+    size_t n = strlen(x->req.url);
+    char *t = cc_newuserdata(L, n + 1);       /* scratch the GC frees */
+    memcpy(t, x->req.url, n + 1);
+    lua_pushlstring(L, t, cc_scrub(t, n, x->req.secret, x->req.secret_len));
+    lua_remove(L, -2);
+}
+
+/* { type = "attempt", method, url, status, kind (nil on success), ms } */
+static void emit_attempt(lua_State *L, run *r, const xfer *x, const outcome *o, int ok, double now)
+{
+    if (!x->event) return;
+    event_new(L, x, "attempt", x->attempts);
+    lua_pushstring(L, x->req.method ? x->req.method : "POST");
+    lua_setfield(L, -2, "method");
+    push_url(L, x);
+    lua_setfield(L, -2, "url");
+    if (o->status > 0) {
+        lua_pushinteger(L, o->status);
+        lua_setfield(L, -2, "status");
+    }
+    if (!ok) {
+        lua_pushstring(L, cc_kind_names[o->kind]);
+        lua_setfield(L, -2, "kind");
+    }
+    lua_pushnumber(L, (now - x->started) * 1000.0);
+    lua_setfield(L, -2, "ms");
+    emit(L, r, x);
+}
+
+/* { type = "wait", wait = seconds, reason, attempt = the one that follows } */
+static void emit_wait(lua_State *L, run *r, const xfer *x, double wait, const char *reason)
+{
+    if (!x->event) return;
+    event_new(L, x, "wait", x->attempts + 1);
+    lua_pushnumber(L, wait);
+    lua_setfield(L, -2, "wait");
+    lua_pushstring(L, reason);
+    lua_setfield(L, -2, "reason");
+    emit(L, r, x);
 }
 
 /* ---- reading an answer ---------------------------------------------- */
@@ -233,6 +455,30 @@ static int read_answer(lua_State *L, xfer *x, outcome *o)
     return cc_interpret(L, x->req.ep, status, x->resp.data, x->resp.len, x->retry_after, o);
 }
 
+/* After a failed attempt: schedules the next one (1, with a wait event), or
+ * leaves o saying why there is none (0). */
+static int retry(lua_State *L, run *r, xfer *x, outcome *o, double now)
+{
+    double wait = o->retry_after;
+    if (!(o->retryable && x->req.retry_ok && x->attempts <= x->req.retries)) return 0;
+    if (wait < 0) {
+        double cap = 0.5 * pow(2, x->attempts - 1);
+        wait = jitter(r->s) * (cap > 30 ? 30 : cap);
+    }
+    if (now + wait < x->deadline) {
+        x->state = X_WAIT;
+        x->next_start = now + wait;
+        emit_wait(L, r, x, wait, o->retry_after >= 0 ? "retry_after" : "backoff");
+        return 1;
+    }
+    if (o->retry_after >= 0) {
+        o->kind = CC_RATE_LIMITED;
+        snprintf(o->msg + strlen(o->msg), sizeof o->msg - strlen(o->msg),
+                 "; asked to wait %gs, past the timeout", o->retry_after);
+    }
+    return 0;
+}
+
 /* Decides what follows an attempt: another one later, or a result pushed as
  * two values (res, nil) or (nil, err). Returns 1 when the request is done. */
 static int finish(lua_State *L, run *r, xfer *x, CURLcode rc)
@@ -244,37 +490,20 @@ static int finish(lua_State *L, run *r, xfer *x, CURLcode rc)
     if (x->sends > 1) x->attempts += x->sends - 1;
     if (x->oom) {
         r->oom = 1;
-        x->state = X_DONE;
         return 0;
     }
     if (rc != CURLE_OK) {
         read_failure(x, rc, now, &o);
     } else if (read_answer(L, x, &o)) {
+        emit_attempt(L, r, x, &o, 1, now);
         lua_pushnil(L);
-        x->state = X_DONE;
         return 1;
     }
-    if (o.retryable && x->req.retry_ok && x->attempts <= x->req.retries) {
-        double wait = o.retry_after;
-        if (wait < 0) {
-            double cap = 0.5 * pow(2, x->attempts - 1);
-            wait = jitter(r->s) * (cap > 30 ? 30 : cap);
-        }
-        if (now + wait < x->deadline) {
-            x->state = X_WAIT;
-            x->next_start = now + wait;
-            return 0;
-        }
-        if (o.retry_after >= 0) {
-            o.kind = CC_RATE_LIMITED;
-            snprintf(o.msg + strlen(o.msg), sizeof o.msg - strlen(o.msg),
-                     "; asked to wait %gs, past the timeout", o.retry_after);
-        }
-    }
+    emit_attempt(L, r, x, &o, 0, now);
+    if (retry(L, r, x, &o, now)) return 0;
     lua_pushnil(L);
     cc_push_error(L, o.kind, o.msg, o.status, o.code[0] ? o.code : NULL, o.retry_after,
                   x->attempts, NULL, &x->req);
-    x->state = X_DONE;
     return 1;
 }
 
@@ -291,70 +520,159 @@ static void store(lua_State *L, int out, size_t i)
     lua_rawseti(L, out, (int)i + 1);
 }
 
-/* The client-side rate limit: 1 when x may start now; else x waits for
- * its slot, or fails at once when the slot lies past its deadline. */
-static int slot_free(lua_State *L, run *r, xfer *x, int out, double now, size_t *done)
+/* Ends request x with an error of `kind` (nothing more is sent for it). */
+static void end_with(lua_State *L, run *r, xfer *x, int out, enum cc_kind kind, const char *msg,
+                     double retry_after)
+{
+    x->state = X_DONE;
+    lua_pushnil(L);
+    cc_push_error(L, kind, msg, 0, NULL, retry_after, x->attempts, NULL, &x->req);
+    store(L, out, (size_t)(x - r->x));
+}
+
+/* The client-side rate limit: a turn for every attempt. 1 when x may start
+ * now; else x waits for the start reserved for it, or has ended at once
+ * (rate_limited, nothing reserved) when that start lies past its deadline. */
+static int take_turn(lua_State *L, run *r, xfer *x, int out, double now, size_t *done)
 {
     char msg[CC_MSG_MAX];
-    double wait;
-    if (x->req.limit_requests <= 0) return 1;
-    wait = cc_limit_take(x->req.limit_key, x->req.limit_requests, x->req.limit_per, now);
-    if (wait <= 0) return 1;
-    if (now + wait < x->deadline) {
-        x->next_start = now + wait;
+    double wait = 0;
+    int rc;
+    if (x->req.limit_requests <= 0 || x->turn) {
+        x->turn = 0;
+        return 1;
+    }
+    rc = cc_limit_take(x->req.limit_key, x->req.limit_requests, x->req.limit_per, now, x->deadline - now,
+                       &wait);
+    if (rc < 0) {
+        r->oom = 1;
         return 0;
     }
-    snprintf(msg, sizeof msg, "client-side rate limit (%g requests per %gs): no slot before the timeout",
+    if (rc > 0) {
+        if (wait <= 0) return 1;
+        x->turn = 1;
+        x->next_start = now + wait;
+        emit_wait(L, r, x, wait, "rate_limit");
+        return 0;
+    }
+    snprintf(msg, sizeof msg, "client-side rate limit (%g requests per %gs): no turn before the timeout",
              x->req.limit_requests, x->req.limit_per);
-    lua_pushnil(L);
-    cc_push_error(L, CC_RATE_LIMITED, msg, 0, NULL, wait, x->attempts, NULL, &x->req);
-    x->state = X_DONE;
-    store(L, out, (size_t)(x - r->x));
+    end_with(L, r, x, out, CC_RATE_LIMITED, msg, wait);
     (*done)++;
     return 0;
 }
 
-static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
+/* Starts what may start now; returns the time of the next start to wait
+ * for (at most WAKE_EVERY away). */
+static double start_due(lua_State *L, run *r, int out, int concurrency, int *active, size_t *done)
+{
+    double now = cc_mono(), wake = now + WAKE_EVERY;
+    size_t i;
+    for (i = 0; i < r->n && !r->oom; i++) {
+        xfer *x = &r->x[i];
+        int rc;
+        if (x->state != X_WAIT || *active >= concurrency) continue;
+        if (x->next_start <= now && take_turn(L, r, x, out, now, done)) {
+            if ((rc = start_attempt(r->s, x, now)) > 0) {
+                (*active)++;
+            } else if (rc == 0) {
+                r->oom = 1;
+            } else {
+                int tls = strstr(x->errbuf, "SSL") || strstr(x->errbuf, "CAINFO");
+                end_with(L, r, x, out, tls ? CC_TLS : CC_CONNECT, x->errbuf, -1);
+                (*done)++;
+            }
+        }
+        if (x->state == X_WAIT && x->next_start < wake) wake = x->next_start;
+    }
+    return wake;
+}
+
+/* Reads the attempts libcurl has finished; returns how many requests
+ * ended (0 or more) and sets *finished when any attempt did. */
+static size_t collect(lua_State *L, run *r, int out, int *active, int *finished)
 {
     cc_session *s = r->s;
+    size_t ended = 0;
+    int queued;
+    CURLMsg *m;
+    while (!r->oom && (m = curl_multi_info_read(s->multi, &queued)) != NULL) {
+        xfer *x = NULL;
+        CURLcode rc = m->data.result;
+        if (m->msg != CURLMSG_DONE) continue;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        curl_multi_remove_handle(s->multi, x->easy);
+        x->state = X_DONE;
+        (*active)--;
+        *finished = 1;
+        if (finish(L, r, x, rc)) {
+            x->state = X_DONE;
+            store(L, out, (size_t)(x - r->x));
+            ended++;
+        }
+        cc_easy_put(s, x->easy, x->sticky, &x->st);
+        x->easy = NULL;
+    }
+    return ended;
+}
+
+/* Raises when libcurl's multi handle fails, so a broken one cannot spin. */
+static void check_multi(lua_State *L, CURLMcode rc)
+{
+    if (rc != CURLM_OK && rc != CURLM_CALL_MULTI_PERFORM)
+        luaL_error(L, "cachectl: libcurl's multi handle failed: %s", curl_multi_strerror(rc));
+}
+
+/* Waits for the network or until `wake`. */
+static void wait_until(lua_State *L, cc_session *s, double wake, int running)
+{
+    double left = wake - cc_mono();
+    int timeout = left <= 0 ? 0 : (int)ceil(left * 1000);
+#if LIBCURL_VERSION_NUM >= 0x074200
+    (void)running;
+    check_multi(L, curl_multi_poll(s->multi, NULL, 0, timeout, NULL));
+#else
+    /* curl_multi_wait returns at once when there is nothing to wait for */
+    if (running) {
+        check_multi(L, curl_multi_wait(s->multi, NULL, 0, timeout, NULL));
+    } else if (timeout > 0) {
+        struct timespec ts = { timeout / 1000, (timeout % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+#endif
+}
+
+/* Ends every request still open: a signal handler set a hook, which fires
+ * (the interpreter's "interrupted!") as soon as the call returns. */
+static void stop_all(lua_State *L, run *r, int out)
+{
+    size_t i;
+    for (i = 0; i < r->n; i++) {
+        xfer *x = &r->x[i];
+        if (x->state == X_DONE) continue;
+        if (x->state == X_RUN) {
+            curl_multi_remove_handle(r->s->multi, x->easy);
+            cc_easy_put(r->s, x->easy, 1, &x->st);
+            x->easy = NULL;
+        }
+        end_with(L, r, x, out, CC_TIMEOUT, "interrupted by a signal before the answer came", -1);
+    }
+}
+
+static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
+{
     int active = 0;
     while (done < r->n && !r->oom) {
-        double now = cc_mono(), wake = now + 1.0;
-        int running, queued, finished;
-        size_t i;
-        CURLMsg *m;
-        for (i = 0; i < r->n && !r->oom; i++) {
-            xfer *x = &r->x[i];
-            if (x->state != X_WAIT || active >= concurrency) continue;
-            if (x->next_start <= now && slot_free(L, r, x, out, now, &done)) {
-                if (!start_attempt(s, x, now)) r->oom = 1;
-                else active++;
-            } else if (x->state == X_WAIT && x->next_start < wake) {
-                wake = x->next_start;
-            }
-        }
-        curl_multi_perform(s->multi, &running);
-        finished = 0;
-        while ((m = curl_multi_info_read(s->multi, &queued)) != NULL) {
-            xfer *x = NULL;
-            CURLcode rc = m->data.result;
-            if (m->msg != CURLMSG_DONE) continue;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-            curl_multi_remove_handle(s->multi, x->easy);
-            x->state = X_DONE;
-            active--;
-            if (finish(L, r, x, rc)) {
-                store(L, out, (size_t)(x - r->x));
-                done++;
-            }
-            cc_easy_put(s, x->easy, x->sticky);
-            x->easy = NULL;
-            finished = 1;
-        }
+        double wake = start_due(L, r, out, concurrency, &active, &done);
+        int running = 0, finished = 0;
+        if (r->oom) break;
+        check_multi(L, curl_multi_perform(r->s->multi, &running));
+        done += collect(L, r, out, &active, &finished);
         /* a finished attempt may have freed a slot or set a retry time */
-        if (done < r->n && !r->oom && !finished) {
-            double left = wake - cc_mono();
-            curl_multi_poll(s->multi, NULL, 0, left <= 0 ? 0 : (int)ceil(left * 1000), NULL);
+        if (done < r->n && !r->oom && !finished) wait_until(L, r->s, wake, running);
+        if (done < r->n && interrupted(L, r)) {
+            stop_all(L, r, out);
+            break;
         }
     }
 }
@@ -364,6 +682,56 @@ typedef struct run_args {
     const cc_endpoint *ep;
     int single, concurrency;
 } run_args;
+
+/* Keeps the request's on_event function, as given when the call started,
+ * in the run's event table (created on the first). */
+static void keep_on_event(lua_State *L, run *r, xfer *x, int idx)
+{
+    lua_pushliteral(L, "on_event");
+    lua_rawget(L, idx);
+    if (lua_type(L, -1) != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (lua_isnil(L, r->events)) {
+        lua_newtable(L);
+        lua_replace(L, r->events);
+    }
+    lua_rawseti(L, r->events, (int)(x - r->x) + 1);
+    x->event = 1;
+}
+
+/* Reads item i into its request. An invalid one ends at once (returns 1). */
+static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double now)
+{
+    run *r = a->r;
+    xfer *x = &r->x[i];
+    int top = lua_gettop(L), idx = 1, ok;
+    x->state = X_DONE;
+    if (!a->single) {
+        lua_rawgeti(L, 1, (int)i + 1);
+        if (!lua_istable(L, -1))
+            luaL_error(L, "%s.%s batch: item %d is not an options table (got %s)", a->ep->service,
+                       a->ep->name, (int)i + 1, luaL_typename(L, -1));
+        idx = top + 1;
+    }
+    ok = cc_req_parse(L, idx, a->ep, &x->req);
+    if (ok) keep_on_event(L, r, x, idx);
+    lua_settop(L, top);
+    /* the header lines copy the credential and User-Agent at once: Lua code
+     * that runs before the first attempt cannot change them */
+    if (ok && !build_headers(r->s, x)) luaL_error(L, "not enough memory");
+    if (!ok) {
+        lua_pushnil(L);
+        cc_push_error(L, CC_INVALID, x->req.bad_msg, 0, NULL, -1, 0, x->req.bad_field, NULL);
+        store(L, out, i);
+        return 1;
+    }
+    x->state = X_WAIT;
+    x->deadline = now + x->req.timeout;
+    x->next_start = now + x->req.delay;
+    return 0;
+}
 
 /* Parses and drives a run, under lua_pcall (arguments: the options table or
  * the list of them, and the run_args), so that whatever it raises, cc_run
@@ -379,29 +747,10 @@ static int run_protected(lua_State *L)
         lua_createtable(L, (int)r->n, 0);
         out = lua_gettop(L);
     }
-    for (i = 0; i < r->n; i++) {
-        xfer *x = &r->x[i];
-        x->state = X_DONE;
-        if (!a->single) {
-            lua_rawgeti(L, 1, (int)i + 1);
-            if (!lua_istable(L, -1))
-                luaL_error(L, "%s.%s batch: item %d is not an options table (got %s)", a->ep->service,
-                           a->ep->name, (int)i + 1, luaL_typename(L, -1));
-        }
-        if (cc_req_parse(L, a->single ? 1 : -1, a->ep, &x->req)) {
-            x->state = X_WAIT;
-            x->deadline = now + x->req.timeout;
-            x->next_start = now + x->req.delay;
-        } else {
-            if (!a->single) lua_pop(L, 1);
-            lua_pushnil(L);
-            cc_push_error(L, CC_INVALID, x->req.bad_msg, 0, NULL, -1, 0, x->req.bad_field, NULL);
-            store(L, out, i);
-            done++;
-            continue;
-        }
-        if (!a->single) lua_pop(L, 1);
-    }
+    lua_pushnil(L);         /* the on_event functions by item, once one is given */
+    r->events = lua_gettop(L);
+    for (i = 0; i < r->n; i++) done += (size_t)parse_item(L, a, i, out, now);
+    see_hooks(L, r);
     drive(L, r, out, a->concurrency < 1 ? 1 : a->concurrency, done);
     if (r->oom) return luaL_error(L, "not enough memory");
     if (a->single) return 2;
@@ -442,8 +791,7 @@ int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int sing
     rc = lua_pcall(L, 2, LUA_MULTRET, 0);
     cc_run_release(r);
     if (!single) free(r);
+    if (s->close_pending) cc_session_close(s);     /* __close or __gc during the run */
     if (rc != 0) return lua_error(L);
     return lua_gettop(L) - top;
 }
-
-/* ---- the session as seen from Lua ------------------------------------ */

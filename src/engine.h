@@ -11,24 +11,50 @@
 
 enum { X_WAIT, X_RUN, X_DONE };
 
+/* What an easy handle has been set to beyond the options every handle
+ * shares, so a pooled handle is only told what changed. Zeroed with the
+ * handle (curl_easy_reset). */
+typedef struct hstate {
+    const void *bound;            /* the xfer its callbacks and buffers point to */
+    const CURLU *url;
+    const struct curl_slist *headers;
+    long timeout_ms, connect_ms, body_len;
+    curl_off_t max_bytes;
+    int no_proxy;                 /* CURLOPT_NOPROXY "*" is set */
+} hstate;
+
 typedef struct xfer {
     cc_req req;
     CURL *easy;
+    hstate st;                    /* what easy has been set to */
     int sticky;
-    struct curl_slist *headers;   /* the session's, or auth below in front of them */
+    struct curl_slist *headers;   /* the session's, or nodes below in front of them */
     struct curl_slist auth;       /* "Authorization: Bearer ..." (data malloc'd) */
+    struct curl_slist ua;         /* "User-Agent: ..." of user_agent (data malloc'd) */
+    struct curl_slist expect;     /* "Expect:" for a large body */
+    CURLU *url;                   /* req.url parsed: the session's cached one, or own */
     cc_buf resp;
     int too_large, oom, state, attempts;
     int sends;              /* requests libcurl sent in this attempt */
-    double deadline, next_start;
+    int turn;               /* a rate-limit start is reserved at next_start */
+    int event;              /* on_event given: it sits in the run's event table */
+    double deadline, next_start, started;
     char retry_after[64];
     char errbuf[CURL_ERROR_SIZE];
 } xfer;
+
+/* A Lua hook as seen at one moment (see the interrupt check in engine.c). */
+typedef struct hookseen {
+    lua_Hook hook, main_hook;
+    int mask, main_mask;
+} hookseen;
 
 typedef struct run {
     struct cc_session *s;
     size_t n;
     int oom;
+    int events;         /* stack index of the on_event functions, by item */
+    hookseen hooks;
     xfer *x;            /* calloc'd, or one[] for a single call */
     xfer one[1];
 } run;
@@ -39,27 +65,40 @@ typedef struct run {
 typedef struct pooled {
     CURL *easy;
     int sticky;
+    hstate st;
 } pooled;
 
 struct cc_session {
     CURLM *multi;
     pooled pool[POOL_MAX];
     int npool;
-    struct curl_slist *headers;  /* the headers every request sends */
+    /* the headers every request sends: User-Agent (the default), then
+     * Content-Type and Accept (headers_noua) */
+    struct curl_slist *headers, *headers_noua;
+    CURLU *url;             /* the last URL parsed, shared by requests to it */
+    char *url_text;
+    int url_users;
     uint64_t rng;
+    lua_State *main;        /* the main thread, whose hook a signal handler sets */
+    int close_pending;      /* __close or __gc came while a call ran */
     struct run *active;     /* the run in progress */
     struct run single;      /* the run of single calls, reused */
 };
 
 /* session.c: the pool of easy handles (a handle comes back with the options
- * every request shares; sticky: it must be reset before reuse). */
-CURL *cc_easy_get(cc_session *s, int sticky);
-void cc_easy_put(cc_session *s, CURL *e, int sticky);
+ * every request shares and st telling what else it holds; sticky: it must
+ * be reset before reuse). NULL with *refused naming a libcurl option that
+ * failed, or with *refused NULL when out of memory. */
+CURL *cc_easy_get(cc_session *s, int sticky, hstate *st, const char **refused);
+void cc_easy_put(cc_session *s, CURL *e, int sticky, const hstate *st);
+void cc_session_close(cc_session *s);
 
 /* engine.c */
 void cc_run_release(run *r);
 size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud);
 size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud);
+#if LIBCURL_VERSION_NUM >= 0x075000
 int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port);
+#endif
 
 #endif

@@ -74,6 +74,12 @@ static void ua_build(void)
     snprintf(ua_default, sizeof ua_default, "cachectl/%s libcurl/%s", CC_VERSION, v->version);
 }
 
+const char *cc_user_agent_default(void)
+{
+    pthread_once(&ua_once, ua_build);
+    return ua_default;
+}
+
 /* { name = "string" | "number" | "boolean" | "string|number" } */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
 {
@@ -363,8 +369,7 @@ static int check_common(cc_req *r, const cc_slot *v)
     if (v[O_CA_FILE].set && (v[O_CA_FILE].len == 0 || strlen(v[O_CA_FILE].s) != v[O_CA_FILE].len))
         return bad(r, "ca_file", "must be a file path");
     if (!check_numbers(r, v)) return 0;
-    if (!v[O_USER_AGENT].set) pthread_once(&ua_once, ua_build);
-    r->user_agent = v[O_USER_AGENT].set ? v[O_USER_AGENT].s : ua_default;
+    r->user_agent = v[O_USER_AGENT].set ? v[O_USER_AGENT].s : cc_user_agent_default();
     r->proxy = v[O_PROXY].set ? v[O_PROXY].s : NULL;
     r->ca_file = v[O_CA_FILE].set ? v[O_CA_FILE].s : NULL;
     return check_limit(r, &v[O_RATE_LIMIT]);

@@ -1,22 +1,31 @@
-/* ratelimit.c — the client-side rate limit: one token bucket per credential
- * (and limit), shared by every session and thread of the process, so that
- * batches and separate clients of one token wait their turn together instead
- * of drawing 429s. Buckets are found by a hash; the credential is not kept. */
+/* ratelimit.c — the client-side rate limit as a sliding window: at most n
+ * requests start in any window of `per` seconds, per credential and limit,
+ * shared by every session and thread of the process (one mutex), so that
+ * batches and separate clients of one token wait their turn together
+ * instead of drawing 429s.
+ *
+ * Each window keeps the start times it has handed out (reservations, some
+ * in the future), at most n of them, in a ring. A new request starts at
+ *   t = max(now, last start, n-th most recent start + per)
+ * and is refused (nothing reserved) when t lies past its budget. Windows are
+ * found by a hash of the credential, which is not kept. The table grows as
+ * needed; a window is dropped only when idle (its last start is `per` or
+ * more in the past), when it can no longer delay anyone. */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "cachectl.h"
 
-#define BUCKETS 64
-
-typedef struct bucket {
+typedef struct window {
     uint64_t key;
-    double tokens, last, rate, cap;
-    double used;        /* last use, for replacing the oldest */
-} bucket;
+    double per, last;
+    double *start;          /* ring of the last `count` starts, oldest at `head` when full */
+    size_t n, count, cap, head;
+} window;
 
-static bucket buckets[BUCKETS];
-static int nbuckets;
+static window **table;      /* open addressing, linear probing; NULL: free */
+static size_t table_cap, table_used;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per)
@@ -31,35 +40,114 @@ uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double 
     return h ? h : 1;
 }
 
-static bucket *find(uint64_t key, double requests, double per, double now)
+static window **slot_of(window **t, size_t cap, uint64_t key)
 {
-    int i, oldest = 0;
-    for (i = 0; i < nbuckets; i++) {
-        if (buckets[i].key == key) return &buckets[i];
-        if (buckets[i].used < buckets[oldest].used) oldest = i;
-    }
-    i = nbuckets < BUCKETS ? nbuckets++ : oldest;
-    buckets[i].key = key;
-    buckets[i].cap = requests;
-    buckets[i].tokens = requests;
-    buckets[i].rate = requests / per;
-    buckets[i].last = now;
-    return &buckets[i];
+    size_t i = (size_t)(key ^ (key >> 29)) & (cap - 1);
+    while (t[i] && t[i]->key != key) i = (i + 1) & (cap - 1);
+    return &t[i];
 }
 
-/* Takes one request slot: 0 when granted, else the seconds until one frees. */
-double cc_limit_take(uint64_t key, double requests, double per, double now)
+static void window_free(window *w)
 {
-    bucket *b;
-    double wait = 0;
+    free(w->start);
+    free(w);
+}
+
+/* Rebuilds the table without its idle windows, twice as large when the
+ * live ones still fill half of it. Returns 0 when out of memory. */
+static int rebuild(double now)
+{
+    size_t i, live = 0, cap;
+    window **t;
+    for (i = 0; i < table_cap; i++) {
+        window *w = table[i];
+        if (!w) continue;
+        if (w->last <= now - w->per) {
+            window_free(w);
+            table[i] = NULL;
+        } else {
+            live++;
+        }
+    }
+    cap = table_cap ? table_cap : 64;
+    while (live + 1 > cap / 2) cap *= 2;
+    if (!(t = calloc(cap, sizeof *t))) return 0;
+    for (i = 0; i < table_cap; i++)
+        if (table[i]) *slot_of(t, cap, table[i]->key) = table[i];
+    free(table);
+    table = t;
+    table_cap = cap;
+    table_used = live;
+    return 1;
+}
+
+static window *find(uint64_t key, double requests, double per, double now)
+{
+    window **at, *w;
+    if (table_cap && (w = *slot_of(table, table_cap, key)) != NULL) return w;
+    if ((table_used + 1 > table_cap / 2) && !rebuild(now)) return NULL;
+    if (!(w = calloc(1, sizeof *w))) return NULL;
+    w->key = key;
+    w->per = per;
+    w->n = (size_t)requests;
+    at = slot_of(table, table_cap, key);
+    *at = w;
+    table_used++;
+    return w;
+}
+
+/* Appends a start time; the ring grows to n entries as they are needed (it
+ * is not full before, so the entries are in order from index 0). */
+static int record(window *w, double t)
+{
+    if (w->count < w->n) {
+        if (w->count == w->cap) {
+            size_t cap = w->cap ? w->cap * 2 : 4;
+            double *s;
+            if (cap > w->n) cap = w->n;
+            if (!(s = realloc(w->start, cap * sizeof *s))) return 0;
+            w->start = s;
+            w->cap = cap;
+        }
+        w->start[w->count++] = t;
+    } else {
+        w->start[w->head] = t;
+        w->head = (w->head + 1) % w->n;
+    }
+    w->last = t;
+    return 1;
+}
+
+#if defined(__GNUC__)
+/* The windows go with the module: when the library is unloaded (lua_close
+ * unloads it; no call can run then), so leak checkers see nothing left. */
+__attribute__((destructor)) static void free_windows(void)
+{
+    size_t i;
+    for (i = 0; i < table_cap; i++)
+        if (table[i]) window_free(table[i]);
+    free(table);
+    table = NULL;
+    table_cap = table_used = 0;
+}
+#endif
+
+/* Takes one start slot for `key`. Returns 1 with *wait the seconds until
+ * the reserved start (0: now), 0 when that start would lie `budget` seconds
+ * or more away (*wait says when; nothing is reserved), -1 when out of
+ * memory. */
+int cc_limit_take(uint64_t key, double requests, double per, double now, double budget, double *wait)
+{
+    window *w;
+    double t = now;
+    int rc = -1;
     pthread_mutex_lock(&lock);
-    b = find(key, requests, per, now);
-    b->tokens += (now - b->last) * b->rate;
-    if (b->tokens > b->cap) b->tokens = b->cap;
-    b->last = now;
-    b->used = now;
-    if (b->tokens >= 1) b->tokens -= 1;
-    else wait = (1 - b->tokens) / b->rate;
+    if ((w = find(key, requests, per, now)) != NULL) {
+        if (w->count > 0 && w->last > t) t = w->last;
+        if (w->count == w->n && w->start[w->head] + per > t) t = w->start[w->head] + per;
+        *wait = t - now;
+        rc = t - now >= budget ? 0 : record(w, t) ? 1 : -1;
+    }
     pthread_mutex_unlock(&lock);
-    return wait;
+    return rc;
 }

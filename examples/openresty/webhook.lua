@@ -16,8 +16,11 @@
 -- The resets run concurrently in nginx's thread pool (`thread_pool cachectl`),
 -- so the worker keeps serving other requests meanwhile. Configuration comes
 -- from nginx's environment (list each variable with `env NAME;` in nginx.conf):
--- OMNI_API_KEY (the token), OMNI_BASE_URL or OMNI_INSTANCE (the host), and
--- WEBHOOK_SECRET (optional: then callers must send `Authorization: Bearer <it>`).
+-- OMNI_API_KEY (the token), OMNI_BASE_URL or OMNI_INSTANCE (the host),
+-- CACHECTL_REDIS_URL (optional: Omni's limit shared with every node through
+-- Redis) and WEBHOOK_SECRET (optional: then callers must send
+-- `Authorization: Bearer <it>`). Every attempt and wait goes to nginx's error
+-- log at level info. docs/nginx.md explains it all.
 --
 --    location = /hooks/data-loaded {
 --      content_by_lua_block { require("webhook").handle() }
@@ -29,6 +32,7 @@ local cjson = require "cjson.safe"
 local ngx = ngx
 local type, pairs, ipairs, pcall, tostring = type, pairs, ipairs, pcall, tostring
 local getenv = os.getenv
+local format = string.format
 
 local M = {}
 
@@ -85,9 +89,21 @@ local function same(a, b)
   return diff == 0
 end
 
+-- One line per cachectl event in nginx's error log, at level info
+-- (`error_log ... info;` shows them): attempts, waits, Redis fallbacks.
+local function log_event(ev)
+  ngx.log(ngx.INFO, "cachectl: ", ev.type, " ", ev.service, ".", ev.call,
+    ev.method and format(" %s %s", ev.method, ev.url) or "",
+    ev.status and format(" -> %d", ev.status) or "", ev.kind and " " .. ev.kind or "",
+    ev.ms and format(" (%.0f ms)", ev.ms) or "",
+    ev.wait and format(" wait %.3f s (%s)", ev.wait, ev.reason) or "",
+    ev.message and ": " .. ev.message or "")
+end
+
 --- Builds a content handler.
 -- @tparam[opt] table opts `client`: options for `cachectl.omni.new` (default: token
--- from $OMNI_API_KEY, host from $OMNI_INSTANCE or $OMNI_BASE_URL); `secret`: the
+-- from $OMNI_API_KEY, host from $OMNI_INSTANCE or $OMNI_BASE_URL, events to the
+-- error log at level info); `secret`: the
 -- Bearer token callers must send (default $WEBHOOK_SECRET; none: no check)
 -- @treturn function the handler, for content_by_lua*
 -- @usage content_by_lua_block { require("webhook").handle() }
@@ -96,6 +112,7 @@ function M.handler(opts)
   local client_opts = {}
   for k, v in pairs(opts.client or {}) do client_opts[k] = v end
   client_opts.token = client_opts.token or env("OMNI_API_KEY")
+  client_opts.on_event = client_opts.on_event or log_event
   if client_opts.base_url == nil and client_opts.instance == nil then
     client_opts.instance = env("OMNI_INSTANCE")      -- else the Lua layer reads $OMNI_BASE_URL
   end
@@ -142,8 +159,11 @@ function M.handler(opts)
 end
 
 --- The handler with everything from the environment, and Omni's limit of 60
--- requests a minute per token kept for all workers together in the
--- `lua_shared_dict cachectl_limits` (without it, each worker would allow 60).
-M.handle = M.handler{ client = { rate_limit = { requests = 60, per = 60, shared_dict = "cachectl_limits" } } }
+-- requests a minute per token kept as one sliding window for all workers
+-- together in the `lua_shared_dict cachectl_limits` (without it, each worker
+-- would allow 60), or, with $CACHECTL_REDIS_URL, for every node using that
+-- Redis (the shared dict is then the fallback while Redis cannot be reached).
+M.handle = M.handler{ client = { rate_limit = { requests = 60, per = 60, shared_dict = "cachectl_limits",
+  redis = env("CACHECTL_REDIS_URL") } } }
 
 return M

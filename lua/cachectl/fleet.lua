@@ -220,13 +220,13 @@ local redis_lib, socket_lib, resty_lib, cjson -- loaded on first use; false: mis
 
 -- Debian's lua-redis installs redis.lua for Lua 5.1-5.3 only; the same
 -- file runs unchanged under 5.4, so it is loaded from there when `require`
--- does not find one of the running version's own.
+-- does not find one of the running version's own (nor a preload).
 local DEBIAN_REDIS = "/usr/share/lua/5.3/?.lua;/usr/share/lua/5.1/?.lua"
 
 local function require_redis()
   local ok, lib = pcall(require, "redis")
   local search = package.searchpath
-  if ok or not search then return ok, lib end
+  if ok or not search or package.preload.redis then return ok, lib end
   local file = search("redis", DEBIAN_REDIS)
   local chunk = file and loadfile(file)
   if not chunk then return ok, lib end

@@ -1,7 +1,12 @@
 --- cachectl: clear and reset remote caches and queues from Lua.
 --
 -- The Lua layer over `cachectl.core`: clients with defaults taken from the
--- environment, kept-alive connections, and concurrent batches.
+-- environment, kept-alive connections, concurrent batches, coalescing and
+-- the fleet's rate limit (cachectl.perform), Omni's models and cache
+-- policies (cachectl.policies). Every fact about a service and its calls
+-- comes from the core's rows (`core.services`): each client method is built
+-- from a call's row; only `omni:models`, `omni:cache_policies` and
+-- `omni:reset_caches` are written by hand. Options are checked by the core.
 --
 --    local cachectl = require "cachectl"
 --    local omni = cachectl.omni.new{ instance = "acme" }   -- token from $OMNI_API_KEY
@@ -10,11 +15,15 @@
 -- @module cachectl
 
 local core = require "cachectl.core"
+local perform = require "cachectl.perform"
+local policies = require "cachectl.policies"
 
-local error, pairs, ipairs, type, tostring, setmetatable = error, pairs, ipairs, type, tostring, setmetatable
+local error, pcall, pairs, ipairs, type, select, tostring, setmetatable =
+  error, pcall, pairs, ipairs, type, select, tostring, setmetatable
 local rawget, _G = rawget, _G
 local getenv = os.getenv
 local format = string.format
+local gettime = require("socket").gettime
 
 -- Inside nginx, calls run in an nginx thread pool instead of blocking the
 -- worker (see cachectl.openresty); plain Lua never loads that module.
@@ -26,92 +35,66 @@ local M = {
   omni = core.omni,
 }
 
--- What each service's client knows: its calls, the environment variables it
--- reads, and the options that belong to the client rather than to a call.
-local services = {
-  modelslab = {
-    calls = { "clear_cache", "clear_queue", "enterprise_clear_cache", "restart_server",
-              "update_server", "system_details", "request" },
-    secret = "key",
-    env = { key = "MODELSLAB_API_KEY", base_url = "MODELSLAB_BASE_URL" },
-    default_base = "https://modelslab.com/api",
-  },
-  omni = {
-    calls = { "reset_cache", "request" },
-    secret = "token",
-    env = { token = "OMNI_API_KEY", base_url = "OMNI_BASE_URL" },
-  },
+-- The options this layer reads itself (the core type-checks them as client
+-- options), and which calls take them besides their row's own.
+local LAYER = {
+  coalesce = function(row) return row.name ~= "request" end,
+  check_policy = function(row) return row.options.policy ~= nil end,
 }
 
--- thread_pool: the nginx thread pool calls run in (cachectl.openresty).
-local client_options = { product = "string", concurrency = "number", thread_pool = "string|boolean" }
+-- How a call names its host: naming one replaces the client's way.
+local HOST = { base_url = true, instance = true, playground = true }
 
--- The option names (and types) a service's clients take: every option of
--- every call of the service, plus the client's own.
-for name, svc in pairs(services) do
-  svc.name = name
-  svc.accepts = {}
-  svc.call_options = {}
-  for _, call in pairs(svc.calls) do
-    local opts = core.endpoints[name .. "." .. call].options
-    svc.call_options[call] = opts
-    for k, t in pairs(opts) do svc.accepts[k] = t end
-  end
-  for k, t in pairs(client_options) do
-    if not svc.accepts[k] then svc.accepts[k] = t end
-  end
-end
+local POLICY_TTL = 60 -- seconds a model's policies are kept per client
 
 -- Client state lives here, not in the client table, so that no credential
 -- can be reached by printing or walking a client.
 local private = setmetatable({}, { __mode = "k" })
 
--- The methods of both kinds of client; each service's class adds its calls.
+-- The methods of every kind of client; each service's class adds its calls.
 local Client = {}
-local classes = { modelslab = {}, omni = {} }
+local classes = {}
 
--- Raises, `level` frames up, on an unknown option name or a wrong type.
-local function check_options(where, opts, accepts, level)
-  for k, v in pairs(opts) do
-    local want = accepts[k]
-    if not want then
-      error(format("%s: unknown option '%s'", where, tostring(k)), level + 1)
-    end
-    local t = type(v)
-    if not ("|" .. want .. "|"):find("|" .. t .. "|", 1, true) then
-      error(format("%s: option '%s' must be a %s, got %s", where, k, want:gsub("|", " or "), t), level + 1)
-    end
+local function copy(t, without)
+  local out = {}
+  for k, v in pairs(t) do
+    if k ~= without then out[k] = v end
   end
+  return out
 end
 
 local function nonempty_env(name)
-  local v = getenv(name)
+  local v = name and getenv(name)
   if v ~= nil and v ~= "" then return v end
   return nil
+end
+
+-- core.check_options, its mistakes raised without a position (LuaJIT
+-- would give one inside this file, of no use to the caller).
+local function check(service, opts, call, where)
+  local ok, msg = pcall(core.check_options, service, opts, call, where)
+  if not ok then error((tostring(msg):gsub("^[^\n]-%.lua:%d+: ", "")), 0) end
 end
 
 local function new_client(svc, opts)
   local where = "cachectl." .. svc.name .. ".new"
   if opts ~= nil and type(opts) ~= "table" then
-    error(format("bad argument #1 to '%s' (table expected, got %s)", where, type(opts)), 2)
+    error(format("bad argument #1 to '%s' (table expected, got %s)", where, type(opts)), 3)
   end
   opts = opts or {}
-  check_options(where, opts, svc.accepts, 3)
-  local defaults = {}
-  for k, v in pairs(opts) do defaults[k] = v end
+  check(svc.name, opts, nil, where)
+  local defaults = copy(opts)
   if defaults[svc.secret] == nil then
     defaults[svc.secret] = nonempty_env(svc.env[svc.secret])
   end
   if defaults.base_url == nil and defaults.instance == nil then
     defaults.base_url = nonempty_env(svc.env.base_url)
   end
-  if defaults.instance and defaults.base_url then
-    error(format("%s: give either 'instance' or 'base_url', not both", where), 2)
-  end
   local self = setmetatable({}, classes[svc.name])
   -- plain[call]: the options of a call made without options of its own,
-  -- built once (callers only ever set the same positional fields in it)
-  private[self] = { svc = svc, defaults = defaults, session = core.session(), plain = {} }
+  -- built once; policies: a model's policies by request identity
+  private[self] = { svc = svc, defaults = defaults, session = core.session(), plain = {}, ctx = {}, depth = 0,
+                    policies = {}, redis = nonempty_env("CACHECTL_REDIS_URL") }
   return self
 end
 
@@ -122,30 +105,64 @@ local function state(self)
   return st
 end
 
--- The options for one call: the client's defaults that this call takes,
--- overridden by the call's own. Naming a host per call replaces the
--- client's way of naming it. Mistakes raise at the caller's caller.
--- Without options of its own a call gets the same table every time.
-local function call_options(st, call, opts, where)
-  if opts ~= nil and type(opts) ~= "table" then
-    error(format("bad argument to '%s' (options table expected, got %s)", where, type(opts)), 4)
-  end
-  if opts == nil and st.plain[call] then return st.plain[call] end
-  local takes = st.svc.call_options[call]
-  if opts then check_options(where, opts, takes, 4) end
-  local merged = {}
-  local own_host = opts and (opts.base_url ~= nil or opts.instance ~= nil)
-  for k, v in pairs(st.defaults) do
-    if takes[k] and not (own_host and (k == "base_url" or k == "instance" or k == "playground")) then
-      merged[k] = v
+-- A call's options apart: the core's (checked by the core for this call)
+-- and this layer's (checked by the core as client options).
+local function split(st, row, opts, where)
+  local core_opts, own = opts, nil
+  for k, v in pairs(opts) do
+    local takes = LAYER[k]
+    if takes and takes(row) then
+      if not own then own, core_opts = {}, copy(opts) end
+      own[k], core_opts[k] = v, nil
     end
   end
-  if opts then
-    for k, v in pairs(opts) do merged[k] = v end
-  else
-    st.plain[call] = merged
+  check(st.svc.name, core_opts, row.name, where)
+  if own then check(st.svc.name, own, nil, where) end
+  return core_opts, own or {}
+end
+
+-- $CACHECTL_REDIS_URL is the default of rate_limit.redis, where the call has
+-- a rate limit: a table of its own, or the service's default.
+local function redis_default(st, merged)
+  local limit = merged.rate_limit
+  if type(limit) == "table" then
+    if limit.redis == nil and limit.shared_dict == nil then
+      merged.rate_limit = copy(limit)
+      merged.rate_limit.redis = st.redis
+    end
+  elseif (limit == nil or limit == true) and st.svc.rate_limit then
+    merged.rate_limit = { redis = st.redis }
   end
-  return merged
+end
+
+-- The options for one call: the client's defaults that this call takes,
+-- overridden by the call's own; and this layer's options (coalesce,
+-- check_policy). Mistakes raise at the caller's caller. Without options of
+-- its own a call gets the same tables every time.
+local function call_options(st, row, opts, where)
+  if opts == nil then
+    local plain = st.plain[row.name]
+    if plain then return plain[1], plain[2] end
+  elseif type(opts) ~= "table" then
+    error(format("bad argument to '%s' (options table expected, got %s)", where, type(opts)), 4)
+  end
+  local own_opts, own = {}, {}
+  if opts then own_opts, own = split(st, row, opts, where) end
+  local merged, layer = {}, {}
+  local own_host = opts and (opts.base_url ~= nil or opts.instance ~= nil)
+  for k, v in pairs(st.defaults) do
+    if row.options[k] and not (own_host and HOST[k]) then merged[k] = v end
+  end
+  for k, v in pairs(own_opts) do merged[k] = v end
+  if st.redis then redis_default(st, merged) end
+  for name, takes in pairs(LAYER) do
+    if takes(row) then
+      layer[name] = own[name]
+      if layer[name] == nil then layer[name] = st.defaults[name] end
+    end
+  end
+  if not opts then st.plain[row.name] = { merged, layer } end
+  return merged, layer
 end
 
 -- A positional argument left nil falls back to the client's option of that
@@ -158,151 +175,288 @@ end
 -- An invalid secret most often means an unset environment variable: say so.
 local function hint(st, err)
   if err and err.kind == "invalid" and err.field == st.svc.secret then
-    err.message = format("%s (give %s= or set %s)", err.message, st.svc.secret,
-      st.svc.env[st.svc.secret])
+    err.message = format("%s (give %s= or set %s)", err.message, st.svc.secret, st.svc.env[st.svc.secret])
   end
   return err
 end
 
--- rate_limit.shared_dict names an nginx lua_shared_dict (cachectl.openresty);
--- outside nginx the core's process-wide bucket applies, with the same numbers
--- (60 per 60 s unless given). The core takes only requests and per.
-local function without_shared_dict(opts)
-  local limit = opts.rate_limit
-  if type(limit) ~= "table" or limit.shared_dict == nil then return opts end
-  local copy, core_limit = {}, { requests = 60, per = 60 }
-  for k, v in pairs(opts) do copy[k] = v end
-  for k, v in pairs(limit) do
-    if k ~= "shared_dict" then core_limit[k] = v end
+-- How a call of this client goes out (cachectl.perform).
+local function context(st, call)
+  local ctx = st.ctx[call]
+  if not ctx then
+    ctx = { service = st.svc, call = call, session = st.session, pool = st.defaults.thread_pool }
+    st.ctx[call] = ctx
   end
-  copy.rate_limit = core_limit
-  return copy
+  ctx.nginx = openresty ~= nil and openresty.active()
+  return ctx
 end
 
-local function perform(st, call, opts)
-  local res, err
-  if openresty and openresty.active() then
-    res, err = openresty.call(st.svc.name, call, opts, st.defaults.thread_pool)
-  else
-    res, err = st.session:call(st.svc.name, call, without_shared_dict(opts))
-  end
+local function one(st, call, opts, window)
+  local res, err = perform.one(context(st, call), opts, window)
   return res, hint(st, err)
 end
 
---- Clears the ModelsLab user cache.
--- @tparam[opt] table opts per-call options, overriding the client's
--- @treturn table|nil the decoded answer, e.g. `{ status = "success", message = "Cache cleared" }`
--- @treturn[2] table err (`kind`, `message`, `status`, `code`, `retry_after`, `attempts`, `field`)
--- @usage local res, err = ml:clear_cache()
--- @function modelslab_client:clear_cache
-function classes.modelslab:clear_cache(opts)
-  local st = state(self)
-  return perform(st, "clear_cache", call_options(st, "clear_cache", opts, "modelslab:clear_cache"))
+-- ------------------------------------------------------------ policies
+
+-- A model's policies, read from its model file: the list, or nil, err.
+local function read_policies(st, yopts, window)
+  local res, err = one(st, "model_yaml", yopts, window)
+  if not res then return nil, err end
+  local files, count, only = type(res.files) == "table" and res.files or {}, 0, nil
+  for _, t in pairs(files) do count, only = count + 1, t end
+  -- file_name may be a regular expression: then the one file it matched
+  local text = files[yopts.file_name] or (count == 1 and only or nil)
+  if type(text) ~= "string" then
+    return nil, perform.new_error{ kind = "decode", attempts = 1,
+      message = format("the answer holds no file '%s' for model %s", yopts.file_name, yopts.model_id) }
+  end
+  local list, why = policies.parse(text)
+  if not list then
+    return nil, perform.new_error{ kind = "decode", attempts = 1,
+      message = format("model %s: %s", yopts.model_id, why) }
+  end
+  return list
 end
 
---- Clears a ModelsLab Enterprise queue (product from the options, the client, or "3d").
--- @tparam[opt] table opts per-call options, e.g. `{ product = "3d" }`
--- @treturn table|nil the decoded answer
--- @treturn[2] table err
--- @usage local res, err = ml:clear_queue{ product = "3d" }
--- @function modelslab_client:clear_queue
-function classes.modelslab:clear_queue(opts)
-  local st = state(self)
-  return perform(st, "clear_queue", call_options(st, "clear_queue", opts, "modelslab:clear_queue"))
+-- The options to read the model file of a reset: the reset's own, for the
+-- model_yaml call.
+local function yaml_options(st, opts)
+  local takes = st.svc.calls.model_yaml.options
+  local yopts = {}
+  for k, v in pairs(opts) do
+    if takes[k] then yopts[k] = v end
+  end
+  yopts.file_name, yopts.fully_resolved = "model.yaml", true
+  return yopts
 end
 
---- The ModelsLab Enterprise server calls, one method each, for any product:
--- `POST {base}/v1/enterprise/{product}/{action}` with `{"key": ...}`:
--- `ml:enterprise_clear_cache(opts)`, `ml:restart_server(opts)`,
--- `ml:update_server(opts)`, `ml:system_details(opts)`, each returning `res` or
--- `nil, err` like `clear_queue`. restart_server and update_server are never retried.
--- @section enterprise
-for _, call in ipairs{ "enterprise_clear_cache", "restart_server", "update_server", "system_details" } do
-  classes.modelslab[call] = function(self, opts)
+-- The policies of the model a reset names, kept per model (and host and
+-- credential) for POLICY_TTL seconds: the list, or nil, err.
+local function model_policies(st, opts)
+  policies.need_yaml("check_policy")
+  local yopts = yaml_options(st, opts)
+  local key, bad = core.identity(st.svc.name, "model_yaml", yopts)
+  if not key then return nil, hint(st, bad) end
+  local now = gettime()
+  local kept = st.policies[key]
+  if kept and kept.expires > now then return kept.list end
+  local list, err = read_policies(st, yopts)
+  if not list then return nil, err end
+  st.policies[key] = { expires = now + POLICY_TTL, list = list }
+  return list
+end
+
+-- nil when the model declares `name`, else the `invalid` error refusing it.
+local function refusal(name, known, model_id)
+  local ok, message = policies.check(name, known, model_id)
+  if ok then return nil end
+  return perform.new_error{ kind = "invalid", field = "policy", attempts = 0, message = message }
+end
+
+-- Whether a value is a policy name worth checking (others are the core's to refuse).
+local function checkable(name)
+  return type(name) == "string" and name ~= ""
+end
+
+-- ------------------------------------------------------------ methods
+
+-- Runs one call of a row-built method: this layer's options, then the call.
+local function run(st, row, opts, layer)
+  local window, bad = perform.window(layer.coalesce)
+  if bad then return nil, bad end
+  if layer.check_policy and checkable(opts.policy) then
+    local known, err = model_policies(st, opts)
+    if not known then return nil, err end
+    local refused = refusal(opts.policy, known, opts.model_id)
+    if refused then return nil, refused end
+  end
+  return one(st, row.name, opts, window)
+end
+
+-- The client method of a call's row: positional arguments (the row's
+-- `args`), then an options table.
+local function method(svc, row)
+  local args, nargs = row.args, #row.args
+  local where = svc.name .. ":" .. row.name
+  return function(self, ...)
     local st = state(self)
-    return perform(st, call, call_options(st, call, opts, "modelslab:" .. call))
+    local opts, layer = call_options(st, row, (select(nargs + 1, ...)), where)
+    if nargs > 0 then
+      -- a call from inside another's event must not change the options that one reads
+      if st.depth > 0 then opts = copy(opts) end
+      for i = 1, nargs do
+        opts[args[i]] = arg_or_default(st, (select(i, ...)), args[i])
+      end
+    end
+    st.depth = st.depth + 1
+    local res, err = run(st, row, opts, layer)
+    st.depth = st.depth - 1
+    return res, err
   end
 end
 
---- Sends any other request to the service, authenticated like the client's
--- calls (ModelsLab: `key` added to the JSON body; Omni: Bearer token), with
--- the same errors and retries (only GET, PUT and DELETE are retried).
--- @tparam string method "GET", "POST", "PUT", "PATCH" or "DELETE"
--- @tparam string path below the base URL, URL-encoded, e.g. "/v1/models"
--- @tparam[opt] table body encoded as JSON (ModelsLab: an object, without `key`)
--- @tparam[opt] table opts per-call options
--- @treturn table|nil the decoded answer
--- @treturn[2] table err
--- @usage local res, err = omni:request("GET", "/v1/models")
--- @function client:request
-function Client:request(method, path, body, opts)
-  local st = state(self)
-  local merged = call_options(st, "request", opts, st.svc.name .. ":request")
-  merged.method = arg_or_default(st, method, "method")
-  merged.path = arg_or_default(st, path, "path")
-  merged.body = arg_or_default(st, body, "body")
-  return perform(st, "request", merged)
-end
+--- The methods built from the core's rows, one per call, each returning
+-- `res` (the decoded answer) or `nil, err` (`kind`, `message`, `status`,
+-- `code`, `retry_after`, `attempts`, `field`). Positional arguments first,
+-- then an options table overriding the client's defaults; a nil positional
+-- argument falls back to the client's option of that name.
+--
+-- ModelsLab: `ml:clear_cache(opts)`, `ml:clear_queue(opts)`,
+-- `ml:enterprise_clear_cache(opts)`, `ml:restart_server(opts)`,
+-- `ml:update_server(opts)`, `ml:system_details(opts)` (Enterprise calls take
+-- `product`, default "3d", or false, and `deploy_type`; restart_server and
+-- update_server are never retried).
+--
+-- Omni: `omni:reset_cache(model_id, policy, opts)` (opts: `reset_at`,
+-- `check_policy`), `omni:list_models(opts)` (one page: `name`, `kind`,
+-- `include_deleted`, `cursor`, `page_size`), `omni:model_yaml(model_id, opts)`
+-- (`file_name`, `mode`, `fully_resolved`, `branch_id`; returns
+-- `{ files = { ["model.yaml"] = text, ... }, version = n }`).
+--
+-- Both: `client:request(method, path, body, opts)`: any other request,
+-- authenticated like the client's calls (only GET, PUT and DELETE are retried).
+--
+-- Every call but `request` takes `coalesce = seconds`: identical calls
+-- within the window share one request's outcome (a shared one carries
+-- `coalesced = true`).
+-- @usage local res, err = omni:reset_cache(model_id, "daily", { reset_at = "2026-11-22T08:00:00Z" })
+-- @usage local res, err = ml:clear_queue{ product = "face_gen" }
+-- @section calls
 
---- Resets one Omni cache policy of a model.
--- @tparam string model_id the model's UUID
--- @tparam string policy the cache policy name
--- @tparam[opt] table opts per-call options, e.g. `{ reset_at = "2026-11-22T08:00:00Z" }`
--- @treturn table|nil the whole decoded answer (`res.cache_reset.policy_name`, `res.success`)
+--- Lists Omni models, following every page (`pageInfo.nextCursor`) up to
+-- `limit` records; paging stops early when a page is empty or its cursor does
+-- not change.
+-- @tparam[opt] table opts `name`, `kind` (modelKind), `include_deleted`,
+-- `page_size`, `limit` (default 1000), and the common options
+-- @treturn {table,...}|nil the records as decoded, in order:
+-- `{ id = UUID, name = "Sales", modelKind = "SHARED", ... }`
 -- @treturn[2] table err
--- @usage local res, err = omni:reset_cache(model_id, "daily")
--- @function omni_client:reset_cache
-function classes.omni:reset_cache(model_id, policy, opts)
+-- @usage local models, err = omni:models{ name = "Sales" }
+local function models(self, opts)
   local st = state(self)
-  local merged = call_options(st, "reset_cache", opts, "omni:reset_cache")
-  merged.model_id = arg_or_default(st, model_id, "model_id")
-  merged.policy = arg_or_default(st, policy, "policy")
-  return perform(st, "reset_cache", merged)
-end
-
---- Resets several cache policies of a model, concurrently.
--- @tparam string model_id the model's UUID
--- @tparam {string,...} policies the policy names
--- @tparam[opt] table opts per-call options plus `concurrency` (default: the client's, else 8)
--- @treturn {table,...} one `{ policy = name, result = res, err = err }` per policy, in input order
--- @usage local results = omni:reset_caches(model_id, { "daily", "hourly" }, { concurrency = 8 })
--- @function omni_client:reset_caches
-function classes.omni:reset_caches(model_id, policies, opts)
-  local st = state(self)
-  if type(policies) ~= "table" then
-    error(format("bad argument #2 to 'omni:reset_caches' (table expected, got %s)", type(policies)), 2)
+  local limit = 1000
+  if type(opts) == "table" and opts.limit ~= nil then
+    limit = opts.limit
+    if type(limit) ~= "number" then
+      error(format("omni:models: option 'limit' must be a number, got %s", type(limit)), 2)
+    end
+    opts = copy(opts, "limit")
   end
+  local base, layer = call_options(st, st.svc.calls.list_models, opts, "omni:models")
+  if not (limit >= 1 and limit % 1 == 0 and limit < 1 / 0) then
+    return nil, perform.new_error{ kind = "invalid", field = "limit", attempts = 0,
+      message = "limit must be a whole number >= 1" }
+  end
+  local window, bad = perform.window(layer.coalesce)
+  if bad then return nil, bad end
+  local out, cursor, pages, more = {}, base.cursor, 0, true
+  while more do
+    local page_opts = copy(base)
+    page_opts.cursor = cursor
+    local page, err = one(st, "list_models", page_opts, window)
+    if not page then return nil, err end
+    pages = pages + 1
+    local records, info = page.records, type(page.pageInfo) == "table" and page.pageInfo or {}
+    if type(records) ~= "table" then
+      return nil, perform.new_error{ kind = "decode", attempts = pages, message = "the model list holds no records" }
+    end
+    for _, r in ipairs(records) do
+      if #out < limit then out[#out + 1] = r end
+    end
+    local next_cursor = info.nextCursor
+    more = #records > 0 and #out < limit and info.hasNextPage == true and type(next_cursor) == "string"
+      and next_cursor ~= "" and next_cursor ~= cursor
+    cursor = next_cursor
+  end
+  return out
+end
+
+--- The cache policies an Omni model declares in its model file (read fully
+-- resolved, so an extended model's policies count), parsed with lyaml.
+-- @tparam string model_id the model's UUID (nil: the client's `model_id`)
+-- @tparam[opt] table opts the options of `model_yaml` (`file_name` defaults to
+-- "model.yaml", `fully_resolved` to true) and the common options
+-- @treturn table|nil `{ { name = "daily", max_cache_age = "24 hours",
+-- filter_suggestions_must_obey_policy = true }, ..., default = "daily" }` in
+-- the file's order; `default` from `default_cache_policy` (or nil); an empty
+-- list when the file declares none
+-- @treturn[2] table err (a `decode` error when the file is not YAML)
+-- @raise when lyaml (Debian lua-yaml) is not installed
+-- @usage local list, err = omni:cache_policies(model_id)
+local function cache_policies(self, model_id, opts)
+  local st = state(self)
+  policies.need_yaml("omni:cache_policies")
+  local base, layer = call_options(st, st.svc.calls.model_yaml, opts, "omni:cache_policies")
+  local yopts = copy(base)
+  yopts.model_id = arg_or_default(st, model_id, "model_id")
+  if yopts.file_name == nil then yopts.file_name = "model.yaml" end
+  if yopts.fully_resolved == nil then yopts.fully_resolved = true end
+  local window, bad = perform.window(layer.coalesce)
+  if bad then return nil, bad end
+  return read_policies(st, yopts, window)
+end
+
+-- The concurrency of a batch (the call's, the client's, else 8), and the
+-- call's options without it.
+local function concurrency_of(st, opts)
   local concurrency = st.defaults.concurrency or 8
-  if opts and opts.concurrency ~= nil then
+  if type(opts) == "table" and opts.concurrency ~= nil then
     concurrency = opts.concurrency
-    local copy = {}
-    for k, v in pairs(opts) do copy[k] = v end
-    copy.concurrency = nil
-    opts = copy
+    opts = copy(opts, "concurrency")
   end
   if type(concurrency) ~= "number" or concurrency < 1 or concurrency % 1 ~= 0 then
-    error("omni:reset_caches: concurrency must be a whole number >= 1", 2)
+    error("omni:reset_caches: concurrency must be a whole number >= 1", 3)
   end
-  local nginx = openresty and openresty.active()
-  local base = call_options(st, "reset_cache", opts, "omni:reset_caches")
-  if not nginx then base = without_shared_dict(base) end
-  local list = {}
-  for i = 1, #policies do
-    local one = { model_id = arg_or_default(st, model_id, "model_id"), policy = policies[i] }
-    for k, v in pairs(base) do
-      if k ~= "model_id" and k ~= "policy" then one[k] = v end
-    end
-    list[i] = one
-  end
-  local items
-  if nginx then
-    items = openresty.batch("omni", "reset_cache", list, concurrency, st.defaults.thread_pool)
-  else
-    items = st.session:batch("omni", "reset_cache", list, concurrency)
-  end
+  return concurrency, opts
+end
+
+-- Every item's outcome the same: a failure before anything was sent.
+local function all_failed(names, err)
   local results = {}
-  for i = 1, #policies do
-    results[i] = { policy = policies[i], result = items[i].result, err = hint(st, items[i].err) }
+  for i = 1, #names do results[i] = { policy = names[i], err = err } end
+  return results
+end
+
+--- Resets several cache policies of an Omni model, concurrently.
+-- @tparam string model_id the model's UUID (nil: the client's `model_id`)
+-- @tparam {string,...} names the policy names
+-- @tparam[opt] table opts per-call options plus `concurrency` (default: the
+-- client's, else 8), `check_policy`, `coalesce`
+-- @treturn {table,...} one `{ policy = name, result = res, err = err }` per
+-- policy, in input order; identical ones are sent once
+-- @usage local results = omni:reset_caches(model_id, { "daily", "hourly" }, { concurrency = 8 })
+local function reset_caches(self, model_id, names, opts)
+  local st = state(self)
+  if type(names) ~= "table" then
+    error(format("bad argument #2 to 'omni:reset_caches' (table expected, got %s)", type(names)), 2)
+  end
+  local concurrency
+  concurrency, opts = concurrency_of(st, opts)
+  local base, layer = call_options(st, st.svc.calls.reset_cache, opts, "omni:reset_caches")
+  local model, known = arg_or_default(st, model_id, "model_id"), nil
+  local window, bad = perform.window(layer.coalesce)
+  if bad then return all_failed(names, bad) end
+  if layer.check_policy and #names > 0 then
+    local with_model = copy(base)
+    with_model.model_id = model
+    local err
+    known, err = model_policies(st, with_model)
+    if not known then return all_failed(names, err) end
+  end
+  local results, list, index = {}, {}, {}
+  for i = 1, #names do
+    local refused = known and checkable(names[i]) and refusal(names[i], known, model)
+    if refused then
+      results[i] = { policy = names[i], err = refused }
+    else
+      local item = copy(base)
+      item.model_id, item.policy = model, names[i]
+      list[#list + 1], index[#index + 1] = item, i
+    end
+  end
+  local items = perform.batch(context(st, "reset_cache"), list, concurrency, window)
+  for k, i in ipairs(index) do
+    results[i] = { policy = names[i], result = items[k].result, err = hint(st, items[k].err) }
   end
   return results
 end
@@ -320,43 +474,47 @@ end
 
 Client.__close = Client.close
 
-function Client.__tostring(self)
-  local st = private[self]
-  local d = st.defaults
+-- The client's base URL as the service row builds it, without user info.
+local function base_of(st)
+  local d, svc = st.defaults, st.svc
   local base = d.base_url
   if not base and d.instance then
-    base = format("https://%s.%s/api", d.instance,
-      d.playground and "playground.exploreomni.dev" or "omniapp.co")
+    base = (d.playground and svc.playground_host or svc.host or ""):gsub("{instance}", d.instance)
   end
-  base = base and base:gsub("//[^/@]*@", "//") or st.svc.default_base or "no instance set"
-  return format("cachectl.%s client (%s)%s", st.svc.name, base, st.closed and ", closed" or "")
+  if base then return (base:gsub("//[^/@]*@", "//")) end
+  return svc.default_base or "no instance set"
 end
 
-for _, class in pairs(classes) do
-  for k, v in pairs(Client) do class[k] = v end
-  class.__index = class
+function Client.__tostring(self)
+  local st = private[self]
+  return format("cachectl.%s client (%s)%s", st.svc.name, base_of(st), st.closed and ", closed" or "")
 end
 
---- Creates a ModelsLab client.
--- @tparam[opt] table opts defaults for every call: `key` (default `$MODELSLAB_API_KEY`),
--- `base_url` (default `$MODELSLAB_BASE_URL`, else https://modelslab.com/api), `product`,
--- and the common options
+--- Creates a client of a service: `cachectl.modelslab.new(opts)`,
+-- `cachectl.omni.new(opts)`. The options are the defaults of every call:
+-- every option of the service's calls, plus `concurrency`, `thread_pool`,
+-- `coalesce`, `check_policy` (Omni), `on_event`; an unknown name raises.
+-- The credential defaults to `$MODELSLAB_API_KEY` / `$OMNI_API_KEY`,
+-- `base_url` to `$MODELSLAB_BASE_URL` / `$OMNI_BASE_URL` (unless `instance`
+-- is given), `rate_limit.redis` to `$CACHECTL_REDIS_URL` where the client has a
+-- rate limit.
+-- @tparam[opt] table opts
 -- @treturn table the client
 -- @usage local ml = cachectl.modelslab.new{ key = KEY }
--- @function modelslab.new
-function M.modelslab.new(opts)
-  return new_client(services.modelslab, opts)
+-- @usage local omni = cachectl.omni.new{ instance = "acme", check_policy = true }
+-- @function new
+for name, svc in pairs(core.services) do
+  local class = {}
+  for call, row in pairs(svc.calls) do class[call] = method(svc, row) end
+  for k, v in pairs(Client) do class[k] = v end
+  class.__index = class
+  classes[name] = class
+  M[name] = M[name] or core[name]
+  M[name].new = function(opts) return new_client(svc, opts) end
 end
 
---- Creates an Omni client.
--- @tparam[opt] table opts defaults for every call: `token` (default `$OMNI_API_KEY`),
--- `instance` and `playground`, or `base_url` (default `$OMNI_BASE_URL`), `concurrency`,
--- and the common options
--- @treturn table the client
--- @usage local omni = cachectl.omni.new{ instance = "acme" }
--- @function omni.new
-function M.omni.new(opts)
-  return new_client(services.omni, opts)
-end
+classes.omni.models = models
+classes.omni.cache_policies = cache_policies
+classes.omni.reset_caches = reset_caches
 
 return M

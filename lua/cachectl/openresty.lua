@@ -4,7 +4,7 @@
 -- blocking call would stall every other request of that worker, so the Lua
 -- layer (`require "cachectl"`) hands each call to an nginx thread pool with
 -- `ngx.run_worker_thread` whenever it runs inside nginx; this module is how.
--- Plain Lua never loads it.
+-- Plain Lua never loads it. docs/nginx.md is the user's guide.
 --
 --    # nginx.conf, main section
 --    thread_pool cachectl threads=16;
@@ -27,17 +27,28 @@
 --   else (init, init_worker, set, header_filter, body_filter, log, balancer,
 --   ...) a call raises an error that says so; start a timer there instead:
 --   `ngx.timer.at(0, function() omni:reset_cache(...) end)`.
--- * `rate_limit.shared_dict` names a `lua_shared_dict`: the token bucket is
---   then kept there and shared by every worker (see `take_slot`), and the
---   core's own per-process bucket is turned off for the call.
+-- * Rate limits kept outside the process are taken here, on the main side,
+--   before the call goes to the pool: `rate_limit.shared_dict` (a sliding
+--   window in a `lua_shared_dict`, shared by every worker) and
+--   `rate_limit.redis` (the fleet's window, through `cachectl.fleet` over
+--   cosockets). The caller waits for its turn with `ngx.sleep`, so neither
+--   the worker nor a pool thread is held meanwhile; the core then skips its
+--   own window. Without them the core's window applies (per worker process).
+-- * Events: `on_event` cannot cross into a thread's VM. The thread collects
+--   the core's events as plain tables and the main side replays them, in
+--   order, once the call returns; the waits for a turn taken here are
+--   reported here, before the wait.
 --
 -- @module cachectl.openresty
 
 local ngx = ngx
-local error, pairs, type, tostring, getmetatable, setmetatable, require =
-  error, pairs, type, tostring, getmetatable, setmetatable, require
+local error, pairs, pcall, type, tostring, getmetatable, setmetatable, require =
+  error, pairs, pcall, type, tostring, getmetatable, setmetatable, require
 local format = string.format
-local min, max = math.min, math.max
+local min, max, ceil = math.min, math.max, math.ceil
+local rep = string.rep
+
+local core = require "cachectl.core"
 
 local M = {}
 
@@ -54,9 +65,6 @@ local yieldable = {
   ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
 }
 
--- The secret option of each service: what the shared bucket is keyed by.
-local secrets = { modelslab = "key", omni = "token" }
-
 -- ---------------------------------------------------------------- errors
 
 local error_mt
@@ -65,40 +73,54 @@ local error_mt
 -- from an error the core returns without sending anything.
 local function core_error_mt()
   if not error_mt then
-    local _, err = require("cachectl.core").modelslab.clear_cache{ key = "" }
+    local _, err = core.modelslab.clear_cache{ key = "" }
     error_mt = getmetatable(err)
   end
   return error_mt
 end
 
 local function new_error(fields)
-  local err = {}
-  for k, v in pairs(fields) do err[k] = v end
-  return setmetatable(err, core_error_mt())
+  fields.attempts = 0
+  return setmetatable(fields, core_error_mt())
 end
 
--- An error table without its metatable, as it crosses from a thread VM.
-local function plain(err)
-  if type(err) ~= "table" then return err end
-  local t = {}
-  for k, v in pairs(err) do t[k] = v end
-  return t
+-- A shallow copy of a table (an error, an event, options), without metatable.
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
 end
 
 -- -------------------------------------------------------- the thread side
 
 local session
 
+--- Loads cachectl in a pool thread's Lua VM and makes its session; called
+-- by `M.warm` in a worker thread.
+-- @treturn boolean true
+function M.thread_warm()
+  if not session then session = core.session() end
+  return true
+end
+
 --- Runs one core call; called in a worker thread's own Lua VM.
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint, e.g. "reset_cache"
 -- @tparam table opts the call's options (plain values only)
+-- @tparam[opt] boolean collect collect the call's events (the main side replays them)
 -- @treturn table|nil the decoded answer
 -- @treturn[2] table err, as a plain table (no metatable)
-function M.thread_call(service, call, opts)
-  if not session then session = require("cachectl.core").session() end
+-- @treturn table|nil the events, as plain tables in order, when `collect`
+function M.thread_call(service, call, opts, collect)
+  if not session then session = core.session() end
+  local events
+  if collect then
+    events = {}
+    opts.on_event = function(ev) events[#events + 1] = copy(ev) end
+  end
   local res, err = session:call(service, call, opts)
-  return res, plain(err)
+  return res, copy(err), events
 end
 
 -- ---------------------------------------------------------- the nginx side
@@ -125,138 +147,212 @@ local function now()
   return ngx.now()
 end
 
--- The shared-dict rate limit of a call, from its `rate_limit` option, or
--- nil when the call has none (then the option goes to the core untouched).
--- Raises, like the core, on a wrong field name or type.
-local function shared_limit(rate_limit)
-  if type(rate_limit) ~= "table" or rate_limit.shared_dict == nil then return nil end
-  for k, v in pairs(rate_limit) do
-    if k ~= "requests" and k ~= "per" and k ~= "shared_dict" then
-      error(format("cachectl: option 'rate_limit' takes only 'requests', 'per' and 'shared_dict', got '%s'",
-        tostring(k)), 0)
-    end
-    local want = k == "shared_dict" and "string" or "number"
-    if type(v) ~= want then
-      error(format("cachectl: option 'rate_limit.%s' must be a %s, got %s", k, want, type(v)), 0)
-    end
-  end
-  local dict = ngx.shared[rate_limit.shared_dict]
-  if not dict then
-    error(format("cachectl: rate_limit.shared_dict '%s' is not defined: add 'lua_shared_dict %s 1m;' "
-      .. "to the http section of nginx.conf", rate_limit.shared_dict, rate_limit.shared_dict), 0)
-  end
-  return {
-    dict = dict, name = rate_limit.shared_dict,
-    requests = rate_limit.requests or 60, per = rate_limit.per or 60,
-  }
-end
+-- ------------------------------------------- the shared dict's sliding window
 
 local LOCK_TTL = 0.1    -- seconds; the lock is held for microseconds
 local LOCK_RETRY = 0.001
 
--- Takes one request slot from the token bucket that `limit.dict` keeps under
--- `key` for every worker of this nginx: `limit.requests` slots per
--- `limit.per` seconds, bursts up to `limit.requests`. Returns the seconds to
--- wait before sending (0: at once), or nil and that wait when it would not
--- end within `budget` seconds (no slot is taken then).
+-- The window of one key is one dict value, a ring of its last n start times
+-- (INTERFACES.md §4) in records of W characters: the index of the slot to
+-- write next, then n slots, each a start in seconds on ngx.now's clock with
+-- its milliseconds ("0.000": no start yet). A new start t must come at or
+-- after the last one and `per` seconds after the n-th most recent (the slot
+-- about to be overwritten): t = max(now, last, nth + per). A reservation
+-- reads two records and writes one; the value expires once no start in it
+-- counts any more (absent: no recent start). About 15 bytes a request:
+-- Omni's 60 take one kilobyte per credential.
+local W = 14
+local HEAD = "%" .. W .. "d"
+local START = "%" .. W .. ".3f"
+
+local function record(s, i)
+  return tonumber(s:sub(W * i + 1, W * (i + 1)))
+end
+
+local function reserve(dict, key, limit, deadline)
+  local t0 = now()
+  local n = limit.requests
+  local s = dict:get(key)
+  if type(s) ~= "string" or #s ~= W * (n + 1) then s = format(HEAD, 0) .. rep(format(START, 0), n) end
+  local i = record(s, 0)
+  local last, nth = record(s, (i - 1) % n + 1), record(s, i + 1)
+  -- whole milliseconds, never earlier than the window allows
+  local t = ceil(max(t0, last, nth + limit.per) * 1000 - 1e-3) / 1000
+  if t >= deadline then return nil, t - t0 end
+  s = format(HEAD, (i + 1) % n) .. s:sub(W + 1, W * (i + 1)) .. format(START, t) .. s:sub(W * (i + 2) + 1)
+  local ok, err = dict:safe_set(key, s, t - t0 + limit.per + 1)
+  if not ok then
+    error(format("cachectl: rate_limit.shared_dict '%s': %s (make the lua_shared_dict larger)",
+      limit.dict, tostring(err)), 0)
+  end
+  return t
+end
+
+-- Reserves a start in the window `dict` keeps under `key` for every worker
+-- of this nginx. Returns the start (on ngx.now's clock; the caller waits
+-- until then), or nil and the wait it would have needed when that start
+-- lies at or past `deadline` (nothing is reserved then).
 --
--- Atomicity across workers. Each shared-dict operation is atomic, but the
--- bucket update (read tokens and time, refill, take one, write back) is a
--- read-modify-write and needs a lock. `dict:add` is the lock: it succeeds for
--- exactly one caller while the lock key exists; the others retry 1 ms later
--- (ngx.sleep, so their workers keep serving). The holder never yields
--- between add and delete (shared-dict calls do not yield), so the lock is
--- held for microseconds; its expiry (LOCK_TTL) frees it should a worker die
--- holding it.
---
--- Slots are reserved, not polled: the token count may go below zero, and a
--- caller k tokens short sleeps k / rate seconds and then sends without
--- asking again, so waiting callers are served in the order they asked.
--- Idle buckets expire once they would be full again: absent means full.
-local function take_slot(limit, key, budget)
-  local dict, lock = limit.dict, key .. ":lock"
-  local deadline = now() + budget
+-- Atomicity across workers: each dict operation is atomic, the reservation
+-- (read the ring, compute, write it back) is not, so it runs under a
+-- lock. `dict:add` is the lock: it succeeds for exactly one caller while the
+-- lock key exists; the others retry 1 ms later (ngx.sleep: their workers
+-- keep serving). Dict operations never yield, so the lock is held for
+-- microseconds; its expiry (LOCK_TTL) frees it should a worker die holding it.
+local function shared_turn(dict, key, limit, deadline)
+  local lock = key .. ":lock"
   while true do
     local ok, err = dict:add(lock, true, LOCK_TTL)
     if ok then break end
     if err ~= "exists" then
-      error(format("cachectl: rate_limit.shared_dict '%s': %s", limit.name, tostring(err)), 0)
+      error(format("cachectl: rate_limit.shared_dict '%s': %s", limit.dict, tostring(err)), 0)
     end
-    if now() >= deadline then return nil, budget end
+    if now() >= deadline then return nil, LOCK_TTL end
     ngx.sleep(LOCK_RETRY)
   end
-  local t = now()
-  local rate, cap = limit.requests / limit.per, limit.requests
-  local tokens, last = dict:get(key .. ":tokens"), dict:get(key .. ":last")
-  if type(tokens) ~= "number" or type(last) ~= "number" then
-    tokens, last = cap, t
-  end
-  tokens = min(cap, tokens + max(0, t - last) * rate)
-  local wait = tokens >= 1 and 0 or (1 - tokens) / rate
-  local granted = wait < deadline - t
-  if granted then
-    tokens = tokens - 1
-    local ttl = (cap - tokens) / rate + 1
-    dict:set(key .. ":tokens", tokens, ttl)
-    dict:set(key .. ":last", t, ttl)
-  end
+  local ok, t, wait = pcall(reserve, dict, key, limit, deadline)
   dict:delete(lock)
-  if not granted then return nil, wait end
-  return wait
+  if not ok then error(t, 0) end
+  return t, wait
 end
 
--- The bucket's key: a hash of the service, the credential and the limit,
--- never the credential itself.
-local function bucket_key(service, secret, limit)
-  return "cachectl:" .. ngx.md5(format("%s\0%s\0%.17g\0%.17g", service, secret, limit.requests, limit.per))
+-- ------------------------------------------------------------- taking turns
+
+-- The limit this side keeps for a call, or nil when the core keeps it (no
+-- rate_limit table, or one without shared_dict and redis). The numbers
+-- default to the service's, like the core's; the core has checked them.
+local function outside_limit(service, rate_limit)
+  if type(rate_limit) ~= "table" or (rate_limit.shared_dict == nil and rate_limit.redis == nil) then
+    return nil
+  end
+  local default = core.services[service].rate_limit or {}
+  local limit = { requests = rate_limit.requests or default.requests, per = rate_limit.per or default.per,
+    dict = rate_limit.shared_dict, redis = rate_limit.redis, required = rate_limit.redis_required }
+  if limit.dict then
+    limit.shared = ngx.shared[limit.dict]
+    if not limit.shared then
+      error(format("cachectl: rate_limit.shared_dict '%s' is not defined: add 'lua_shared_dict %s 1m;' "
+        .. "to the http section of nginx.conf", limit.dict, limit.dict), 0)
+    end
+  end
+  return limit
 end
 
--- Waits for a slot of the shared rate limit when the call has one; returns
--- the options to hand to the core (rate_limit = false, timeout less the
--- wait), or nil, err when no slot comes within the call's timeout.
-local function limited(service, opts)
-  local limit = shared_limit(opts.rate_limit)
-  if not limit then return opts end
-  local out = {}
-  for k, v in pairs(opts) do out[k] = v end
-  out.rate_limit = false
-  if not (limit.requests >= 1 and limit.requests <= 1e9 and limit.per > 0 and limit.per <= 1e9) then
-    return nil, new_error{ kind = "invalid", field = "rate_limit", attempts = 0,
-      message = "rate_limit must be { requests = n >= 1, per = seconds > 0, shared_dict = name }" }
+local function late(limit, where, wait)
+  return nil, new_error{ kind = "rate_limited", retry_after = wait,
+    message = format("client-side rate limit (%g requests per %gs, shared through %s): no turn before the timeout",
+      limit.requests, limit.per, where) }
+end
+
+-- The shared dict's turn: the start reserved, or nil, err (rate_limited).
+local function dict_turn(c, limit, deadline)
+  local key = "cachectl:" .. core.sha256(format("%s\0%s\0%.17g\0%.17g", c.service, c.secret,
+    limit.requests, limit.per))
+  local t, wait = shared_turn(limit.shared, key, limit, deadline)
+  if not t then return late(limit, format("the shared dict '%s'", limit.dict), wait) end
+  return t
+end
+
+-- The fleet's turn in Redis: the start reserved, or nil, err; or false and
+-- the rate_limit the core keeps instead when Redis cannot be reached (after
+-- a redis_fallback event).
+local function redis_turn(c, limit, deadline)
+  local t0 = now()
+  local wait, why, info = require("cachectl.fleet").take(limit.redis,
+    { service = c.service, digest = core.sha256(c.secret), requests = limit.requests, per = limit.per },
+    limit.requests, limit.per, max(0, deadline - t0), c.opts.connect_timeout)
+  if wait then return t0 + wait end
+  if why == "late" then return late(limit, "Redis", info) end
+  if why == "invalid" then
+    return nil, new_error{ kind = "invalid", field = "rate_limit", message = "rate_limit.redis: " .. tostring(info) }
   end
-  local secret, timeout = opts[secrets[service]], opts.timeout or 30
-  -- A missing credential or a bad timeout is the core's to report (`invalid`,
-  -- nothing sent): let the call through without taking a slot.
-  if type(secret) ~= "string" or secret == "" or type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0 then
-    return out
+  if limit.required then
+    return nil, new_error{ kind = "connect", message = "rate_limit.redis_required: " .. tostring(info) }
   end
-  local started = now()
-  local wait, late = take_slot(limit, bucket_key(service, secret, limit), timeout)
-  if not wait then
-    return nil, new_error{ kind = "rate_limited", attempts = 0, retry_after = late,
-      message = format("client-side rate limit (%g requests per %gs, shared dict '%s'): no slot before the timeout",
-        limit.requests, limit.per, limit.name) }
+  if c.on_event then c.on_event{ type = "redis_fallback", service = c.service, call = c.call, message = info } end
+  if limit.shared then return dict_turn(c, limit, deadline) end
+  return false, { requests = limit.requests, per = limit.per }
+end
+
+-- Takes the call's turn in the shared dict or Redis, when it has one, and
+-- waits for it. Returns the options for the core (the turn taken: no
+-- window, what is left of the timeout, the rest of the wait as `delay`),
+-- or nil, err: a bad option (`invalid`, as the core says it) or no turn
+-- before the timeout (`rate_limited`); nothing is sent then.
+local function take_turn(c)
+  local opts = c.opts
+  local limit = outside_limit(c.service, opts.rate_limit)
+  local out = copy(opts)
+  if not limit then return out end
+  -- The core's own parse, without sending: bad values come back as its
+  -- `invalid` error before a turn is taken.
+  local ok, bad = core.identity(c.service, c.call, opts)
+  if not ok then return nil, bad end
+  c.secret = opts[core.services[c.service].secret]
+  local deadline = now() + (opts.timeout or 30)
+  if opts.delay and opts.delay > 0 then ngx.sleep(opts.delay) end   -- before the turn: it counts
+  local t, other
+  if limit.redis then t, other = redis_turn(c, limit, deadline) else t, other = dict_turn(c, limit, deadline) end
+  if t == nil then return nil, other end
+  -- the turn taken here: the core keeps no window; else (Redis unreachable)
+  -- `other` is the window the core keeps instead
+  out.rate_limit, out.delay = other or false, nil
+  if t then
+    local wait = t - now()
+    if wait >= 0.001 then     -- the clocks count milliseconds
+      if c.on_event then
+        c.on_event{ type = "wait", service = c.service, call = c.call, wait = wait, reason = "rate_limit", attempt = 1 }
+      end
+      ngx.sleep(wait)
+    end
+    local left = t - now()
+    if left > 0 then out.delay = left end   -- what ngx.sleep left: the core waits it
   end
-  if wait > 0 then ngx.sleep(wait) end
-  local left = timeout - (now() - started)
-  out.timeout = left > 0.001 and left or 0.001
+  out.timeout = max(deadline - now(), 0.001)
   return out
 end
+
+-- -------------------------------------------------------------- warming up
+
+--- Readies the threads of a pool ahead of the first calls: each thread
+-- makes its Lua VM and loads cachectl the first time it runs a call, which
+-- costs a few milliseconds (tens on a busy machine) that would otherwise
+-- delay the first calls after nginx starts, and make the starts of a burst
+-- uneven under a shared rate limit. Call it from `init_worker_by_lua*`: it
+-- starts a timer that hands `threads` small tasks to the pool at once.
+-- @tparam[opt] string pool the thread pool (default `M.default_pool`)
+-- @tparam[opt] number threads how many threads the pool has (its `threads=`; default 16)
+-- @usage init_worker_by_lua_block { require("cachectl.openresty").warm("cachectl", 16) }
+function M.warm(pool, threads)
+  pool = pool or M.default_pool
+  local ok, err = ngx.timer.at(0, function(premature)
+    if premature then return end
+    local tasks = {}
+    for i = 1, threads or 16 do
+      tasks[i] = ngx.thread.spawn(ngx.run_worker_thread, pool, MODULE, "thread_warm")
+    end
+    for i = 1, #tasks do
+      local ran, done, why = ngx.thread.wait(tasks[i])
+      if not (ran and done) then
+        ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", tostring(ran and why or done))
+      end
+    end
+  end)
+  if not ok then ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", err) end
+end
+
+-- -------------------------------------------------------------- the calls
 
 local function pool_name(pool)
   if pool == nil or pool == true then return M.default_pool end
   return pool
 end
 
--- One call, in the pool's thread or (pool == false) right here.
-local function dispatch(service, call, opts, pool)
-  local core_opts, lerr = limited(service, opts)
-  if not core_opts then return nil, lerr end
-  if pool == false then
-    -- Blocks this worker for the whole call: for comparisons and tests only.
-    return require("cachectl.core")[service][call](core_opts)
-  end
-  local ok, res, err = ngx.run_worker_thread(pool, MODULE, "thread_call", service, call, core_opts)
+-- The call in a thread of `pool`; its events come back as a list.
+local function in_thread(c, opts, pool)
+  opts.on_event = nil
+  local ok, res, err, events = ngx.run_worker_thread(pool, MODULE, "thread_call", c.service, c.call, opts,
+    c.on_event ~= nil)
   if not ok then
     if type(res) == "string" and res:find("^thread pool .* not found$") then
       error(format("cachectl: nginx %s: add 'thread_pool %s threads=16;' to the main section of nginx.conf "
@@ -267,15 +363,35 @@ local function dispatch(service, call, opts, pool)
     error((tostring(res):gsub("^[^\n]-openresty%.lua:%d+: ", "")), 0)
   end
   if type(err) == "table" then setmetatable(err, core_error_mt()) end
+  return res, err, events
+end
+
+-- One call: its turn, then the call in the pool's thread or (pool == false)
+-- right here; then the thread's events, replayed in order. An error raised
+-- by on_event propagates.
+local function dispatch(service, call, opts, pool)
+  local c = { service = service, call = call, opts = opts, on_event = opts.on_event }
+  core.check_options(service, opts, call, service .. "." .. call)
+  local core_opts, err = take_turn(c)
+  if not core_opts then return nil, err end
+  if pool == false then
+    -- Blocks this worker for the whole call: for comparisons and tests only.
+    return core[service][call](core_opts)
+  end
+  local res, events
+  res, err, events = in_thread(c, core_opts, pool)
+  for i = 1, events and #events or 0 do c.on_event(events[i]) end
   return res, err
 end
 
 --- Runs one core call without blocking the nginx worker.
 -- Raises when the phase cannot yield, when the pool or the shared dict is
--- not configured, and on the core's own programming errors (unknown option...).
+-- not configured, on the core's own programming errors (unknown option...)
+-- and with what `on_event` raises.
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint, e.g. "reset_cache"
--- @tparam table opts the call's options; `rate_limit.shared_dict` is handled here
+-- @tparam table opts the call's options; `rate_limit.shared_dict` and
+-- `rate_limit.redis` are taken here, `on_event` gets the call's events here
 -- @tparam[opt] string|boolean pool the thread pool (default `M.default_pool`);
 -- `false` runs the call in the worker itself, blocking it: for comparisons and tests only
 -- @treturn table|nil the decoded answer
@@ -289,8 +405,10 @@ end
 --- Runs several calls of one endpoint concurrently, without blocking the
 -- worker: up to `concurrency` light threads (`ngx.thread.spawn`), each
 -- taking the next call of the list and running it as `M.call` does (its own
--- rate-limit slot, then one worker-thread call). Calls run at once only as
+-- rate-limit turn, then one worker-thread call). Calls run at once only as
 -- far as the pool has threads (`threads=N`); the rest queue in the pool.
+-- When a call raises (on_event, misuse), no further call starts, and the
+-- error is raised once the running ones have ended.
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint
 -- @tparam {table,...} list one options table per call
@@ -301,22 +419,23 @@ function M.batch(service, call, list, concurrency, pool)
   check_phase()
   pool = pool_name(pool)
   local n, items, next_i = #list, {}, 0
+  local failed, failure = false, nil
   local function worker()
-    while next_i < n do
+    while next_i < n and not failed do
       next_i = next_i + 1
       local i = next_i
-      local res, err = dispatch(service, call, list[i], pool)
+      local ok, res, err = pcall(dispatch, service, call, list[i], pool)
+      if not ok then
+        if not failed then failed, failure = true, res end
+        return
+      end
       items[i] = { result = res, err = err }
     end
   end
   local threads = {}
   for t = 1, min(concurrency or 8, n) do threads[t] = ngx.thread.spawn(worker) end
-  local failure
-  for t = 1, #threads do
-    local ok, why = ngx.thread.wait(threads[t])
-    if not ok and not failure then failure = why end
-  end
-  if failure then error(failure, 0) end
+  for t = 1, #threads do ngx.thread.wait(threads[t]) end
+  if failed then error(failure, 0) end
   return items
 end
 

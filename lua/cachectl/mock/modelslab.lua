@@ -1,0 +1,112 @@
+--- The ModelsLab routes of the mock server: "Clear User Cache"
+-- (`POST .../v5/clear_cache`) and the Enterprise actions of any product slug
+-- (`POST .../v1/enterprise/{product}/{action}`) or of the product-less server
+-- (`POST .../v1/enterprise/{action}`), with the service's error bodies.
+-- @module cachectl.mock.modelslab
+
+local pairs, type = pairs, type
+
+local http = require "cachectl.mock.http"
+local json = require "cachectl.mock.json"
+local util = require "cachectl.mock.util"
+
+local modelslab = { name = "modelslab" }
+
+--- The Enterprise actions and their success messages.
+modelslab.ACTIONS = {
+  clear_queue = "Queue cleared successfully",
+  clear_cache = "Cache cleared successfully",
+  restart_server = "Server restart initiated successfully",
+  update_server = "Server update initiated successfully",
+  system_details = "System details fetched successfully",
+}
+
+local STATUS_MESSAGES = {
+  [429] = "Rate limit exceeded", [500] = "Internal server error", [502] = "Bad gateway",
+  [503] = "Service unavailable", [504] = "Gateway timeout",
+}
+
+local function ml_error(status, message, code, headers)
+  return http.json(status, { status = "error", message = message, error_code = code }, headers)
+end
+
+--- The service's error response for an HTTP status (for faults).
+function modelslab.status_error(_, status, headers, extra)
+  local body = { status = "error", message = STATUS_MESSAGES[status],
+                 error_code = status == 429 and "rate_limited" or "http_" .. status }
+  for k, v in pairs(extra or {}) do body[k] = v end
+  return http.json(status, body, headers)
+end
+
+--- A 2xx that says failure (the `api_error` fault).
+function modelslab.api_error()
+  return http.json(200, { status = "error", message = "Something failed", error_code = "E42" })
+end
+
+--- A 429 with `retry_after` in the body and no header.
+function modelslab.retry_after_body()
+  return http.json(429, { status = "error", message = "Rate limit exceeded", retry_after = 1 })
+end
+
+--- The key of a request, read from its JSON body, or nil.
+function modelslab.credential(req)
+  local body = json.object(req.body)
+  if body and type(body.key) == "string" then return body.key end
+end
+
+-- Shared validation; returns an error response, or nil and the body.
+local function check(req, bad_key_response)
+  if req.method ~= "POST" then
+    return ml_error(405, "Method not allowed", "method_not_allowed", { Allow = "POST" })
+  end
+  local media = (req.headers["content-type"] or ""):lower():match("^%s*([^;%s]*)")
+  if media ~= "application/json" then
+    return ml_error(400, "Content-Type must be application/json", "invalid_content_type")
+  end
+  local body = json.object(req.body)
+  if not body then
+    return ml_error(400, "The request body must be a JSON object.", "invalid_body")
+  end
+  if type(body.key) ~= "string" or body.key == "" then
+    return ml_error(400, "The key field is required.", "key_required")
+  end
+  if body.key:sub(1, 3) == "bad" then return bad_key_response end
+  return nil, body
+end
+
+local function clear_cache(_, req)
+  local err = check(req,
+    http.json(200, { status = "error", message = "Invalid API key", error_code = "invalid_key" }))
+  return err or http.json(200, { status = "success", message = "Cache cleared" })
+end
+
+local function enterprise(_, req, route)
+  local err, body = check(req, ml_error(401, "Invalid or missing API key", "unauthorized"))
+  if err then return err end
+  if route.product and not util.is_slug(route.product) then
+    return ml_error(400, "Invalid product.", "invalid_product")
+  end
+  local deploy_type = body.deploy_type
+  if deploy_type == json.null then deploy_type = nil end
+  if deploy_type ~= nil and not util.is_slug(deploy_type) then
+    return ml_error(400, "Invalid deploy_type.", "invalid_deploy_type")
+  end
+  local answer = { status = "success", message = modelslab.ACTIONS[route.action] }
+  if route.action == "system_details" then
+    answer.details = { product = route.product, deploy_type = deploy_type,
+                       status = "running", gpu = "mock-gpu", queue_length = 0 }
+  end
+  return http.json(200, answer)
+end
+
+--- The routes: a pattern on the end of the path, the names of its captures,
+-- the handler(srv, req, route) and, for Enterprise, the known actions.
+modelslab.ROUTES = {
+  { pattern = "/v1/enterprise/([^/]+)/([^/]+)$", captures = { "product", "action" }, handler = enterprise,
+    accept = function(route) return modelslab.ACTIONS[route.action] ~= nil end },
+  { pattern = "/v1/enterprise/([^/]+)$", captures = { "action" }, handler = enterprise,
+    accept = function(route) return modelslab.ACTIONS[route.action] ~= nil end },
+  { pattern = "/v5/clear_cache$", captures = {}, handler = clear_cache },
+}
+
+return modelslab

@@ -1,0 +1,253 @@
+-- The clients with rate_limit.redis and coalesce: the turn taken in Redis
+-- (cachectl.fleet) and handed to the core as a delay; no turn within the
+-- timeout -> rate_limited, nothing sent; Redis away -> a redis_fallback event
+-- and the process's own window, or with redis_required a connect error;
+-- $CACHECTL_REDIS_URL as the default; batches; coalescing across processes.
+-- Real redis-server and real child processes.
+local server = require "support.mock_server"
+local helpers = require "support.helpers"
+local cjson = require "cjson"
+
+local UUID = helpers.UUID
+-- The interpreter running this spec, for the child processes.
+local LUA = type(rawget(_G, "jit")) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
+
+local ok_fleet = pcall(require, "cachectl.fleet")
+local ok_rs, redis_server = pcall(require, "support.redis_server")
+local usable = ok_fleet and ok_rs and redis_server.use_redis_lua()
+local WHY = "needs cachectl.fleet, spec/support/redis_server.lua and redis-lua (Debian lua-redis)"
+
+-- Loads a fresh copy of the Lua layer with os.getenv answering from `env`
+-- for the names given there (the others as usual).
+local function with_env(env, fn)
+  local real = os.getenv
+  os.getenv = function(name) -- luacheck: ignore 122
+    if env[name] ~= nil then return env[name] or nil end
+    return real(name)
+  end
+  package.loaded.cachectl = nil
+  local ok, err = pcall(function() fn(require "cachectl") end)
+  os.getenv = real -- luacheck: ignore 122
+  package.loaded.cachectl = nil
+  if not ok then error(err, 0) end
+end
+
+local function collector()
+  local events = {}
+  return events, function(ev) events[#events + 1] = ev end
+end
+
+local function of_type(events, t)
+  local out = {}
+  for _, ev in ipairs(events) do
+    if ev.type == t then out[#out + 1] = ev end
+  end
+  return out
+end
+
+describe("clients with rate_limit.redis and coalesce", function()
+  local srv, redis, cachectl, core, dead
+
+  setup(function()
+    if not usable then return end
+    srv = server.start()
+    redis = redis_server.start()
+    cachectl = require "cachectl"
+    core = require "cachectl.core"
+    dead = "redis://127.0.0.1:" .. helpers.free_port() .. "/0"
+  end)
+  teardown(function()
+    if srv then srv:stop() end
+    if redis then redis:stop() end
+  end)
+  before_each(function()
+    if not usable then return pending(WHY) end
+    srv:reset()
+  end)
+
+  local function omni(token, opts)
+    local o = { token = token, base_url = srv.base }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return cachectl.omni.new(o)
+  end
+
+  -- Runs `code` in `n` child processes at once (the same token and URLs);
+  -- returns what each printed, decoded from JSON.
+  local function children(n, token, code)
+    local script = os.tmpname()
+    helpers.write_file(script, redis_server.prelude() .. string.format(
+      "local TOKEN, BASE, REDIS = %q, %q, %q\nlocal cachectl = require 'cachectl'\n", token, srv.base, redis:url())
+      .. code)
+    local procs, out = {}, {}
+    for i = 1, n do procs[i] = io.popen(LUA .. " " .. script .. " 2>&1") end
+    for i = 1, n do
+      local text = procs[i]:read("*a")
+      procs[i]:close()
+      out[i] = assert(select(2, pcall(cjson.decode, text)), text)
+    end
+    os.remove(script)
+    return out
+  end
+
+  it("takes each turn in Redis: keys by the credential's digest, with a TTL, never the token", function()
+    if not usable then return end
+    local token = helpers.secret("SECRETTOKEN")
+    local c = omni(token, { rate_limit = { requests = 3, per = 60, redis = redis:url() } })
+    for _ = 1, 2 do assert(c:reset_cache(UUID, "daily")) end
+    local admin = redis:client()
+    local keys = admin:keys("cachectl:rl:omni:" .. core.sha256(token) .. "*")
+    assert.equal(1, #keys)
+    assert.equal(2, admin:llen(keys[1]))
+    assert.is_true(admin:pttl(keys[1]) > 0)
+    for _, k in ipairs(admin:keys("*")) do
+      assert.is_nil(k:find(token, 1, true))
+      assert.is_nil(helpers.find_secret(admin:lrange(k, 0, -1), token))
+    end
+  end)
+
+  it("shares the window with other processes: no turn within the timeout -> rate_limited, nothing sent", function()
+    if not usable then return end
+    local token = helpers.uid("tok-late")
+    local c = omni(token, { timeout = 1, rate_limit = { requests = 1, per = 60, redis = redis:url() } })
+    assert(c:reset_cache(UUID, "daily"))
+    local _, err = c:reset_cache(UUID, "hourly")
+    assert.equal("rate_limited", err.kind)
+    assert.equal(0, err.attempts)
+    assert.is_true(err.retry_after > 1 and err.retry_after <= 60)
+    -- another process with the same key and limit waits for the same window
+    local out = children(1, token, [[
+      local c = cachectl.omni.new{ token = TOKEN, base_url = BASE, timeout = 1,
+        rate_limit = { requests = 1, per = 60, redis = REDIS } }
+      local res, err = c:reset_cache("]] .. UUID .. [[", "weekly")
+      print(require("cjson").encode{ ok = res ~= nil, kind = err and err.kind, attempts = err and err.attempts })
+    ]])
+    assert.same({ ok = false, kind = "rate_limited", attempts = 0 }, out[1])
+    assert.equal(1, #srv:requests())
+  end)
+
+  it("falls back to the process's own window when Redis cannot be reached, with an event", function()
+    if not usable then return end
+    local events, on_event = collector()
+    local c = omni(helpers.uid("tok-fb"), { timeout = 1, on_event = on_event,
+      rate_limit = { requests = 1, per = 60, redis = dead } })
+    assert(c:reset_cache(UUID, "daily"))
+    local _, err = c:reset_cache(UUID, "hourly")       -- the core's own window of 1 per 60 s
+    assert.equal("rate_limited", err.kind)
+    assert.equal(0, err.attempts)
+    local fb = of_type(events, "redis_fallback")
+    assert.equal(2, #fb)
+    assert.equal("omni", fb[1].service)
+    assert.equal("reset_cache", fb[1].call)
+    assert.matches("Redis", fb[1].message)
+    assert.equal(1, #srv:requests())
+  end)
+
+  it("with redis_required fails with connect naming Redis, nothing sent", function()
+    if not usable then return end
+    local events, on_event = collector()
+    local c = omni(helpers.uid("tok-req"), { on_event = on_event,
+      rate_limit = { requests = 5, per = 1, redis = dead, redis_required = true } })
+    local res, err = c:reset_cache(UUID, "daily")
+    assert.is_nil(res)
+    assert.equal("connect", err.kind)
+    assert.equal(0, err.attempts)
+    assert.matches("Redis", err.message)
+    assert.equal(0, #of_type(events, "redis_fallback"))
+    local results = c:reset_caches(UUID, { "a", "b" })
+    assert.equal("connect", results[1].err.kind)
+    assert.equal("connect", results[2].err.kind)
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("falls back when Redis stops mid-run", function()
+    if not usable then return end
+    local spare = redis_server.start()
+    local events, on_event = collector()
+    local c = omni(helpers.uid("tok-stop"), { on_event = on_event,
+      rate_limit = { requests = 5, per = 1, redis = spare:url() } })
+    assert(c:reset_cache(UUID, "daily"))
+    assert.equal(0, #of_type(events, "redis_fallback"))
+    spare:stop()
+    assert(c:reset_cache(UUID, "daily"))
+    assert.equal(1, #of_type(events, "redis_fallback"))
+    assert.equal(2, #srv:requests())
+  end)
+
+  it("refuses a malformed Redis URL: invalid, nothing sent", function()
+    if not usable then return end
+    local _, err = omni(helpers.uid("tok-url"), { rate_limit = { redis = "http://127.0.0.1:6379" } })
+      :reset_cache(UUID, "daily")
+    assert.equal("invalid", err.kind)
+    assert.equal("rate_limit", err.field)
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("takes $CACHECTL_REDIS_URL as the default where the client has a rate limit", function()
+    if not usable then return end
+    with_env({ CACHECTL_REDIS_URL = dead }, function(c)
+      local events, on_event = collector()
+      local function fallbacks(client, call, ...)
+        local before = #of_type(events, "redis_fallback")
+        assert(client[call](client, ...))
+        return #of_type(events, "redis_fallback") - before
+      end
+      local token, key = helpers.uid("tok-env"), helpers.uid("k-env")
+      local with_default = c.omni.new{ token = token, base_url = srv.base, on_event = on_event }
+      local off = c.omni.new{ token = token, base_url = srv.base, on_event = on_event, rate_limit = false }
+      local ml = c.modelslab.new{ key = key, base_url = srv.base, on_event = on_event }
+      local ml_limited = c.modelslab.new{ key = key, base_url = srv.base, on_event = on_event,
+        rate_limit = { requests = 5, per = 1 } }
+      assert.equal(1, fallbacks(with_default, "reset_cache", UUID, "daily"))
+      assert.equal(0, fallbacks(off, "reset_cache", UUID, "daily"))
+      assert.equal(0, fallbacks(ml, "clear_cache"))
+      assert.equal(1, fallbacks(ml_limited, "clear_cache"))
+    end)
+  end)
+
+  it("gives each item of a batch its own turn; one fallback event per batch", function()
+    if not usable then return end
+    local c = omni(helpers.uid("tok-batch"), { timeout = 1,
+      rate_limit = { requests = 2, per = 60, redis = redis:url() } })
+    local results = c:reset_caches(UUID, { "a", "b", "c" })
+    assert.is_table(results[1].result)
+    assert.is_table(results[2].result)
+    assert.equal("rate_limited", results[3].err.kind)
+    assert.equal(0, results[3].err.attempts)
+    assert.equal(2, #srv:requests())
+    srv:reset()
+    local events, on_event = collector()
+    local down = omni(helpers.uid("tok-batch-down"), { on_event = on_event,
+      rate_limit = { requests = 10, per = 1, redis = dead } })
+    results = down:reset_caches(UUID, { "a", "b", "c" })
+    for i = 1, 3 do assert.is_table(results[i].result) end
+    assert.equal(1, #of_type(events, "redis_fallback"))
+    assert.equal(3, #srv:requests())
+  end)
+
+  it("coalesces across processes: five at once send one request, four are marked coalesced", function()
+    if not usable then return end
+    local token = helpers.uid("tok-fleet-co")
+    local out = children(5, token, [[
+      local c = cachectl.omni.new{ token = TOKEN, base_url = BASE, coalesce = 30,
+        rate_limit = { requests = 60, per = 60, redis = REDIS } }
+      local res, err = c:reset_cache("]] .. UUID .. [[", "daily")
+      print(require("cjson").encode{ ok = res ~= nil, coalesced = res and res.coalesced or false,
+        policy = res and res.cache_reset.policy_name, err = err and tostring(err) })
+    ]])
+    local shared = 0
+    for _, o in ipairs(out) do
+      assert.is_true(o.ok, o.err)
+      assert.equal("daily", o.policy)
+      if o.coalesced then shared = shared + 1 end
+    end
+    assert.equal(4, shared)
+    assert.equal(1, #srv:requests())
+    -- this process too, later in the window
+    local events, on_event = collector()
+    local res = assert(omni(token, { coalesce = 30, on_event = on_event,
+      rate_limit = { requests = 60, per = 60, redis = redis:url() } }):reset_cache(UUID, "daily"))
+    assert.is_true(res.coalesced)
+    assert.equal(1, #of_type(events, "coalesced"))
+    assert.equal(1, #srv:requests())
+  end)
+end)
