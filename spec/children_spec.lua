@@ -45,11 +45,7 @@ local function connections(srv)
 end
 
 describe("a child process", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function ml(over)
     local o = { key = uid("key"), base_url = srv.base, retries = 0 }

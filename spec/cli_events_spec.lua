@@ -13,11 +13,7 @@ local MODEL = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 local secret, run, lines, literal = support.secret, support.run, support.lines, helpers.literal
 
 describe("cachectl events and fleet flags", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function reset(argv, env, secrets)
     local args = { "omni", "reset-cache", "--base-url", srv.base, "--model", MODEL, "--no-check" }

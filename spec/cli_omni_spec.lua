@@ -18,11 +18,7 @@ local FORBIDDEN = "6ba7b814-9dad-11d1-80b4-00c04fd430c8"
 local secret, run, lines, L = support.secret, support.run, support.lines, helpers.literal
 
 describe("cachectl omni discovery", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function omni(argv, token)
     token = token or secret("t")

@@ -24,11 +24,7 @@ for _, a in ipairs(parser.actions()) do
 end
 
 describe("cachectl command", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function ml(argv, key)
     key = key or secret()

@@ -11,11 +11,7 @@ local uid, UUID = helpers.uid, helpers.UUID
 local BRANCH = "6ba7b813-9dad-11d1-80b4-00c04fd430c8"
 
 describe("Omni discovery calls on the wire", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function opts(over)
     local o = { token = uid("tok"), base_url = srv.base, retries = 0 }

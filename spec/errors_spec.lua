@@ -8,11 +8,7 @@ local core = require "cachectl.core"
 local uid = helpers.uid
 
 describe("core errors", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function clear_cache(key, over)
     local o = { key = key, base_url = srv.base, retries = 0 }

@@ -16,11 +16,7 @@ local function shape(events)
 end
 
 describe("on_event", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function ml(events, over)
     local o = { key = uid("key"), base_url = srv.base, retries = 0, timeout = 10,

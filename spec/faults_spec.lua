@@ -95,11 +95,7 @@ local function assert_error(kind, cred, res, err)
 end
 
 describe("faults", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   -- A first call leaves a kept-alive connection to the mock, as any call but
   -- the first of a process finds; then the log is cleared.

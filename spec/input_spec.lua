@@ -9,11 +9,7 @@ local core = require "cachectl.core"
 local uid, UUID = helpers.uid, helpers.UUID
 
 describe("core input", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   -- Complete, valid options for each call, with `over` applied on top
   -- (a field set to false in `over` is removed).

@@ -8,11 +8,7 @@ local core = require "cachectl.core"
 local uid, literal = helpers.uid, helpers.literal
 
 describe("core.modelslab", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function only_request()
     local reqs = srv:requests()

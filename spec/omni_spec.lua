@@ -9,11 +9,7 @@ local core = require "cachectl.core"
 local uid, UUID = helpers.uid, helpers.UUID
 
 describe("core.omni.reset_cache", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   -- Valid options against the mock, with `over` applied on top.
   local function opts(over)

@@ -53,11 +53,7 @@ local function waits_for(list, reason)
 end
 
 describe("the rate limit", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function ml(key, over)
     local o = { key = key, base_url = srv.base, retries = 0, timeout = 10 }

@@ -7,11 +7,7 @@ local core = require "cachectl.core"
 local uid, UUID = helpers.uid, helpers.UUID
 
 describe("core sessions", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function ml(over)
     local o = { key = uid("key"), base_url = srv.base, retries = 0 }

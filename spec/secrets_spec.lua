@@ -11,11 +11,7 @@ local core = require "cachectl.core"
 local find_secret = helpers.find_secret
 
 describe("secrets", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   -- Asserts that the secret is nowhere in what a call returned.
   local function assert_clean(secret, res, err)

@@ -52,11 +52,7 @@ local function interrupt(pid, p, errfile, script, ready)
 end
 
 describe("SIGINT to the standalone interpreter", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   it("ends a call waiting for its answer, and the interpreter says interrupted!", function()
     if _VERSION ~= "Lua 5.4" then

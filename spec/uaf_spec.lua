@@ -47,11 +47,7 @@ local function with_eager_gc(fn)
 end
 
 describe("a call whose options change while it runs", function()
-  local srv
-
-  setup(function() srv = server.start() end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   -- An Omni reset against 429s; between attempts a finalizer drops the token
   -- and the User-Agent and collects. Returns the result, the error, the
