@@ -48,9 +48,7 @@ describe("a child process", function()
   local srv = server.use()
 
   local function ml(over)
-    local o = { key = uid("key"), base_url = srv.base, retries = 0 }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ key = uid("key"), base_url = srv.base, retries = 0 }, over)
   end
 
   it("started after a call holds none of the session's sockets, and the server sees close()", function()

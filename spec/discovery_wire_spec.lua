@@ -14,9 +14,7 @@ describe("Omni discovery calls on the wire", function()
   local srv = server.use()
 
   local function opts(over)
-    local o = { token = uid("tok"), base_url = srv.base, retries = 0 }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ token = uid("tok"), base_url = srv.base, retries = 0 }, over)
   end
 
   -- The one request the mock saw (whatever it answered: the mock may not

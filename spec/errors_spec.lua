@@ -11,15 +11,12 @@ describe("core errors", function()
   local srv = server.use()
 
   local function clear_cache(key, over)
-    local o = { key = key, base_url = srv.base, retries = 0 }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return core.modelslab.clear_cache(o)
+    return core.modelslab.clear_cache(helpers.merge({ key = key, base_url = srv.base, retries = 0 }, over))
   end
 
   local function reset_cache(token, over)
-    local o = { token = token, base_url = srv.base, retries = 0, model_id = helpers.UUID, policy = "daily" }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return core.omni.reset_cache(o)
+    return core.omni.reset_cache(helpers.merge({ token = token, base_url = srv.base, retries = 0,
+      model_id = helpers.UUID, policy = "daily" }, over))
   end
 
   -- The checks every error passes, whatever its kind.

@@ -19,10 +19,8 @@ describe("on_event", function()
   local srv = server.use()
 
   local function ml(events, over)
-    local o = { key = uid("key"), base_url = srv.base, retries = 0, timeout = 10,
-                on_event = function(ev) events[#events + 1] = ev end }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ key = uid("key"), base_url = srv.base, retries = 0, timeout = 10,
+      on_event = function(ev) events[#events + 1] = ev end }, over)
   end
 
   it("gets one attempt event for a call that succeeds", function()

@@ -13,9 +13,7 @@ describe("core.omni.reset_cache", function()
 
   -- Valid options against the mock, with `over` applied on top.
   local function opts(over)
-    local o = { token = uid("tok"), base_url = srv.base, model_id = UUID, policy = "daily" }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ token = uid("tok"), base_url = srv.base, model_id = UUID, policy = "daily" }, over)
   end
 
   local function only_request()

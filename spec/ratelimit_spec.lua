@@ -56,15 +56,12 @@ describe("the rate limit", function()
   local srv = server.use()
 
   local function ml(key, over)
-    local o = { key = key, base_url = srv.base, retries = 0, timeout = 10 }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ key = key, base_url = srv.base, retries = 0, timeout = 10 }, over)
   end
 
   local function omni(token, over)
-    local o = { token = token, base_url = srv.base, retries = 0, timeout = 10, model_id = UUID, policy = "daily" }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ token = token, base_url = srv.base, retries = 0, timeout = 10,
+      model_id = UUID, policy = "daily" }, over)
   end
 
   local LIMIT = { requests = 2, per = 1 }

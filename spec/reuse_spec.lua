@@ -10,15 +10,12 @@ describe("core sessions", function()
   local srv = server.use()
 
   local function ml(over)
-    local o = { key = uid("key"), base_url = srv.base, retries = 0 }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ key = uid("key"), base_url = srv.base, retries = 0 }, over)
   end
 
   local function omni(over)
-    local o = { token = uid("tok"), base_url = srv.base, retries = 0, model_id = UUID, policy = "daily" }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ token = uid("tok"), base_url = srv.base, retries = 0,
+      model_id = UUID, policy = "daily" }, over)
   end
 
   local function connections_of(reqs)

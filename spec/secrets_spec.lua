@@ -32,15 +32,12 @@ describe("secrets", function()
   end
 
   local function ml(key, over)
-    local o = { key = key, base_url = srv.base, retries = 0 }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ key = key, base_url = srv.base, retries = 0 }, over)
   end
 
   local function omni(token, over)
-    local o = { token = token, base_url = srv.base, retries = 0, model_id = helpers.UUID, policy = "daily" }
-    for k, v in pairs(over or {}) do o[k] = v end
-    return o
+    return helpers.merge({ token = token, base_url = srv.base, retries = 0,
+      model_id = helpers.UUID, policy = "daily" }, over)
   end
 
   describe("of a successful call", function()

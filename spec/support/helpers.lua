@@ -34,6 +34,12 @@ function M.secret(prefix)
   return (prefix or "SECRETKEY") .. "-" .. hex(24)
 end
 
+--- `base` with every field of `over` (may be nil) set on top; returns base.
+function M.merge(base, over)
+  for k, v in pairs(over or {}) do base[k] = v end
+  return base
+end
+
 --- A TCP port on 127.0.0.1 that nothing listens on (bound, read, closed).
 function M.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))
