@@ -224,6 +224,58 @@ describe("clients with rate_limit.redis and coalesce", function()
     assert.equal(3, #srv:requests())
   end)
 
+  -- The most arrivals at the mock that any window of `per` seconds holds
+  -- (less a 50 ms allowance for loopback latency, as the mock's own limit).
+  local function busiest(token, per, in_label)
+    local times = {}
+    for _, r in ipairs(srv:requests()) do
+      if r.headers.authorization == "Bearer " .. token then times[#times + 1] = r.at end
+    end
+    table.sort(times)
+    local most = 0
+    for i = 1, #times do
+      local n = 0
+      for j = i, #times do
+        if times[j] < times[i] + per - 0.05 then n = n + 1 end
+      end
+      if n > most then most = n end
+    end
+    local shown = {}
+    for i, t in ipairs(times) do shown[i] = string.format("%.3f", t - times[1]) end
+    io.stderr:write("\n  three processes, {5, 2}", in_label or "", ": arrivals (s after the first): ",
+      table.concat(shown, " "), "\n")
+    return most, #times
+  end
+
+  -- Three processes, five resets each, one token and { requests = 5, per = 2 }.
+  local function three_processes(token, in_redis)
+    return children(3, token, [[
+      local c = cachectl.omni.new{ token = TOKEN, base_url = BASE, timeout = 30,
+        rate_limit = { requests = 5, per = 2]] .. (in_redis and ", redis = REDIS" or "") .. [[ } }
+      local ok = 0
+      for i = 1, 5 do
+        if c:reset_cache("]] .. UUID .. [[", "p" .. i) then ok = ok + 1 end
+      end
+      print(require("cjson").encode{ ok = ok })
+    ]])
+  end
+
+  it("keeps one window for three processes: no 2 s window holds more than 5 starts", function()
+    if not usable then return end
+    local token = helpers.uid("tok-three")
+    for _, o in ipairs(three_processes(token, true)) do assert.equal(5, o.ok) end
+    local most, n = busiest(token, 2, " in Redis")
+    assert.equal(15, n)
+    assert.is_true(most <= 5, most .. " starts in one 2 s window")
+    -- the same three processes, each with its own window, do exceed it:
+    -- what the check above measures is the sharing
+    local alone = helpers.uid("tok-three-alone")
+    for _, o in ipairs(three_processes(alone, false)) do assert.equal(5, o.ok) end
+    most, n = busiest(alone, 2, " without Redis")
+    assert.equal(15, n)
+    assert.is_true(most > 5, most .. " starts in one 2 s window")
+  end)
+
   it("coalesces across processes: five at once send one request, four are marked coalesced", function()
     if not usable then return end
     local token = helpers.uid("tok-fleet-co")
