@@ -35,7 +35,7 @@ build = {
   modules = {
     ["cachectl.core"] = {
       sources = {
-        "src/core.c", "src/session.c", "src/engine.c", "src/options.c",
+        "src/core.c", "src/session.c", "src/handles.c", "src/engine.c", "src/options.c",
         "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
         "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
       },

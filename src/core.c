@@ -170,31 +170,19 @@ static void require_cjson(lua_State *L)
     lua_pop(L, 1);
 }
 
-CC_EXPORT int luaopen_cachectl_core(lua_State *L)
+/* module.<service>.<name>: a closure over the module's session (at
+ * index session) and its endpoint row, for every row. */
+static void set_calls(lua_State *L, int module, int session)
 {
-    const curl_version_info_data *v;
     size_t i;
-    int session;
-    pthread_once(&curl_once, curl_init);
-    if (curl_init_rc != CURLE_OK)
-        return luaL_error(L, "cachectl.core: curl_global_init failed: %s", curl_easy_strerror(curl_init_rc));
-    v = curl_version_info(CURLVERSION_NOW);
-    if (!(v->features & CURL_VERSION_SSL)) luaL_error(L, "cachectl.core: libcurl lacks TLS support");
-    require_cjson(L);
-    cc_errors_init(L);
-    lua_newtable(L);
-    cc_session_init(L);
-    cc_session_new(L);
-    session = lua_gettop(L);
-    lua_newtable(L);                        /* endpoints: "service.name" -> row */
     for (i = 0; i < cc_nendpoints; i++) {
         const cc_endpoint *ep = &cc_endpoints[i];
-        lua_getfield(L, session - 1, ep->service);
+        lua_getfield(L, module, ep->service);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
             lua_newtable(L);
             lua_pushvalue(L, -1);
-            lua_setfield(L, session - 1, ep->service);
+            lua_setfield(L, module, ep->service);
         }
         lua_pushvalue(L, session);
         lua_pushlightuserdata(L, (void *)ep);
@@ -202,9 +190,16 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
         lua_setfield(L, -2, ep->name);
         lua_pop(L, 1);
     }
-    lua_newtable(L);                        /* services: name -> row */
+}
+
+/* module.services (name -> service row, its calls under `calls`) and
+ * module.endpoints ("service.name" -> the same call rows). */
+static void set_rows(lua_State *L, int module)
+{
+    size_t i, j;
+    lua_newtable(L);                        /* endpoints */
+    lua_newtable(L);                        /* services */
     for (i = 0; i < cc_nservices; i++) {
-        size_t j;
         push_service_row(L, &cc_services[i]);
         lua_getfield(L, -1, "calls");
         for (j = 0; j < cc_nendpoints; j++) {
@@ -217,17 +212,33 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
         lua_pop(L, 1);
         lua_setfield(L, -2, cc_services[i].name);
     }
-    lua_setfield(L, session - 1, "services");
-    lua_setfield(L, session - 1, "endpoints");
+    lua_setfield(L, module, "services");
+    lua_setfield(L, module, "endpoints");
+}
+
+CC_EXPORT int luaopen_cachectl_core(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
+        { "scrub", cc_scrub_l }, { NULL, NULL }
+    };
+    const curl_version_info_data *v;
+    int module;
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK)
+        return luaL_error(L, "cachectl.core: curl_global_init failed: %s", curl_easy_strerror(curl_init_rc));
+    v = curl_version_info(CURLVERSION_NOW);
+    if (!(v->features & CURL_VERSION_SSL)) luaL_error(L, "cachectl.core: libcurl lacks TLS support");
+    require_cjson(L);
+    cc_errors_init(L);
+    lua_newtable(L);
+    module = lua_gettop(L);
+    cc_session_init(L);
+    cc_session_new(L);
+    set_calls(L, module, module + 1);
     lua_pop(L, 1);
-    lua_pushcfunction(L, check_options_l);
-    lua_setfield(L, -2, "check_options");
-    lua_pushcfunction(L, sha256_l);
-    lua_setfield(L, -2, "sha256");
-    lua_pushcfunction(L, identity_l);
-    lua_setfield(L, -2, "identity");
-    lua_pushcfunction(L, cc_scrub_l);
-    lua_setfield(L, -2, "scrub");
+    set_rows(L, module);
+    cc_setfuncs(L, funcs);
     lua_pushliteral(L, CC_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, v->version);

@@ -58,7 +58,7 @@ static void xfer_release(cc_session *s, xfer *x)
 
 /* Frees what a run holds and returns its easy handles to the pool;
  * idempotent. */
-void cc_run_release(run *r)
+static void run_release(run *r)
 {
     size_t i;
     if (!r->s) return;
@@ -68,48 +68,6 @@ void cc_run_release(run *r)
     if (r->s->active == r) r->s->active = NULL;
     r->s = NULL;
 }
-
-/* ---- libcurl's callbacks -------------------------------------------- */
-
-size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud)
-{
-    xfer *x = ud;
-    size_t n = size * nmemb;
-    if ((curl_off_t)(x->resp.len + n) > x->req.max_bytes) {
-        x->too_large = 1;
-        return 0;
-    }
-    if (!cc_buf_add(&x->resp, p, n)) {
-        x->oom = 1;
-        return 0;
-    }
-    return n;
-}
-
-size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud)
-{
-    xfer *x = ud;
-    size_t n = size * nmemb;
-    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) x->retry_after[0] = '\0';   /* a new response */
-    if (n > 12 && (p[0] | 0x20) == 'r' && strncasecmp(p, "retry-after:", 12) == 0) {
-        size_t len = n - 12 < sizeof x->retry_after - 1 ? n - 12 : sizeof x->retry_after - 1;
-        memcpy(x->retry_after, p + 12, len);
-        x->retry_after[len] = '\0';
-    }
-    return n;
-}
-
-#if LIBCURL_VERSION_NUM >= 0x075000
-/* Called before each request goes out, so a silent resend by libcurl on a
- * dead reused connection is counted in err.attempts too. (Before libcurl
- * 7.80 there is no such callback: a silent resend is not counted.) */
-int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
-{
-    (void)ip, (void)local_ip, (void)port, (void)local_port;
-    ((xfer *)ud)->sends++;
-    return CURL_PREREQFUNC_OK;
-}
-#endif
 
 /* ---- the request's shape -------------------------------------------- */
 
@@ -789,7 +747,7 @@ int cc_run(lua_State *L, cc_session *s, const cc_endpoint *ep, int idx, int sing
     a.single = single;
     a.concurrency = concurrency;
     rc = lua_pcall(L, 2, LUA_MULTRET, 0);
-    cc_run_release(r);
+    run_release(r);
     if (!single) free(r);
     if (s->close_pending) cc_session_close(s);     /* __close or __gc during the run */
     if (rc != 0) return lua_error(L);

@@ -1,7 +1,6 @@
-/* engine.h — what the session (session.c) and the run loop (engine.c)
- * share: a session's state and its pool of easy handles, one run and its
- * requests, and the callbacks every pooled handle is set up with. Private
- * to those two files. */
+/* engine.h — what the session (session.c), its libcurl handles
+ * (handles.c) and the run loop (engine.c) share: a session's state and its
+ * pool of easy handles, one run and its requests. Private to those files. */
 #ifndef CACHECTL_ENGINE_H
 #define CACHECTL_ENGINE_H
 
@@ -85,7 +84,7 @@ struct cc_session {
     struct run single;      /* the run of single calls, reused */
 };
 
-/* session.c: the pool of easy handles (a handle comes back with the options
+/* handles.c: the pool of easy handles (a handle comes back with the options
  * every request shares and st telling what else it holds; sticky: it must
  * be reset before reuse). NULL with *refused naming a libcurl option that
  * failed, or with *refused NULL when out of memory. */
@@ -93,8 +92,7 @@ CURL *cc_easy_get(cc_session *s, int sticky, hstate *st, const char **refused);
 void cc_easy_put(cc_session *s, CURL *e, int sticky, const hstate *st);
 void cc_session_close(cc_session *s);
 
-/* engine.c */
-void cc_run_release(run *r);
+/* handles.c: the callbacks every pooled handle is set up with */
 size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud);
 size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud);
 #if LIBCURL_VERSION_NUM >= 0x075000

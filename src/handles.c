@@ -1,0 +1,152 @@
+/* handles.c — the libcurl side of a session: the pool of idle easy
+ * handles, each set up once with the options and callbacks every request
+ * shares (its sockets close-on-exec; the callbacks only copy bytes into the
+ * transfer's buffers and never touch Lua), and freeing all a session holds.
+ * The engine takes handles from here; nothing here calls the engine. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "engine.h"
+
+/* Frees what the session holds; idempotent. Never while a run is active:
+ * the callers defer or refuse. */
+void cc_session_close(cc_session *s)
+{
+    while (s->npool > 0) curl_easy_cleanup(s->pool[--s->npool].easy);
+    curl_slist_free_all(s->headers);
+    s->headers = s->headers_noua = NULL;
+    curl_url_cleanup(s->url);
+    free(s->url_text);
+    s->url = NULL;
+    s->url_text = NULL;
+    if (s->multi) curl_multi_cleanup(s->multi);
+    s->multi = NULL;
+    s->close_pending = 0;
+}
+
+/* ---- libcurl's callbacks -------------------------------------------- */
+
+size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud)
+{
+    xfer *x = ud;
+    size_t n = size * nmemb;
+    if ((curl_off_t)(x->resp.len + n) > x->req.max_bytes) {
+        x->too_large = 1;
+        return 0;
+    }
+    if (!cc_buf_add(&x->resp, p, n)) {
+        x->oom = 1;
+        return 0;
+    }
+    return n;
+}
+
+size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud)
+{
+    xfer *x = ud;
+    size_t n = size * nmemb;
+    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) x->retry_after[0] = '\0';   /* a new response */
+    if (n > 12 && (p[0] | 0x20) == 'r' && strncasecmp(p, "retry-after:", 12) == 0) {
+        size_t len = n - 12 < sizeof x->retry_after - 1 ? n - 12 : sizeof x->retry_after - 1;
+        memcpy(x->retry_after, p + 12, len);
+        x->retry_after[len] = '\0';
+    }
+    return n;
+}
+
+#if LIBCURL_VERSION_NUM >= 0x075000
+/* Called before each request goes out, so a silent resend by libcurl on a
+ * dead reused connection is counted in err.attempts too. (Before libcurl
+ * 7.80 there is no such callback: a silent resend is not counted.) */
+int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
+{
+    (void)ip, (void)local_ip, (void)port, (void)local_port;
+    ((xfer *)ud)->sends++;
+    return CURL_PREREQFUNC_OK;
+}
+#endif
+
+/* Every socket libcurl opens is close-on-exec, so a child process started
+ * during or after a call (io.popen, os.execute) holds none of them. */
+static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    int fd;
+    (void)ud, (void)purpose;
+#ifdef SOCK_CLOEXEC
+    fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+#else
+    fd = socket(a->family, a->socktype, a->protocol);
+    if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+        close(fd);
+        fd = -1;
+    }
+#endif
+    return fd < 0 ? CURL_SOCKET_BAD : fd;
+}
+
+/* The options every request shares. Those that keep a credential safe
+ * (only http and https, no redirects, TLS verification on) are checked:
+ * returns the name of one libcurl refused, or NULL. */
+static const char *shared_options(CURL *e)
+{
+#if LIBCURL_VERSION_NUM >= 0x075500
+    if (curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK)
+        return "CURLOPT_PROTOCOLS_STR";
+#else
+    if (curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS)) != CURLE_OK)
+        return "CURLOPT_PROTOCOLS";
+#endif
+    if (curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK) return "CURLOPT_FOLLOWLOCATION";
+    if (curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK) return "CURLOPT_SSL_VERIFYPEER";
+    if (curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK) return "CURLOPT_SSL_VERIFYHOST";
+    if (curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket) != CURLE_OK)
+        return "CURLOPT_OPENSOCKETFUNCTION";
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, cc_on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, cc_on_header);
+#if LIBCURL_VERSION_NUM >= 0x075000
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, cc_on_send);
+#endif
+    return NULL;
+}
+
+/* An easy handle with the options every request shares. A pooled handle
+ * keeps them, and is reset only when its last request or this one is
+ * sticky: most calls set just the handful of options that change. */
+CURL *cc_easy_get(cc_session *s, int sticky, hstate *st, const char **refused)
+{
+    CURL *e = NULL;
+    *refused = NULL;
+    if (s->npool > 0) {
+        pooled *p = &s->pool[--s->npool];
+        e = p->easy;
+        if (!p->sticky && !sticky) {
+            *st = p->st;
+            return e;
+        }
+        curl_easy_reset(e);
+    } else if (!(e = curl_easy_init())) {
+        return NULL;
+    }
+    memset(st, 0, sizeof *st);
+    if ((*refused = shared_options(e)) != NULL) {
+        curl_easy_cleanup(e);
+        return NULL;
+    }
+    return e;
+}
+
+void cc_easy_put(cc_session *s, CURL *e, int sticky, const hstate *st)
+{
+    if (s->npool < POOL_MAX) {
+        pooled *p = &s->pool[s->npool++];
+        p->easy = e;
+        p->sticky = sticky;
+        p->st = *st;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
