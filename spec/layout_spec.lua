@@ -136,4 +136,27 @@ describe("the C core's layout", function()
     end
     assert.same({}, long)
   end)
+
+  it("keeps every Lua function of the layer under " .. MAX_LINES .. " lines", function()
+    local long, checked = {}, 0
+    local p = assert(io.popen("find lua -name '*.lua'"))
+    for path in p:lines() do
+      local n, open = 0, {}
+      for line in (helpers.read_file(path) .. "\n"):gmatch("([^\n]*)\n") do
+        n = n + 1
+        local indent = line:match("^(%s*)local function ") or line:match("^(%s*)function ")
+          or (line:match("= function%(.*%)%s*$") and line:match("^(%s*)"))
+        if indent then
+          open[#open + 1] = { indent = indent, start = n, head = line }
+          checked = checked + 1
+        elseif #open > 0 and line == open[#open].indent .. "end" then
+          local f = table.remove(open)
+          if n - f.start + 1 > MAX_LINES then long[#long + 1] = path .. ":" .. f.start .. " " .. f.head end
+        end
+      end
+    end
+    p:close()
+    assert.is_true(checked > 100)
+    assert.same({}, long)
+  end)
 end)
