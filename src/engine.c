@@ -219,7 +219,12 @@ static const char *set_guarded(xfer *x)
         x->st.no_proxy = http;
     }
     if (!http && q->proxy) {
-        if (curl_easy_setopt(e, CURLOPT_PROXY, q->proxy) != CURLE_OK) return "CURLOPT_PROXY";
+        /* a proxy given as an option is used as given: no_proxy in the
+         * environment is for the environment's proxies (a sticky handle:
+         * reset before its next request) */
+        if (curl_easy_setopt(e, CURLOPT_PROXY, q->proxy) != CURLE_OK ||
+            curl_easy_setopt(e, CURLOPT_NOPROXY, "") != CURLE_OK)
+            return "CURLOPT_PROXY";
         /* the CONNECT request to the proxy sends this one, not the header line */
         curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent ? q->user_agent : cc_user_agent_default());
     }
