@@ -18,7 +18,7 @@
 
 local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, loadfile, package =
   require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, loadfile, package
-local format, char, lower = string.format, string.char, string.lower
+local format, char = string.format, string.char
 local floor, min, random = math.floor, math.min, math.random
 local tointeger = math.tointeger -- nil before Lua 5.3
 local G = _G
@@ -155,33 +155,19 @@ local function config(url)
   return cfg
 end
 
--- The forms in which a secret may come back from a server: as given,
--- percent-encoded (reserved characters only, or every non-alphanumeric one;
--- upper or lower case hex) and JSON-escaped.
-local function secret_forms(secret)
-  local function pct(class)
-    local upper = secret:gsub(class, function(c) return format("%%%02X", c:byte()) end)
-    return upper, (upper:gsub("%%%x%x", lower))
-  end
-  local forms = { secret }
-  forms[2], forms[3] = pct("[^%w%-%._~]")
-  forms[4], forms[5] = pct("[^%w]")
-  forms[6] = (secret:gsub('[%c"\\/]', function(c)
-    local named = { ['"'] = '\\"', ["\\"] = "\\\\", ["/"] = "\\/", ["\n"] = "\\n", ["\r"] = "\\r",
-                    ["\t"] = "\\t" }
-    return named[c] or format("\\u%04x", c:byte())
-  end))
-  return forms
-end
-
--- `s` with every occurrence of any of `forms` replaced by "***".
-local function scrub_string(s, forms)
-  for _, form in pairs(forms) do
-    if form ~= "" then
-      local i, j = s:find(form, 1, true)
+-- `s` with every secret of `secrets` masked by the core's one scrubber (as
+-- given, percent-encoded, JSON-escaped, any 8 of its characters in a row).
+-- The core leaves secrets under 4 bytes alone (they would match ordinary
+-- words); a Redis password that short is still masked as given.
+local function scrub_string(s, secrets)
+  for _, secret in pairs(secrets) do
+    if #secret >= 4 then
+      s = require("cachectl.core").scrub(s, secret)
+    elseif secret ~= "" then
+      local i, j = s:find(secret, 1, true)
       while i do
         s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
-        i, j = s:find(form, i + 3, true)
+        i, j = s:find(secret, i + 3, true)
       end
     end
   end
@@ -192,8 +178,7 @@ end
 local function redact(s, cfg)
   s = tostring(s)
   if not cfg.password then return s end
-  cfg.forms = cfg.forms or secret_forms(cfg.password)
-  return scrub_string(s, cfg.forms)
+  return scrub_string(s, { cfg.password })
 end
 
 -- ------------------------------------------------------------ the backends
@@ -555,23 +540,17 @@ local function integers(v)
 end
 
 -- A copy of `v` with every secret form scrubbed from its strings (keys too).
-local function scrubbed(v, forms)
-  if type(v) == "string" then return scrub_string(v, forms) end
+local function scrubbed(v, secrets)
+  if type(v) == "string" then return scrub_string(v, secrets) end
   if type(v) ~= "table" then return v end
   local t = {}
-  for k, x in pairs(v) do t[scrubbed(k, forms)] = scrubbed(x, forms) end
+  for k, x in pairs(v) do t[scrubbed(k, secrets)] = scrubbed(x, secrets) end
   return t
 end
 
 -- The outcome as JSON, with the caller's secrets scrubbed out.
 local function encode_outcome(res, err, secrets)
-  if secrets then
-    local forms = {}
-    for _, secret in pairs(secrets) do
-      for _, form in pairs(secret_forms(secret)) do forms[#forms + 1] = form end
-    end
-    res, err = scrubbed(res, forms), scrubbed(err, forms)
-  end
+  if secrets then res, err = scrubbed(res, secrets), scrubbed(err, secrets) end
   return json().encode({ res = res, err = err })
 end
 

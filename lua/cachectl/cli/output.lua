@@ -7,8 +7,8 @@
 
 local getmetatable, ipairs, next, pairs, pcall, tonumber, tostring, type =
   getmetatable, ipairs, next, pairs, pcall, tonumber, tostring, type
-local math, string, table = math, string, table
-local format, concat = string.format, table.concat
+local math, string = math, string
+local format = string.format
 
 local cjson = require "cjson"
 local core = require "cachectl.core"
@@ -18,21 +18,8 @@ local M = {}
 M.SUCCESS, M.FAILURE, M.USAGE, M.INTERRUPTED = 0, 1, 2, 130
 
 -- The one secret scrubber is the core's (every form of the secret, any 8
--- characters of it in a row). Until core.scrub is on main, only the exact
--- secret is masked here. TODO: drop this fallback when it lands.
-local function scrub_fallback(text, secret)
-  local out, i = {}, 1
-  while true do
-    local a, b = text:find(secret, i, true)
-    if not a then break end
-    out[#out + 1] = text:sub(i, a - 1) .. "***"
-    i = b + 1
-  end
-  out[#out + 1] = text:sub(i)
-  return concat(out)
-end
-
-local scrub = core.scrub or scrub_fallback
+-- characters of it in a row).
+local scrub = core.scrub
 
 --- `text` with every secret of `secrets` (a set of strings) masked.
 function M.scrub(text, secrets)
