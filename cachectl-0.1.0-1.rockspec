@@ -14,7 +14,9 @@ libcurl, with retries, timeouts, kept-alive connections, concurrent batches,
 a command-line tool and a mock server for tests.
 
 Optional: lyaml (Debian lua-yaml), for omni:cache_policies and check_policy
-only; without it every other call works.
+only; redis-lua (Debian lua-redis; lua-resty-redis inside nginx), for
+rate_limit.redis and coalescing across processes only. Without them every
+other call works.
 ]],
   homepage = "https://github.com/cachectl/cachectl",
   license = "MIT",
@@ -24,7 +26,8 @@ dependencies = {
   "lua-cjson >= 2.1",
   "luasocket >= 3.0",
   "argparse >= 0.6",
-  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy)
+  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy),
+  -- "redis-lua >= 2.0" (rate_limit.redis)
 }
 external_dependencies = {
   CURL = { library = "curl" },
