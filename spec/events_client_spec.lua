@@ -7,12 +7,11 @@ local helpers = require "support.helpers"
 local UUID = helpers.UUID
 
 describe("on_event (Lua layer)", function()
-  local srv, cachectl, core
+  local srv, cachectl
 
   setup(function()
     srv = server.start()
     cachectl = require "cachectl"
-    core = require "cachectl.core"
   end)
   teardown(function() srv:stop() end)
   before_each(function() srv:reset() end)
@@ -22,19 +21,7 @@ describe("on_event (Lua layer)", function()
     return events, function(ev) events[#events + 1] = ev end
   end
 
-  -- Whether the core itself reports attempts (the engine's part of the contract).
-  local function core_reports_attempts()
-    local events, on_event = collector()
-    core.omni.reset_cache{ token = helpers.uid("tok-probe"), base_url = srv.base, model_id = UUID,
-      policy = "daily", on_event = on_event }
-    srv:reset()
-    return #events > 0
-  end
-
   it("hands the client's on_event to every call, and a call's own replaces it", function()
-    if not core_reports_attempts() then
-      return pending("the core does not report attempt events yet")
-    end
     local events, on_event = collector()
     local own, on_own = collector()
     local omni = cachectl.omni.new{ token = helpers.uid("tok-ev"), base_url = srv.base, on_event = on_event }
@@ -56,9 +43,6 @@ describe("on_event (Lua layer)", function()
   end)
 
   it("reports a retry's wait and both attempts, with no credential in any event", function()
-    if not core_reports_attempts() then
-      return pending("the core does not report attempt events yet")
-    end
     local events, on_event = collector()
     local token = helpers.secret("SECRETTOKEN") .. ";fault=503;times=1"
     local omni = cachectl.omni.new{ token = token, base_url = srv.base, on_event = on_event }

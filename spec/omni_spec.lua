@@ -137,21 +137,12 @@ describe("core.omni.reset_cache", function()
     end)
   end)
 
-  -- The mock answers Omni's error shapes since its rewrite (INTERFACES.md 5:
-  -- the reset page's {error, message} on resets, the OpenAPI document's
+  -- Omni's error shapes as the mock answers them (INTERFACES.md 5): the
+  -- reset page's {error, message} on resets, the OpenAPI document's
   -- {detail, status} on the model list and YAML, 422 as {error}; a token
-  -- directive shape=detail|error picks one). Before it, these are pending.
+  -- directive shape=detail|error picks one.
   describe("error shapes, as the mock of INTERFACES.md 5 answers them", function()
-    local function it_mock(name, fn)
-      it(name, function()
-        local res = core.omni.list_models{ token = uid("tok"), base_url = srv.base, retries = 0 }
-        srv:reset()
-        if not res then return pending("needs the mock of INTERFACES.md 5 (branch mock)") end
-        fn()
-      end)
-    end
-
-    it_mock("{detail, status}: message from detail, no code", function()
+    it("{detail, status}: message from detail, no code", function()
       local res, err = core.omni.reset_cache(opts{ token = uid("tok") .. " shape=detail",
                                                    model_id = helpers.MISSING_UUID })
       assert.is_nil(res)
@@ -161,7 +152,7 @@ describe("core.omni.reset_cache", function()
       assert.is_nil(err.code)
     end)
 
-    it_mock("{detail, status} of the model YAML: 404 and 403", function()
+    it("{detail, status} of the model YAML: 404 and 403", function()
       local _, err = core.omni.model_yaml{ token = uid("tok"), base_url = srv.base, model_id = helpers.MISSING_UUID }
       assert.equal(404, err.status)
       assert.equal("Model " .. helpers.MISSING_UUID .. " not found", err.message)
@@ -173,7 +164,7 @@ describe("core.omni.reset_cache", function()
       assert.is_nil(err.code)
     end)
 
-    it_mock("422 {error}: message and code from error", function()
+    it("422 {error}: message and code from error", function()
       local _, err = core.omni.list_models{ token = uid("tok"), base_url = srv.base, kind = "NOT_A_KIND" }
       assert.equal("http", err.kind)
       assert.equal(422, err.status)
@@ -181,7 +172,7 @@ describe("core.omni.reset_cache", function()
       assert.equal(err.message:sub(1, 63), err.code)
     end)
 
-    it_mock("{error, message} asked for on the YAML: message and code", function()
+    it("{error, message} asked for on the YAML: message and code", function()
       local _, err = core.omni.model_yaml{ token = uid("tok") .. " shape=error", base_url = srv.base,
                                            model_id = helpers.MISSING_UUID }
       assert.equal(404, err.status)

@@ -2,12 +2,23 @@
 -- search for secrets, percent-decoding, files and shell commands, and running
 -- a snippet of Lua under valgrind. No assertions here: the specs assert.
 local io, math, os, string, table = io, math, os, string, table
-local assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package =
-  assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package
+local assert, error, ipairs, pairs, pcall, require, tostring, type, getmetatable, tonumber, package =
+  assert, error, ipairs, pairs, pcall, require, tostring, type, getmetatable, tonumber, package
 
 local socket = require "socket"
 
 local M = {}
+
+--- `require(name)` for a dependency that .ci/deps installs: raises, naming
+-- the Debian package, when it cannot be loaded (the spec fails, never pends).
+function M.need(name, debian_package)
+  local ok, mod = pcall(require, name)
+  if not ok then
+    error(name .. " cannot be loaded: install the Debian package " .. debian_package
+      .. " (.ci/deps does)\n" .. tostring(mod), 2)
+  end
+  return mod
+end
 
 --- A model id the mock accepts, and the one it answers 404 for.
 M.UUID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
