@@ -5,6 +5,7 @@
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
 local cjson = require "cjson"
+local cachectl = require "cachectl"
 
 local SALES = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 local MARKETING = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
@@ -72,19 +73,10 @@ local function start_stub(pages)
 end
 
 describe("Omni discovery (Lua layer)", function()
-  local srv, cachectl
-
-  setup(function()
-    srv = server.start()
-    cachectl = require "cachectl"
-  end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function omni(opts)
-    local o = { token = helpers.uid("tok-disc"), base_url = srv.base }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return cachectl.omni.new(o)
+    return cachectl.omni.new(helpers.merge({ token = helpers.uid("tok-disc"), base_url = srv.base }, opts))
   end
 
   describe("models", function()
@@ -357,8 +349,8 @@ describe("Omni discovery (Lua layer)", function()
 
   it("never shows the token in a result, an error or an event", function()
     local token = helpers.secret("SECRETTOKEN")
-    local events = {}
-    local c = omni{ token = token, on_event = function(ev) events[#events + 1] = ev end }
+    local events, on_event = helpers.collector()
+    local c = omni{ token = token, on_event = on_event }
     local seen = {}
     local function keep(...) seen[#seen + 1] = { ... } end
     keep(c:models())

@@ -3,23 +3,13 @@
 -- (coalesced), and an error raised by on_event reaches the caller.
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
+local cachectl = require "cachectl"
 
 local UUID = helpers.UUID
+local collector = helpers.collector
 
 describe("on_event (Lua layer)", function()
-  local srv, cachectl
-
-  setup(function()
-    srv = server.start()
-    cachectl = require "cachectl"
-  end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
-
-  local function collector()
-    local events = {}
-    return events, function(ev) events[#events + 1] = ev end
-  end
+  local srv = server.use()
 
   it("hands the client's on_event to every call, and a call's own replaces it", function()
     local events, on_event = collector()
@@ -63,10 +53,7 @@ describe("on_event (Lua layer)", function()
     assert(omni:reset_cache(UUID, "daily"))
     assert(omni:reset_cache(UUID, "daily"))
     omni:reset_caches(UUID, { "daily", "daily" })
-    local co = {}
-    for _, ev in ipairs(events) do
-      if ev.type == "coalesced" then co[#co + 1] = ev end
-    end
+    local co = helpers.of_type(events, "coalesced")
     assert.equal(3, #co)
     for _, ev in ipairs(co) do
       assert.same({ type = "coalesced", service = "omni", call = "reset_cache" }, ev)

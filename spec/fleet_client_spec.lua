@@ -6,63 +6,31 @@
 -- Real redis-server and real child processes.
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
+local redis_server = require "support.redis_server"
 local cjson = require "cjson"
+local cachectl = require "cachectl"
+local core = require "cachectl.core"
 
 local UUID = helpers.UUID
+local collector, of_type, with_env = helpers.collector, helpers.of_type, helpers.with_env
 -- The interpreter running this spec, for the child processes.
 local LUA = type(rawget(_G, "jit")) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
 
-local redis_server = require "support.redis_server"
-
--- Loads a fresh copy of the Lua layer with os.getenv answering from `env`
--- for the names given there (the others as usual).
-local function with_env(env, fn)
-  local real = os.getenv
-  os.getenv = function(name) -- luacheck: ignore 122
-    if env[name] ~= nil then return env[name] or nil end
-    return real(name)
-  end
-  package.loaded.cachectl = nil
-  local ok, err = pcall(function() fn(require "cachectl") end)
-  os.getenv = real -- luacheck: ignore 122
-  package.loaded.cachectl = nil
-  if not ok then error(err, 0) end
-end
-
-local function collector()
-  local events = {}
-  return events, function(ev) events[#events + 1] = ev end
-end
-
-local function of_type(events, t)
-  local out = {}
-  for _, ev in ipairs(events) do
-    if ev.type == t then out[#out + 1] = ev end
-  end
-  return out
-end
-
 describe("clients with rate_limit.redis and coalesce", function()
-  local srv, redis, cachectl, core, dead
+  local srv = server.use()
+  local redis, dead
 
   setup(function()
     redis_server.need_redis_lua()
-    srv = server.start()
     redis = redis_server.start()
-    cachectl = require "cachectl"
-    core = require "cachectl.core"
     dead = "redis://127.0.0.1:" .. helpers.free_port() .. "/0"
   end)
   teardown(function()
-    if srv then srv:stop() end
     if redis then redis:stop() end
   end)
-  before_each(function() srv:reset() end)
 
   local function omni(token, opts)
-    local o = { token = token, base_url = srv.base }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return cachectl.omni.new(o)
+    return cachectl.omni.new(helpers.merge({ token = token, base_url = srv.base }, opts))
   end
 
   -- Runs `code` in `n` child processes at once (the same token and URLs);

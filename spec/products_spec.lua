@@ -17,11 +17,7 @@ local ACTIONS = {
 describe("ModelsLab Enterprise products", function()
   local srv = server.use()
 
-  local function only_request()
-    local reqs = srv:requests()
-    assert.equal(1, #reqs)
-    return reqs[1]
-  end
+  local function only_request() return server.only_request(srv) end
 
   -- The mock serves every slug and the product-less server (INTERFACES.md 5).
   local function assert_answer(call, res, err)

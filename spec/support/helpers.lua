@@ -1,6 +1,7 @@
 --- Shared helpers for the specs: unique credentials, a free port, a deep
--- search for secrets, percent-decoding, files and shell commands, and running
--- a snippet of Lua under valgrind. No assertions here: the specs assert.
+-- search for secrets, percent-decoding, events, a fresh cachectl with a
+-- given environment, files and shell commands, and running a snippet of Lua
+-- under valgrind. No assertions here: the specs assert.
 local io, math, os, string, table = io, math, os, string, table
 local assert, error, ipairs, pairs, pcall, require, tostring, type, getmetatable, tonumber, package =
   assert, error, ipairs, pairs, pcall, require, tostring, type, getmetatable, tonumber, package
@@ -49,6 +50,47 @@ end
 function M.merge(base, over)
   for k, v in pairs(over or {}) do base[k] = v end
   return base
+end
+
+--- An on_event function that appends each event to `list`.
+function M.recorder(list)
+  return function(ev) list[#list + 1] = ev end
+end
+
+--- A new list of events and an on_event function that appends to it.
+function M.collector()
+  local events = {}
+  return events, M.recorder(events)
+end
+
+--- The events of `events` whose type is `t`, in order.
+function M.of_type(events, t)
+  local out = {}
+  for _, ev in ipairs(events) do
+    if ev.type == t then out[#out + 1] = ev end
+  end
+  return out
+end
+
+--- "attempt" or "wait/<reason>" for each event, in order.
+function M.shape(events)
+  local out = {}
+  for i, ev in ipairs(events) do out[i] = ev.type .. (ev.reason and ("/" .. ev.reason) or "") end
+  return out
+end
+
+--- Calls fn(cachectl) with a fresh copy of the Lua layer whose os.getenv
+-- answers from `env` alone: a name absent from `env` (or false there) reads
+-- as unset. os.getenv and the loaded module are restored afterwards, also
+-- when fn raises (the error is raised again).
+function M.with_env(env, fn)
+  local real = os.getenv
+  os.getenv = function(name) return env[name] or nil end -- luacheck: ignore 122
+  package.loaded.cachectl = nil
+  local ok, err = pcall(function() fn(require "cachectl") end)
+  os.getenv = real -- luacheck: ignore 122
+  package.loaded.cachectl = nil
+  if not ok then error(err, 0) end
 end
 
 --- A TCP port on 127.0.0.1 that nothing listens on (bound, read, closed).
