@@ -116,7 +116,7 @@ describe("cachectl events and fleet flags", function()
 
     -- The command runs in this process: give it Debian's redis-lua (which
     -- lua5.4 does not find by itself, see the report of issue 12).
-    setup(function() assert(redis_server.use_redis_lua()) end)
+    setup(function() redis_server.need_redis_lua() end)
     before_each(function() closed = helpers.free_port() end)
 
     it("falls back to the process's own limit when Redis is unreachable, says so, hides the password", function()

@@ -1,30 +1,16 @@
 -- The Lua layer: clients, environment defaults, per-call overrides, close,
 -- tostring, batches.
 local server = require "support.mock_server"
+local helpers = require "support.helpers"
 local cjson = require "cjson"
+local cachectl = require "cachectl"
+
+local with_env = helpers.with_env
 
 local MODEL = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
--- Loads a fresh copy of the Lua layer with os.getenv answering from `env`.
-local function with_env(env, fn)
-  local real = os.getenv
-  os.getenv = function(name) return env[name] end -- luacheck: ignore 122
-  package.loaded.cachectl = nil
-  local ok, err = pcall(function() fn(require "cachectl") end)
-  os.getenv = real -- luacheck: ignore 122
-  package.loaded.cachectl = nil
-  if not ok then error(err, 0) end
-end
-
 describe("cachectl (Lua layer)", function()
-  local srv, cachectl
-
-  setup(function()
-    srv = server.start()
-    cachectl = require "cachectl"
-  end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   it("returns the same service tables as the core, extended with new", function()
     local core = require "cachectl.core"

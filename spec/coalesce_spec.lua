@@ -4,36 +4,16 @@
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
 local socket = require "socket"
+local cachectl = require "cachectl"
 
 local UUID, MISSING = helpers.UUID, helpers.MISSING_UUID
+local collector, of_type = helpers.collector, helpers.of_type
 
 describe("coalesce (in the process)", function()
-  local srv, cachectl
-
-  setup(function()
-    srv = server.start()
-    cachectl = require "cachectl"
-  end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
+  local srv = server.use()
 
   local function omni(opts)
-    local o = { token = helpers.uid("tok-co"), base_url = srv.base }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return cachectl.omni.new(o)
-  end
-
-  local function collector()
-    local events = {}
-    return events, function(ev) events[#events + 1] = ev end
-  end
-
-  local function of_type(events, t)
-    local out = {}
-    for _, ev in ipairs(events) do
-      if ev.type == t then out[#out + 1] = ev end
-    end
-    return out
+    return cachectl.omni.new(helpers.merge({ token = helpers.uid("tok-co"), base_url = srv.base }, opts))
   end
 
   it("sends one request for identical calls within the window; the later get a marked copy", function()

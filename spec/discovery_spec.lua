@@ -5,6 +5,7 @@
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
 local cjson = require "cjson"
+local cachectl = require "cachectl"
 
 local SALES = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 local MARKETING = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
@@ -13,10 +14,6 @@ local FINANCE_BRANCH = "6ba7b813-9dad-11d1-80b4-00c04fd430c8"
 local EMPTY = "6ba7b812-9dad-11d1-80b4-00c04fd430c8"
 local FORBIDDEN = "6ba7b814-9dad-11d1-80b4-00c04fd430c8"
 local DEFAULT_NAMES = { "Sales", "Marketing", "Finance", "Finance", "Empty", "Forbidden" }
-
-local HAS_YAML = pcall(require, "lyaml") and pcall(require, "yaml")
-local NO_YAML = "lyaml (Debian lua-yaml) does not load under " .. _VERSION
-  .. (rawget(_G, "jit") and " (LuaJIT)" or "") .. ": cache_policies and check_policy need it"
 
 -- The query of a recorded request as a table of decoded values.
 local function query(req)
@@ -76,37 +73,14 @@ local function start_stub(pages)
 end
 
 describe("Omni discovery (Lua layer)", function()
-  local srv, cachectl
-
-  setup(function()
-    srv = server.start()
-    cachectl = require "cachectl"
-  end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
-
-  -- Skips (pending, saying why) what this mock or this Lua cannot run.
-  local function skipped(yaml)
-    if type(srv.define_models) ~= "function" then
-      pending("the mock serves no Omni models yet (INTERFACES.md 5: GET /v1/models, /yaml, POST /_mock/models)")
-      return true
-    end
-    if yaml and not HAS_YAML then
-      pending(NO_YAML)
-      return true
-    end
-    return false
-  end
+  local srv = server.use()
 
   local function omni(opts)
-    local o = { token = helpers.uid("tok-disc"), base_url = srv.base }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return cachectl.omni.new(o)
+    return cachectl.omni.new(helpers.merge({ token = helpers.uid("tok-disc"), base_url = srv.base }, opts))
   end
 
   describe("models", function()
     it("follows every page to the end, records in order", function()
-      if skipped() then return end
       local list = assert(omni():models())
       assert.same(DEFAULT_NAMES, names_of(list))
       assert.equal(SALES, list[1].id)
@@ -120,7 +94,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("stops at limit", function()
-      if skipped() then return end
       local list = assert(omni():models{ limit = 3 })
       assert.same({ "Sales", "Marketing", "Finance" }, names_of(list))
       assert.equal(2, #sent(srv, "GET", "/v1/models"))
@@ -128,7 +101,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("sends name, kind, include_deleted and page_size as Omni's query parameters", function()
-      if skipped() then return end
       local list = assert(omni():models{ name = "Finance", kind = "BRANCH", include_deleted = true, page_size = 5 })
       assert.equal(1, #list)
       assert.equal(FINANCE_BRANCH, list[1].id)
@@ -140,7 +112,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("returns the service's error, and refuses a bad limit before sending", function()
-      if skipped() then return end
       local res, err = omni():models{ kind = "NOT_A_KIND" }
       assert.is_nil(res)
       assert.equal("http", err.kind)
@@ -156,7 +127,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("stops when the cursor does not change or a page is empty (a server bug must not loop)", function()
-      if skipped() then return end
       local stub = start_stub{
         [""] = { pageInfo = { hasNextPage = true, nextCursor = "c1" }, records = { { id = "a", name = "A" } } },
         c1 = { pageInfo = { hasNextPage = true, nextCursor = "c1" }, records = { { id = "b", name = "B" } } },
@@ -181,7 +151,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("also exists as list_models: one page, built from the core's row", function()
-      if skipped() then return end
       local page = assert(omni():list_models{ page_size = 1 })
       assert.equal(1, #page.records)
       assert.is_true(page.pageInfo.hasNextPage)
@@ -190,7 +159,6 @@ describe("Omni discovery (Lua layer)", function()
 
   describe("model_yaml", function()
     it("sends file_name, mode, fully_resolved and branch_id as query parameters, percent-encoded", function()
-      if skipped() then return end
       local res = assert(omni():model_yaml(SALES, { file_name = "model.yaml", mode = "combined",
         fully_resolved = true, branch_id = FINANCE_BRANCH }))
       assert.equal("string", type(res.files["model.yaml"]))
@@ -206,7 +174,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("answers 403 for a model the key may not read", function()
-      if skipped() then return end
       local res, err = omni():model_yaml(FORBIDDEN)
       assert.is_nil(res)
       assert.equal("http", err.kind)
@@ -216,7 +183,6 @@ describe("Omni discovery (Lua layer)", function()
 
   describe("cache_policies", function()
     it("reads model.yaml fully resolved: comments, a quoted name, anchors, merge keys, in file order", function()
-      if skipped(true) then return end
       local list = assert(omni():cache_policies(SALES))
       assert.same({
         { name = "daily", max_cache_age = "24 hours", filter_suggestions_must_obey_policy = true },
@@ -230,7 +196,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("keeps the file's order whatever it is, with aliases and multi-line values", function()
-      if skipped(true) then return end
       local id = "0f0e0d0c-0b0a-4909-8807-060504030201"
       srv:define_models{ { id = id, name = "Ordered", yaml = table.concat({
         "# policies deliberately out of alphabetical order",
@@ -258,21 +223,18 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("takes a file_name that is a regular expression matching one file", function()
-      if skipped(true) then return end
       local list = assert(omni():cache_policies(SALES, { file_name = "^model\\.ya?ml$" }))
       assert.same({ "daily", "hourly", "weekly report" }, names_of(list))
       assert.equal("^model\\.ya?ml$", query(sent(srv, "GET", "/yaml")[1]).fileName)
     end)
 
     it("gives an empty list for a model without policies", function()
-      if skipped(true) then return end
       local list = assert(omni():cache_policies(EMPTY))
       assert.equal(0, #list)
       assert.is_nil(list.default)
     end)
 
     it("returns the service's error (403, 404), and decode for a file that is not YAML", function()
-      if skipped(true) then return end
       local _, e403 = omni():cache_policies(FORBIDDEN)
       assert.equal(403, e403.status)
       local _, e404 = omni():cache_policies(helpers.MISSING_UUID)
@@ -285,7 +247,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("without lyaml raises naming the package; every other call still works", function()
-      if skipped() then return end
       local saved = {}
       for _, m in ipairs{ "cachectl", "cachectl.policies", "lyaml", "yaml" } do
         saved[m] = package.loaded[m]
@@ -309,7 +270,6 @@ describe("Omni discovery (Lua layer)", function()
 
   describe("check_policy", function()
     it("refuses a misspelled policy with the nearest name, and resets nothing", function()
-      if skipped(true) then return end
       local res, err = omni():reset_cache(SALES, "dialy", { check_policy = true })
       assert.is_nil(res)
       assert.equal("invalid", err.kind)
@@ -324,7 +284,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("suggests nothing beyond two edits, and resets a declared name (quoted, with a space)", function()
-      if skipped(true) then return end
       local c = omni{ check_policy = true }
       local _, err = c:reset_cache(SALES, "monthly")
       assert.equal("no cache policy 'monthly' in model " .. SALES .. " (known: daily, hourly, weekly report)",
@@ -335,7 +294,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("reads a model's policies once per client, per model", function()
-      if skipped(true) then return end
       local c = omni{ check_policy = true }
       assert(c:reset_cache(SALES, "daily"))
       assert(c:reset_cache(SALES, "hourly"))
@@ -356,7 +314,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("resets nothing when the policies cannot be read (403, 404), and returns that error", function()
-      if skipped(true) then return end
       local c = omni{ check_policy = true }
       local res, err = c:reset_cache(FORBIDDEN, "daily")
       assert.is_nil(res)
@@ -371,7 +328,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("refuses a model without policies", function()
-      if skipped(true) then return end
       local _, err = omni{ check_policy = true }:reset_cache(EMPTY, "daily")
       assert.equal("invalid", err.kind)
       assert.equal("policy", err.field)
@@ -380,7 +336,6 @@ describe("Omni discovery (Lua layer)", function()
     end)
 
     it("in reset_caches refuses the unknown names alone", function()
-      if skipped(true) then return end
       local results = omni():reset_caches(SALES, { "daily", "dialy", "hourly", "hurly" }, { check_policy = true })
       assert.equal("daily", results[1].result.cache_reset.policy_name)
       assert.equal("invalid", results[2].err.kind)
@@ -393,23 +348,20 @@ describe("Omni discovery (Lua layer)", function()
   end)
 
   it("never shows the token in a result, an error or an event", function()
-    if skipped() then return end
     local token = helpers.secret("SECRETTOKEN")
-    local events = {}
-    local c = omni{ token = token, on_event = function(ev) events[#events + 1] = ev end }
+    local events, on_event = helpers.collector()
+    local c = omni{ token = token, on_event = on_event }
     local seen = {}
     local function keep(...) seen[#seen + 1] = { ... } end
     keep(c:models())
     keep(c:models{ name = "Finance", limit = 1 })
     keep(c:model_yaml(SALES))
     keep(c:model_yaml(FORBIDDEN))
-    if HAS_YAML then
-      keep(c:cache_policies(SALES))
-      keep(c:cache_policies(FORBIDDEN))
-      keep(c:reset_cache(SALES, "dialy", { check_policy = true }))
-      keep(c:reset_cache(FORBIDDEN, "daily", { check_policy = true }))
-      keep(c:reset_caches(SALES, { "daily", "dialy" }, { check_policy = true }))
-    end
+    keep(c:cache_policies(SALES))
+    keep(c:cache_policies(FORBIDDEN))
+    keep(c:reset_cache(SALES, "dialy", { check_policy = true }))
+    keep(c:reset_cache(FORBIDDEN, "daily", { check_policy = true }))
+    keep(c:reset_caches(SALES, { "daily", "dialy" }, { check_policy = true }))
     assert.is_nil(helpers.find_secret(seen, token))
     assert.is_nil(helpers.find_secret(events, token))
     for _, s in ipairs(seen) do

@@ -3,38 +3,15 @@
 -- (coalesced), and an error raised by on_event reaches the caller.
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
+local cachectl = require "cachectl"
 
 local UUID = helpers.UUID
+local collector = helpers.collector
 
 describe("on_event (Lua layer)", function()
-  local srv, cachectl, core
-
-  setup(function()
-    srv = server.start()
-    cachectl = require "cachectl"
-    core = require "cachectl.core"
-  end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
-
-  local function collector()
-    local events = {}
-    return events, function(ev) events[#events + 1] = ev end
-  end
-
-  -- Whether the core itself reports attempts (the engine's part of the contract).
-  local function core_reports_attempts()
-    local events, on_event = collector()
-    core.omni.reset_cache{ token = helpers.uid("tok-probe"), base_url = srv.base, model_id = UUID,
-      policy = "daily", on_event = on_event }
-    srv:reset()
-    return #events > 0
-  end
+  local srv = server.use()
 
   it("hands the client's on_event to every call, and a call's own replaces it", function()
-    if not core_reports_attempts() then
-      return pending("the core does not report attempt events yet")
-    end
     local events, on_event = collector()
     local own, on_own = collector()
     local omni = cachectl.omni.new{ token = helpers.uid("tok-ev"), base_url = srv.base, on_event = on_event }
@@ -56,9 +33,6 @@ describe("on_event (Lua layer)", function()
   end)
 
   it("reports a retry's wait and both attempts, with no credential in any event", function()
-    if not core_reports_attempts() then
-      return pending("the core does not report attempt events yet")
-    end
     local events, on_event = collector()
     local token = helpers.secret("SECRETTOKEN") .. ";fault=503;times=1"
     local omni = cachectl.omni.new{ token = token, base_url = srv.base, on_event = on_event }
@@ -79,10 +53,7 @@ describe("on_event (Lua layer)", function()
     assert(omni:reset_cache(UUID, "daily"))
     assert(omni:reset_cache(UUID, "daily"))
     omni:reset_caches(UUID, { "daily", "daily" })
-    local co = {}
-    for _, ev in ipairs(events) do
-      if ev.type == "coalesced" then co[#co + 1] = ev end
-    end
+    local co = helpers.of_type(events, "coalesced")
     assert.equal(3, #co)
     for _, ev in ipairs(co) do
       assert.same({ type = "coalesced", service = "omni", call = "reset_cache" }, ev)

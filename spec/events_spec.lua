@@ -6,27 +6,20 @@ local server = require "support.mock_server"
 local helpers = require "support.helpers"
 local core = require "cachectl.core"
 
-local uid, UUID = helpers.uid, helpers.UUID
-
--- "attempt" or "wait/<reason>" for each event, in order.
-local function shape(events)
-  local out = {}
-  for i, ev in ipairs(events) do out[i] = ev.type .. (ev.reason and ("/" .. ev.reason) or "") end
-  return out
-end
+local uid, UUID, shape = helpers.uid, helpers.UUID, helpers.shape
 
 describe("on_event", function()
   local srv = server.use()
 
   local function ml(events, over)
     return helpers.merge({ key = uid("key"), base_url = srv.base, retries = 0, timeout = 10,
-      on_event = function(ev) events[#events + 1] = ev end }, over)
+      on_event = helpers.recorder(events) }, over)
   end
 
   it("gets one attempt event for a call that succeeds", function()
-    local events = {}
+    local events, on_event = helpers.collector()
     local res, err = core.omni.reset_cache{ token = uid("tok"), base_url = srv.base, model_id = UUID,
-      policy = "daily", on_event = function(ev) events[#events + 1] = ev end }
+      policy = "daily", on_event = on_event }
     assert.is_nil(err)
     assert.is_true(res.success)
     assert.equal(1, #events)

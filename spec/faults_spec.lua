@@ -9,19 +9,7 @@ local helpers = require "support.helpers"
 local tls = require "support.tls"
 local core = require "cachectl.core"
 
-local uid = helpers.uid
-
--- An on_event function that keeps the events in `list`.
-local function recorder(list)
-  return function(ev) list[#list + 1] = ev end
-end
-
--- "attempt" or "wait/<reason>" for each event, in order.
-local function shape(events)
-  local out = {}
-  for i, ev in ipairs(events) do out[i] = ev.type .. (ev.reason and ("/" .. ev.reason) or "") end
-  return out
-end
+local uid, recorder, shape, merge = helpers.uid, helpers.recorder, helpers.shape, helpers.merge
 
 -- The three calls, with what each needs besides its credential.
 local CALLS = {
@@ -73,10 +61,8 @@ local RECOVERABLE = {
 -- Runs `call` with its credential, the server's base URL, retries = 0 and a
 -- 5 s timeout, overridden by `over`.
 local function run(call, base, cred, over)
-  local o = { [call.cred] = cred, base_url = base, retries = 0, timeout = 5 }
-  for k, v in pairs(call.extra or {}) do o[k] = v end
-  for k, v in pairs(over or {}) do o[k] = v end
-  return call.fn(o)
+  local o = merge({ [call.cred] = cred, base_url = base, retries = 0, timeout = 5 }, call.extra)
+  return call.fn(merge(o, over))
 end
 
 -- What every error is, whatever its kind: nil result, the kind, a message,
@@ -110,8 +96,7 @@ describe("faults", function()
         it(case.fault .. " against " .. call.name .. " ends in " .. case.kind, function()
           warm(call)
           local cred, events = uid("cred") .. " fault=" .. case.fault, {}
-          local opts = { on_event = recorder(events) }
-          for k, v in pairs(case.opts or {}) do opts[k] = v end
+          local opts = merge({ on_event = recorder(events) }, case.opts)
           local err = assert_error(case.kind, cred, run(call, srv.base, cred, opts))
           assert.equal(case.status, err.status)
           assert.equal(case.attempts, err.attempts)
@@ -146,9 +131,7 @@ describe("faults", function()
         if over then
           it(case.fault .. " once, then " .. call.name .. " succeeds on its retry", function()
             local cred = uid("cred") .. " fault=" .. case.fault .. " times=1"
-            local opts = { retries = 1 }
-            for k, v in pairs(over) do opts[k] = v end
-            local res, err = run(call, srv.base, cred, opts)
+            local res, err = run(call, srv.base, cred, merge({ retries = 1 }, over))
             assert.is_nil(err, err and tostring(err))
             assert.is_table(res)
             if call.cred == "key" then
@@ -262,17 +245,7 @@ describe("faults", function()
   end)
 
   describe("over HTTPS", function()
-    local certs, secure
-
-    setup(function()
-      certs = tls.make()
-      secure = server.start{ tls = { certificate = certs.cert, key = certs.key } }
-    end)
-    teardown(function()
-      if secure then secure:stop() end
-      if certs then certs:cleanup() end
-    end)
-    before_each(function() secure:reset() end)
+    local secure = server.use_tls()
 
     it("serves https", function()
       assert.matches("^https://127%.0%.0%.1:%d+/api$", secure.base)
@@ -288,7 +261,7 @@ describe("faults", function()
       end)
 
       it("succeeds with ca_file naming the test CA (" .. call.name .. ")", function()
-        local res, err = run(call, secure.base, uid("cred"), { ca_file = certs.ca })
+        local res, err = run(call, secure.base, uid("cred"), { ca_file = secure.ca })
         assert.is_nil(err, err and tostring(err))
         assert.is_table(res)
         local reqs = secure:requests()
@@ -306,7 +279,7 @@ describe("faults", function()
 
     it("checks the host name against the certificate (localhost is in it)", function()
       local port = secure.url:match(":(%d+)$")
-      local res, err = run(CALLS[1], "https://localhost:" .. port .. "/api", uid("cred"), { ca_file = certs.ca })
+      local res, err = run(CALLS[1], "https://localhost:" .. port .. "/api", uid("cred"), { ca_file = secure.ca })
       assert.is_nil(err, err and tostring(err))
       assert.equal("success", res.status)
     end)

@@ -6,69 +6,31 @@
 -- Real redis-server and real child processes.
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
+local redis_server = require "support.redis_server"
 local cjson = require "cjson"
+local cachectl = require "cachectl"
+local core = require "cachectl.core"
 
 local UUID = helpers.UUID
+local collector, of_type, with_env = helpers.collector, helpers.of_type, helpers.with_env
 -- The interpreter running this spec, for the child processes.
 local LUA = type(rawget(_G, "jit")) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
 
-local ok_fleet = pcall(require, "cachectl.fleet")
-local ok_rs, redis_server = pcall(require, "support.redis_server")
-local usable = ok_fleet and ok_rs and redis_server.use_redis_lua()
-local WHY = "needs cachectl.fleet, spec/support/redis_server.lua and redis-lua (Debian lua-redis)"
-
--- Loads a fresh copy of the Lua layer with os.getenv answering from `env`
--- for the names given there (the others as usual).
-local function with_env(env, fn)
-  local real = os.getenv
-  os.getenv = function(name) -- luacheck: ignore 122
-    if env[name] ~= nil then return env[name] or nil end
-    return real(name)
-  end
-  package.loaded.cachectl = nil
-  local ok, err = pcall(function() fn(require "cachectl") end)
-  os.getenv = real -- luacheck: ignore 122
-  package.loaded.cachectl = nil
-  if not ok then error(err, 0) end
-end
-
-local function collector()
-  local events = {}
-  return events, function(ev) events[#events + 1] = ev end
-end
-
-local function of_type(events, t)
-  local out = {}
-  for _, ev in ipairs(events) do
-    if ev.type == t then out[#out + 1] = ev end
-  end
-  return out
-end
-
 describe("clients with rate_limit.redis and coalesce", function()
-  local srv, redis, cachectl, core, dead
+  local srv = server.use()
+  local redis, dead
 
   setup(function()
-    if not usable then return end
-    srv = server.start()
+    redis_server.need_redis_lua()
     redis = redis_server.start()
-    cachectl = require "cachectl"
-    core = require "cachectl.core"
     dead = "redis://127.0.0.1:" .. helpers.free_port() .. "/0"
   end)
   teardown(function()
-    if srv then srv:stop() end
     if redis then redis:stop() end
-  end)
-  before_each(function()
-    if not usable then return pending(WHY) end
-    srv:reset()
   end)
 
   local function omni(token, opts)
-    local o = { token = token, base_url = srv.base }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return cachectl.omni.new(o)
+    return cachectl.omni.new(helpers.merge({ token = token, base_url = srv.base }, opts))
   end
 
   -- Runs `code` in `n` child processes at once (the same token and URLs);
@@ -90,7 +52,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end
 
   it("takes each turn in Redis: keys by the credential's digest, with a TTL, never the token", function()
-    if not usable then return end
     local token = helpers.secret("SECRETTOKEN")
     local c = omni(token, { rate_limit = { requests = 3, per = 60, redis = redis:url() } })
     for _ = 1, 2 do assert(c:reset_cache(UUID, "daily")) end
@@ -106,7 +67,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("shares the window with other processes: no turn within the timeout -> rate_limited, nothing sent", function()
-    if not usable then return end
     local token = helpers.uid("tok-late")
     local c = omni(token, { timeout = 1, rate_limit = { requests = 1, per = 60, redis = redis:url() } })
     assert(c:reset_cache(UUID, "daily"))
@@ -126,7 +86,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("falls back to the process's own window when Redis cannot be reached, with an event", function()
-    if not usable then return end
     local events, on_event = collector()
     local c = omni(helpers.uid("tok-fb"), { timeout = 1, on_event = on_event,
       rate_limit = { requests = 1, per = 60, redis = dead } })
@@ -143,7 +102,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("with redis_required fails with connect naming Redis, nothing sent", function()
-    if not usable then return end
     local events, on_event = collector()
     local c = omni(helpers.uid("tok-req"), { on_event = on_event,
       rate_limit = { requests = 5, per = 1, redis = dead, redis_required = true } })
@@ -160,7 +118,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("falls back when Redis stops mid-run", function()
-    if not usable then return end
     local spare = redis_server.start()
     local events, on_event = collector()
     local c = omni(helpers.uid("tok-stop"), { on_event = on_event,
@@ -174,7 +131,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("refuses a malformed Redis URL: invalid, nothing sent", function()
-    if not usable then return end
     local _, err = omni(helpers.uid("tok-url"), { rate_limit = { redis = "http://127.0.0.1:6379" } })
       :reset_cache(UUID, "daily")
     assert.equal("invalid", err.kind)
@@ -183,7 +139,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("takes $CACHECTL_REDIS_URL as the default where the client has a rate limit", function()
-    if not usable then return end
     with_env({ CACHECTL_REDIS_URL = dead }, function(c)
       local events, on_event = collector()
       local function fallbacks(client, call, ...)
@@ -205,7 +160,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("gives each item of a batch its own turn; one fallback event per batch", function()
-    if not usable then return end
     local c = omni(helpers.uid("tok-batch"), { timeout = 1,
       rate_limit = { requests = 2, per = 60, redis = redis:url() } })
     local results = c:reset_caches(UUID, { "a", "b", "c" })
@@ -261,7 +215,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end
 
   it("keeps one window for three processes: no 2 s window holds more than 5 starts", function()
-    if not usable then return end
     local token = helpers.uid("tok-three")
     for _, o in ipairs(three_processes(token, true)) do assert.equal(5, o.ok) end
     local most, n = busiest(token, 2, " in Redis")
@@ -277,7 +230,6 @@ describe("clients with rate_limit.redis and coalesce", function()
   end)
 
   it("coalesces across processes: five at once send one request, four are marked coalesced", function()
-    if not usable then return end
     local token = helpers.uid("tok-fleet-co")
     local out = children(5, token, [[
       local c = cachectl.omni.new{ token = TOKEN, base_url = BASE, coalesce = 30,

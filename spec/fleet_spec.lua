@@ -13,7 +13,7 @@ local redis_server = require "support.redis_server"
 local cjson = require "cjson"
 local socket = require "socket"
 
-redis_server.use_redis_lua()
+redis_server.need_redis_lua()
 local fleet = require "cachectl.fleet"
 
 -- The interpreter running this spec, for the child processes.

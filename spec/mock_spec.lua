@@ -867,8 +867,7 @@ describe("cachectl.mock", function()
       assert.matches("&standard", text, 1, true)
       assert.matches("*standard", text, 1, true)
       assert.matches("ai_context: |\n", text, 1, true)
-      local ok, lyaml = pcall(require, "lyaml")
-      if not ok then return pending("lyaml (Debian lua-yaml) is not installed: the YAML was not parsed") end
+      local lyaml = helpers.need("lyaml", "lua-yaml")
       local doc = lyaml.load(text)
       assert.same({
         daily = { max_cache_age = "24 hours", filter_suggestions_must_obey_policy = true },
@@ -880,8 +879,7 @@ describe("cachectl.mock", function()
     end)
 
     it("declares the documented policies of every default model", function()
-      local ok, lyaml = pcall(require, "lyaml")
-      if not ok then return pending("lyaml (Debian lua-yaml) is not installed") end
+      local lyaml = helpers.need("lyaml", "lua-yaml")
       local expected = {
         ["6ba7b810-9dad-11d1-80b4-00c04fd430c8"] = { "nightly", { "nightly" } },
         [FINANCE] = { "daily", { "daily" } },

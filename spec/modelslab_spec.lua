@@ -10,11 +10,7 @@ local uid, literal = helpers.uid, helpers.literal
 describe("core.modelslab", function()
   local srv = server.use()
 
-  local function only_request()
-    local reqs = srv:requests()
-    assert.equal(1, #reqs)
-    return reqs[1]
-  end
+  local function only_request() return server.only_request(srv) end
 
   local function assert_json_post(req, path, key)
     assert.equal("POST", req.method)

@@ -4,8 +4,7 @@
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
 
-local ok_nginx, nginx_server = pcall(require, "support.nginx_server")
-local WHY = "needs spec/support/nginx_server.lua, nginx with lua-nginx-module and the LuaJIT build"
+local nginx_server = require "support.nginx_server"
 
 local UUID = helpers.UUID
 
@@ -51,13 +50,9 @@ describe("coalesce inside nginx", function()
   local srv, nginx
 
   setup(function()
-    if not ok_nginx then return end
-    srv = server.start()
     local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
-    if not helpers.read_file(root .. "/build/luajit/cachectl/core.so") then
-      ok_nginx, WHY = false, "needs the LuaJIT build: make LUA=luajit"
-      return
-    end
+    nginx_server.prepare(root)
+    srv = server.start()
     nginx = nginx_server.start{ conf = conf(root), env = { MOCK_BASE = srv.base } }
   end)
   teardown(function()
@@ -66,7 +61,6 @@ describe("coalesce inside nginx", function()
   end)
 
   it("sends one request for identical calls in flight together; the others share it", function()
-    if not ok_nginx then return pending(WHY) end
     -- the mock holds the answer 0.5 s: the four requests overlap in the worker
     local token = helpers.uid("tok-nginx-co") .. ";hold=0.5"
     local path = "/reset?model=" .. UUID .. "&token=" .. token:gsub("[^%w%-_.]", function(c)

@@ -9,8 +9,9 @@ local cjson = require "cjson"
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
 local nginx_server = require "support.nginx_server"
+local redis_server = require "support.redis_server"
 
-local sh_quote, read_file, run, uid = helpers.sh_quote, helpers.read_file, helpers.succeeds, helpers.uid
+local read_file, uid = helpers.read_file, helpers.uid
 local send, send_on, receive, request = nginx_server.send, nginx_server.send_on, nginx_server.receive,
   nginx_server.request
 local busiest_window = nginx_server.busiest_window
@@ -25,16 +26,6 @@ local TOLERANCE = 0.05
 
 local function hook_body(model_id, policies)
   return cjson.encode{ model_id = model_id, policies = policies }
-end
-
--- A Redis server for the fleet specs, when the fleet module and the harness
--- are there (nil and the reason otherwise).
-local function start_redis()
-  if not pcall(require, "cachectl.fleet") then return nil, "cachectl.fleet has not landed" end
-  local ok, redis_server = pcall(require, "support.redis_server")
-  if not ok then return nil, "spec/support/redis_server.lua has not landed" end
-  if not run("command -v redis-server >/dev/null") then return nil, "redis-server is not installed" end
-  return redis_server.start{ password = helpers.secret("redis-pw") }
 end
 
 -- ---- nginx ---------------------------------------------------------------
@@ -222,34 +213,6 @@ local function arrivals(srv, token)
   return times
 end
 
--- What the specs need from other parts of the project that this branch may
--- not have yet, found with one call to the mock: { arrivals = why, core = why }
--- (nil: there). A spec that needs a missing part is pending and says why.
-local function missing_parts(srv)
-  local core = require "cachectl.core"
-  local events = 0
-  core.omni.reset_cache{ token = uid("tok-probe"), base_url = srv.base, model_id = MODEL, policy = "probe",
-    on_event = function() events = events + 1 end }
-  local log = srv:requests()
-  srv:reset()
-  return {
-    arrivals = type(log[1] and log[1].at) ~= "number"
-      and "the mock's request log carries no arrival times (field 'at') yet" or nil,
-    core = events == 0 and "the C core's events and sliding window have not landed yet" or nil,
-  }
-end
-
--- false (and the spec pending, saying why) when a part it needs is missing.
-local function have(missing, ...)
-  for _, part in ipairs{ ... } do
-    if missing[part] then
-      pending(missing[part])
-      return false
-    end
-  end
-  return true
-end
-
 local function show(label, times)
   local rel = {}
   for i, t in ipairs(times) do rel[i] = ("%.3f"):format(t - times[1]) end
@@ -319,20 +282,16 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   local TOKEN = uid("tok-nginx")
   local SLOW = uid("tok-slow") .. ";hold=" .. HOLD
   local LIMITED, PER_WORKER, REDIS_TOKEN = uid("tok-limited"), uid("tok-per-worker"), uid("tok-redis")
-  local srv, redis, no_redis, one, two, missing
+  local srv, redis, one, two
 
   setup(function()
-    assert(run("cd " .. sh_quote(root) .. " && env -u LD_PRELOAD make -s LUA=luajit >/dev/null"),
-      "make LUA=luajit failed")
-    assert(io.open(root .. "/build/luajit/cachectl/core.so"), "no build/luajit/cachectl/core.so")
-    assert(run("command -v nginx >/dev/null"), "nginx is not installed (apt-get install nginx libnginx-mod-http-lua)")
+    nginx_server.prepare(root)
     srv = server.start()
-    missing = missing_parts(srv)
-    redis, no_redis = start_redis()
+    redis = redis_server.start{ password = helpers.secret("redis-pw") }
     local env = { OMNI_API_KEY = TOKEN, OMNI_BASE_URL = srv.base, CACHECTL_SLOW_TOKEN = SLOW,
                   CACHECTL_LIMITED_TOKEN = LIMITED, CACHECTL_PER_WORKER_TOKEN = PER_WORKER,
                   CACHECTL_REDIS_TOKEN = REDIS_TOKEN }
-    if redis then env.CACHECTL_SPEC_REDIS_URL = redis:url{ password = true } end
+    env.CACHECTL_SPEC_REDIS_URL = redis:url{ password = true }
     local files = { ["nginx_spec_hooks.lua"] = HOOKS }
     one = nginx_server.start{ conf = nginx_conf(root, 1), files = files, env = env }
     two = nginx_server.start{ conf = nginx_conf(root, 2), files = files, env = env }
@@ -441,7 +400,6 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   end)
 
   it("shares a sliding window between workers through a lua_shared_dict: no second holds more than 2", function()
-    if not have(missing, "arrivals") then return end
     local sent = burst(two, "/limited/hooks/data-loaded", 3)
     assert_burst_ok(sent)
     local times = arrivals(srv, LIMITED)
@@ -455,7 +413,6 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   end)
 
   it("without the shared dict each worker keeps its own window: the same burst exceeds 2 a second", function()
-    if not have(missing, "arrivals") then return end
     assert_burst_ok(burst(two, "/per-worker/hooks/data-loaded", 3))
     local times = arrivals(srv, PER_WORKER)
     assert.equal(6, #times)
@@ -477,7 +434,6 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   end)
 
   it("replays the thread's events on the main side, in order", function()
-    if not have(missing, "core") then return end
     local token = uid("tok-events") .. ";fault=503;times=1"
     local out = call(one, { token = token, policies = { "a" } })
     assert.is_true(out.results[1].ok)
@@ -498,7 +454,6 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   end)
 
   it("reports the shared dict's wait before the attempt it delays", function()
-    if not have(missing, "core") then return end
     local token = uid("tok-wait")
     local out = call(one, { token = token, policies = { "a", "b" },
       rate_limit = { requests = 1, per = 1, shared_dict = "cachectl_limits" } })
@@ -510,7 +465,6 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   end)
 
   it("raises what on_event raises: no later call is made", function()
-    if not have(missing, "core") then return end
     local token = uid("tok-raise")
     local out = call(one, { token = token, policies = { "a", "b" }, raise = true })
     assert.equal("on_event says no", out.raised)
@@ -522,13 +476,7 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   end)
 
   describe("with rate_limit.redis", function()
-    local function need_redis()
-      if not redis then pending("Redis specs: " .. tostring(no_redis)) end
-      return redis ~= nil
-    end
-
     it("shares the window through Redis between workers: no second holds more than 2", function()
-      if not (need_redis() and have(missing, "arrivals")) then return end
       assert_burst_ok(burst(two, "/redis/hooks/data-loaded", 3))
       local times = arrivals(srv, REDIS_TOKEN)
       assert.equal(6, #times)
@@ -544,7 +492,6 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     end)
 
     it("falls back to the shared dict when Redis cannot be reached, and says so", function()
-      if not (need_redis() and have(missing, "core")) then return end
       local token = uid("tok-fallback")
       local url = "redis://127.0.0.1:" .. helpers.free_port() .. "/0"
       local out = call(one, { token = token, policies = { "a" }, rate_limit = { requests = 2, per = 1,
@@ -556,7 +503,6 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     end)
 
     it("fails with connect and sends nothing when Redis is required and cannot be reached", function()
-      if not need_redis() then return end
       local token = uid("tok-required")
       local url = "redis://:pw-" .. token .. "@127.0.0.1:" .. helpers.free_port() .. "/0"
       local out = call(one, { token = token, policies = { "a" }, rate_limit = { requests = 2, per = 1,
@@ -594,15 +540,9 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
 end)
 
 describe("cachectl outside nginx", function()
-  local srv, missing
-  setup(function()
-    srv = server.start()
-    missing = missing_parts(srv)
-  end)
-  teardown(function() srv:stop() end)
+  local srv = server.use()
 
   it("takes the nginx options, never loads cachectl.openresty, and keeps the window in the process", function()
-    if not have(missing, "arrivals", "core") then return end
     local cachectl = require "cachectl"
     assert.is_nil(package.loaded["cachectl.openresty"])
     local token = uid("tok-plain")

@@ -16,11 +16,7 @@ describe("core.omni.reset_cache", function()
     return helpers.merge({ token = uid("tok"), base_url = srv.base, model_id = UUID, policy = "daily" }, over)
   end
 
-  local function only_request()
-    local reqs = srv:requests()
-    assert.equal(1, #reqs)
-    return reqs[1]
-  end
+  local function only_request() return server.only_request(srv) end
 
   local prefix = "/api/v1/models/" .. UUID .. "/cache_reset/"
 
@@ -70,14 +66,18 @@ describe("core.omni.reset_cache", function()
       { "2024-03-01t12:34:56-08:00", "2024-03-01T12:34:56-08:00" },
       { "2024-02-29T23:59:59.5z", "2024-02-29T23:59:59.5Z" },
     }
-    for _, case in ipairs(strings) do
-      local given, sent = case[1], case[2]
-      it("sends the string " .. given .. " as resetAt " .. sent, function()
+    -- reset_at = given arrives as resetAt = sent, and comes back in the answer
+    local function it_sends(label, given, sent)
+      it("sends " .. label .. " as resetAt " .. sent, function()
         local res, err = core.omni.reset_cache(opts{ reset_at = given })
         assert.is_nil(err)
         assert.same({ resetAt = sent }, cjson.decode(only_request().body))
         assert.equal(sent, res.cache_reset.reset_at)
       end)
+    end
+
+    for _, case in ipairs(strings) do
+      it_sends("the string " .. case[1], case[1], case[2])
     end
 
     local numbers = {
@@ -90,13 +90,7 @@ describe("core.omni.reset_cache", function()
       { 1700000000.123, "2023-11-14T22:13:20.123Z" },
     }
     for _, case in ipairs(numbers) do
-      local given, sent = case[1], case[2]
-      it("sends epoch seconds " .. string.format("%.3f", given) .. " as resetAt " .. sent, function()
-        local res, err = core.omni.reset_cache(opts{ reset_at = given })
-        assert.is_nil(err)
-        assert.same({ resetAt = sent }, cjson.decode(only_request().body))
-        assert.equal(sent, res.cache_reset.reset_at)
-      end)
+      it_sends("epoch seconds " .. string.format("%.3f", case[1]), case[1], case[2])
     end
   end)
 
@@ -137,21 +131,12 @@ describe("core.omni.reset_cache", function()
     end)
   end)
 
-  -- The mock answers Omni's error shapes since its rewrite (INTERFACES.md 5:
-  -- the reset page's {error, message} on resets, the OpenAPI document's
+  -- Omni's error shapes as the mock answers them (INTERFACES.md 5): the
+  -- reset page's {error, message} on resets, the OpenAPI document's
   -- {detail, status} on the model list and YAML, 422 as {error}; a token
-  -- directive shape=detail|error picks one). Before it, these are pending.
+  -- directive shape=detail|error picks one.
   describe("error shapes, as the mock of INTERFACES.md 5 answers them", function()
-    local function it_mock(name, fn)
-      it(name, function()
-        local res = core.omni.list_models{ token = uid("tok"), base_url = srv.base, retries = 0 }
-        srv:reset()
-        if not res then return pending("needs the mock of INTERFACES.md 5 (branch mock)") end
-        fn()
-      end)
-    end
-
-    it_mock("{detail, status}: message from detail, no code", function()
+    it("{detail, status}: message from detail, no code", function()
       local res, err = core.omni.reset_cache(opts{ token = uid("tok") .. " shape=detail",
                                                    model_id = helpers.MISSING_UUID })
       assert.is_nil(res)
@@ -161,7 +146,7 @@ describe("core.omni.reset_cache", function()
       assert.is_nil(err.code)
     end)
 
-    it_mock("{detail, status} of the model YAML: 404 and 403", function()
+    it("{detail, status} of the model YAML: 404 and 403", function()
       local _, err = core.omni.model_yaml{ token = uid("tok"), base_url = srv.base, model_id = helpers.MISSING_UUID }
       assert.equal(404, err.status)
       assert.equal("Model " .. helpers.MISSING_UUID .. " not found", err.message)
@@ -173,7 +158,7 @@ describe("core.omni.reset_cache", function()
       assert.is_nil(err.code)
     end)
 
-    it_mock("422 {error}: message and code from error", function()
+    it("422 {error}: message and code from error", function()
       local _, err = core.omni.list_models{ token = uid("tok"), base_url = srv.base, kind = "NOT_A_KIND" }
       assert.equal("http", err.kind)
       assert.equal(422, err.status)
@@ -181,7 +166,7 @@ describe("core.omni.reset_cache", function()
       assert.equal(err.message:sub(1, 63), err.code)
     end)
 
-    it_mock("{error, message} asked for on the YAML: message and code", function()
+    it("{error, message} asked for on the YAML: message and code", function()
       local _, err = core.omni.model_yaml{ token = uid("tok") .. " shape=error", base_url = srv.base,
                                            model_id = helpers.MISSING_UUID }
       assert.equal(404, err.status)

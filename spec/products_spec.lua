@@ -15,28 +15,12 @@ local ACTIONS = {
 }
 
 describe("ModelsLab Enterprise products", function()
-  local srv, serves_any_slug
+  local srv = server.use()
 
-  setup(function()
-    srv = server.start()
-    -- The mock serves every slug and the product-less server since its
-    -- rewrite (INTERFACES.md 5); before it, it refused '_' (400) and had no
-    -- product-less route (404). What arrives on the wire is checked either
-    -- way; the answer only where the mock can give it.
-    local res = core.modelslab.clear_queue{ key = uid("key"), base_url = srv.base, product = "face_gen" }
-    serves_any_slug = res ~= nil
-  end)
-  teardown(function() if srv then srv:stop() end end)
-  before_each(function() srv:reset() end)
+  local function only_request() return server.only_request(srv) end
 
-  local function only_request()
-    local reqs = srv:requests()
-    assert.equal(1, #reqs)
-    return reqs[1]
-  end
-
+  -- The mock serves every slug and the product-less server (INTERFACES.md 5).
   local function assert_answer(call, res, err)
-    if not serves_any_slug then return end
     assert.is_nil(err)
     if call == "system_details" then
       assert.are_not.equal("error", res.status)
@@ -97,7 +81,6 @@ describe("ModelsLab Enterprise products", function()
   end
 
   it("system_details answers what the mock says of the product and deploy_type", function()
-    if not serves_any_slug then return pending("the mock before its rewrite") end
     local res, err = core.modelslab.system_details{ key = uid("key"), base_url = srv.base, product = "flux",
                                                     deploy_type = "flux_2_dev" }
     assert.is_nil(err)

@@ -5,7 +5,6 @@
 -- log says which connections it opened for a client.
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
-local tls = require "support.tls"
 local core = require "cachectl.core"
 local socket = require "socket"
 
@@ -59,17 +58,11 @@ local function port_of(srv)
 end
 
 describe("proxies", function()
-  local srv, proxy
+  local srv = server.use()
+  local proxy
 
-  setup(function()
-    srv = server.start()
-    proxy = tinyproxy_start()
-  end)
-  teardown(function()
-    if proxy then proxy.stop() end
-    if srv then srv:stop() end
-  end)
-  before_each(function() srv:reset() end)
+  setup(function() proxy = tinyproxy_start() end)
+  teardown(function() if proxy then proxy.stop() end end)
 
   it("are not used by an http:// call given `proxy`", function()
     local token = helpers.secret("TOKEN")
@@ -111,21 +104,12 @@ describe("proxies", function()
   end)
 
   describe("for https://", function()
-    local certs, secure
-
-    setup(function()
-      certs = tls.make()
-      secure = server.start{ tls = { certificate = certs.cert, key = certs.key } }
-    end)
-    teardown(function()
-      if secure then secure:stop() end
-      if certs then certs:cleanup() end
-    end)
+    local secure = server.use_tls()
 
     it("carry the call through a CONNECT tunnel when `proxy` is given", function()
       local before = relayed_to(proxy, port_of(secure))
       local res, err = core.omni.reset_cache{ token = uid("tok"), base_url = secure.base, model_id = UUID,
-        policy = "daily", proxy = proxy.url, ca_file = certs.ca, retries = 0 }
+        policy = "daily", proxy = proxy.url, ca_file = secure.ca, retries = 0 }
       assert.is_nil(err, err and tostring(err))
       assert.is_true(res.success)
       -- tinyproxy may write its log line a moment after the tunnel closes

@@ -8,7 +8,7 @@ local server = require "support.mock_server"
 local helpers = require "support.helpers"
 local core = require "cachectl.core"
 
-local uid, UUID = helpers.uid, helpers.UUID
+local uid, UUID, recorder = helpers.uid, helpers.UUID, helpers.recorder
 
 -- The server stamps a request when it has read it, a few milliseconds after
 -- the client started it; a window is checked this much shorter than `per`
@@ -37,11 +37,6 @@ local function busiest(times, width)
     if n > most then most = n end
   end
   return most
-end
-
--- Collects events into `list` (an on_event function).
-local function recorder(list)
-  return function(ev) list[#list + 1] = ev end
 end
 
 local function waits_for(list, reason)

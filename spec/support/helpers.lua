@@ -1,13 +1,25 @@
 --- Shared helpers for the specs: unique credentials, a free port, a deep
--- search for secrets, percent-decoding, files and shell commands, and running
--- a snippet of Lua under valgrind. No assertions here: the specs assert.
+-- search for secrets, percent-decoding, events, a fresh cachectl with a
+-- given environment, files and shell commands, and running a snippet of Lua
+-- under valgrind. No assertions here: the specs assert.
 local io, math, os, string, table = io, math, os, string, table
-local assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package =
-  assert, ipairs, pairs, tostring, type, getmetatable, tonumber, package
+local assert, error, ipairs, pairs, pcall, require, tostring, type, getmetatable, tonumber, package =
+  assert, error, ipairs, pairs, pcall, require, tostring, type, getmetatable, tonumber, package
 
 local socket = require "socket"
 
 local M = {}
+
+--- `require(name)` for a dependency that .ci/deps installs: raises, naming
+-- the Debian package, when it cannot be loaded (the spec fails, never pends).
+function M.need(name, debian_package)
+  local ok, mod = pcall(require, name)
+  if not ok then
+    error(name .. " cannot be loaded: install the Debian package " .. debian_package
+      .. " (.ci/deps does)\n" .. tostring(mod), 2)
+  end
+  return mod
+end
 
 --- A model id the mock accepts, and the one it answers 404 for.
 M.UUID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
@@ -38,6 +50,47 @@ end
 function M.merge(base, over)
   for k, v in pairs(over or {}) do base[k] = v end
   return base
+end
+
+--- An on_event function that appends each event to `list`.
+function M.recorder(list)
+  return function(ev) list[#list + 1] = ev end
+end
+
+--- A new list of events and an on_event function that appends to it.
+function M.collector()
+  local events = {}
+  return events, M.recorder(events)
+end
+
+--- The events of `events` whose type is `t`, in order.
+function M.of_type(events, t)
+  local out = {}
+  for _, ev in ipairs(events) do
+    if ev.type == t then out[#out + 1] = ev end
+  end
+  return out
+end
+
+--- "attempt" or "wait/<reason>" for each event, in order.
+function M.shape(events)
+  local out = {}
+  for i, ev in ipairs(events) do out[i] = ev.type .. (ev.reason and ("/" .. ev.reason) or "") end
+  return out
+end
+
+--- Calls fn(cachectl) with a fresh copy of the Lua layer whose os.getenv
+-- answers from `env` alone: a name absent from `env` (or false there) reads
+-- as unset. os.getenv and the loaded module are restored afterwards, also
+-- when fn raises (the error is raised again).
+function M.with_env(env, fn)
+  local real = os.getenv
+  os.getenv = function(name) return env[name] or nil end -- luacheck: ignore 122
+  package.loaded.cachectl = nil
+  local ok, err = pcall(function() fn(require "cachectl") end)
+  os.getenv = real -- luacheck: ignore 122
+  package.loaded.cachectl = nil
+  if not ok then error(err, 0) end
 end
 
 --- A TCP port on 127.0.0.1 that nothing listens on (bound, read, closed).

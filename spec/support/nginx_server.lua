@@ -194,6 +194,21 @@ function M.start(o)
   return self
 end
 
+--- Builds the LuaJIT module of the checkout at `root` (the one nginx loads)
+-- and checks that nginx is installed; raises saying what is missing.
+function M.prepare(root)
+  -- LD_PRELOAD goes: under `make spec-asan` the build would load ASan into make
+  if not run("cd " .. sh_quote(root) .. " && env -u LD_PRELOAD make -s LUA=luajit >/dev/null") then
+    error("make LUA=luajit failed", 2)
+  end
+  if not read_file(root .. "/build/luajit/cachectl/core.so") then
+    error("no build/luajit/cachectl/core.so after make LUA=luajit", 2)
+  end
+  if not run("command -v nginx >/dev/null") then
+    error("nginx is not installed: install the Debian packages nginx and libnginx-mod-http-lua (.ci/deps does)", 2)
+  end
+end
+
 --- The checkout's root, absolute, from a spec file's `debug.getinfo(1, "S").source`.
 function M.root_dir(spec_source)
   local p = assert(io.popen("pwd"))

@@ -32,6 +32,14 @@ function M.use_redis_lua()
   return pcall(require, "redis")
 end
 
+--- As use_redis_lua, but raises, naming the Debian package, when redis-lua
+-- cannot be loaded (a spec that needs it fails, never pends).
+function M.need_redis_lua()
+  if not M.use_redis_lua() then
+    error("redis-lua cannot be loaded: install the Debian package lua-redis (.ci/deps does)", 2)
+  end
+end
+
 --- Lua source that gives a child process this process's package paths and
 -- the same access to redis-lua.
 function M.prelude()
@@ -92,6 +100,9 @@ end
 -- @return a handle: `port`, `pid`, `password`, and the methods below
 function M.start(opts)
   opts = opts or {}
+  if not helpers.succeeds("command -v redis-server >/dev/null 2>&1") then
+    error("redis-server is not installed: install the Debian package redis-server (.ci/deps does)", 2)
+  end
   local dir = os.tmpname()
   os.remove(dir)
   assert(helpers.succeeds("mkdir -m 700 " .. helpers.sh_quote(dir)))
@@ -117,7 +128,7 @@ end
 
 --- An admin connection (redis-lua), logged in, on database `db` (default 0).
 function Server:client(db)
-  assert(M.use_redis_lua(), "redis-lua (Debian package lua-redis) is needed")
+  M.need_redis_lua()
   local c = require("redis").connect("127.0.0.1", self.port)
   if self.password then c:auth(self.password) end
   if db then c:select(db) end
