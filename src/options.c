@@ -97,16 +97,28 @@ void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
 
 /* ---- names and types: mistakes raise ----------------------------------- */
 
+/* Where a mistake was made, for its message: a text, or an endpoint named
+ * "service.name" only when a message is made (the common case never pays
+ * for formatting it). */
+typedef struct where { const char *text; const cc_endpoint *ep; } where;
+
+static void fail(lua_State *L, const where *w, const char *msg)
+{
+    if (w->text) luaL_error(L, "%s: %s", w->text, msg);
+    luaL_error(L, "%s.%s: %s", w->ep->service, w->ep->name, msg);
+}
+
 /* rate_limit = { requests = n, per = seconds, shared_dict = name, redis = URL,
  * redis_required = bool } (the table on the stack top). shared_dict and
  * redis are the Lua layer's: it takes the turn there, and the core keeps no
  * window of its own. */
-static void read_limit(lua_State *L, const char *where, cc_slot *v)
+static void read_limit(lua_State *L, const where *w, cc_slot *v)
 {
     static const struct { const char *name; int type; } fields[] = {
         { "requests", T_NUM }, { "per", T_NUM }, { "shared_dict", T_STR }, { "redis", T_STR },
         { "redis_required", T_BOOL }
     };
+    char msg[160];
     v->n = v->per = -1;      /* not given */
     lua_pushnil(L);
     while (lua_next(L, -2)) {
@@ -114,11 +126,13 @@ static void read_limit(lua_State *L, const char *where, cc_slot *v)
         size_t i;
         for (i = 0; i < 5 && strcmp(k, fields[i].name) != 0; i++) {}
         if (i == 5)
-            luaL_error(L, "%s: option 'rate_limit' takes only 'requests', 'per', 'shared_dict', "
-                       "'redis' and 'redis_required'", where);
-        if (lua_type(L, -1) != fields[i].type)
-            luaL_error(L, "%s: option 'rate_limit.%s' must be a %s, got %s", where, k,
-                       lua_typename(L, fields[i].type), luaL_typename(L, -1));
+            fail(L, w, "option 'rate_limit' takes only 'requests', 'per', 'shared_dict', "
+                       "'redis' and 'redis_required'");
+        if (lua_type(L, -1) != fields[i].type) {
+            snprintf(msg, sizeof msg, "option 'rate_limit.%s' must be a %s, got %s", k,
+                     lua_typename(L, fields[i].type), luaL_typename(L, -1));
+            fail(L, w, msg);
+        }
         if (i == 0) v->n = lua_tonumber(L, -1);
         else if (i == 1) v->per = lua_tonumber(L, -1);
         else if (i == 2 || i == 3) v->external = 1;
@@ -156,24 +170,31 @@ static const cc_optdef *find_opt(const char *name, unsigned bits, int client, in
 /* Raises on a name the endpoint does not take or a value of the wrong type
  * (key and value on the stack top); returns the option's slot index, or -1
  * for a client option. */
-static int check_one(lua_State *L, const char *where, unsigned bits, int client)
+static int check_one(lua_State *L, const where *w, unsigned bits, int client)
 {
     const cc_optdef *d;
     const char *name;
+    char msg[200];
     int slot;
-    if (lua_type(L, -2) != LUA_TSTRING)
-        luaL_error(L, "%s: option names must be strings, got %s", where, luaL_typename(L, -2));
+    if (lua_type(L, -2) != LUA_TSTRING) {
+        snprintf(msg, sizeof msg, "option names must be strings, got %s", luaL_typename(L, -2));
+        fail(L, w, msg);
+    }
     name = lua_tostring(L, -2);
-    if (!(d = find_opt(name, bits, client, &slot)))
-        luaL_error(L, "%s: unknown option '%s'", where, name);
-    if (!type_ok(L, d->type, lua_type(L, -1)))
-        luaL_error(L, "%s: option '%s' must be a %s, got %s", where, name,
-                   type_name(L, d->type), luaL_typename(L, -1));
+    if (!(d = find_opt(name, bits, client, &slot))) {
+        snprintf(msg, sizeof msg, "unknown option '%.120s'", name);
+        fail(L, w, msg);
+    }
+    if (!type_ok(L, d->type, lua_type(L, -1))) {
+        snprintf(msg, sizeof msg, "option '%s' must be a %s, got %s", name, type_name(L, d->type),
+                 luaL_typename(L, -1));
+        fail(L, w, msg);
+    }
     return slot;
 }
 
 /* Reads the value on the stack top into v (its type already checked). */
-static void read_value(lua_State *L, const char *where, int i, cc_slot *v)
+static void read_value(lua_State *L, const where *w, int i, cc_slot *v)
 {
     int t = lua_type(L, -1);
     v->set = 1;
@@ -183,7 +204,7 @@ static void read_value(lua_State *L, const char *where, int i, cc_slot *v)
     } else if (t == T_NUM) {
         v->n = lua_tonumber(L, -1);
     } else if (i == O_RATE_LIMIT && t == LUA_TTABLE) {
-        read_limit(L, where, v);
+        read_limit(L, w, v);
     } else {
         v->b = t == T_FUNC || lua_toboolean(L, -1);
     }
@@ -191,43 +212,45 @@ static void read_value(lua_State *L, const char *where, int i, cc_slot *v)
 
 void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_slot *v)
 {
-    char where[64];
-    snprintf(where, sizeof where, "%s.%s", ep->service, ep->name);
+    where w = { NULL, NULL };
+    w.ep = ep;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        int i = check_one(L, where, ep->opts, 0);     /* never a client option: >= 0 */
-        read_value(L, where, i, &v[i]);
+        int i = check_one(L, &w, ep->opts, 0);     /* never a client option: >= 0 */
+        read_value(L, &w, i, &v[i]);
         lua_pop(L, 1);
     }
     if (v[O_INSTANCE].set && v[O_BASE_URL].set)
-        luaL_error(L, "%s: give either 'instance' or 'base_url', not both", where);
+        fail(L, &w, "give either 'instance' or 'base_url', not both");
     if (v[O_PLAYGROUND].set && v[O_BASE_URL].set)
-        luaL_error(L, "%s: 'playground' goes with 'instance', not with 'base_url'", where);
+        fail(L, &w, "'playground' goes with 'instance', not with 'base_url'");
 }
 
 /* core.check_options(service, opts [, call [, where]]): the checks of
  * cc_opts_read for a client of the service (every option of its calls and
  * its own) or for one call; raises on a mistake, naming `where`. */
 void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep, int idx,
-                      const char *where)
+                      const char *where_text)
 {
     unsigned bits = 0;
     size_t i;
     cc_slot limit;
     int instance = 0, base_url = 0;
+    where w = { NULL, NULL };
+    w.text = where_text;
     memset(&limit, 0, sizeof limit);
     for (i = 0; i < cc_nendpoints; i++)
         if (ep ? &cc_endpoints[i] == ep : cc_endpoints[i].svc == svc) bits |= cc_endpoints[i].opts;
     idx = cc_absindex(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        int slot = check_one(L, where, bits, !ep);
+        int slot = check_one(L, &w, bits, !ep);
         instance |= slot == O_INSTANCE;
         base_url |= slot == O_BASE_URL;
-        if (slot == O_RATE_LIMIT && lua_istable(L, -1)) read_limit(L, where, &limit);
+        if (slot == O_RATE_LIMIT && lua_istable(L, -1)) read_limit(L, &w, &limit);
         lua_pop(L, 1);
     }
-    if (instance && base_url) luaL_error(L, "%s: give either 'instance' or 'base_url', not both", where);
+    if (instance && base_url) fail(L, &w, "give either 'instance' or 'base_url', not both");
 }
 
 /* ---- values: bad ones become `invalid` --------------------------------- */

@@ -135,6 +135,16 @@ local function redis_default(st, merged)
   end
 end
 
+-- Whether a call made with these options (and no positional argument) has
+-- nothing of this layer to do: no coalescing, no policy check, no fleet
+-- turn, no nginx: then it goes straight to the session (the common case,
+-- kept cheap).
+local function direct(merged, layer)
+  local limit = merged.rate_limit
+  return openresty == nil and not layer.check_policy and (layer.coalesce == nil or layer.coalesce == 0)
+    and not (type(limit) == "table" and (limit.redis ~= nil or limit.shared_dict ~= nil))
+end
+
 -- The options for one call: the client's defaults that this call takes,
 -- overridden by the call's own; and this layer's options (coalesce,
 -- check_policy). Mistakes raise at the caller's caller. Without options of
@@ -161,7 +171,7 @@ local function call_options(st, row, opts, where)
       if layer[name] == nil then layer[name] = st.defaults[name] end
     end
   end
-  if not opts then st.plain[row.name] = { merged, layer } end
+  if not opts then st.plain[row.name] = { merged, layer, direct(merged, layer) } end
   return merged, layer
 end
 
@@ -278,9 +288,20 @@ end
 local function method(svc, row)
   local args, nargs = row.args, #row.args
   local where = svc.name .. ":" .. row.name
+  local service, call = svc.name, row.name
   return function(self, ...)
-    local st = state(self)
-    local opts, layer = call_options(st, row, (select(nargs + 1, ...)), where)
+    local st = private[self]
+    if not st or st.closed then st = state(self) end
+    local last = (select(nargs + 1, ...))
+    if nargs == 0 and last == nil then
+      local plain = st.plain[call]
+      if plain and plain[3] then
+        local res, err = st.session:call(service, call, plain[1])
+        if err then return nil, hint(st, err) end
+        return res
+      end
+    end
+    local opts, layer = call_options(st, row, last, where)
     if nargs > 0 then
       -- a call from inside another's event must not change the options that one reads
       if st.depth > 0 then opts = copy(opts) end
