@@ -369,8 +369,11 @@ describe("fleet", function()
       assert.same({ 2, false, 2 }, { res3.n, co3, runs })
     end)
 
-    it("shares the outcome with four other processes: run() runs once", function()
-      local d = sha256(helpers.secret())
+    -- n processes start together on fleet.coalesce of one digest; the run()
+    -- function appends "ran" to a file, sleeps `hold` seconds and returns
+    -- `outcome` (Lua source). Returns the processes' printed
+    -- { res, err, co, text = tostring(err) }, after checking run() ran once.
+    local function coalesce_in_processes(n, hold, outcome)
       local marker = tmpname()
       local code = string.format([[
         local fleet, socket, cjson = require "cachectl.fleet", require "socket", require "cjson"
@@ -379,14 +382,22 @@ describe("fleet", function()
           local f = assert(io.open(%q, "a"))
           f:write("ran\n")
           f:close()
-          socket.sleep(0.3)
-          return { success = true, cache_reset = { policy_name = "daily", id = 7 } }
+          socket.sleep(%s)
+          return %s
         end)
-        print(cjson.encode{ res = res, err = err, co = co })
-      ]], socket.gettime() + 1, url, d, marker)
-      local outs = run_processes{ code, code, code, code, code }
+        print(cjson.encode{ res = res, err = err, co = co, text = err and tostring(err) })
+      ]], socket.gettime() + 1, url, sha256(helpers.secret()), marker, hold, outcome)
+      local scripts = {}
+      for i = 1, n do scripts[i] = code end
+      local outs = run_processes(scripts)
       assert.equal("ran\n", helpers.read_file(marker))
       os.remove(marker)
+      return outs
+    end
+
+    it("shares the outcome with four other processes: run() runs once", function()
+      local outs = coalesce_in_processes(5, 0.3,
+        [[{ success = true, cache_reset = { policy_name = "daily", id = 7 } }]])
       local shared = 0
       for _, out in ipairs(outs) do
         local r = cjson.decode(out)
@@ -398,24 +409,8 @@ describe("fleet", function()
     end)
 
     it("shares an error outcome too, with its fields and coalesced = true", function()
-      local d = sha256(helpers.secret())
-      local marker = tmpname()
-      local code = string.format([[
-        local fleet, socket, cjson = require "cachectl.fleet", require "socket", require "cjson"
-        while socket.gettime() < %f do socket.sleep(0.005) end
-        local res, err, co = fleet.coalesce(%q, %q, 30, 20, function()
-          local f = assert(io.open(%q, "a"))
-          f:write("ran\n")
-          f:close()
-          socket.sleep(0.2)
-          return nil, { kind = "http", status = 503, message = "Service Unavailable", code = "E503",
-                        retry_after = 2.5, attempts = 3 }
-        end)
-        print(cjson.encode{ res = res, err = err, co = co, text = tostring(err) })
-      ]], socket.gettime() + 1, url, d, marker)
-      local outs = run_processes{ code, code, code }
-      assert.equal("ran\n", helpers.read_file(marker))
-      os.remove(marker)
+      local outs = coalesce_in_processes(3, 0.2, [[nil, { kind = "http", status = 503,
+        message = "Service Unavailable", code = "E503", retry_after = 2.5, attempts = 3 }]])
       local shared = 0
       for _, out in ipairs(outs) do
         local r = cjson.decode(out)

@@ -15,35 +15,41 @@ local LUA54 = _VERSION == "Lua 5.4"
 -- A fresh copy of s (long strings are not interned: a new object each time).
 local function copy(s) return (s .. "#"):sub(1, -2) end
 
--- Unreachable garbage whose finalizer calls fn.
-local function garbage_with_finalizer(fn)
-  setmetatable({}, { __gc = fn })
-end
-
 -- Finalizers on tables, and a C call that allocates nothing on entry (a
 -- light C function), come with Lua 5.2: under 5.1 and LuaJIT the finalizer
 -- cannot be made to run inside the call rather than on its way in.
 local it_finalizer = _VERSION == "Lua 5.1" and pending or it
 
--- Runs fn with the collector set to run a whole cycle (finalizers included)
--- at its next chance, i.e. at the first allocation inside the call.
-local function with_eager_gc(fn)
+-- The collector set to run a whole cycle (finalizers included) at its next
+-- chance, i.e. at the first allocation inside the call; or back to normal.
+local function eager_gc(on)
   if LUA54 then
-    collectgarbage("incremental", 1, 100, 40)  -- pause ~0 (0 keeps the old); a step is a whole cycle
+    -- pause ~0 (0 keeps the old); a step is a whole cycle
+    collectgarbage("incremental", on and 1 or 200, 100, on and 40 or 13)
   else
-    collectgarbage("setpause", 0)
-    collectgarbage("setstepmul", 2 ^ 30)
+    collectgarbage("setpause", on and 0 or 200)
+    collectgarbage("setstepmul", on and 2 ^ 30 or 200)
   end
+end
+
+-- Runs call() with eager collection and unreachable garbage whose finalizer
+-- runs drop() and then a full collection. Returns call's two values and when
+-- the finalizer ran: "during" the call (Lua 5.4), or "before" it.
+local function call_with_finalizer(drop, call)
+  local phase, fired = "before", nil
+  eager_gc(true)
   collectgarbage()
-  local ok, a, b = pcall(fn)
-  if LUA54 then
-    collectgarbage("incremental", 200, 100, 13)
-  else
-    collectgarbage("setpause", 200)
-    collectgarbage("setstepmul", 200)
-  end
-  assert(ok, a)
-  return a, b
+  setmetatable({}, { __gc = function()
+    fired = phase
+    drop()
+    collectgarbage()
+  end })
+  phase = "during"
+  local ok, res, err = pcall(call)
+  phase = "after"
+  eager_gc(false)
+  assert(ok, res)
+  return res, err, fired
 end
 
 describe("a call whose options change while it runs", function()
@@ -59,18 +65,8 @@ describe("a call whose options change while it runs", function()
       token = token_part .. " fault=429_no_retry_after" .. faults, user_agent = copy(ua_part),
       base_url = srv.base, model_id = helpers.UUID, policy = "daily", retries = 2,
     }
-    local phase, fired = "before", nil
-    local res, err = with_eager_gc(function()
-      garbage_with_finalizer(function()
-        fired = phase
-        opts.user_agent, opts.token = nil, nil
-        collectgarbage()
-      end)
-      phase = "during"
-      local r, e = core.omni.reset_cache(opts)
-      phase = "after"
-      return r, e
-    end)
+    local res, err, fired = call_with_finalizer(function() opts.user_agent, opts.token = nil, nil end,
+      function() return core.omni.reset_cache(opts) end)
     return res, err, token_part .. " fault=429_no_retry_after" .. faults, ua_part, fired
   end
 
@@ -102,6 +98,17 @@ describe("a call whose options change while it runs", function()
     if LUA54 then assert.equal("during", fired) end
   end)
 
+  -- The request of core.modelslab.request succeeded, sent once as given.
+  local function assert_sent_once(res, err, ua, body)
+    assert.is_nil(err)
+    assert.equal("success", res.status)
+    local reqs = srv:requests()
+    assert.equal(1, #reqs)
+    assert.equal("/api/v5/clear_cache", reqs[1].path)
+    assert.equal(ua, reqs[1].headers["user-agent"])
+    assert.same(body, require("cjson").decode(reqs[1].body))
+  end
+
   -- A body's __index runs Lua code while the request is being read, if the
   -- reader looks anything up in the body through metamethods.
   it("core.modelslab.request keeps base_url, key and User-Agent when the body's __index drops them", function()
@@ -116,13 +123,7 @@ describe("a call whose options change while it runs", function()
     opts = { key = copy(key_part), user_agent = copy(ua_part), base_url = srv.base .. "/" .. string.rep("/", 40),
              method = "POST", path = "/v5/clear_cache", body = body, retries = 0 }
     local res, err = core.modelslab.request(opts)
-    assert.is_nil(err)
-    assert.equal("success", res.status)
-    local reqs = srv:requests()
-    assert.equal(1, #reqs)
-    assert.equal("/api/v5/clear_cache", reqs[1].path)
-    assert.equal(ua_part, reqs[1].headers["user-agent"])
-    assert.same({ key = key_part, note = "hello" }, require("cjson").decode(reqs[1].body))
+    assert_sent_once(res, err, ua_part, { key = key_part, note = "hello" })
   end)
 
   it_finalizer("core.modelslab.request keeps its strings when a finalizer drops them during encoding", function()
@@ -130,25 +131,10 @@ describe("a call whose options change while it runs", function()
     local ua_part = "uaf-agent/3.0 " .. string.rep("z", 40)
     local opts = { key = copy(key_part), user_agent = copy(ua_part), method = "POST", path = "/v5/clear_cache",
                    base_url = srv.base .. string.rep("/", 41), body = { note = "hi" }, retries = 0 }
-    local phase, fired = "before", nil
-    local res, err = with_eager_gc(function()
-      garbage_with_finalizer(function()
-        fired = phase
-        opts.base_url, opts.key, opts.user_agent, opts.path, opts.body = nil, nil, nil, nil, nil
-        collectgarbage()
-      end)
-      phase = "during"
-      local r, e = core.modelslab.request(opts)
-      phase = "after"
-      return r, e
-    end)
-    assert.is_nil(err)
-    assert.equal("success", res.status)
-    local reqs = srv:requests()
-    assert.equal(1, #reqs)
-    assert.equal("/api/v5/clear_cache", reqs[1].path)
-    assert.equal(ua_part, reqs[1].headers["user-agent"])
-    assert.same({ key = key_part, note = "hi" }, require("cjson").decode(reqs[1].body))
+    local res, err, fired = call_with_finalizer(function()
+      opts.base_url, opts.key, opts.user_agent, opts.path, opts.body = nil, nil, nil, nil, nil
+    end, function() return core.modelslab.request(opts) end)
+    assert_sent_once(res, err, ua_part, { key = key_part, note = "hi" })
     if LUA54 then assert.equal("during", fired) end
   end)
 end)
