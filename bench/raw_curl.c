@@ -11,7 +11,8 @@
  * empty Expect, a User-Agent of cachectl's length), so the difference
  * between the two runs is the cost of the request's shape alone.
  *
- *   raw_curl URL KEY N [WARMUP [SHAPE]]   prints "calls_per_s <x>" after N timed calls
+ *   raw_curl URL KEY N [WARMUP [SHAPE]]   prints "calls_per_s <x>" and
+ *   "cpu_us_per_call <y>" (the process's CPU time per call) after N timed calls
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -41,10 +42,10 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static double now(void)
+static double now(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -65,7 +66,7 @@ int main(int argc, char **argv)
     buf b = { 0 };
     char body[512];
     long n, warmup, i;
-    double t0, t;
+    double t0, c0, t, c;
     int shaped;
     if (argc < 4) {
         fprintf(stderr, "usage: raw_curl URL KEY N [WARMUP [minimal|cachectl]]\n");
@@ -96,15 +97,17 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    t0 = now();
+    t0 = now(CLOCK_MONOTONIC);
+    c0 = now(CLOCK_PROCESS_CPUTIME_ID);
     for (i = 0; i < n; i++) {
         if (!call(e, &b)) {
             fprintf(stderr, "raw_curl: call %ld failed\n", i + 1);
             return 1;
         }
     }
-    t = now() - t0;
-    printf("calls_per_s %.1f\n", n / t);
+    t = now(CLOCK_MONOTONIC) - t0;
+    c = now(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    printf("calls_per_s %.1f\ncpu_us_per_call %.3f\n", n / t, c / n * 1e6);
     curl_slist_free_all(h);
     curl_easy_cleanup(e);
     curl_global_cleanup();

@@ -77,7 +77,7 @@ local C = SMOKE and {
   soak_n = 200, soak_warmup = 20, soak_mock_n = 100,
   require_runs = 3,
 } or {
-  rounds = 5, seconds = 2.5, fixed_n = nil, warmup = 20,
+  rounds = 15, seconds = 1, fixed_n = nil, warmup = 20,
   cg_small = 200, cg_large = 1200,
   batch_n = 1000, batch_n1 = 100, batch_conc = { 1, 8, 32, 128 }, batch_rounds = 3,
   soak_n = 100000, soak_warmup = 1000, soak_mock_n = 100000,
@@ -255,9 +255,10 @@ local function seq_cmd(id, base, n, warmup)
     warmup)
 end
 
+-- One run of one client: its calls/s and its own CPU time per call (µs).
 local function seq_once(id, base, n)
-  local out = capture(PIN .. ENV .. seq_cmd(id, base, n, C.warmup), "client " .. id)
-  return assert(kv(out).calls_per_s, "client " .. id .. ": no calls_per_s in its output")
+  local r = kv(capture(PIN .. ENV .. seq_cmd(id, base, n, C.warmup), "client " .. id))
+  return assert(r.calls_per_s, "client " .. id .. ": no calls_per_s in its output"), r.cpu_us_per_call
 end
 
 local function bench_sequential(ng)
@@ -272,25 +273,29 @@ local function bench_sequential(ng)
       log("  calibrate %-12s %9.0f calls/s -> %d calls", c.id, rate, counts[c.id])
     end
   end
-  local rates, ratios = {}, {}
-  for _, c in ipairs(CLIENTS) do rates[c.id], ratios[c.id] = {}, {} end
+  local rates, ratios, cpus, cpu_ratios = {}, {}, {}, {}
+  for _, c in ipairs(CLIENTS) do rates[c.id], ratios[c.id], cpus[c.id], cpu_ratios[c.id] = {}, {}, {}, {} end
   for round = 1, C.rounds do
-    local this = {}
+    local this, cpu = {}, {}
     -- each round starts with a different client
     for k = 0, #CLIENTS - 1 do
       local c = CLIENTS[(round - 1 + k) % #CLIENTS + 1]
-      this[c.id] = seq_once(c.id, ng.base, counts[c.id])
-      log("  round %d %-12s %9.0f calls/s", round, c.id, this[c.id])
+      this[c.id], cpu[c.id] = seq_once(c.id, ng.base, counts[c.id])
+      log("  round %d %-15s %9.0f calls/s %7.2f us CPU per call", round, c.id, this[c.id], cpu[c.id] or 0)
     end
     for _, c in ipairs(CLIENTS) do
       table.insert(rates[c.id], this[c.id])
       table.insert(ratios[c.id], this[c.id] / this.raw_curl)
+      if cpu[c.id] and c.id ~= "curl_popen" then
+        table.insert(cpus[c.id], cpu[c.id])
+        table.insert(cpu_ratios[c.id], cpu[c.id] / cpu.raw_curl)
+      end
     end
   end
   local res = {}
   for _, c in ipairs(CLIENTS) do
     res[c.id] = { n = counts[c.id], rates = rates[c.id], median = median(rates[c.id]),
-      ratio = median(ratios[c.id]) }
+      ratio = median(ratios[c.id]), cpu = median(cpus[c.id]), cpu_ratio = median(cpu_ratios[c.id]) }
   end
   return res
 end
@@ -471,15 +476,20 @@ local function section_sequential(w, S)
   w("answer read and decoded (`status == \"success\"` checked), after %d untimed warm-up calls. %d round(s),",
     C.warmup, C.rounds)
   w("each round runs every client once (in a rotating order); the table gives the median calls/s and the")
-  w("median of the per-round ratios to the C program (minimal request) of the same round.")
+  w("median of the per-round ratios to the C program (minimal request) of the same round. Client and nginx")
+  w("share one CPU, so calls/s counts both; the client's own CPU time per call (user and system, read by")
+  w("the client itself) is the steadier figure of what the client costs, with its median per-round ratio.")
   w("")
-  w("| client | calls per run | calls/s (median) | ratio to C | each round (calls/s) |")
-  w("|---|---:|---:|---:|---|")
+  w("| client | calls per run | calls/s (median) | ratio to C | client CPU µs per call | ratio to C |"
+    .. " each round (calls/s) |")
+  w("|---|---:|---:|---:|---:|---:|---|")
   for _, c in ipairs(CLIENTS) do
     local s = S[c.id]
     local each = {}
     for i, v in ipairs(s.rates) do each[i] = num(v) end
-    w("| %s | %s | %s | %.3f | %s |", c.label, thousands(s.n), thousands(s.median), s.ratio, concat(each, ", "))
+    w("| %s | %s | %s | %.3f | %s | %s | %s |", c.label, thousands(s.n), thousands(s.median), s.ratio,
+      s.cpu and format("%.2f", s.cpu) or "—", s.cpu_ratio and format("%.3f", s.cpu_ratio) or "—",
+      concat(each, ", "))
   end
   w("")
 end

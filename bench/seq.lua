@@ -7,7 +7,9 @@
 -- client), `socket_http` (LuaSocket's socket.http + lua-cjson) and
 -- `curl_popen` (the curl command through io.popen, per call, + lua-cjson).
 -- BASE_URL is the service root (`http://127.0.0.1:PORT/api`). Prints
--- `calls_per_s <x>` for the N timed calls that follow WARMUP untimed ones
+-- `calls_per_s <x>` and `cpu_us_per_call <y>` (this process's CPU time,
+-- user and system, per call: os.clock, so not curl_popen's children) for
+-- the N timed calls that follow WARMUP untimed ones
 -- (which open the connection and fill the caches). Exits with status 1 on
 -- the first failed call.
 
@@ -96,9 +98,9 @@ local function run(count)
   end
 end
 
-local gettime = require("socket").gettime
+local gettime, clock = require("socket").gettime, os.clock
 run(warmup)
-local t0 = gettime()
+local t0, c0 = gettime(), clock()
 run(n)
-local t = gettime() - t0
-io.write(string.format("calls_per_s %.1f\n", n / t))
+local t, c = gettime() - t0, clock() - c0
+io.write(string.format("calls_per_s %.1f\ncpu_us_per_call %.3f\n", n / t, c / n * 1e6))

@@ -4,7 +4,8 @@ answer decoded with .json() and checked.
 
     /usr/bin/python3 bench/seq_requests.py BASE_URL KEY N [WARMUP]
 
-Prints "calls_per_s <x>" for the N timed calls after WARMUP untimed ones.
+Prints "calls_per_s <x>" and "cpu_us_per_call <y>" (the process's CPU time per
+call) for the N timed calls after WARMUP untimed ones.
 """
 import sys
 import time
@@ -31,10 +32,11 @@ def main():
                 sys.exit(1)
 
     run(warmup)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run(n)
-    t = time.perf_counter() - t0
+    t, c = time.perf_counter() - t0, time.process_time() - c0
     print("calls_per_s %.1f" % (n / t))
+    print("cpu_us_per_call %.3f" % (c / n * 1e6))
     return 0
 
 
