@@ -165,6 +165,7 @@ typedef struct cc_session cc_session;
 cc_session *cc_session_new(lua_State *L);        /* pushes the userdata */
 cc_session *cc_session_check(lua_State *L, int idx);
 cc_session *cc_session_of(lua_State *L, int idx);  /* the module's own, unchecked */
+int cc_bound_call(lua_State *L);                   /* upvalues: session, endpoint row */
 /* Runs the request whose options table is at idx (single), or the requests
  * of the list of options tables at idx, up to concurrency at once. Pushes
  * the results: for a single request res or nil, err; for a list, one array

@@ -1,6 +1,6 @@
 /* core.c — the module entry point: luaopen_cachectl_core builds the tables
- * modelslab and omni from the endpoint table, each function a closure over
- * the module's default session and its endpoint row. */
+ * modelslab and omni from the endpoint table, each function a call bound to
+ * the module's default session and its endpoint row (session.c). */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,18 +21,6 @@ static CURLcode curl_init_rc;
 static void curl_init(void)
 {
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-/* res, err = core.<service>.<name>(opts) */
-static int call_endpoint(lua_State *L)
-{
-    cc_session *s = cc_session_of(L, lua_upvalueindex(1));
-    const cc_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
-    if (lua_type(L, 1) != LUA_TTABLE)
-        return luaL_error(L, "bad argument #1 to '%s.%s' (options table expected, got %s)",
-                          ep->service, ep->name, luaL_typename(L, 1));
-    lua_settop(L, 1);
-    return cc_run(L, s, ep, 1, 1, 1);
 }
 
 static void set_string(lua_State *L, const char *k, const char *v)
@@ -186,7 +174,7 @@ static void set_calls(lua_State *L, int module, int session)
         }
         lua_pushvalue(L, session);
         lua_pushlightuserdata(L, (void *)ep);
-        lua_pushcclosure(L, call_endpoint, 2);
+        lua_pushcclosure(L, cc_bound_call, 2);
         lua_setfield(L, -2, ep->name);
         lua_pop(L, 1);
     }

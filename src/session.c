@@ -1,5 +1,5 @@
-/* session.c — the session as Lua sees it: core.session(), call, batch,
- * close (deferred while a call runs), the module's default session. What a
+/* session.c — the session as Lua sees it: core.session(), call, bind,
+ * batch, close (deferred while a call runs), the module's default session. What a
  * session holds on the libcurl side is handles.c's; the run loop is
  * engine.c's. */
 #include <stdint.h>
@@ -84,6 +84,33 @@ static int session_call(lua_State *L)
     return cc_run(L, s, ep, 4, 1, 1);
 }
 
+/* res, err = f(opts): a call bound to a session (upvalue 1, checked when
+ * bound) and an endpoint row (upvalue 2): core.<service>.<name> and the
+ * functions of session:bind. */
+int cc_bound_call(lua_State *L)
+{
+    cc_session *s = cc_session_of(L, lua_upvalueindex(1));
+    const cc_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
+    if (lua_type(L, 1) != LUA_TTABLE)
+        return luaL_error(L, "bad argument #1 to '%s.%s' (options table expected, got %s)",
+                          ep->service, ep->name, luaL_typename(L, 1));
+    lua_settop(L, 1);
+    return cc_run(L, s, ep, 1, 1, 1);
+}
+
+/* f = session:bind(service, name): f(opts) is session:call(service, name,
+ * opts) with the endpoint found once. */
+static int session_bind(lua_State *L)
+{
+    const cc_endpoint *ep;
+    cc_session_check(L, 1);
+    ep = endpoint_arg(L, 2);
+    lua_settop(L, 1);
+    lua_pushlightuserdata(L, (void *)ep);
+    lua_pushcclosure(L, cc_bound_call, 2);
+    return 1;
+}
+
 /* items = session:batch(service, name, list_of_opts, concurrency), each item
  * { result = ..., err = ... } in input order. */
 static int session_batch(lua_State *L)
@@ -105,7 +132,8 @@ static int session_new_l(lua_State *L)
 void cc_session_init(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        { "call", session_call }, { "batch", session_batch }, { "close", session_close_method }, { NULL, NULL }
+        { "call", session_call }, { "bind", session_bind }, { "batch", session_batch },
+        { "close", session_close_method }, { NULL, NULL }
     };
     luaL_newmetatable(L, SESSION_MT);
     lua_pushcfunction(L, session_gc);

@@ -148,7 +148,8 @@ end
 -- The options for one call: the client's defaults that this call takes,
 -- overridden by the call's own; and this layer's options (coalesce,
 -- check_policy). Mistakes raise at the caller's caller. Without options of
--- its own a call gets the same tables every time.
+-- its own a call gets the same tables every time, and, when it goes straight
+-- to the session, the session's call bound once (st.plain[call][3]).
 local function call_options(st, row, opts, where)
   if opts == nil then
     local plain = st.plain[row.name]
@@ -171,7 +172,9 @@ local function call_options(st, row, opts, where)
       if layer[name] == nil then layer[name] = st.defaults[name] end
     end
   end
-  if not opts then st.plain[row.name] = { merged, layer, direct(merged, layer) } end
+  if not opts then
+    st.plain[row.name] = { merged, layer, direct(merged, layer) and st.session:bind(st.svc.name, row.name) }
+  end
   return merged, layer
 end
 
@@ -288,7 +291,7 @@ end
 local function method(svc, row)
   local args, nargs = row.args, #row.args
   local where = svc.name .. ":" .. row.name
-  local service, call = svc.name, row.name
+  local call = row.name
   return function(self, ...)
     local st = private[self]
     if not st or st.closed then st = state(self) end
@@ -296,7 +299,7 @@ local function method(svc, row)
     if nargs == 0 and last == nil then
       local plain = st.plain[call]
       if plain and plain[3] then
-        local res, err = st.session:call(service, call, plain[1])
+        local res, err = plain[3](plain[1])
         if err then return nil, hint(st, err) end
         return res
       end
