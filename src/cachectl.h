@@ -91,7 +91,12 @@ typedef struct cc_req {
     const char *secret; size_t secret_len;   /* key or token, in own */
     char *own; size_t own_len;  /* malloc'd copies of the option texts; wiped when freed */
     double limit_requests, limit_per;         /* rate limit; 0 when off */
-    uint64_t limit_key;
+    uint64_t limit_key;                       /* the process window's */
+    int lim;                                  /* enum cc_lim: where turns are taken */
+    const char *redis_url, *dict_name;        /* rate_limit.redis, .shared_dict (in own) */
+    int redis_required;
+    char *lim_name;     /* malloc'd "cachectl:rl:<service>:<sha256 of the secret>:<n>:<per>":
+                           the window's key in Redis and in a shared dict */
     char *url;          /* malloc'd full URL */
     char *body;         /* malloc'd JSON body, NULL for none */
     size_t body_len;
@@ -128,11 +133,30 @@ double cc_retry_after(const char *s, size_t n, double now_epoch);
 /* NULL when s is a base URL we send to, else why not (a static message). */
 const char *cc_check_base_url(const char *s, size_t n);
 
+/* Where a request's turns are taken (limiter.c): nowhere, the process
+ * window (ratelimit.c), Redis (redis.c), or an nginx shared dict. */
+enum cc_lim { LIM_OFF = 0, LIM_PROCESS, LIM_REDIS, LIM_DICT };
+/* limiter.c: r->lim_name built (0 when out of memory). */
+int cc_lim_name(cc_req *r);
+/* redis.c: NULL when url (n bytes) is a Redis URL we take, else why not
+ * (a static message quoting nothing of the URL). */
+const char *cc_redis_url_check(const char *url, size_t n);
+
 /* ratelimit.c: the sliding window of a credential and limit. cc_limit_take
  * returns 1 with *wait the seconds to the reserved start, 0 when the start
  * would be budget or more away (nothing reserved), -1 when out of memory. */
 uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
 int cc_limit_take(uint64_t key, double requests, double per, double now, double budget, double *wait);
+/* Records a start taken elsewhere (Redis) in the process window, so that a
+ * fallback to it remembers them; 0 when out of memory. */
+int cc_limit_note(uint64_t key, double requests, double per, double t);
+/* The rule itself, over a ring of the last starts (count of them, the
+ * oldest at head once count == n): the start a new request gets at `now`,
+ * recorded when it lies less than `budget` away (returns 1), else not
+ * (returns 0). *wait: the seconds to that start. Used by the process
+ * window and the shared dict. */
+int cc_ring_take(double *start, size_t n, size_t *count, size_t *head, double per, double now,
+                 double budget, double *wait);
 
 /* What one attempt came to (engine.c, answer.c). */
 #define CC_MSG_MAX 400

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include "cachectl.h"
 #include "digest.h"
 
@@ -204,11 +205,31 @@ static void set_rows(lua_State *L, int module)
     lua_setfield(L, module, "endpoints");
 }
 
+/* core.monotonic() -> seconds on the monotonic clock (waits, deadlines) */
+static int monotonic_l(lua_State *L)
+{
+    lua_pushnumber(L, cc_mono());
+    return 1;
+}
+
+/* core.sleep(seconds): blocks the calling thread (plain Lua only) */
+static int sleep_l(lua_State *L)
+{
+    double t = luaL_checknumber(L, 1);
+    struct timespec ts;
+    if (!(t > 0)) return 0;
+    if (t > 1e6) t = 1e6;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+    return 0;
+}
+
 CC_EXPORT int luaopen_cachectl_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
-        { "scrub", cc_scrub_l }, { NULL, NULL }
+        { "scrub", cc_scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { NULL, NULL }
     };
     const curl_version_info_data *v;
     int module;
@@ -229,6 +250,8 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     cc_setfuncs(L, funcs);
     lua_pushliteral(L, CC_VERSION);
     lua_setfield(L, -2, "version");
+    luaL_getmetatable(L, "cachectl.error");     /* every error's, for the Lua layer's own */
+    lua_setfield(L, -2, "error_mt");
     lua_pushstring(L, v->version);
     lua_setfield(L, -2, "curl_version");
     return 1;

@@ -30,3 +30,19 @@ int cc_digest_hex(cc_digest *d, char hex[65])
     hex[ok ? 64 : 0] = '\0';
     return ok;
 }
+
+/* SHA-1 as hex: only the name Redis gives a script (EVALSHA), never a
+ * secret's digest. */
+int cc_sha1_hex(const void *p, size_t n, char hex[41])
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0, i;
+    int ok = EVP_Digest(p, n, md, &len, EVP_sha1(), NULL) == 1 && len == 20;
+    for (i = 0; ok && i < len; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 15];
+    }
+    hex[ok ? 40 : 0] = '\0';
+    return ok;
+}

@@ -10,6 +10,7 @@
  * before it is passed on. The loop wakes at least every WAKE_EVERY seconds
  * to see whether a signal handler asked the interpreter to stop. */
 #include <math.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,7 @@ static void run_release(run *r)
 {
     size_t i;
     if (!r->s) return;
+    cc_redis_settle(r->s);      /* asks in flight write to the items: answered first */
     for (i = 0; i < r->n && r->x; i++) xfer_release(r->s, &r->x[i]);
     if (r->x != r->one) free(r->x);
     r->x = NULL;
@@ -488,25 +490,24 @@ static void end_with(lua_State *L, run *r, xfer *x, int out, enum cc_kind kind, 
                      double retry_after)
 {
     x->state = X_DONE;
+    if (x->slot) r->active--;
+    x->slot = 0;
     lua_pushnil(L);
     cc_push_error(L, kind, msg, 0, NULL, retry_after, x->attempts, NULL, &x->req);
     store(L, out, (size_t)(x - r->x));
 }
 
-/* The client-side rate limit: a turn for every attempt. 1 when x may start
- * now; else x waits for the start reserved for it, or has ended at once
- * (rate_limited, nothing reserved) when that start lies past its deadline. */
-static int take_turn(lua_State *L, run *r, xfer *x, int out, double now, size_t *done)
+/* ---- turns ---------------------------------------------------------- */
+
+/* What a limiter said for x at `now`: rc 1, a start reserved `wait` from
+ * now (x waits for it, after a wait event, unless it is now: returns 1);
+ * rc 0, none before the deadline (x ends, rate_limited, nothing sent);
+ * rc -1, out of memory. */
+static int turn_said(lua_State *L, run *r, xfer *x, int out, int rc, double wait, double now, size_t *done)
 {
     char msg[CC_MSG_MAX];
-    double wait = 0;
-    int rc;
-    if (x->req.limit_requests <= 0 || x->turn) {
-        x->turn = 0;
-        return 1;
-    }
-    rc = cc_limit_take(x->req.limit_key, x->req.limit_requests, x->req.limit_per, now, x->deadline - now,
-                       &wait);
+    const cc_req *q = &x->req;
+    int lim = x->fell_back ? x->fallback : q->lim;
     if (rc < 0) {
         r->oom = 1;
         return 0;
@@ -518,42 +519,181 @@ static int take_turn(lua_State *L, run *r, xfer *x, int out, double now, size_t 
         emit_wait(L, r, x, wait, "rate_limit");
         return 0;
     }
-    snprintf(msg, sizeof msg, "client-side rate limit (%g requests per %gs): no turn before the timeout",
-             x->req.limit_requests, x->req.limit_per);
+    snprintf(msg, sizeof msg, "client-side rate limit (%g requests per %gs%s%s%s): no turn before the timeout",
+             q->limit_requests, q->limit_per, lim == LIM_REDIS ? ", shared through Redis"
+             : lim == LIM_DICT ? ", shared through the nginx shared dict '" : "",
+             lim == LIM_DICT ? q->dict_name : "", lim == LIM_DICT ? "'" : "");
     end_with(L, r, x, out, CC_RATE_LIMITED, msg, wait);
     (*done)++;
     return 0;
 }
 
-/* Starts what may start now; returns the time of the next start to wait
- * for (at most WAKE_EVERY away). */
-static double start_due(lua_State *L, run *r, int out, int concurrency, int *active, size_t *done)
+/* The turn of x, whose time to start has come: 1 when it may start now;
+ * else it waits for its reserved start or for Redis's answer (X_TURN), or
+ * has ended. Every attempt takes its own turn, when it is about to start. */
+static int take_turn(lua_State *L, run *r, xfer *x, int out, double now, size_t *done)
 {
-    double now = cc_mono(), wake = now + WAKE_EVERY;
+    const cc_req *q = &x->req;
+    int lim = x->fell_back ? x->fallback : q->lim, rc;
+    double wait = 0;
+    if (lim == LIM_OFF || x->turn) {
+        x->turn = 0;
+        return 1;
+    }
+    if (lim == LIM_REDIS) {
+        x->state = X_TURN;
+        x->rstate = RS_WANT;        /* asked with the others due now, in one round trip */
+        return 0;
+    }
+    if (lim == LIM_DICT) {
+        lua_rawgeti(L, r->dicts, (int)(x - r->x) + 1);
+        rc = cc_dict_take(L, -1, q, now, x->deadline - now, &wait);
+        lua_pop(L, 1);
+    } else {
+        rc = cc_limit_take(q->limit_key, q->limit_requests, q->limit_per, now, x->deadline - now, &wait);
+    }
+    return turn_said(L, r, x, out, rc, wait, now, done);
+}
+
+/* Redis could not give x a turn: the process window takes over for the
+ * rest of the run (after one redis_fallback event), or, with
+ * redis_required, x ends with `connect`, nothing sent. */
+static void fall_back(lua_State *L, run *r, xfer *x, int out, const char *why, size_t *done)
+{
+    char msg[CC_MSG_MAX];
+    if (x->req.redis_required) {
+        snprintf(msg, sizeof msg, "%s; rate_limit.redis_required: nothing sent", why);
+        end_with(L, r, x, out, CC_CONNECT, msg, -1);
+        (*done)++;
+        return;
+    }
+    x->fell_back = 1;
+    x->state = X_WAIT;
+    if (!r->told && x->event) {
+        r->told = 1;
+        event_new(L, x, "redis_fallback", x->attempts + 1);
+        lua_pushstring(L, why);
+        lua_setfield(L, -2, "message");
+        emit(L, r, x);
+    }
+}
+
+/* Acts on Redis's answers: a start reserved (kept in the process window
+ * too, so a fallback later remembers it), none in time, or no answer. */
+static void turn_answers(lua_State *L, run *r, int out, double now, size_t *done)
+{
     size_t i;
     for (i = 0; i < r->n && !r->oom; i++) {
         xfer *x = &r->x[i];
-        int rc;
-        if (x->state != X_WAIT || *active >= concurrency) continue;
-        if (x->next_start <= now && take_turn(L, r, x, out, now, done)) {
-            if ((rc = start_attempt(r->s, x, now)) > 0) {
-                (*active)++;
-            } else if (rc == 0) {
+        int rs = x->rstate;
+        if (x->state != X_TURN || rs == RS_WANT || rs == RS_ASKED) continue;
+        x->rstate = RS_NONE;
+        x->state = X_WAIT;
+        x->next_start = now;
+        if (rs == RS_GRANTED) {
+            if (!cc_limit_note(x->req.limit_key, x->req.limit_requests, x->req.limit_per, now + x->rwait))
                 r->oom = 1;
-            } else {
-                int tls = strstr(x->errbuf, "SSL") || strstr(x->errbuf, "CAINFO");
-                end_with(L, r, x, out, tls ? CC_TLS : CC_CONNECT, x->errbuf, -1);
-                (*done)++;
+            if (turn_said(L, r, x, out, 1, x->rwait, now, done)) x->turn = 1;
+        } else if (rs == RS_LATE) {
+            turn_said(L, r, x, out, 0, x->rwait, now, done);
+        } else if (rs == RS_FAILED) {
+            fall_back(L, r, x, out, cc_redis_why(cc_redis_get(r->s, x->req.redis_url)), done);
+        }   /* RS_AGAIN: asked again, on a fresh connection */
+    }
+}
+
+/* Seconds Redis may take to answer x: its connect_timeout, but never more
+ * than half of what is left, so that a fallback still has time to send. */
+static double redis_bound(const xfer *x, double now)
+{
+    double half = (x->deadline - now) / 2;
+    return x->req.connect_timeout < half ? x->req.connect_timeout : half > 0.001 ? half : 0.001;
+}
+
+/* Asks Redis for the turns wanted now: one round trip per window (one key
+ * and limit), whatever the number of items. */
+static void ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
+{
+    xfer **group = NULL;
+    size_t i, j;
+    for (i = 0; i < r->n && !r->oom; i++) {
+        xfer *x = &r->x[i];
+        cc_redis *c;
+        double due;
+        int k = 0, rc;
+        if (x->state != X_TURN || x->rstate != RS_WANT) continue;
+        if (!group && !(group = malloc(r->n * sizeof *group))) {
+            r->oom = 1;
+            break;
+        }
+        if (!(c = cc_redis_get(r->s, x->req.redis_url))) {
+            r->oom = 1;
+            break;
+        }
+        due = now + redis_bound(x, now);
+        for (j = i; j < r->n; j++) {
+            xfer *y = &r->x[j];
+            if (y->state == X_TURN && y->rstate == RS_WANT && strcmp(y->req.redis_url, x->req.redis_url) == 0 &&
+                strcmp(y->req.lim_name, x->req.lim_name) == 0) {
+                group[k++] = y;
+                if (now + redis_bound(y, now) < due) due = now + redis_bound(y, now);
             }
         }
-        if (x->state == X_WAIT && x->next_start < wake) wake = x->next_start;
+        if ((rc = cc_redis_turns(c, group, k, now, due)) < 0) r->oom = 1;
+        for (j = 0; rc == 0 && j < (size_t)k; j++) {
+            group[j]->rstate = RS_NONE;
+            fall_back(L, r, group[j], out, cc_redis_why(c), done);
+        }
     }
+    free(group);
+}
+
+/* Starts what may start now; returns the time of the next start to wait
+ * for (at most WAKE_EVERY away). An item holds one of the run's places from
+ * its turn to the end of its attempt, so no turn is taken for an item that
+ * could not start at once. */
+static double start_due(lua_State *L, run *r, int out, size_t *done)
+{
+    double now = cc_mono(), wake = now + WAKE_EVERY;
+    size_t i;
+    turn_answers(L, r, out, now, done);
+    for (i = 0; i < r->n && !r->oom; i++) {
+        xfer *x = &r->x[i];
+        int rc;
+        if (x->state != X_WAIT) continue;
+        if (x->next_start > now) {
+            if (x->next_start < wake) wake = x->next_start;
+            continue;
+        }
+        if (!x->slot) {
+            if (r->active >= r->concurrency) continue;
+            x->slot = 1;
+            r->active++;
+        }
+        if (now >= x->deadline) {
+            end_with(L, r, x, out, CC_TIMEOUT, "no time left before the timeout for another attempt", -1);
+            (*done)++;
+            continue;
+        }
+        if (!take_turn(L, r, x, out, now, done)) {
+            if (x->state == X_WAIT && x->next_start < wake) wake = x->next_start;
+            continue;
+        }
+        if ((rc = start_attempt(r->s, x, now)) == 0) {
+            r->oom = 1;
+        } else if (rc < 0) {
+            int tls = strstr(x->errbuf, "SSL") || strstr(x->errbuf, "CAINFO");
+            end_with(L, r, x, out, tls ? CC_TLS : CC_CONNECT, x->errbuf, -1);
+            (*done)++;
+        }
+    }
+    ask_turns(L, r, out, now, done);
     return wake;
 }
 
 /* Reads the attempts libcurl has finished; returns how many requests
  * ended (0 or more) and sets *finished when any attempt did. */
-static size_t collect(lua_State *L, run *r, int out, int *active, int *finished)
+static size_t collect(lua_State *L, run *r, int out, int *finished)
 {
     cc_session *s = r->s;
     size_t ended = 0;
@@ -566,7 +706,8 @@ static size_t collect(lua_State *L, run *r, int out, int *active, int *finished)
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
         curl_multi_remove_handle(s->multi, x->easy);
         x->state = X_DONE;
-        (*active)--;
+        x->slot = 0;            /* a retry takes a place again when it is due */
+        r->active--;
         *finished = 1;
         if (finish(L, r, x, rc)) {
             x->state = X_DONE;
@@ -586,23 +727,44 @@ static void check_multi(lua_State *L, CURLMcode rc)
         luaL_error(L, "cachectl: libcurl's multi handle failed: %s", curl_multi_strerror(rc));
 }
 
-/* Waits for the network or until `wake`. */
+#define MAX_REDIS_FDS 8
+
+/* Waits for the network (libcurl's transfers and the session's Redis
+ * connections) or until `wake`, then lets Redis read and write. */
 static void wait_until(lua_State *L, cc_session *s, double wake, int running)
 {
-    double left = wake - cc_mono();
-    int timeout = left <= 0 ? 0 : (int)ceil(left * 1000);
+    struct curl_waitfd fds[MAX_REDIS_FDS];
+    int nfds = s->redis ? cc_redis_fds(s, fds, MAX_REDIS_FDS) : 0, timeout;
+    double left, due = s->redis ? cc_redis_due(s) : HUGE_VAL;
+    if (due < wake) wake = due;
+    left = wake - cc_mono();
+    timeout = left <= 0 ? 0 : (int)ceil(left * 1000);
 #if LIBCURL_VERSION_NUM >= 0x074200
     (void)running;
-    check_multi(L, curl_multi_poll(s->multi, NULL, 0, timeout, NULL));
+    check_multi(L, curl_multi_poll(s->multi, fds, (unsigned)nfds, timeout, NULL));
 #else
     /* curl_multi_wait returns at once when there is nothing to wait for */
     if (running) {
-        check_multi(L, curl_multi_wait(s->multi, NULL, 0, timeout, NULL));
+        check_multi(L, curl_multi_wait(s->multi, fds, (unsigned)nfds, timeout, NULL));
+    } else if (nfds > 0) {
+        struct pollfd p[MAX_REDIS_FDS];
+        int i;
+        for (i = 0; i < nfds; i++) {
+            p[i].fd = fds[i].fd;
+            p[i].events = (short)(((fds[i].events & CURL_WAIT_POLLIN) ? POLLIN : 0) |
+                                  ((fds[i].events & CURL_WAIT_POLLOUT) ? POLLOUT : 0));
+            p[i].revents = 0;
+        }
+        poll(p, (nfds_t)nfds, timeout);
+        for (i = 0; i < nfds; i++)
+            fds[i].revents = (short)(((p[i].revents & (POLLIN | POLLERR | POLLHUP)) ? CURL_WAIT_POLLIN : 0) |
+                                     ((p[i].revents & POLLOUT) ? CURL_WAIT_POLLOUT : 0));
     } else if (timeout > 0) {
         struct timespec ts = { timeout / 1000, (timeout % 1000) * 1000000L };
         nanosleep(&ts, NULL);
     }
 #endif
+    if (s->redis) cc_redis_io(s, fds, nfds, cc_mono());
 }
 
 /* Ends every request still open: a signal handler set a hook, which fires
@@ -622,15 +784,14 @@ static void stop_all(lua_State *L, run *r, int out)
     }
 }
 
-static void drive(lua_State *L, run *r, int out, int concurrency, size_t done)
+static void drive(lua_State *L, run *r, int out, size_t done)
 {
-    int active = 0;
     while (done < r->n && !r->oom) {
-        double wake = start_due(L, r, out, concurrency, &active, &done);
+        double wake = start_due(L, r, out, &done);
         int running = 0, finished = 0;
         if (r->oom) break;
         check_multi(L, curl_multi_perform(r->s->multi, &running));
-        done += collect(L, r, out, &active, &finished);
+        done += collect(L, r, out, &finished);
         /* a finished attempt may have freed a slot or set a retry time */
         if (done < r->n && !r->oom && !finished) wait_until(L, r->s, wake, running);
         if (done < r->n && interrupted(L, r)) {
@@ -664,6 +825,26 @@ static void keep_on_event(lua_State *L, run *r, xfer *x, int idx)
     x->event = 1;
 }
 
+/* Keeps the nginx shared dict of x's rate_limit.shared_dict in the run's
+ * dict table: it takes the turns, or those of a Redis that failed. Outside
+ * nginx the process window does. */
+static void keep_dict(lua_State *L, run *r, xfer *x)
+{
+    x->fallback = LIM_PROCESS;
+    cc_dict_find(L, &x->req);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        if (x->req.lim == LIM_DICT) x->req.lim = LIM_PROCESS;
+        return;
+    }
+    x->fallback = LIM_DICT;
+    if (lua_isnil(L, r->dicts)) {
+        lua_newtable(L);
+        lua_replace(L, r->dicts);
+    }
+    lua_rawseti(L, r->dicts, (int)(x - r->x) + 1);
+}
+
 /* Reads item i into its request. An invalid one ends at once (returns 1). */
 static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double now)
 {
@@ -690,6 +871,8 @@ static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double
         store(L, out, i);
         return 1;
     }
+    x->fallback = LIM_PROCESS;
+    if (x->req.dict_name) keep_dict(L, r, x);
     x->state = X_WAIT;
     x->deadline = now + x->req.timeout;
     x->next_start = now + x->req.delay;
@@ -712,9 +895,12 @@ static int run_protected(lua_State *L)
     }
     lua_pushnil(L);         /* the on_event functions by item, once one is given */
     r->events = lua_gettop(L);
+    lua_pushnil(L);         /* the shared dicts by item, once one is used */
+    r->dicts = lua_gettop(L);
     for (i = 0; i < r->n; i++) done += (size_t)parse_item(L, a, i, out, now);
     see_hooks(L, r);
-    drive(L, r, out, a->concurrency < 1 ? 1 : a->concurrency, done);
+    r->concurrency = a->concurrency < 1 ? 1 : a->concurrency;
+    drive(L, r, out, done);
     if (r->oom) return luaL_error(L, "not enough memory");
     if (a->single) return 2;
     lua_pushvalue(L, out);

@@ -8,7 +8,9 @@
 
 #define POOL_MAX 16
 
-enum { X_WAIT, X_RUN, X_DONE };
+enum { X_WAIT, X_RUN, X_DONE, X_TURN };     /* X_TURN: a turn asked of Redis */
+/* An item's Redis turn: to ask, asked, then what the reply said. */
+enum { RS_NONE, RS_WANT, RS_ASKED, RS_GRANTED, RS_LATE, RS_FAILED, RS_AGAIN };
 
 /* What an easy handle has been set to beyond the options every handle
  * shares, so a pooled handle is only told what changed. Zeroed with the
@@ -36,6 +38,11 @@ typedef struct xfer {
     int too_large, oom, state, attempts;
     int sends;              /* requests libcurl sent in this attempt */
     int turn;               /* a rate-limit start is reserved at next_start */
+    int slot;               /* holds one of the run's `concurrency` places */
+    int rstate, redis_again;    /* RS_*; asked again once after a kept connection broke */
+    int fell_back;          /* Redis failed: the fallback limiter takes its turns */
+    int fallback;           /* LIM_DICT with a shared dict, else LIM_PROCESS */
+    double rwait;           /* the Redis reply's wait, seconds */
     int event;              /* on_event given: it sits in the run's event table */
     double deadline, next_start, started;
     char retry_after[64];
@@ -53,6 +60,10 @@ typedef struct run {
     size_t n;
     int oom;
     int events;         /* stack index of the on_event functions, by item */
+    int dicts;          /* stack index of the shared dicts, by item (rate_limit.shared_dict) */
+    int active;         /* items holding a place (running, asking, or reserved) */
+    int concurrency;
+    int told;           /* the redis_fallback event was emitted */
     hookseen hooks;
     xfer *x;            /* calloc'd, or one[] for a single call */
     xfer one[1];
@@ -81,6 +92,7 @@ struct cc_session {
     lua_State *main;        /* the main thread, whose hook a signal handler sets */
     int close_pending;      /* __close or __gc came while a call ran */
     struct run *active;     /* the run in progress */
+    struct cc_redis *redis; /* connections to Redis, one per URL (redis.c) */
     struct run single;      /* the run of single calls, reused */
 };
 
@@ -98,5 +110,21 @@ size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud);
 #if LIBCURL_VERSION_NUM >= 0x075000
 int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port);
 #endif
+
+/* redis.c: the session's Redis connections, driven by the run loop */
+typedef struct cc_redis cc_redis;
+cc_redis *cc_redis_get(cc_session *s, const char *url);     /* NULL: out of memory */
+const char *cc_redis_why(const cc_redis *c);                /* the last failure, naming the server */
+int cc_redis_turns(cc_redis *c, xfer **xs, int k, double now, double due);
+int cc_redis_fds(cc_session *s, struct curl_waitfd *fds, int max);
+double cc_redis_due(const cc_session *s);
+void cc_redis_io(cc_session *s, const struct curl_waitfd *fds, int n, double now);
+void cc_redis_settle(cc_session *s);
+void cc_redis_close_all(cc_session *s);
+int cc_redis_command_l(lua_State *L);
+
+/* limiter.c: an nginx shared dict's turns */
+void cc_dict_find(lua_State *L, const cc_req *r);
+int cc_dict_take(lua_State *L, int dict, const cc_req *q, double now, double budget, double *wait);
 
 #endif

@@ -22,6 +22,7 @@ void cc_session_close(cc_session *s)
     free(s->url_text);
     s->url = NULL;
     s->url_text = NULL;
+    cc_redis_close_all(s);
     if (s->multi) curl_multi_cleanup(s->multi);
     s->multi = NULL;
     s->close_pending = 0;

@@ -109,9 +109,8 @@ static void fail(lua_State *L, const where *w, const char *msg)
 }
 
 /* rate_limit = { requests = n, per = seconds, shared_dict = name, redis = URL,
- * redis_required = bool } (the table on the stack top). shared_dict and
- * redis are the Lua layer's: it takes the turn there, and the core keeps no
- * window of its own. */
+ * redis_required = bool } (the table on the stack top): where the engine
+ * takes its turns (limiter.c). */
 static void read_limit(lua_State *L, const where *w, cc_slot *v)
 {
     static const struct { const char *name; int type; } fields[] = {
@@ -135,7 +134,9 @@ static void read_limit(lua_State *L, const where *w, cc_slot *v)
         }
         if (i == 0) v->n = lua_tonumber(L, -1);
         else if (i == 1) v->per = lua_tonumber(L, -1);
-        else if (i == 2 || i == 3) v->external = 1;
+        else if (i == 2) v->dict = lua_tolstring(L, -1, &v->dict_len);
+        else if (i == 3) v->redis = lua_tolstring(L, -1, &v->redis_len);
+        else v->required = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
     v->b = v->table = 1;
@@ -287,11 +288,12 @@ static int check_secret(cc_req *r, const cc_slot *v, const char *field)
     return 1;
 }
 
-/* Off with false (or when kept in a shared dict or Redis); true or absent
- * means the service's default (Omni: 60 a minute); a table may change
- * either number, each > 0. */
+/* Off with false; true or absent means the service's default (Omni: 60 a
+ * minute); a table may change either number, each > 0, and say where the
+ * window is kept: the process (the default), Redis or an nginx shared dict. */
 static int check_limit(cc_req *r, const cc_slot *v)
 {
+    const char *why;
     double requests = r->ep->svc->limit_requests, per = r->ep->svc->limit_per;
     if (v->table) {
         if (v->n != -1) requests = v->n;
@@ -301,9 +303,18 @@ static int check_limit(cc_req *r, const cc_slot *v)
         if (!r->ep->svc->limit_requests && (v->n == -1 || v->per == -1))
             return bad(r, "rate_limit", "needs both requests and per for this service");
     }
-    if ((v->set && !v->b) || v->external) requests = 0;
+    if (v->set && !v->b) requests = 0;
     r->limit_requests = requests;
     r->limit_per = requests > 0 ? per : 0;
+    r->lim = requests <= 0 ? LIM_OFF : v->redis ? LIM_REDIS : v->dict ? LIM_DICT : LIM_PROCESS;
+    if (v->redis && requests <= 0) return bad(r, "rate_limit", "redis needs a limit (requests and per)");
+    if (v->redis && (why = cc_redis_url_check(v->redis, v->redis_len)) != NULL)
+        return bad(r, "rate_limit", why);
+    if (v->dict && (v->dict_len == 0 || v->dict_len > 200 || cc_has_ctl(v->dict, v->dict_len)))
+        return bad(r, "rate_limit", "shared_dict must be the name of a lua_shared_dict");
+    r->redis_url = v->redis;
+    r->dict_name = v->dict;
+    r->redis_required = v->required;
     return 1;
 }
 

@@ -46,7 +46,9 @@ typedef struct cc_slot {
     int too_long;       /* a text over CC_MAX_TEXT: s is not kept */
     double n, per;      /* per: rate_limit's second number */
     int b, table;       /* table: rate_limit was given as a table */
-    int external;       /* rate_limit: kept in a shared dict or Redis */
+    const char *redis, *dict;    /* rate_limit.redis and .shared_dict, like s */
+    size_t redis_len, dict_len;
+    int required;       /* rate_limit.redis_required */
 } cc_slot;
 
 /* Reads the options table at idx (raw, without running any Lua code);

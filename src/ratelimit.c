@@ -96,25 +96,36 @@ static window *find(uint64_t key, double requests, double per, double now)
     return w;
 }
 
-/* Appends a start time; the ring grows to n entries as they are needed (it
- * is not full before, so the entries are in order from index 0). */
-static int record(window *w, double t)
+/* Room for one more start in the ring: it grows to n entries as they are
+ * needed (it is not full before, so they are in order from index 0). */
+static int room(window *w)
 {
-    if (w->count < w->n) {
-        if (w->count == w->cap) {
-            size_t cap = w->cap ? w->cap * 2 : 4;
-            double *s;
-            if (cap > w->n) cap = w->n;
-            if (!(s = realloc(w->start, cap * sizeof *s))) return 0;
-            w->start = s;
-            w->cap = cap;
-        }
-        w->start[w->count++] = t;
+    size_t cap;
+    double *s;
+    if (w->count < w->cap || w->cap == w->n) return 1;
+    cap = w->cap ? w->cap * 2 : 4;
+    if (cap > w->n) cap = w->n;
+    if (!(s = realloc(w->start, cap * sizeof *s))) return 0;
+    w->start = s;
+    w->cap = cap;
+    return 1;
+}
+
+int cc_ring_take(double *start, size_t n, size_t *count, size_t *head, double per, double now,
+                 double budget, double *wait)
+{
+    double t = now;
+    size_t last = *count < n ? *count : *head + n;
+    if (*count > 0 && start[(last - 1) % n] > t) t = start[(last - 1) % n];
+    if (*count == n && start[*head] + per > t) t = start[*head] + per;
+    *wait = t - now;
+    if (t - now >= budget) return 0;
+    if (*count < n) {
+        start[(*count)++] = t;
     } else {
-        w->start[w->head] = t;
-        w->head = (w->head + 1) % w->n;
+        start[*head] = t;
+        *head = (*head + 1) % n;
     }
-    w->last = t;
     return 1;
 }
 
@@ -139,14 +150,33 @@ __attribute__((destructor)) static void free_windows(void)
 int cc_limit_take(uint64_t key, double requests, double per, double now, double budget, double *wait)
 {
     window *w;
-    double t = now;
     int rc = -1;
     pthread_mutex_lock(&lock);
-    if ((w = find(key, requests, per, now)) != NULL) {
-        if (w->count > 0 && w->last > t) t = w->last;
-        if (w->count == w->n && w->start[w->head] + per > t) t = w->start[w->head] + per;
-        *wait = t - now;
-        rc = t - now >= budget ? 0 : record(w, t) ? 1 : -1;
+    if ((w = find(key, requests, per, now)) != NULL && room(w)) {
+        rc = cc_ring_take(w->start, w->n, &w->count, &w->head, per, now, budget, wait);
+        if (rc) w->last = now + *wait;
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* A start at t taken elsewhere goes in as it is: the ring keeps the last n
+ * starts; one slightly out of order (the clocks of two machines) only makes
+ * the window a little stricter. */
+int cc_limit_note(uint64_t key, double requests, double per, double t)
+{
+    window *w;
+    int rc = 0;
+    pthread_mutex_lock(&lock);
+    if ((w = find(key, requests, per, t)) != NULL && room(w)) {
+        if (w->count < w->n) {
+            w->start[w->count++] = t;
+        } else {
+            w->start[w->head] = t;
+            w->head = (w->head + 1) % w->n;
+        }
+        if (t > w->last) w->last = t;
+        rc = 1;
     }
     pthread_mutex_unlock(&lock);
     return rc;

@@ -12,6 +12,15 @@
 #include "options.h"
 
 /* Replaces every text of v by a copy in r->own (one block). */
+static void own_copy(cc_req *r, size_t *at, const char **s, size_t len)
+{
+    if (!*s) return;
+    memcpy(r->own + *at, *s, len);
+    r->own[*at + len] = '\0';
+    *s = r->own + *at;
+    *at += len + 1;
+}
+
 static int own_strings(cc_req *r, cc_slot *v)
 {
     size_t total = 0, at = 0;
@@ -20,6 +29,8 @@ static int own_strings(cc_req *r, cc_slot *v)
         if (v[i].too_long) v[i].s = NULL;     /* refused by the checks, never copied */
         if (v[i].s) total += v[i].len + 1;
     }
+    if (v[O_RATE_LIMIT].redis) total += v[O_RATE_LIMIT].redis_len + 1;
+    if (v[O_RATE_LIMIT].dict) total += v[O_RATE_LIMIT].dict_len + 1;
     if (total == 0) return 1;
     if (!(r->own = malloc(total))) return 0;
     r->own_len = total;
@@ -30,6 +41,8 @@ static int own_strings(cc_req *r, cc_slot *v)
         v[i].s = r->own + at;
         at += v[i].len + 1;
     }
+    own_copy(r, &at, &v[O_RATE_LIMIT].redis, v[O_RATE_LIMIT].redis_len);
+    own_copy(r, &at, &v[O_RATE_LIMIT].dict, v[O_RATE_LIMIT].dict_len);
     return 1;
 }
 
@@ -209,6 +222,10 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
     if (r->limit_requests > 0)
         r->limit_key = cc_limit_key(ep->service, r->secret, r->secret_len, r->limit_requests,
                                     r->limit_per);
+    if ((r->lim == LIM_REDIS || r->lim == LIM_DICT) && !cc_lim_name(r)) {
+        cc_req_free(r);
+        return luaL_error(L, "not enough memory");
+    }
     return 1;
 }
 
@@ -217,6 +234,8 @@ void cc_req_free(cc_req *r)
     cc_wipe(r->body, r->body_len);        /* it may hold the key */
     free(r->body);
     free(r->url);
+    free(r->lim_name);
+    r->lim_name = NULL;
     cc_wipe(r->own, r->own_len);          /* it holds the key or token */
     free(r->own);
     r->body = r->url = r->own = NULL;

@@ -133,7 +133,7 @@ void cc_session_init(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "call", session_call }, { "bind", session_bind }, { "batch", session_batch },
-        { "close", session_close_method }, { NULL, NULL }
+        { "close", session_close_method }, { "redis", cc_redis_command_l }, { NULL, NULL }
     };
     luaL_newmetatable(L, SESSION_MT);
     lua_pushcfunction(L, session_gc);

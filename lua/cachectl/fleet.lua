@@ -1,63 +1,39 @@
---- cachectl.fleet: one vendor limit, and one outcome per identical call,
--- shared by every process and machine that uses the same Redis.
+--- cachectl.fleet: one outcome per identical call, shared by every
+-- process and machine that uses the same Redis (`coalesce`): the first
+-- caller claims the call (`SET NX PX`), runs it and stores its outcome as
+-- JSON under the claim; the others wait for it.
 --
--- * `take` is one turn of the sliding window (at most n requests start in any
---   `per` seconds), run as one server-side script: atomic, and timed by the
---   Redis server's clock, so the machines' clocks do not matter.
--- * `coalesce` lets the first of several identical calls run and hands its
---   outcome to the others (a claim with `SET NX PX`, the outcome stored as
---   JSON under the claim).
+-- The fleet's rate limit is not here: the C core takes every request's turn
+-- in Redis itself (src/redis.c), when the request starts.
 --
--- Client libraries: Debian's lua-redis (redis-lua 2.x over LuaSocket,
--- blocking) in plain Lua and in nginx's worker threads; lua-resty-redis
--- (cosockets, non-blocking) on nginx's main side where the phase can yield.
--- Nothing here ever sends a credential to Redis: callers pass SHA-256 digests.
--- A password in the Redis URL is a secret: it appears in no message.
+-- Redis is reached through the C core's connection (hiredis) in plain Lua
+-- and in nginx's worker threads (`session:redis`), and through
+-- lua-resty-redis (cosockets, non-blocking) on nginx's main side, where the
+-- phase can yield. Nothing here ever sends a credential to Redis: callers
+-- pass SHA-256 digests. A password in the Redis URL is a secret: it appears
+-- in no message.
 --
 -- @module cachectl.fleet
 
-local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, loadfile, package =
-  require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, loadfile, package
+local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, select =
+  require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, select
 local format, char = string.format, string.char
 local floor, min, random = math.floor, math.min, math.random
 local tointeger = math.tointeger -- nil before Lua 5.3
 local G = _G
 
+local core = require "cachectl.core"
+
 local M = {}
 
 local URL_FORM = "redis://[[user]:password@]host[:port][/db]"
-local MISSING_PLAIN = "rate_limit.redis needs the Lua library redis-lua (Debian package lua-redis)"
 local MISSING_RESTY = "rate_limit.redis inside nginx needs lua-resty-redis (Debian package lua-nginx-redis)"
 local DEFAULT_CONNECT_TIMEOUT = 10
 local POLL_FIRST, POLL_MAX = 0.02, 0.05 -- seconds between looks for a coalesced outcome
 local GRACE_MS = 1000 -- how long an outcome stays when its claim expired during the run
 local PENDING = "pending:" -- a claim's value until the outcome replaces it
-local MAX_BUDGET = 1e9 -- seconds; "no budget" is this
 
 -- ------------------------------------------------------------------ scripts
-
--- One turn of the sliding window (INTERFACES.md §4). KEYS[1]: the key;
--- ARGV: n, per (µs), budget (µs). The list holds the last n start times
--- (µs, server clock), newest first; starts never decrease, so the n-th is the
--- oldest. Returns { 1, wait, now, start } (reserved) or { 0, wait, now }.
-local TURN = { src = [[
-if redis.replicate_commands then redis.replicate_commands() end
-local key, n = KEYS[1], tonumber(ARGV[1])
-local per, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local start = now
-local last = redis.call('LINDEX', key, 0)
-if last then start = math.max(start, tonumber(last)) end
-local nth = redis.call('LINDEX', key, n - 1)
-if nth then start = math.max(start, tonumber(nth) + per) end
-local wait = start - now
-if wait > budget then return { 0, wait, now } end
-redis.call('LPUSH', key, string.format('%.0f', start))
-redis.call('LTRIM', key, 0, n - 1)
-redis.call('PEXPIRE', key, math.ceil((wait + per) / 1000) + 1)
-return { 1, wait, now, start }
-]] }
 
 -- Stores a coalesced call's outcome under its claim. KEYS[1]: the claim;
 -- ARGV: the claim's value, the outcome (JSON), a TTL (ms) for when the claim
@@ -162,7 +138,7 @@ end
 local function scrub_string(s, secrets)
   for _, secret in pairs(secrets) do
     if #secret >= 4 then
-      s = require("cachectl.core").scrub(s, secret)
+      s = core.scrub(s, secret)
     elseif secret ~= "" then
       local i, j = s:find(secret, 1, true)
       while i do
@@ -201,33 +177,7 @@ local function cosockets()
   return nil
 end
 
-local redis_lib, socket_lib, resty_lib, cjson -- loaded on first use; false: missing
-
--- Debian's lua-redis installs redis.lua for Lua 5.1-5.3 only; the same
--- file runs unchanged under 5.4, so it is loaded from there when `require`
--- does not find one of the running version's own (nor a preload).
-local DEBIAN_REDIS = "/usr/share/lua/5.3/?.lua;/usr/share/lua/5.1/?.lua"
-
-local function require_redis()
-  local ok, lib = pcall(require, "redis")
-  local search = package.searchpath
-  if ok or not search or package.preload.redis then return ok, lib end
-  local file = search("redis", DEBIAN_REDIS)
-  local chunk = file and loadfile(file)
-  if not chunk then return ok, lib end
-  package.preload.redis = chunk
-  return pcall(require, "redis")
-end
-
-local function load_plain()
-  if redis_lib == nil then
-    local ok_r, lib = require_redis()
-    local ok_s, sock = pcall(require, "socket")
-    redis_lib = ok_r and ok_s and type(lib) == "table" and type(lib.connect) == "function" and lib or false
-    socket_lib = ok_s and sock or false
-  end
-  return redis_lib
-end
+local resty_lib, cjson -- loaded on first use; false: missing
 
 local function load_resty()
   if resty_lib == nil then
@@ -238,10 +188,10 @@ local function load_resty()
   return resty_lib
 end
 
---- Whether Redis can be used from here, and through which library: the
--- one this context needs loads (lua-redis in plain Lua and in nginx's worker
--- threads, lua-resty-redis on nginx's main side).
--- @treturn string "redis-lua" or "lua-resty-redis"
+--- Whether Redis can be used from here, and through which client: the C
+-- core's (hiredis) in plain Lua and in nginx's worker threads,
+-- lua-resty-redis on nginx's main side.
+-- @treturn string "hiredis" or "lua-resty-redis"
 -- @treturn[2] nil
 -- @treturn[2] string the message naming the missing library
 function M.available()
@@ -249,13 +199,7 @@ function M.available()
     if load_resty() then return "lua-resty-redis" end
     return nil, MISSING_RESTY
   end
-  if load_plain() then return "redis-lua" end
-  return nil, MISSING_PLAIN
-end
-
-local function need_library(level)
-  local ok, msg = M.available()
-  if not ok then error(msg, level + 1) end
+  return "hiredis"
 end
 
 local function now()
@@ -264,51 +208,34 @@ local function now()
     ngx.update_time()
     return ngx.now()
   end
-  load_plain()
-  return socket_lib.gettime()
+  return core.monotonic()
 end
 
 local function sleep(s)
   local ngx = cosockets()
   if ngx then return ngx.sleep(s) end
-  socket_lib.sleep(s)
+  core.sleep(s)
 end
 
--- A connection, whichever the library: conn:call(cmd, ...) -> true, reply |
+-- A connection, whichever the client: conn:call(cmd, ...) -> true, reply |
 -- false, message, broken (broken: the connection is unusable, not just an
--- error reply from Redis).
-local Plain = {}
-Plain.__index = Plain
+-- error reply from Redis). Each call must be answered by conn.until.
 
-local function plain_connect(cfg, timeout)
-  local sock = socket_lib.tcp()
-  sock:settimeout(timeout)
-  local ok, err = sock:connect(cfg.host, cfg.port)
-  if not ok then
-    sock:close()
-    return nil, err
-  end
-  sock:setoption("tcp-nodelay", true)
-  local okc, client = pcall(redis_lib.connect, { socket = sock })
-  if not okc then
-    sock:close()
-    return nil, client
-  end
-  return setmetatable({ client = client, sock = sock }, Plain)
+-- Plain Lua and worker threads: the C core's connection of a session.
+local Core = {}
+Core.__index = Core
+
+local own_session -- this module's session, when the caller gives none
+
+function Core:call(cmd, ...)
+  local budget = self["until"] - now()
+  if budget <= 0 then return false, self.cfg.where .. ": no time left for Redis", true end
+  local ok, v, msg = self.session:redis(self.url, budget, self.ct, cmd, ...)
+  if ok then return true, v end
+  return false, msg, v ~= "error"
 end
 
-function Plain:call(cmd, ...)
-  local ok, res = pcall(self.client[cmd], self.client, ...)
-  if ok then return true, res end
-  res = tostring(res)
-  local reply = res:match("redis error: (.*)$")
-  if reply then return false, reply, false end
-  return false, (res:gsub("^.-%.lua:%d+: ", "")), true
-end
-
-function Plain:settimeout(t) self.sock:settimeout(t) end
-function Plain:close() self.sock:close() end
-function Plain.release() end -- stays open for the next call of this process
+function Core.release() end -- the session keeps it
 
 local Resty = {}
 Resty.__index = Resty
@@ -325,22 +252,22 @@ end
 
 function Resty:call(cmd, ...)
   local red = self.red
-  local res, err = red[cmd](red, ...)
+  local left = self["until"] - now()
+  if left <= 0 then return false, "no time left for Redis", true end
+  red:set_timeout(min(left, self.ct) * 1000)
+  local res, err = red[cmd:lower()](red, ...)
   if res == nil then return false, err, true end
   if res == false then return false, err, false end
   if res == self.ngx.null then res = nil end
   return true, res
 end
 
-function Resty:settimeout(t) self.red:set_timeout(t * 1000) end
 function Resty:close() self.red:close() end
 function Resty:release() self.red:set_keepalive(60000, 32) end
 
 -- ------------------------------------------------------------- connections
 
-local conns = {} -- plain Lua: one connection per URL per process
-
--- AUTH and SELECT on a new connection; true, or nil, message.
+-- AUTH and SELECT on a new cosocket connection; true, or nil, message.
 local function login(conn, cfg)
   if cfg.password then
     local ok, err
@@ -358,57 +285,47 @@ local function login(conn, cfg)
   return true
 end
 
--- A logged-in connection to `url`: reused when this process has one.
-local function open(url, cfg, timeout)
+-- A connection to `link.url` that must answer by link.until.
+local function open(link)
   local ngx = cosockets()
-  local conn, err
-  if ngx then
-    conn, err = resty_connect(ngx, cfg, timeout, url)
-  else
-    conn = conns[url]
-    if conn then
-      conn:settimeout(timeout)
-      conn.reused = true
-      return conn
+  if not ngx then
+    if not link.session then
+      own_session = own_session or core.session()
+      link.session = own_session
     end
-    conn, err = plain_connect(cfg, timeout)
+    return setmetatable({ session = link.session, url = link.url, cfg = link.cfg, ct = link.ct,
+      ["until"] = link["until"] }, Core)
   end
+  if not load_resty() then error(MISSING_RESTY, 0) end
+  local conn, err = resty_connect(ngx, link.cfg, min(link.ct, math.max(link["until"] - now(), 0.001)), link.url)
   if not conn then return nil, err end
+  conn.ct, conn["until"] = link.ct, link["until"]
   if not conn.reused then
-    local ok, lerr = login(conn, cfg)
+    local ok, lerr = login(conn, link.cfg)
     if not ok then
       conn:close()
       return nil, lerr
     end
   end
-  if not ngx then conns[url] = conn end
   return conn
 end
 
--- Runs fn(conn), which returns true, value or false, message, broken. A
--- broken connection is closed and forgotten; when it was a reused one (the
--- server may have restarted since), fn runs once more on a fresh one.
--- Returns true, value or false, message (naming the server, never the password).
-local function with_redis(url, cfg, timeout, fn)
-  local msg
-  for _ = 1, 2 do
-    local conn, err = open(url, cfg, timeout)
-    if not conn then return false, cfg.where .. ": " .. redact(err, cfg) end
-    local ok, value, broken = fn(conn)
-    if ok then
-      conn:release()
-      return true, value
-    end
-    msg = cfg.where .. ": " .. redact(value, cfg)
-    if not broken then
-      conn:release()
-      return false, msg
-    end
-    conn:close()
-    if conns[url] == conn then conns[url] = nil end
-    if not conn.reused then break end
+-- Runs fn(conn), which returns true, value or false, message, broken.
+-- Returns true, value or false, message (naming the server, never the
+-- password), unreachable (true: Redis could not be used at all).
+local function with_redis(link, fn)
+  local conn, err = open(link)
+  local cfg = link.cfg
+  if not conn then return false, cfg.where .. ": " .. redact(err, cfg), true end
+  local ok, value, broken = fn(conn)
+  if ok then
+    conn:release()
+    return true, value
   end
-  return false, msg
+  if broken and conn.close then conn:close() else conn:release() end
+  local msg = redact(value, cfg)
+  if not msg:find(cfg.where, 1, true) then msg = cfg.where .. ": " .. msg end
+  return false, msg, broken
 end
 
 -- EVALSHA of a script, loading it (again) when Redis does not know it.
@@ -416,12 +333,19 @@ end
 local function eval(conn, script, ...)
   if script.sha then
     local ok, res, broken = conn:call("evalsha", script.sha, ...)
-    if ok or broken or not tostring(res):find("^NOSCRIPT") then return ok, res, broken end
+    if ok or broken or not tostring(res):find("NOSCRIPT", 1, true) then return ok, res, broken end
   end
   local ok, sha, broken = conn:call("script", "LOAD", script.src)
   if not ok then return false, sha, broken end
   script.sha = sha
   return conn:call("evalsha", sha, ...)
+end
+
+local function redis_call(cmd, ...)
+  local args = { n = select("#", ...), ... }
+  return function(conn)
+    return conn:call(cmd, (table.unpack or G.unpack)(args, 1, args.n))
+  end
 end
 
 -- ------------------------------------------------------------------ checks
@@ -439,69 +363,6 @@ local function is_number(v, lo, allow_nil)
   return type(v) == "number" and v >= lo and v < 1 / 0
 end
 
-local function check_common(fname, url, connect_timeout)
-  check(type(url) == "string", fname, "url must be a string (" .. URL_FORM .. ")")
-  check(is_number(connect_timeout, 0, true) and connect_timeout ~= 0, fname,
-    "connect_timeout must be a number of seconds > 0")
-end
-
-local function key_number(x)
-  return format("%.15g", x)
-end
-
-local function us(seconds)
-  return format("%.0f", floor(seconds * 1e6 + 0.5))
-end
-
--- ---------------------------------------------------------------- the turn
-
---- One turn of the sliding window kept in Redis (INTERFACES.md §4): at most
--- `requests` starts in any window of `per` seconds, per key.
--- The key is `cachectl:rl:<service>:<digest>:<requests>:<per>`; it expires by
--- itself once its last start is `per` seconds old.
--- @tparam string url `redis://[[user]:password@]host[:port][/db]`
--- @tparam table key_parts `{ service = "omni", digest = <64 hex digits> }`:
--- the digest of the credential (`core.sha256(token)`), never the credential
--- @tparam integer requests n, >= 1
--- @tparam number per the window, seconds > 0
--- @tparam[opt] number budget seconds the caller can wait for its turn (default: no limit)
--- @tparam[opt] number connect_timeout seconds (default 10), also for each reply
--- @treturn number wait: seconds >= 0; the caller's start is reserved at now + wait
--- @treturn integer the reserved start on the Redis server's clock, in microseconds
--- @treturn[2] nil
--- @treturn[2] string "late": no turn within the budget, nothing reserved
--- @treturn[2] number the wait that turn would have needed, seconds
--- @treturn[3] nil
--- @treturn[3] string "unreachable" (or "invalid" for a malformed URL)
--- @treturn[3] string the message: names Redis, never the password
--- @raise on a wrong argument, or when the Redis library is missing
--- (`rate_limit.redis needs the Lua library redis-lua (Debian package lua-redis)`)
-function M.take(url, key_parts, requests, per, budget, connect_timeout)
-  check_common("take", url, connect_timeout)
-  check(type(key_parts) == "table", "take", "key_parts must be a table { service = ..., digest = ... }")
-  check(type(key_parts.service) == "string" and key_parts.service:find("^[%w_-]+$"), "take",
-    "key_parts.service must be a name of letters, digits, '_' and '-'")
-  check(is_digest(key_parts.digest), "take",
-    "key_parts.digest must be a SHA-256 digest in hex (64 digits), never the credential itself")
-  check(is_number(requests, 1) and requests == floor(requests), "take", "requests must be an integer >= 1")
-  check(is_number(per, 0) and per > 0, "take", "per must be a number of seconds > 0")
-  check(is_number(budget, 0, true), "take", "budget must be a number of seconds >= 0")
-  local cfg, perr = config(url)
-  if not cfg then return nil, "invalid", perr end
-  need_library(2)
-  local key = format("cachectl:rl:%s:%s:%s:%s", key_parts.service, key_parts.digest:lower(),
-    key_number(requests), key_number(per))
-  local per_s = per * 1e6 < 1 and 1e-6 or per
-  local ok, reply = with_redis(url, cfg, connect_timeout or DEFAULT_CONNECT_TIMEOUT, function(conn)
-    return eval(conn, TURN, 1, key, format("%.0f", requests), us(per_s), us(min(budget or MAX_BUDGET, MAX_BUDGET)))
-  end)
-  if not ok then return nil, "unreachable", reply end
-  if type(reply) ~= "table" then return nil, "unreachable", cfg.where .. ": unexpected reply to the turn" end
-  local wait = tonumber(reply[2]) / 1e6
-  if tonumber(reply[1]) == 1 then return wait, tonumber(reply[4]) end
-  return nil, "late", wait
-end
-
 -- --------------------------------------------------------------- outcomes
 
 local function json()
@@ -510,23 +371,6 @@ local function json()
     cjson = lib.new and lib.new() or lib
   end
   return cjson
-end
-
-local error_mt
-
--- The core's error metatable (its __tostring), taken from an error the core
--- returns without sending anything; a plain one when the core is absent.
-local function core_error_mt()
-  if error_mt == nil then
-    local ok, err = pcall(function()
-      local _, e = require("cachectl.core").modelslab.clear_cache{ key = "" }
-      return e
-    end)
-    error_mt = ok and type(err) == "table" and G.getmetatable(err) or {
-      __tostring = function(e) return "cachectl: " .. tostring(e.kind) .. ": " .. tostring(e.message) end,
-    }
-  end
-  return error_mt
 end
 
 -- Integral numbers back to integers (JSON decoding gives floats in 5.3+).
@@ -554,17 +398,18 @@ local function encode_outcome(res, err, secrets)
   return json().encode({ res = res, err = err })
 end
 
--- res, err, true from a stored outcome, each marked coalesced = true.
-local function decode_outcome(text, cfg)
+-- res, err from a stored outcome, each marked coalesced = true; nil when
+-- the text is not one.
+local function decode_outcome(text)
   local t = json().decode(text)
-  if type(t) ~= "table" then return nil, "unreachable", cfg.where .. ": unreadable coalesced outcome" end
+  if type(t) ~= "table" then return nil end
   local res, err = integers(t.res), integers(t.err)
   if type(res) == "table" then res.coalesced = true end
   if type(err) == "table" then
     err.coalesced = true
-    setmetatable(err, core_error_mt())
+    setmetatable(err, core.error_mt)
   end
-  return res, err, true
+  return { res = res, err = err }
 end
 
 -- ------------------------------------------------------------- coalescing
@@ -574,90 +419,154 @@ local function new_token()
   return format("%s%.0f-%x-%s", PENDING, now() * 1e6, random(0, 0x3fffffff), addr)
 end
 
-local function redis_call(cmd, ...)
-  local args = { n = select("#", ...), ... }
-  return function(conn)
-    return conn:call(cmd, (table.unpack or G.unpack)(args, 1, args.n))
-  end
+--- A link to the Redis of `url` for one call: what the functions below take.
+-- @tparam string url `redis://[[user]:password@]host[:port][/db]`
+-- @tparam number budget seconds every Redis step of the call must fit in
+-- @tparam[opt] table opts `{ connect_timeout = seconds (default 10), session = core session }`
+-- (the session whose connection is used in plain Lua; a module-wide one by default)
+-- @treturn table the link
+-- @treturn[2] nil
+-- @treturn[2] string what is wrong with the URL
+function M.link(url, budget, opts)
+  opts = opts or {}
+  local cfg, err = config(url)
+  if not cfg then return nil, err end
+  return { url = url, cfg = cfg, ct = opts.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+    session = opts.session, ["until"] = now() + budget }
 end
 
--- The winner: runs, stores the outcome under its claim, returns run's results.
-local function run_and_store(url, cfg, ct, key, token, window, run, secrets)
-  local ok, res, err = pcall(run)
-  if not ok then
-    with_redis(url, cfg, ct, function(conn) return eval(conn, RELEASE, 1, key, token) end)
-    error(res, 0)
-  end
-  local text = encode_outcome(res, err, secrets)
-  if text then
-    with_redis(url, cfg, ct, function(conn)
-      return eval(conn, STORE, 1, key, token, text, format("%d", min(GRACE_MS, floor(window * 1000) + 1)))
-    end)
-  else
-    with_redis(url, cfg, ct, function(conn) return eval(conn, RELEASE, 1, key, token) end)
-  end
-  return res, err, false
+--- Claims a coalesced call for its first caller.
+-- @tparam table link from `link`
+-- @tparam string digest what makes calls identical, 64 hex digits
+-- @tparam number window seconds
+-- @treturn string|nil "mine" (run it, then `settle`), "theirs" (`await` it),
+-- or nil when Redis could not be used
+-- @treturn string the claim's token ("mine"), or the message (nil)
+function M.claim(link, digest, window)
+  local key, token = "cachectl:co:" .. digest:lower(), new_token()
+  local ttl = format("%d", floor(window * 1000) + 1)
+  local ok, claimed = with_redis(link, redis_call("set", key, token, "NX", "PX", ttl))
+  if not ok then return nil, claimed end
+  if claimed then return "mine", token end
+  return "theirs"
 end
 
--- A waiter: looks for the outcome until the budget is spent.
-local function wait_outcome(url, cfg, ct, key, budget, label)
-  local deadline, interval = now() + budget, POLL_FIRST
-  while true do
-    local ok, value = with_redis(url, cfg, ct, redis_call("get", key))
-    if not ok then return nil, "unreachable", value end
-    if type(value) == "string" and value:sub(1, 1) == "{" then return decode_outcome(value, cfg) end
-    local left = deadline - now()
-    if left <= 0 then break end
-    sleep(min(interval, left))
+--- Stores the first caller's outcome under its claim for the rest of the
+-- window; an outcome for which nothing was sent (`attempts == 0`), or one
+-- that cannot be stored, releases the claim instead, so that the waiters go
+-- on by themselves at once.
+-- @tparam table link
+-- @tparam string digest
+-- @tparam string token from `claim`
+-- @tparam number window seconds
+-- @param res the outcome
+-- @param err
+-- @tparam[opt] {string,...} secrets masked in what is stored
+function M.settle(link, digest, token, window, res, err, secrets)
+  local key = "cachectl:co:" .. digest:lower()
+  local sent = res ~= nil or (type(err) == "table" and (err.attempts or 0) > 0)
+  local text = sent and encode_outcome(res, err, secrets)
+  if text and with_redis(link, function(conn)
+    return eval(conn, STORE, 1, key, token, text, format("%d", min(GRACE_MS, floor(window * 1000) + 1)))
+  end) then
+    return true
+  end
+  if with_redis(link, function(conn) return eval(conn, RELEASE, 1, key, token) end) then return false end
+  -- scripts refused (an ACL without EVAL, a full Redis): a plain DEL still frees the waiters
+  with_redis(link, redis_call("del", key))
+  return false
+end
+
+--- Waits for the outcomes of claims held by others.
+-- @tparam table link
+-- @tparam {string,...} digests
+-- @treturn table digest -> { res = ..., err = ... } for the outcomes that came, or
+-- `false` for a claim that went without one (its caller goes on by itself);
+-- missing: none before the link's budget ran out, or Redis failed
+function M.await(link, digests)
+  local found, left, interval = {}, #digests, POLL_FIRST
+  while left > 0 do
+    for _, d in pairs(digests) do
+      if found[d] == nil then
+        local ok, value = with_redis(link, redis_call("get", "cachectl:co:" .. d:lower()))
+        if not ok then return found end
+        if value == nil then
+          found[d], left = false, left - 1
+        elseif type(value) == "string" and value:sub(1, 1) == "{" then
+          found[d], left = decode_outcome(value) or false, left - 1
+        end
+      end
+    end
+    local budget = link["until"] - now()
+    if left == 0 or budget <= 0 then break end
+    sleep(min(interval, budget))
     interval = min(interval * 1.5, POLL_MAX)
   end
-  return nil, setmetatable({ kind = "timeout", attempts = 0,
-    message = format("coalesced call %s: no outcome from the first caller within %g s", label, budget),
-  }, core_error_mt())
+  return found
 end
 
 --- Runs `run` once for every identical call that starts within `window`
 -- seconds, across every process using this Redis: the first caller claims
 -- `cachectl:co:<digest>` (SET NX PX), runs, and stores the outcome as JSON
--- under the claim for the rest of the window; the others wait for it.
+-- under the claim for the rest of the window; the others wait for it, and go
+-- on by themselves as soon as the claim is gone without one.
 -- @tparam string url `redis://[[user]:password@]host[:port][/db]`
 -- @tparam string digest what makes calls identical (`core.identity(...)`), 64 hex digits
 -- @tparam number window seconds > 0 (the `coalesce` option)
--- @tparam number budget seconds a waiter waits for the outcome (its own timeout)
--- @tparam function run `run() -> res, err` (err a string or an error table:
--- kind, message, status, code, retry_after, attempts, field)
+-- @tparam number budget seconds for the whole: Redis, waiting, and run
+-- @tparam function run `run(left) -> res, err`, `left` the seconds left of the budget
 -- @tparam[opt] table opts `{ connect_timeout = seconds, label = "omni reset_cache",
--- secrets = { token } }`: label names the call in the timeout message; every
--- secret (as given, percent-encoded or JSON-escaped) is replaced by `***` in
--- the outcome stored in Redis (a service may echo a credential); the
--- caller's own results are returned untouched
+-- secrets = { token }, session = core session }`: label names the call in the timeout
+-- message; every secret is masked in the outcome stored in Redis
 -- @treturn table|nil res: run's own, or the first caller's with `coalesced = true`
--- @treturn table|string|nil err: likewise (a shared error table gets `coalesced = true`);
--- a waiter that saw no outcome within `budget` gets a `timeout` error naming the call
+-- @treturn table|nil err: likewise; a waiter that saw no outcome within `budget` gets a
+-- `timeout` error naming the call
 -- @treturn boolean coalesced: true when the outcome came from another caller
 -- @treturn[2] nil
 -- @treturn[2] string "unreachable" (or "invalid" for a malformed URL); run was not called
 -- @treturn[2] string the message: names Redis, never the password
--- @raise on a wrong argument, a missing Redis library, or what `run` raises
--- (the winner then drops its claim)
+-- @raise on a wrong argument, or what `run` raises (the winner then drops its claim)
 function M.coalesce(url, digest, window, budget, run, opts)
   opts = opts or {}
-  check_common("coalesce", url, opts.connect_timeout)
+  check(type(url) == "string", "coalesce", "url must be a string (" .. URL_FORM .. ")")
+  check(is_number(opts.connect_timeout, 0, true) and opts.connect_timeout ~= 0, "coalesce",
+    "connect_timeout must be a number of seconds > 0")
   check(is_digest(digest), "coalesce", "digest must be a SHA-256 digest in hex (64 digits)")
   check(is_number(window, 0) and window > 0, "coalesce", "window must be a number of seconds > 0")
   check(is_number(budget, 0), "coalesce", "budget must be a number of seconds >= 0")
   check(type(run) == "function", "coalesce", "run must be a function")
   check(opts.secrets == nil or type(opts.secrets) == "table", "coalesce", "opts.secrets must be a list of strings")
-  local cfg, perr = config(url)
-  if not cfg then return nil, "invalid", perr end
-  need_library(2)
-  local key, token = "cachectl:co:" .. digest:lower(), new_token()
-  local ct = opts.connect_timeout or DEFAULT_CONNECT_TIMEOUT
-  local ok, claimed = with_redis(url, cfg, ct,
-    redis_call("set", key, token, "NX", "PX", format("%d", floor(window * 1000) + 1)))
-  if not ok then return nil, "unreachable", claimed end
-  if claimed then return run_and_store(url, cfg, ct, key, token, window, run, opts.secrets) end
-  return wait_outcome(url, cfg, ct, key, budget, opts.label or "(" .. key .. ")")
+  local link, perr = M.link(url, budget, opts)
+  if not link then return nil, "invalid", perr end
+  local mine, token = M.claim(link, digest, window)
+  if not mine then return nil, "unreachable", token end
+  if mine == "theirs" then
+    local o = M.await(link, { digest })[digest]
+    if o then return o.res, o.err, true end
+    if o == nil then
+      local left = link["until"] - now()
+      if left > 0 then
+        -- Redis failed while waiting: this caller goes on by itself
+        local res, err = run(left)
+        return res, err, false
+      end
+      return nil, setmetatable({ kind = "timeout", attempts = 0,
+        message = format("coalesced call %s: no outcome from the first caller within %g s",
+          opts.label or "(" .. digest .. ")", budget) }, core.error_mt), false
+    end
+    mine, token = M.claim(link, digest, window) -- the claim went without an outcome
+    if mine ~= "mine" then
+      local res, err = run(math.max(link["until"] - now(), 0))
+      return res, err, false
+    end
+  end
+  local ok, res, err = pcall(run, math.max(link["until"] - now(), 0))
+  if not ok then
+    M.settle(link, digest, token, window, nil, nil)
+    error(res, 0)
+  end
+  M.settle(link, digest, token, window, res, err, opts.secrets)
+  return res, err, false
 end
 
 return M

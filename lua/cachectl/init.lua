@@ -136,13 +136,11 @@ local function redis_default(st, merged)
 end
 
 -- Whether a call made with these options (and no positional argument) has
--- nothing of this layer to do: no coalescing, no policy check, no fleet
--- turn, no nginx: then it goes straight to the session (the common case,
--- kept cheap).
-local function direct(merged, layer)
-  local limit = merged.rate_limit
+-- nothing of this layer to do: no coalescing, no policy check, no nginx:
+-- then it goes straight to the session (the common case, kept cheap; the
+-- core takes its rate-limit turns, Redis's included).
+local function direct(_, layer)
   return openresty == nil and not layer.check_policy and (layer.coalesce == nil or layer.coalesce == 0)
-    and not (type(limit) == "table" and (limit.redis ~= nil or limit.shared_dict ~= nil))
 end
 
 -- The options for one call: the client's defaults that this call takes,

@@ -27,17 +27,15 @@
 --   else (init, init_worker, set, header_filter, body_filter, log, balancer,
 --   ...) a call raises an error that says so; start a timer there instead:
 --   `ngx.timer.at(0, function() omni:reset_cache(...) end)`.
--- * Rate limits kept outside the process are taken here, on the main side,
---   before the call goes to the pool: `rate_limit.shared_dict` (a sliding
---   window in a `lua_shared_dict`, shared by every worker) and
---   `rate_limit.redis` (the fleet's window, through `cachectl.fleet` over
---   cosockets). The caller waits for its turn with `ngx.sleep`, so neither
---   the worker nor a pool thread is held meanwhile; the core then skips its
---   own window. Without them the core's window applies (per worker process).
+-- * Rate limits: the core takes every request's turn in the pool thread,
+--   when the request starts (a retry too): from the worker process's window,
+--   from `rate_limit.shared_dict` (the thread VM's `ngx.shared`, shared by
+--   every worker) or from `rate_limit.redis` (hiredis, in the thread). A wait
+--   for a turn holds that pool thread, never the worker. docs/nginx.md says
+--   why the turns are taken there.
 -- * Events: `on_event` cannot cross into a thread's VM. The thread collects
 --   the core's events as plain tables and the main side replays them, in
---   order, once the call returns; the waits for a turn taken here are
---   reported here, before the wait.
+--   order, once the call returns.
 --
 -- @module cachectl.openresty
 
@@ -45,8 +43,7 @@ local ngx = ngx
 local error, pairs, pcall, type, tostring, getmetatable, setmetatable, require =
   error, pairs, pcall, type, tostring, getmetatable, setmetatable, require
 local format = string.format
-local min, max, ceil = math.min, math.max, math.ceil
-local rep = string.rep
+local min = math.min
 
 local core = require "cachectl.core"
 
@@ -77,11 +74,6 @@ local function core_error_mt()
     error_mt = getmetatable(err)
   end
   return error_mt
-end
-
-local function new_error(fields)
-  fields.attempts = 0
-  return setmetatable(fields, core_error_mt())
 end
 
 -- A shallow copy of a table (an error, an event, options), without metatable.
@@ -142,176 +134,6 @@ local function check_phase()
   end
 end
 
-local function now()
-  ngx.update_time()
-  return ngx.now()
-end
-
--- ------------------------------------------- the shared dict's sliding window
-
-local LOCK_TTL = 0.1    -- seconds; the lock is held for microseconds
-local LOCK_RETRY = 0.001
-
--- The window of one key is one dict value, a ring of its last n start times
--- (INTERFACES.md §4) in records of W characters: the index of the slot to
--- write next, then n slots, each a start in seconds on ngx.now's clock with
--- its milliseconds ("0.000": no start yet). A new start t must come at or
--- after the last one and `per` seconds after the n-th most recent (the slot
--- about to be overwritten): t = max(now, last, nth + per). A reservation
--- reads two records and writes one; the value expires once no start in it
--- counts any more (absent: no recent start). About 15 bytes a request:
--- Omni's 60 take one kilobyte per credential.
-local W = 14
-local HEAD = "%" .. W .. "d"
-local START = "%" .. W .. ".3f"
-
-local function record(s, i)
-  return tonumber(s:sub(W * i + 1, W * (i + 1)))
-end
-
-local function reserve(dict, key, limit, deadline)
-  local t0 = now()
-  local n = limit.requests
-  local s = dict:get(key)
-  if type(s) ~= "string" or #s ~= W * (n + 1) then s = format(HEAD, 0) .. rep(format(START, 0), n) end
-  local i = record(s, 0)
-  local last, nth = record(s, (i - 1) % n + 1), record(s, i + 1)
-  -- whole milliseconds, never earlier than the window allows
-  local t = ceil(max(t0, last, nth + limit.per) * 1000 - 1e-3) / 1000
-  if t >= deadline then return nil, t - t0 end
-  s = format(HEAD, (i + 1) % n) .. s:sub(W + 1, W * (i + 1)) .. format(START, t) .. s:sub(W * (i + 2) + 1)
-  local ok, err = dict:safe_set(key, s, t - t0 + limit.per + 1)
-  if not ok then
-    error(format("cachectl: rate_limit.shared_dict '%s': %s (make the lua_shared_dict larger)",
-      limit.dict, tostring(err)), 0)
-  end
-  return t
-end
-
--- Reserves a start in the window `dict` keeps under `key` for every worker
--- of this nginx. Returns the start (on ngx.now's clock; the caller waits
--- until then), or nil and the wait it would have needed when that start
--- lies at or past `deadline` (nothing is reserved then).
---
--- Atomicity across workers: each dict operation is atomic, the reservation
--- (read the ring, compute, write it back) is not, so it runs under a
--- lock. `dict:add` is the lock: it succeeds for exactly one caller while the
--- lock key exists; the others retry 1 ms later (ngx.sleep: their workers
--- keep serving). Dict operations never yield, so the lock is held for
--- microseconds; its expiry (LOCK_TTL) frees it should a worker die holding it.
-local function shared_turn(dict, key, limit, deadline)
-  local lock = key .. ":lock"
-  while true do
-    local ok, err = dict:add(lock, true, LOCK_TTL)
-    if ok then break end
-    if err ~= "exists" then
-      error(format("cachectl: rate_limit.shared_dict '%s': %s", limit.dict, tostring(err)), 0)
-    end
-    if now() >= deadline then return nil, LOCK_TTL end
-    ngx.sleep(LOCK_RETRY)
-  end
-  local ok, t, wait = pcall(reserve, dict, key, limit, deadline)
-  dict:delete(lock)
-  if not ok then error(t, 0) end
-  return t, wait
-end
-
--- ------------------------------------------------------------- taking turns
-
--- The limit this side keeps for a call, or nil when the core keeps it (no
--- rate_limit table, or one without shared_dict and redis). The numbers
--- default to the service's, like the core's; the core has checked them.
-local function outside_limit(service, rate_limit)
-  if type(rate_limit) ~= "table" or (rate_limit.shared_dict == nil and rate_limit.redis == nil) then
-    return nil
-  end
-  local default = core.services[service].rate_limit or {}
-  local limit = { requests = rate_limit.requests or default.requests, per = rate_limit.per or default.per,
-    dict = rate_limit.shared_dict, redis = rate_limit.redis, required = rate_limit.redis_required }
-  if limit.dict then
-    limit.shared = ngx.shared[limit.dict]
-    if not limit.shared then
-      error(format("cachectl: rate_limit.shared_dict '%s' is not defined: add 'lua_shared_dict %s 1m;' "
-        .. "to the http section of nginx.conf", limit.dict, limit.dict), 0)
-    end
-  end
-  return limit
-end
-
-local function late(limit, where, wait)
-  return nil, new_error{ kind = "rate_limited", retry_after = wait,
-    message = format("client-side rate limit (%g requests per %gs, shared through %s): no turn before the timeout",
-      limit.requests, limit.per, where) }
-end
-
--- The shared dict's turn: the start reserved, or nil, err (rate_limited).
-local function dict_turn(c, limit, deadline)
-  local key = "cachectl:" .. core.sha256(format("%s\0%s\0%.17g\0%.17g", c.service, c.secret,
-    limit.requests, limit.per))
-  local t, wait = shared_turn(limit.shared, key, limit, deadline)
-  if not t then return late(limit, format("the shared dict '%s'", limit.dict), wait) end
-  return t
-end
-
--- The fleet's turn in Redis: the start reserved, or nil, err; or false and
--- the rate_limit the core keeps instead when Redis cannot be reached (after
--- a redis_fallback event).
-local function redis_turn(c, limit, deadline)
-  local t0 = now()
-  local wait, why, info = require("cachectl.fleet").take(limit.redis,
-    { service = c.service, digest = core.sha256(c.secret), requests = limit.requests, per = limit.per },
-    limit.requests, limit.per, max(0, deadline - t0), c.opts.connect_timeout)
-  if wait then return t0 + wait end
-  if why == "late" then return late(limit, "Redis", info) end
-  if why == "invalid" then
-    return nil, new_error{ kind = "invalid", field = "rate_limit", message = "rate_limit.redis: " .. tostring(info) }
-  end
-  if limit.required then
-    return nil, new_error{ kind = "connect", message = "rate_limit.redis_required: " .. tostring(info) }
-  end
-  if c.on_event then c.on_event{ type = "redis_fallback", service = c.service, call = c.call, message = info } end
-  if limit.shared then return dict_turn(c, limit, deadline) end
-  return false, { requests = limit.requests, per = limit.per }
-end
-
--- Takes the call's turn in the shared dict or Redis, when it has one, and
--- waits for it. Returns the options for the core (the turn taken: no
--- window, what is left of the timeout, the rest of the wait as `delay`),
--- or nil, err: a bad option (`invalid`, as the core says it) or no turn
--- before the timeout (`rate_limited`); nothing is sent then.
-local function take_turn(c)
-  local opts = c.opts
-  local limit = outside_limit(c.service, opts.rate_limit)
-  local out = copy(opts)
-  if not limit then return out end
-  -- The core's own parse, without sending: bad values come back as its
-  -- `invalid` error before a turn is taken.
-  local ok, bad = core.identity(c.service, c.call, opts)
-  if not ok then return nil, bad end
-  c.secret = opts[core.services[c.service].secret]
-  local deadline = now() + (opts.timeout or 30)
-  if opts.delay and opts.delay > 0 then ngx.sleep(opts.delay) end   -- before the turn: it counts
-  local t, other
-  if limit.redis then t, other = redis_turn(c, limit, deadline) else t, other = dict_turn(c, limit, deadline) end
-  if t == nil then return nil, other end
-  -- the turn taken here: the core keeps no window; else (Redis unreachable)
-  -- `other` is the window the core keeps instead
-  out.rate_limit, out.delay = other or false, nil
-  if t then
-    local wait = t - now()
-    if wait >= 0.001 then     -- the clocks count milliseconds
-      if c.on_event then
-        c.on_event{ type = "wait", service = c.service, call = c.call, wait = wait, reason = "rate_limit", attempt = 1 }
-      end
-      ngx.sleep(wait)
-    end
-    local left = t - now()
-    if left > 0 then out.delay = left end   -- what ngx.sleep left: the core waits it
-  end
-  out.timeout = max(deadline - now(), 0.001)
-  return out
-end
-
 -- -------------------------------------------------------------- warming up
 
 --- Readies the threads of a pool ahead of the first calls: each thread
@@ -366,20 +188,17 @@ local function in_thread(c, opts, pool)
   return res, err, events
 end
 
--- One call: its turn, then the call in the pool's thread or (pool == false)
--- right here; then the thread's events, replayed in order. An error raised
--- by on_event propagates.
+-- One call in the pool's thread or (pool == false) right here; then the
+-- thread's events, replayed in order. An error raised by on_event propagates.
 local function dispatch(service, call, opts, pool)
   local c = { service = service, call = call, opts = opts, on_event = opts.on_event }
   core.check_options(service, opts, call, service .. "." .. call)
-  local core_opts, err = take_turn(c)
-  if not core_opts then return nil, err end
   if pool == false then
     -- Blocks this worker for the whole call: for comparisons and tests only.
-    return core[service][call](core_opts)
+    return core[service][call](opts)
   end
-  local res, events
-  res, err, events = in_thread(c, core_opts, pool)
+  local res, err, events
+  res, err, events = in_thread(c, copy(opts), pool)
   for i = 1, events and #events or 0 do c.on_event(events[i]) end
   return res, err
 end
@@ -390,8 +209,7 @@ end
 -- and with what `on_event` raises.
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint, e.g. "reset_cache"
--- @tparam table opts the call's options; `rate_limit.shared_dict` and
--- `rate_limit.redis` are taken here, `on_event` gets the call's events here
+-- @tparam table opts the call's options; `on_event` gets the call's events here
 -- @tparam[opt] string|boolean pool the thread pool (default `M.default_pool`);
 -- `false` runs the call in the worker itself, blocking it: for comparisons and tests only
 -- @treturn table|nil the decoded answer

@@ -1,7 +1,8 @@
 --- cachectl.perform: how a client's call goes out: coalescing of identical
--- calls (in the process, and across the fleet through Redis), the fleet's
--- rate-limit turn (`rate_limit.redis`), then the core (or, inside nginx,
--- cachectl.openresty, which takes its own turns).
+-- calls (in the process, and across the fleet through Redis), then the core
+-- (or, inside nginx, cachectl.openresty). Rate-limit turns are not taken
+-- here: the core takes one for every request it sends, from the process
+-- window, Redis or an nginx shared dict.
 --
 -- A call is described by a context: `{ service = row, call = "reset_cache",
 -- session = <core session>, nginx = bool, pool = <thread pool> }`.
@@ -10,33 +11,29 @@
 
 local core = require "cachectl.core"
 
-local pcall, require, error, type, pairs, ipairs, next, select, tostring, setmetatable, getmetatable =
-  pcall, require, error, type, pairs, ipairs, next, select, tostring, setmetatable, getmetatable
+local pcall, require, error, type, pairs, ipairs, next, tostring, setmetatable, getmetatable =
+  pcall, require, error, type, pairs, ipairs, next, tostring, setmetatable, getmetatable
 local rawget, _G = rawget, _G
 local format = string.format
 local max = math.max
-local gettime = require("socket").gettime
+local gettime = core.monotonic
 
 local M = {}
-
--- The core's error metatable (its __tostring), from an error the core
--- returns without sending anything.
-local error_mt = getmetatable(select(2, core.identity("modelslab", "clear_cache", { key = "" })))
 
 --- An error table like the core's.
 -- @tparam table fields kind, message, attempts, and any of field, status, code, retry_after
 -- @treturn table the error, with the core's `__tostring`
 function M.new_error(fields)
-  return setmetatable(fields, error_mt)
+  return setmetatable(fields, core.error_mt)
 end
 
 local fleet_module
 
--- cachectl.fleet, loaded when a call first names Redis.
+-- cachectl.fleet, loaded when a call first coalesces through Redis.
 local function fleet()
   if not fleet_module then
     local ok, mod = pcall(require, "cachectl.fleet")
-    if not ok then error("cachectl: rate_limit.redis needs the module cachectl.fleet: " .. tostring(mod), 0) end
+    if not ok then error("cachectl: coalescing through Redis needs the module cachectl.fleet: " .. tostring(mod), 0) end
     fleet_module = mod
   end
   return fleet_module
@@ -61,82 +58,23 @@ end
 
 -- ------------------------------------------------------------ the wire
 
--- rate_limit.shared_dict names an nginx lua_shared_dict: outside nginx the
--- core's own window applies instead, with the same numbers.
-local function outside_nginx(opts)
-  local limit = opts.rate_limit
-  if type(limit) ~= "table" or limit.shared_dict == nil then return opts end
-  local out = copy(opts)
-  out.rate_limit = copy(limit)
-  out.rate_limit.shared_dict = nil
-  return out
-end
-
-local function send_now(ctx, opts)
+--- Sends one call: the core (or cachectl.openresty inside nginx).
+-- @tparam table ctx the call's context
+-- @tparam table opts the core's options
+-- @treturn table|nil res
+-- @treturn[2] table err
+function M.send(ctx, opts)
   if ctx.nginx then
     return require("cachectl.openresty").call(ctx.service.name, ctx.call, opts, ctx.pool)
   end
-  return ctx.session:call(ctx.service.name, ctx.call, outside_nginx(opts))
+  return ctx.session:call(ctx.service.name, ctx.call, opts)
 end
 
--- The numbers of a rate_limit table, the service's default filling gaps.
-local function limit_numbers(ctx, limit)
-  local default = ctx.service.rate_limit or {}
-  return limit.requests or default.requests, limit.per or default.per
-end
-
--- Redis cannot be reached: the process's own window, after a
--- `redis_fallback` event (unless `quiet`: reported already); or, with
--- redis_required, a `connect` error.
-local function fallback(ctx, opts, message, quiet)
-  local limit = opts.rate_limit
-  if limit.redis_required then
-    if not message:find("Redis", 1, true) then message = "Redis: " .. message end
-    return nil, M.new_error{ kind = "connect", message = message, attempts = 0 }
+local function send_batch(ctx, list, concurrency)
+  if ctx.nginx then
+    return require("cachectl.openresty").batch(ctx.service.name, ctx.call, list, concurrency, ctx.pool)
   end
-  if not quiet then
-    emit(opts, { type = "redis_fallback", service = ctx.service.name, call = ctx.call, message = message })
-  end
-  local out = copy(opts)
-  out.rate_limit = { requests = limit.requests, per = limit.per }
-  if limit.requests == nil and limit.per == nil then out.rate_limit = true end
-  return out
-end
-
--- fleet's failure: unreachable (the fallback, and the message as a third
--- value), or a malformed URL.
-local function redis_failure(ctx, opts, why, detail)
-  if why == "unreachable" then
-    local out, err = fallback(ctx, opts, detail)
-    return out, err, detail
-  end
-  return nil, M.new_error{ kind = "invalid", field = "rate_limit", attempts = 0,
-    message = "rate_limit.redis " .. tostring(detail) }
-end
-
--- The options to hand the core for a call with rate_limit.redis: its turn
--- taken in Redis (delay = the wait; the core keeps no window of its own for
--- it), or the process's own window when Redis cannot be reached (then
--- fleet's message as a third value); or nil, err.
-local function redis_turn(ctx, opts)
-  local _, bad = core.identity(ctx.service.name, ctx.call, opts)
-  if bad then return nil, bad end           -- nothing reserved for a call the core refuses
-  local limit = opts.rate_limit
-  local requests, per = limit_numbers(ctx, limit)
-  local parts = { service = ctx.service.name, digest = core.sha256(opts[ctx.service.secret]) }
-  local wait, why, detail = fleet().take(limit.redis, parts, requests, per, opts.timeout or 30,
-    opts.connect_timeout)
-  if wait then
-    local out = copy(opts)
-    out.delay = max(wait, opts.delay or 0)
-    return out
-  end
-  if why == "late" then
-    return nil, M.new_error{ kind = "rate_limited", retry_after = detail, attempts = 0,
-      message = format("client-side rate limit (%g requests per %gs, shared through Redis): no turn "
-        .. "before the timeout", requests, per) }
-  end
-  return redis_failure(ctx, opts, why, detail)
+  return ctx.session:batch(ctx.service.name, ctx.call, list, concurrency)
 end
 
 -- Whether a call's rate limit lives in Redis.
@@ -144,25 +82,11 @@ local function names_redis(opts)
   return type(opts.rate_limit) == "table" and opts.rate_limit.redis ~= nil
 end
 
--- Whether this layer takes the call's turn in Redis (inside nginx,
--- cachectl.openresty takes it).
-local function in_redis(ctx, opts)
-  return not ctx.nginx and names_redis(opts)
-end
-
---- Sends one call: the fleet turn when its rate limit lives in Redis, then
--- the core (or cachectl.openresty inside nginx).
--- @tparam table ctx the call's context
--- @tparam table opts the core's options
--- @treturn table|nil res
--- @treturn[2] table err
-function M.send(ctx, opts)
-  if in_redis(ctx, opts) then
-    local out, err = redis_turn(ctx, opts)
-    if not out then return nil, err end
-    opts = out
-  end
-  return send_now(ctx, opts)
+-- opts with what is left of its timeout, `started` seconds ago.
+local function rest_of(opts, started)
+  local out = copy(opts)
+  out.timeout = max((opts.timeout or 30) - (gettime() - started), 0.001)
+  return out
 end
 
 -- ------------------------------------------------------------ coalescing
@@ -212,21 +136,22 @@ function M.share(ctx, opts, res, err)
   return nil, err
 end
 
+-- A link to the call's Redis for coalescing, its budget the call's timeout.
+local function link_of(ctx, opts)
+  return fleet().link(opts.rate_limit.redis, opts.timeout or 30,
+    { connect_timeout = opts.connect_timeout, session = not ctx.nginx and ctx.session or nil })
+end
+
 -- A call through fleet.coalesce: one outcome per identical call across
--- every process using the Redis; Redis away -> this process alone (and
--- fleet's message as a third value).
+-- every process using the Redis. Redis away: this call goes by itself (the
+-- core's turn then falls back, or fails under redis_required).
 local function across_fleet(ctx, opts, digest, window)
-  local limit = opts.rate_limit
-  local res, err, shared = fleet().coalesce(limit.redis, digest, window, opts.timeout or 30,
-    function() return M.send(ctx, opts) end,
+  local started = gettime()
+  local res, err, shared = fleet().coalesce(opts.rate_limit.redis, digest, window, opts.timeout or 30,
+    function() return M.send(ctx, rest_of(opts, started)) end,
     { connect_timeout = opts.connect_timeout, label = ctx.service.name .. "." .. ctx.call,
-      secrets = { opts[ctx.service.secret] } })
-  if type(err) == "string" then
-    local out, ferr, down = redis_failure(ctx, opts, err, shared)
-    if not out then return nil, ferr, down end
-    res, err = send_now(ctx, out)
-    return res, err, down
-  end
+      secrets = { opts[ctx.service.secret] }, session = not ctx.nginx and ctx.session or nil })
+  if type(err) == "string" then return M.send(ctx, rest_of(opts, started)) end
   if shared then emit(opts, { type = "coalesced", service = ctx.service.name, call = ctx.call }) end
   return res, err
 end
@@ -333,35 +258,61 @@ local function plan(ctx, list, window, items)
   return todo, dup, digests, now
 end
 
--- The options each item goes out with: its fleet turn taken (one after
--- another: a turn is fast), or its outcome when it ends here. Once Redis
--- could not be reached, the batch's other items use the process's own
--- window without trying it again (one redis_fallback event per batch).
-local function prepare(ctx, list, todo, digests, window, items)
-  local send, index, down = {}, {}, nil
+-- The items to send in a batch with their fleet claims taken: an item
+-- whose identical call another process runs waits for its outcome (theirs);
+-- the others go now (mine: their outcome is stored for the fleet).
+local function claims(ctx, list, todo, digests, window)
+  local now_items, mine, theirs = {}, {}, {}
   for _, i in ipairs(todo) do
-    local opts, err = list[i], nil
-    if down and names_redis(opts) then
-      opts, err = fallback(ctx, opts, down, true)
-    elseif window and names_redis(opts) then
-      local res, cerr
-      res, cerr, down = across_fleet(ctx, opts, digests[i], window)
-      items[i] = { result = res, err = cerr }
-      opts = nil
-    elseif in_redis(ctx, opts) then
-      opts, err, down = redis_turn(ctx, opts)
-    end
-    if not opts and not items[i] then items[i] = { err = err } end
-    if opts then
-      send[#send + 1] = ctx.nginx and opts or outside_nginx(opts)
-      index[#index + 1] = i
+    local opts = list[i]
+    local link = window and names_redis(opts) and link_of(ctx, opts)
+    local state, token
+    if link then state, token = fleet().claim(link, digests[i], window) end
+    if state == "theirs" then
+      theirs[#theirs + 1] = { i = i, link = link }
+    else
+      if state == "mine" then mine[i] = { link = link, token = token } end
+      now_items[#now_items + 1] = i
     end
   end
-  return send, index
+  return now_items, mine, theirs
+end
+
+-- Sends the items `index` of list at once (up to concurrency), each with
+-- what is left of its timeout; results into items.
+local function send_items(ctx, list, index, concurrency, started, items)
+  if not next(index) then return end
+  local send = {}
+  for k, i in ipairs(index) do send[k] = rest_of(list[i], started) end
+  local sent = send_batch(ctx, send, concurrency)
+  for k, i in ipairs(index) do items[i] = sent[k] end
+end
+
+-- The waiters of a fleet batch: the outcome another process stored, or, when
+-- its claim went without one (or Redis failed), the item goes by itself.
+local function await_theirs(ctx, list, theirs, digests, concurrency, started, items)
+  local again = {}
+  for _, w in ipairs(theirs) do
+    local i = w.i
+    local o = fleet().await(w.link, { digests[i] })[digests[i]]
+    if o then
+      local res, err = M.share(ctx, list[i], o.res, o.err)
+      items[i] = { result = res, err = err }
+    elseif gettime() - started < (list[i].timeout or 30) then
+      again[#again + 1] = i
+    else
+      items[i] = { err = M.new_error{ kind = "timeout", attempts = 0, message = format(
+        "coalesced call %s.%s: no outcome from the first caller within %g s", ctx.service.name, ctx.call,
+        list[i].timeout or 30) } }
+    end
+  end
+  send_items(ctx, list, again, concurrency, started, items)
 end
 
 --- Several calls of one endpoint, concurrently (up to `concurrency`), with
--- identical ones sent once and shared when a coalesce window is given.
+-- identical ones sent once and shared when a coalesce window is given
+-- (across the fleet when their rate limit names Redis: the claims first,
+-- then every item this process runs at once, then the waiters).
 -- @tparam table ctx the call's context
 -- @tparam {table,...} list the core's options, one table per call
 -- @tparam number concurrency
@@ -370,16 +321,13 @@ end
 function M.batch(ctx, list, concurrency, window)
   local items = {}
   local todo, dup, digests, started = plan(ctx, list, window, items)
-  local send, index = prepare(ctx, list, todo, digests, window, items)
-  if next(send) then
-    local sent
-    if ctx.nginx then
-      sent = require("cachectl.openresty").batch(ctx.service.name, ctx.call, send, concurrency, ctx.pool)
-    else
-      sent = ctx.session:batch(ctx.service.name, ctx.call, send, concurrency)
-    end
-    for k, i in ipairs(index) do items[i] = sent[k] end
+  local now_items, mine, theirs = claims(ctx, list, todo, digests, window)
+  send_items(ctx, list, now_items, concurrency, started, items)
+  for i, m in pairs(mine) do
+    fleet().settle(m.link, digests[i], m.token, window, items[i].result, items[i].err,
+      { list[i][ctx.service.secret] })
   end
+  await_theirs(ctx, list, theirs, digests, concurrency, started, items)
   for _, i in ipairs(todo) do
     if window then keep(digests[i], started, window, items[i].result, items[i].err) end
   end

@@ -1,0 +1,717 @@
+/* redis.c — the fleet's Redis, from C through hiredis (the Redis project's
+ * own client): a session's connections (one per URL), driven without
+ * blocking by the engine's loop (their descriptors polled beside libcurl's,
+ * hiredis's async context told when to read and write), the turn script
+ * that reserves k starts of the sliding window in one round trip, and plain
+ * commands for the Lua layer's coalescing (session:redis).
+ *
+ * Every wait on Redis has a due time (the caller's share of its timeout):
+ * past it the connection is dropped and its askers are told it failed.
+ * After a failure the URL is left alone for a second (DOWN_FOR): the calls
+ * meanwhile use the process window. Messages name the server, never the
+ * password (nothing of the URL but host, port and db is ever quoted). */
+#include <ctype.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include "engine.h"
+#include "digest.h"
+
+#define DOWN_FOR 1.0
+#define URL_FORM "redis://[[user]:password@]host[:port][/db]"
+
+struct cc_redis {
+    struct cc_redis *next;
+    char *url;                  /* as given (it may hold the password: wiped when freed) */
+    char *host, *user, *password;
+    int port, db;
+    char where[300];            /* "Redis at host:port/db" */
+    redisAsyncContext *ac;
+    int rd, wr;                 /* hiredis wants to read, to write */
+    int pending;                /* replies awaited */
+    double due;                 /* when the last of them must have come */
+    double down_until;          /* after a failure: not tried before */
+    int drop;                   /* failed: free ac at the next look (never inside hiredis) */
+    int expiring;               /* being dropped for a missed due time */
+    double opened;              /* when ac connected (0: not yet) */
+    double asked;               /* when the last ask was sent */
+    char why[700];              /* the last failure, with `where` in front */
+};
+
+/* ---- the URL ----------------------------------------------------------- */
+
+static int unhex(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Percent-decodes s (n bytes) into a new string; NULL when out of memory or
+ * malformed (*bad set). */
+static char *decode(const char *s, size_t n, int *bad)
+{
+    char *out = malloc(n + 1), *o = out;
+    size_t i;
+    if (!out) return NULL;
+    for (i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            int h = i + 2 < n + 0 ? unhex((unsigned char)s[i + 1]) : -1;
+            int l = i + 2 < n + 1 ? unhex((unsigned char)s[i + 2]) : -1;
+            if (h < 0 || l < 0) {
+                *bad = 1;
+                free(out);
+                return NULL;
+            }
+            *o++ = (char)(h * 16 + l);
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+typedef struct url_parts {
+    const char *user, *pass, *host;
+    size_t user_len, pass_len, host_len;
+    long port, db;
+} url_parts;
+
+/* Splits a Redis URL; NULL, or why it is not one. */
+static const char *split_url(const char *url, size_t n, url_parts *p)
+{
+    const char *s = url, *end = url + n, *at = NULL, *q, *colon;
+    memset(p, 0, sizeof *p);
+    p->port = 6379;
+    if (memchr(url, '\0', n) || n < 9 || strncmp(url, "redis://", 8) != 0)
+        return "invalid Redis URL (" URL_FORM "): it must start with redis://";
+    s += 8;
+    for (q = s; q < end; q++)
+        if (*q == '@') at = q;
+    if (at) {
+        if (!(colon = memchr(s, ':', (size_t)(at - s))))
+            return "invalid Redis URL (" URL_FORM "): the part before '@' must be [user]:password";
+        p->user = s, p->user_len = (size_t)(colon - s);
+        p->pass = colon + 1, p->pass_len = (size_t)(at - colon - 1);
+        if (p->pass_len == 0) return "invalid Redis URL (" URL_FORM "): the password before '@' is empty";
+        s = at + 1;
+    }
+    if (s < end && *s == '[') {
+        for (q = s + 1; q < end && (isxdigit((unsigned char)*q) || *q == ':' || *q == '.'); q++) {}
+        if (q == end || *q != ']' || q == s + 1)
+            return "invalid Redis URL (" URL_FORM "): a bracketed address must be IPv6";
+        p->host = s + 1, p->host_len = (size_t)(q - s - 1);
+        s = q + 1;
+    } else {
+        for (q = s; q < end && (isalnum((unsigned char)*q) || *q == '.' || *q == '-'); q++) {}
+        if (q == s) return "invalid Redis URL (" URL_FORM "): no host name or address";
+        p->host = s, p->host_len = (size_t)(q - s);
+        s = q;
+    }
+    if (p->host_len > 253) return "invalid Redis URL (" URL_FORM "): the host name is too long";
+    if (s < end && *s == ':') {
+        for (q = ++s, p->port = 0; q < end && isdigit((unsigned char)*q) && p->port <= 65535; q++)
+            p->port = p->port * 10 + (*q - '0');
+        if (q == s || p->port < 1 || p->port > 65535)
+            return "invalid Redis URL (" URL_FORM "): the port must be 1 to 65535";
+        s = q;
+    }
+    if (s < end && *s == '/') {
+        for (q = ++s; q < end && isdigit((unsigned char)*q) && p->db < 100000; q++) p->db = p->db * 10 + (*q - '0');
+        s = q;
+    }
+    if (s != end) return "invalid Redis URL (" URL_FORM "): after the host only :port and /db may follow";
+    return NULL;
+}
+
+const char *cc_redis_url_check(const char *url, size_t n)
+{
+    url_parts p;
+    const char *why = split_url(url, n, &p);
+    char *t;
+    int bad = 0;
+    if (why || !p.pass) return why;
+    /* the userinfo must decode */
+    if ((t = decode(p.user, p.user_len, &bad)) != NULL) free(t);
+    if (!bad && (t = decode(p.pass, p.pass_len, &bad)) != NULL) {
+        cc_wipe(t, strlen(t));
+        free(t);
+    }
+    return bad ? "invalid Redis URL (" URL_FORM "): a bad %-escape in the user or password" : NULL;
+}
+
+static void conn_free(cc_redis *c)
+{
+    if (c->url) cc_wipe(c->url, strlen(c->url));
+    if (c->password) cc_wipe(c->password, strlen(c->password));
+    free(c->url);
+    free(c->host);
+    free(c->user);
+    free(c->password);
+    free(c);
+}
+
+/* A connection record for url (not connected yet); NULL when out of
+ * memory. The URL was checked when the request was read. */
+static cc_redis *conn_new(const char *url)
+{
+    url_parts p;
+    cc_redis *c = calloc(1, sizeof *c);
+    int bad = 0;
+    if (!c) return NULL;
+    split_url(url, strlen(url), &p);
+    c->port = (int)p.port;
+    c->db = (int)p.db;
+    c->url = strdup(url);
+    c->host = decode(p.host, p.host_len, &bad);
+    if (p.pass && p.user_len) c->user = decode(p.user, p.user_len, &bad);
+    if (p.pass) c->password = decode(p.pass, p.pass_len, &bad);
+    if (!c->url || !c->host || (p.pass && !c->password) || (p.pass && p.user_len && !c->user)) {
+        conn_free(c);
+        return NULL;
+    }
+    snprintf(c->where, sizeof c->where, "Redis at %s%s%s:%d", memchr(c->host, ':', strlen(c->host)) ? "[" : "",
+             c->host, memchr(c->host, ':', strlen(c->host)) ? "]" : "", c->port);
+    if (c->db) snprintf(c->where + strlen(c->where), sizeof c->where - strlen(c->where), "/%d", c->db);
+    return c;
+}
+
+/* ---- failing ----------------------------------------------------------- */
+
+static void fail(cc_redis *c, const char *what, const char *detail)
+{
+    if (c->drop) return;        /* the first failure is the one to tell */
+    snprintf(c->why, sizeof c->why, "%s: %s%s%s", c->where, what, detail ? ": " : "", detail ? detail : "");
+    c->drop = 1;
+    c->down_until = cc_mono() + DOWN_FOR;
+}
+
+/* Frees the context of a failed connection: hiredis calls what still
+ * awaits a reply with none. Never called from inside hiredis. */
+static void drop_now(cc_redis *c)
+{
+    if (c->ac) redisAsyncFree(c->ac);      /* its cleanup hook clears c->ac */
+    c->ac = NULL;
+    c->rd = c->wr = 0;
+    c->pending = 0;
+    c->due = HUGE_VAL;
+    c->drop = c->expiring = 0;
+    c->opened = 0;
+}
+
+/* ---- hiredis's event hooks: flags the engine's poll reads -------------- */
+
+static void add_read(void *p) { ((cc_redis *)p)->rd = 1; }
+static void del_read(void *p) { ((cc_redis *)p)->rd = 0; }
+static void add_write(void *p) { ((cc_redis *)p)->wr = 1; }
+static void del_write(void *p) { ((cc_redis *)p)->wr = 0; }
+static void cleanup(void *p)
+{
+    cc_redis *c = p;
+    c->ac = NULL;
+    c->rd = c->wr = 0;
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    cc_redis *c = ac->data;
+    if (status == REDIS_OK) c->opened = cc_mono();
+    else fail(c, "cannot connect", ac->errstr);
+}
+
+/* AUTH and SELECT: refused means every command after them fails too. */
+/* One reply fewer awaited; none left: no due time. */
+static void answered(cc_redis *c)
+{
+    if (--c->pending <= 0) {
+        c->pending = 0;
+        c->due = HUGE_VAL;
+    }
+}
+
+static void on_login(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *rep = reply;
+    cc_redis *c = ac->data;
+    answered(c);
+    if (rep && rep->type == REDIS_REPLY_ERROR) fail(c, priv ? "SELECT refused" : "login refused", rep->str);
+}
+
+/* hiredis writes with write(2): a peer that went away must not kill the
+ * process with SIGPIPE (nginx ignores it; the standalone interpreter does
+ * not), so it is blocked around the write and a pending one consumed. */
+static void handle_write(redisAsyncContext *ac)
+{
+    sigset_t pipe, old, pending;
+    int was = 0;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    sigpending(&pending);
+    was = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old);
+    redisAsyncHandleWrite(ac);
+    sigpending(&pending);
+    if (!was && sigismember(&pending, SIGPIPE)) {
+        struct timespec zero = { 0, 0 };
+        sigtimedwait(&pipe, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* A connected (or connecting) context, logged in; 0 when none can be had
+ * now (c->why says why). */
+static int ensure(cc_redis *c, double now)
+{
+    const char *argv[3];
+    size_t len[3];
+    int argc = 0;
+    if (c->drop) drop_now(c);
+    if (c->ac) return 1;
+    if (now < c->down_until) return 0;
+    c->why[0] = '\0';
+    c->due = HUGE_VAL;          /* set by the first ask */
+    if (!(c->ac = redisAsyncConnect(c->host, c->port)) || c->ac->err) {
+        snprintf(c->why, sizeof c->why, "%s: cannot connect: %s", c->where, c->ac ? c->ac->errstr : "out of memory");
+        if (c->ac) redisAsyncFree(c->ac);
+        c->ac = NULL;
+        c->down_until = now + DOWN_FOR;
+        return 0;
+    }
+    fcntl(c->ac->c.fd, F_SETFD, FD_CLOEXEC);
+    c->ac->data = c;
+    c->ac->ev.data = c;
+    c->ac->ev.addRead = add_read;
+    c->ac->ev.delRead = del_read;
+    c->ac->ev.addWrite = add_write;
+    c->ac->ev.delWrite = del_write;
+    c->ac->ev.cleanup = cleanup;
+    c->wr = 1;      /* the connection completes when the socket is writable */
+    redisAsyncSetConnectCallback(c->ac, on_connect);
+    if (c->password) {
+        argv[argc] = "AUTH", len[argc++] = 4;
+        if (c->user) argv[argc] = c->user, len[argc] = strlen(c->user), argc++;
+        argv[argc] = c->password, len[argc] = strlen(c->password), argc++;
+        if (redisAsyncCommandArgv(c->ac, on_login, NULL, argc, argv, len) == REDIS_OK) c->pending++;
+    }
+    if (c->db) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", c->db);
+        argv[0] = "SELECT", len[0] = 6, argv[1] = db, len[1] = strlen(db);
+        if (redisAsyncCommandArgv(c->ac, on_login, c, 2, argv, len) == REDIS_OK) c->pending++;
+    }
+    return 1;
+}
+
+cc_redis *cc_redis_get(cc_session *s, const char *url)
+{
+    cc_redis *c;
+    for (c = s->redis; c; c = c->next)
+        if (strcmp(c->url, url) == 0) return c;
+    if (!(c = conn_new(url))) return NULL;
+    c->next = s->redis;
+    s->redis = c;
+    return c;
+}
+
+const char *cc_redis_why(const cc_redis *c)
+{
+    return c->why[0] ? c->why : c->where;
+}
+
+void cc_redis_close_all(cc_session *s)
+{
+    while (s->redis) {
+        cc_redis *c = s->redis;
+        s->redis = c->next;
+        drop_now(c);
+        conn_free(c);
+    }
+}
+
+/* ---- the loop's side ----------------------------------------------------- */
+
+int cc_redis_fds(cc_session *s, struct curl_waitfd *fds, int max)
+{
+    cc_redis *c;
+    int n = 0;
+    for (c = s->redis; c && n < max; c = c->next) {
+        if (!c->ac || c->drop || !(c->rd || c->wr)) continue;
+        fds[n].fd = c->ac->c.fd;
+        fds[n].events = (short)((c->rd ? CURL_WAIT_POLLIN : 0) | (c->wr ? CURL_WAIT_POLLOUT : 0));
+        fds[n].revents = 0;
+        n++;
+    }
+    return n;
+}
+
+double cc_redis_due(const cc_session *s)
+{
+    const cc_redis *c;
+    double due = HUGE_VAL;
+    for (c = s->redis; c; c = c->next)
+        if (c->ac && c->pending > 0 && c->due < due) due = c->due;
+    return due;
+}
+
+/* Reads and writes what poll found ready, then drops the connections that
+ * failed or missed their due time (their askers hear of it through their
+ * callbacks). */
+void cc_redis_io(cc_session *s, const struct curl_waitfd *fds, int n, double now)
+{
+    cc_redis *c;
+    int i;
+    for (i = 0; i < n; i++) {
+        for (c = s->redis; c && !(c->ac && c->ac->c.fd == fds[i].fd); c = c->next) {}
+        if (!c || !fds[i].revents) continue;
+        if (fds[i].revents & (CURL_WAIT_POLLIN | CURL_WAIT_POLLPRI)) redisAsyncHandleRead(c->ac);
+        if (c->ac && (fds[i].revents & CURL_WAIT_POLLOUT)) handle_write(c->ac);
+    }
+    for (c = s->redis; c; c = c->next) {
+        if (c->ac && c->pending > 0 && now >= c->due && !c->drop) {
+            char t[64];
+            snprintf(t, sizeof t, "no answer within %.3gs", c->due - c->asked);
+            fail(c, t, NULL);
+            c->expiring = 1;
+        }
+        if (c->drop) drop_now(c);
+    }
+}
+
+/* ---- turns -------------------------------------------------------------- */
+
+/* One turn per ARGV[3..]: at most n starts in any `per` microseconds, the
+ * list the last n of them (server clock, newest first). Each reply element:
+ * the wait in µs (reserved), or -(wait + 1) when it lies past that item's
+ * budget (nothing reserved). */
+static const char turn_script[] =
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local key, n, per = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local out = {}\n"
+    "for i = 3, #ARGV do\n"
+    "  local start = now\n"
+    "  local last = redis.call('LINDEX', key, 0)\n"
+    "  if last then start = math.max(start, tonumber(last)) end\n"
+    "  local nth = redis.call('LINDEX', key, n - 1)\n"
+    "  if nth then start = math.max(start, tonumber(nth) + per) end\n"
+    "  local wait = start - now\n"
+    "  if wait > tonumber(ARGV[i]) then out[#out + 1] = -wait - 1 else\n"
+    "    redis.call('LPUSH', key, string.format('%.0f', start))\n"
+    "    redis.call('LTRIM', key, 0, n - 1)\n"
+    "    redis.call('PEXPIRE', key, math.ceil((wait + per) / 1000) + 1)\n"
+    "    out[#out + 1] = wait\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+static char turn_sha[41];
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+static void make_sha(void)
+{
+    cc_sha1_hex(turn_script, sizeof turn_script - 1, turn_sha);
+}
+
+/* An ask in flight. Its items live as long as their run, which never ends
+ * with an ask in flight (cc_redis_settle). */
+typedef struct turn_op {
+    cc_redis *c;
+    int k, eval;
+    double sent;
+    char **argv;            /* EVALSHA sha 1 key n per budget... */
+    size_t *len;
+    xfer *x[1];             /* k of them */
+} turn_op;
+
+static void op_free(turn_op *op)
+{
+    int i;
+    for (i = 4; op->argv && i < op->k + 6; i++) free(op->argv[i]);
+    free(op->argv);
+    free(op->len);
+    free(op);
+}
+
+static void op_tell(turn_op *op, int state)
+{
+    int i;
+    for (i = 0; i < op->k; i++) op->x[i]->rstate = state;
+}
+
+static void on_turn(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *rep = reply;
+    turn_op *op = priv;
+    cc_redis *c = op->c;
+    int i;
+    (void)ac;
+    answered(c);
+    if (rep && rep->type == REDIS_REPLY_ERROR && !op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 && c->ac) {
+        /* the server does not know the script yet: send it whole once */
+        op->eval = 1;
+        op->argv[0] = "EVAL";
+        op->len[0] = 4;
+        op->argv[1] = (char *)turn_script;
+        op->len[1] = sizeof turn_script - 1;
+        if (redisAsyncCommandArgv(c->ac, on_turn, op, op->k + 6, (const char **)op->argv, op->len) == REDIS_OK) {
+            c->pending++;
+            return;
+        }
+    }
+    if (!rep) {
+        /* no reply: a kept connection that broke before this ask is asked
+         * again on a fresh one; else the ask failed */
+        int again = !c->expiring && c->opened > 0 && c->opened < op->sent && !op->x[0]->redis_again;
+        for (i = 0; i < op->k && again; i++) op->x[i]->redis_again = 1;
+        if (!again && !c->drop && !c->why[0]) fail(c, "connection lost", NULL);
+        op_tell(op, again ? RS_AGAIN : RS_FAILED);
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        fail(c, "the turn script failed", rep->str);
+        op_tell(op, RS_FAILED);
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)op->k) {
+        fail(c, "unexpected reply to the turn script", NULL);
+        op_tell(op, RS_FAILED);
+    } else {
+        for (i = 0; i < op->k; i++) {
+            long long v = rep->element[i]->type == REDIS_REPLY_INTEGER ? rep->element[i]->integer : 0;
+            op->x[i]->rstate = v >= 0 ? RS_GRANTED : RS_LATE;
+            op->x[i]->rwait = (v >= 0 ? (double)v : (double)(-v - 1)) / 1e6;
+        }
+    }
+    op_free(op);
+}
+
+static char *num_text(double v, const char *fmt)
+{
+    char t[64];
+    snprintf(t, sizeof t, fmt, v);
+    return strdup(t);
+}
+
+/* Asks c for a turn for each of xs[0..k) (one key, one limit) in one
+ * round trip, with each item's budget; the reply must come by `due`.
+ * Returns 1 (the items are RS_ASKED), 0 when Redis cannot be asked now
+ * (c->why says why), -1 when out of memory. */
+int cc_redis_turns(cc_redis *c, xfer **xs, int k, double now, double due)
+{
+    turn_op *op;
+    int i, bad = 0;
+    pthread_once(&sha_once, make_sha);
+    if (!ensure(c, now)) return 0;
+    if (!(op = calloc(1, sizeof *op + (size_t)k * sizeof op->x[0]))) return -1;
+    op->c = c, op->k = k, op->sent = now;
+    op->argv = calloc((size_t)k + 6, sizeof *op->argv);
+    op->len = calloc((size_t)k + 6, sizeof *op->len);
+    if (!op->argv || !op->len) bad = 1;
+    if (!bad) {
+        const cc_req *q = &xs[0]->req;
+        op->argv[0] = "EVALSHA", op->argv[1] = turn_sha, op->argv[2] = "1", op->argv[3] = q->lim_name;
+        op->argv[4] = num_text(q->limit_requests, "%.0f");
+        op->argv[5] = num_text(q->limit_per * 1e6 < 1 ? 1 : floor(q->limit_per * 1e6 + 0.5), "%.0f");
+        for (i = 0; i < k; i++) {
+            double budget = xs[i]->deadline - now;
+            op->x[i] = xs[i];
+            op->argv[6 + i] = num_text(budget > 1e9 ? 1e15 : floor(budget * 1e6), "%.0f");
+        }
+        for (i = 0; i < k + 6; i++) {
+            if (i >= 4 && !op->argv[i]) bad = 1;
+            else op->len[i] = strlen(op->argv[i]);
+        }
+    }
+    if (bad) {
+        op_free(op);
+        return -1;
+    }
+    if (redisAsyncCommandArgv(c->ac, on_turn, op, k + 6, (const char **)op->argv, op->len) != REDIS_OK) {
+        fail(c, "cannot send the turn script", c->ac->errstr);
+        op_free(op);
+        return 0;
+    }
+    c->pending++;
+    if (due < c->due) c->due = due;
+    c->asked = now;
+    op_tell(op, RS_ASKED);
+    return 1;
+}
+
+/* A run ends (an error, a signal) with asks in flight: their connections
+ * are dropped now, while the items the callbacks write to still exist. */
+void cc_redis_settle(cc_session *s)
+{
+    cc_redis *c;
+    for (c = s->redis; c; c = c->next)
+        if (c->ac && c->pending > 0) {
+            c->expiring = 1;
+            drop_now(c);
+        }
+}
+
+/* ---- plain commands (session:redis) -------------------------------------- */
+
+/* A reply, copied out of hiredis (which frees its own after the callback)
+ * so that Lua values are made outside hiredis's calls. */
+typedef struct creply {
+    int type, done;
+    long long integer;
+    char *str;
+    size_t len, n;
+    struct creply *el;
+} creply;
+
+static void creply_free(creply *r)
+{
+    size_t i;
+    for (i = 0; i < r->n; i++) creply_free(&r->el[i]);
+    free(r->el);
+    free(r->str);
+}
+
+static int creply_copy(creply *d, const redisReply *s, int depth)
+{
+    size_t i;
+    memset(d, 0, sizeof *d);
+    d->type = s->type;
+    d->integer = s->integer;
+    if (s->str && (d->str = malloc(s->len + 1)) != NULL) {
+        memcpy(d->str, s->str, s->len);
+        d->str[s->len] = '\0';
+        d->len = s->len;
+    } else if (s->str) {
+        return 0;
+    }
+    if (s->type == REDIS_REPLY_ARRAY && s->elements > 0 && depth < 4) {
+        if (!(d->el = calloc(s->elements, sizeof *d->el))) return 0;
+        d->n = s->elements;
+        for (i = 0; i < s->elements; i++)
+            if (!creply_copy(&d->el[i], s->element[i], depth + 1)) return 0;
+    }
+    return 1;
+}
+
+static void on_command(redisAsyncContext *ac, void *reply, void *priv)
+{
+    creply *out = priv;
+    cc_redis *c = ac->data;
+    answered(c);
+    if (!reply) {
+        out->type = -1;
+        if (!c->drop && !c->why[0]) fail(c, "connection lost", NULL);
+    } else if (!creply_copy(out, reply, 0)) {
+        out->type = -2;
+    }
+    out->done = 1;
+}
+
+static void push_reply(lua_State *L, const creply *r)
+{
+    size_t i;
+    switch (r->type) {
+    case REDIS_REPLY_INTEGER: lua_pushinteger(L, (lua_Integer)r->integer); break;
+    case REDIS_REPLY_STRING: case REDIS_REPLY_STATUS: lua_pushlstring(L, r->str, r->len); break;
+    case REDIS_REPLY_ARRAY:
+        lua_createtable(L, (int)r->n, 0);
+        for (i = 0; i < r->n; i++) {
+            push_reply(L, &r->el[i]);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        break;
+    default: lua_pushnil(L);
+    }
+}
+
+/* Waits for c until out is done or `due`, reading and writing as poll
+ * says. Returns 1 when the connection failed meanwhile (a refused login
+ * among others: then out holds no answer worth giving). */
+static int wait_reply(cc_redis *c, creply *out, double due)
+{
+    int failed;
+    while (!out->done && c->ac && !c->drop) {
+        struct pollfd p;
+        double left = due - cc_mono();
+        if (left <= 0) {
+            fail(c, "no answer in time", NULL);
+            c->expiring = 1;
+            break;
+        }
+        p.fd = c->ac->c.fd;
+        p.events = (short)((c->rd ? POLLIN : 0) | (c->wr ? POLLOUT : 0));
+        p.revents = 0;
+        if (poll(&p, 1, (int)ceil(left * 1000)) > 0) {
+            if (p.revents & (POLLIN | POLLERR | POLLHUP)) redisAsyncHandleRead(c->ac);
+            if (c->ac && (p.revents & POLLOUT)) handle_write(c->ac);
+        }
+    }
+    failed = c->drop;
+    if (c->drop) drop_now(c);
+    return failed;
+}
+
+/* ok, value = session:redis(url, budget, connect_timeout, arg...): one command,
+ * its reply as Lua values (nil for none; a table for an array), or false,
+ * "unreachable" | "error" | "invalid", message. The reply must come within
+ * min(connect_timeout, budget) seconds. Not while a call runs on the session. */
+int cc_redis_command_l(lua_State *L)
+{
+    cc_session *s = cc_session_check(L, 1);
+    size_t ulen, i;
+    const char *url = luaL_checklstring(L, 2, &ulen), *why;
+    double budget = luaL_checknumber(L, 3), ct = luaL_optnumber(L, 4, 10);
+    int argc = lua_gettop(L) - 4, ok;
+    const char **argv;
+    size_t *len;
+    cc_redis *c;
+    creply out;
+    int failed = 0;
+    luaL_argcheck(L, argc >= 1 && argc <= 64, 5, "a Redis command");
+    if (s->active) return luaL_error(L, "cachectl: session:redis while a call runs on the session");
+    if ((why = cc_redis_url_check(url, ulen)) != NULL) {
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "invalid");
+        lua_pushstring(L, why);
+        return 3;
+    }
+    argv = cc_newuserdata(L, (size_t)argc * (sizeof *argv + sizeof *len));
+    len = (size_t *)(argv + argc);
+    for (i = 0; i < (size_t)argc; i++) argv[i] = luaL_checklstring(L, (int)i + 5, &len[i]);
+    if (!(c = cc_redis_get(s, url))) return luaL_error(L, "not enough memory");
+    memset(&out, 0, sizeof out);
+    ok = ensure(c, cc_mono());
+    if (ok && redisAsyncCommandArgv(c->ac, on_command, &out, argc, argv, len) == REDIS_OK) {
+        double now = cc_mono();
+        double due = now + (ct < budget ? ct : budget);
+        c->pending++;
+        c->asked = now;
+        c->due = due;
+        failed = wait_reply(c, &out, due);
+        if (!out.done) drop_now(c);      /* its callback sees out before it goes */
+    } else if (ok) {
+        fail(c, "cannot send a command", c->ac->errstr);
+        drop_now(c);
+    }
+    if (failed && out.type == REDIS_REPLY_ERROR) out.type = -1;   /* the login's failure is the one to tell */
+    if (out.done && out.type >= 0 && out.type != REDIS_REPLY_ERROR) {
+        lua_pushboolean(L, 1);
+        push_reply(L, &out);
+        creply_free(&out);
+        return 2;
+    }
+    lua_pushboolean(L, 0);
+    if (out.type == REDIS_REPLY_ERROR) {
+        lua_pushliteral(L, "error");
+        lua_pushfstring(L, "%s: %s", c->where, out.str ? out.str : "error");
+    } else {
+        lua_pushstring(L, out.type == -2 ? "error" : "unreachable");
+        lua_pushstring(L, out.type == -2 ? "not enough memory" : cc_redis_why(c));
+    }
+    creply_free(&out);
+    return 3;
+}
