@@ -13,10 +13,10 @@ endpoints and the Omni "Reset cache" endpoint from a C module built on
 libcurl, with retries, timeouts, kept-alive connections, concurrent batches,
 a command-line tool and a mock server for tests.
 
-Optional: lyaml (Debian lua-yaml), for omni:cache_policies and check_policy
-only; redis-lua (Debian lua-redis; lua-resty-redis inside nginx), for
-rate_limit.redis and coalescing across processes only. Without them every
-other call works.
+Redis (rate_limit.redis, coalescing across processes) is reached from C
+through hiredis, linked like libcurl. Optional: lyaml (Debian lua-yaml), for
+omni:cache_policies and check_policy only; lua-resty-redis, for coalescing
+through Redis on nginx's main side only. Without them every other call works.
 ]],
   homepage = "https://github.com/cachectl/cachectl",
   license = "MIT",
@@ -26,12 +26,12 @@ dependencies = {
   "lua-cjson >= 2.1",
   "luasocket >= 3.0",
   "argparse >= 0.6",
-  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy),
-  -- "redis-lua >= 2.0" (rate_limit.redis)
+  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy)
 }
 external_dependencies = {
   CURL = { library = "curl" },
   CRYPTO = { library = "crypto" },
+  HIREDIS = { header = "hiredis/async.h", library = "hiredis" },
 }
 build = {
   type = "builtin",
@@ -41,14 +41,16 @@ build = {
         "src/core.c", "src/session.c", "src/handles.c", "src/engine.c", "src/options.c",
         "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
         "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
+        "src/limiter.c", "src/redis.c",
       },
       defines = { "_GNU_SOURCE" },
-      incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(CRYPTO_LIBDIR)" },
-      libraries = { "curl", "crypto", "m" },
+      incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)", "$(HIREDIS_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(CRYPTO_LIBDIR)", "$(HIREDIS_LIBDIR)" },
+      libraries = { "curl", "hiredis", "crypto", "m" },
     },
     cachectl = "lua/cachectl/init.lua",
     ["cachectl.perform"] = "lua/cachectl/perform.lua",
+    ["cachectl.fleet"] = "lua/cachectl/fleet.lua",
     ["cachectl.policies"] = "lua/cachectl/policies.lua",
     ["cachectl.mock"] = "lua/cachectl/mock/init.lua",
     ["cachectl.mock.cli"] = "lua/cachectl/mock/cli.lua",

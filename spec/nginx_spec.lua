@@ -408,7 +408,7 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     assert.is_true(busiest_window(times, 1, TOLERANCE) <= 2)
     -- the window is keyed by a digest, never by the credential
     local keys = request(two.port, "GET", "/limit-keys").body
-    assert.matches("cachectl:" .. ("%x"):rep(64), keys)
+    assert.matches("cachectl:rl:omni:" .. ("%x"):rep(64) .. ":2:1", keys)
     assert.is_nil(keys:find(LIMITED, 1, true))
   end)
 

@@ -132,15 +132,23 @@ int cc_format_epoch(double t, char *out, size_t outsz);
 double cc_retry_after(const char *s, size_t n, double now_epoch);
 /* NULL when s is a base URL we send to, else why not (a static message). */
 const char *cc_check_base_url(const char *s, size_t n);
+/* A Redis URL, redis://[[user]:password@]host[:port][/db], split (pointers
+ * into it): NULL, or why it is not one (a static message quoting nothing
+ * of the URL). user and pass are still %-encoded; cc_pct_decode decodes
+ * (malloc'd; NULL when out of memory). */
+typedef struct cc_redis_url {
+    const char *user, *pass, *host;
+    size_t user_len, pass_len, host_len;
+    long port, db;
+} cc_redis_url;
+const char *cc_redis_url_parse(const char *url, size_t n, cc_redis_url *p);
+char *cc_pct_decode(const char *s, size_t n);
 
 /* Where a request's turns are taken (limiter.c): nowhere, the process
  * window (ratelimit.c), Redis (redis.c), or an nginx shared dict. */
 enum cc_lim { LIM_OFF = 0, LIM_PROCESS, LIM_REDIS, LIM_DICT };
-/* limiter.c: r->lim_name built (0 when out of memory). */
+/* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
-/* redis.c: NULL when url (n bytes) is a Redis URL we take, else why not
- * (a static message quoting nothing of the URL). */
-const char *cc_redis_url_check(const char *url, size_t n);
 
 /* ratelimit.c: the sliding window of a credential and limit. cc_limit_take
  * returns 1 with *wait the seconds to the reserved start, 0 when the start

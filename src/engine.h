@@ -121,7 +121,7 @@ double cc_redis_due(const cc_session *s);
 void cc_redis_io(cc_session *s, const struct curl_waitfd *fds, int n, double now);
 void cc_redis_settle(cc_session *s);
 void cc_redis_close_all(cc_session *s);
-int cc_redis_command_l(lua_State *L);
+int cc_redis_command(lua_State *L, cc_session *s);     /* session:redis (session.c) */
 
 /* limiter.c: an nginx shared dict's turns */
 void cc_dict_find(lua_State *L, const cc_req *r);

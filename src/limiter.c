@@ -1,30 +1,16 @@
-/* limiter.c — what the limiters kept outside the process have in common,
- * and the nginx shared dict's: the window's name (one key scheme for Redis
- * and the dict), and a turn taken in a `lua_shared_dict` through the
- * dict's own methods, from whichever Lua VM of nginx runs the call. The
- * rule is ratelimit.c's (cc_ring_take), over the dict's value. */
+/* limiter.c — the nginx shared dict's turns: a turn taken in a
+ * `lua_shared_dict` through the dict's own methods, from whichever Lua VM
+ * of nginx runs the call. The rule is ratelimit.c's (cc_ring_take), over
+ * the dict's value; the key is the window's name (request.c), the same in
+ * Redis. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "engine.h"
-#include "digest.h"
 
 #define LOCK_TTL 0.1        /* seconds: a dead worker's lock frees itself */
-
-int cc_lim_name(cc_req *r)
-{
-    char hex[65], *name;
-    cc_digest *d = cc_digest_new();
-    size_t n;
-    if (!d || !cc_digest_add(d, r->secret, r->secret_len) || !cc_digest_hex(d, hex)) return 0;
-    n = strlen(r->ep->service) + 64 + 80;
-    if (!(name = malloc(n))) return 0;
-    snprintf(name, n, "cachectl:rl:%s:%s:%.15g:%.15g", r->ep->service, hex, r->limit_requests, r->limit_per);
-    r->lim_name = name;
-    return 1;
-}
 
 /* The dict at index `dict` on the stack: ngx.shared[name] of the VM
  * running the call, pushed; nil when the VM is not nginx's (plain Lua: the

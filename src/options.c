@@ -294,6 +294,7 @@ static int check_secret(cc_req *r, const cc_slot *v, const char *field)
 static int check_limit(cc_req *r, const cc_slot *v)
 {
     const char *why;
+    cc_redis_url url;
     double requests = r->ep->svc->limit_requests, per = r->ep->svc->limit_per;
     if (v->table) {
         if (v->n != -1) requests = v->n;
@@ -308,7 +309,7 @@ static int check_limit(cc_req *r, const cc_slot *v)
     r->limit_per = requests > 0 ? per : 0;
     r->lim = requests <= 0 ? LIM_OFF : v->redis ? LIM_REDIS : v->dict ? LIM_DICT : LIM_PROCESS;
     if (v->redis && requests <= 0) return bad(r, "rate_limit", "redis needs a limit (requests and per)");
-    if (v->redis && (why = cc_redis_url_check(v->redis, v->redis_len)) != NULL)
+    if (v->redis && (why = cc_redis_url_parse(v->redis, v->redis_len, &url)) != NULL)
         return bad(r, "rate_limit", why);
     if (v->dict && (v->dict_len == 0 || v->dict_len > 200 || cc_has_ctl(v->dict, v->dict_len)))
         return bad(r, "rate_limit", "shared_dict must be the name of a lua_shared_dict");

@@ -1,6 +1,7 @@
 /* parse.c — the pure text helpers: validators for option values, percent-
  * and JSON-encoding, the RFC 3339 and Retry-After parsers and the base URL
  * check. No Lua here, so the fuzz targets can drive every function. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,4 +276,90 @@ const char *cc_check_base_url(const char *s, size_t n)
     curl_url_cleanup(u);
     free(tmp);
     return bad;
+}
+
+/* ---- Redis URLs: redis://[[user]:password@]host[:port][/db] ---------- */
+
+#define URL_FORM "redis://[[user]:password@]host[:port][/db]"
+
+static int unhex(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Whether s (n bytes) decodes: every '%' starts two hex digits. */
+static int pct_ok(const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (s[i] == '%' && (i + 2 >= n || unhex((unsigned char)s[i + 1]) < 0 ||
+                            unhex((unsigned char)s[i + 2]) < 0))
+            return 0;
+    return 1;
+}
+
+char *cc_pct_decode(const char *s, size_t n)
+{
+    char *out = malloc(n + 1), *o = out;
+    size_t i;
+    if (!out) return NULL;
+    for (i = 0; i < n; i++) {
+        if (s[i] == '%' && i + 2 < n) {
+            *o++ = (char)(unhex((unsigned char)s[i + 1]) * 16 + unhex((unsigned char)s[i + 2]));
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+const char *cc_redis_url_parse(const char *url, size_t n, cc_redis_url *p)
+{
+    const char *s = url, *end = url + n, *at = NULL, *q, *colon;
+    memset(p, 0, sizeof *p);
+    p->port = 6379;
+    if (memchr(url, '\0', n) || n < 9 || strncmp(url, "redis://", 8) != 0)
+        return "invalid Redis URL (" URL_FORM "): it must start with redis://";
+    s += 8;
+    for (q = s; q < end; q++)
+        if (*q == '@') at = q;
+    if (at) {
+        if (!(colon = memchr(s, ':', (size_t)(at - s))))
+            return "invalid Redis URL (" URL_FORM "): the part before '@' must be [user]:password";
+        p->user = s, p->user_len = (size_t)(colon - s);
+        p->pass = colon + 1, p->pass_len = (size_t)(at - colon - 1);
+        if (p->pass_len == 0) return "invalid Redis URL (" URL_FORM "): the password before '@' is empty";
+        if (!pct_ok(p->user, p->user_len) || !pct_ok(p->pass, p->pass_len))
+            return "invalid Redis URL (" URL_FORM "): a bad %-escape in the user or password";
+        s = at + 1;
+    }
+    if (s < end && *s == '[') {
+        for (q = s + 1; q < end && (isxdigit((unsigned char)*q) || *q == ':' || *q == '.'); q++) {}
+        if (q == end || *q != ']' || q == s + 1)
+            return "invalid Redis URL (" URL_FORM "): a bracketed address must be IPv6";
+        p->host = s + 1, p->host_len = (size_t)(q - s - 1);
+        s = q + 1;
+    } else {
+        for (q = s; q < end && (isalnum((unsigned char)*q) || *q == '.' || *q == '-'); q++) {}
+        if (q == s) return "invalid Redis URL (" URL_FORM "): no host name or address";
+        p->host = s, p->host_len = (size_t)(q - s);
+        s = q;
+    }
+    if (p->host_len > 253) return "invalid Redis URL (" URL_FORM "): the host name is too long";
+    if (s < end && *s == ':') {
+        for (q = ++s, p->port = 0; q < end && isdigit((unsigned char)*q) && p->port <= 65535; q++)
+            p->port = p->port * 10 + (*q - '0');
+        if (q == s || p->port < 1 || p->port > 65535)
+            return "invalid Redis URL (" URL_FORM "): the port must be 1 to 65535";
+        s = q;
+    }
+    if (s < end && *s == '/') {
+        for (q = ++s; q < end && isdigit((unsigned char)*q) && p->db < 100000; q++) p->db = p->db * 10 + (*q - '0');
+        s = q;
+    }
+    if (s != end) return "invalid Redis URL (" URL_FORM "): after the host only :port and /db may follow";
+    return NULL;
 }

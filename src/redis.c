@@ -10,7 +10,6 @@
  * After a failure the URL is left alone for a second (DOWN_FOR): the calls
  * meanwhile use the process window. Messages name the server, never the
  * password (nothing of the URL but host, port and db is ever quoted). */
-#include <ctype.h>
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
@@ -26,7 +25,6 @@
 #include "digest.h"
 
 #define DOWN_FOR 1.0
-#define URL_FORM "redis://[[user]:password@]host[:port][/db]"
 
 struct cc_redis {
     struct cc_redis *next;
@@ -46,109 +44,6 @@ struct cc_redis {
     char why[700];              /* the last failure, with `where` in front */
 };
 
-/* ---- the URL ----------------------------------------------------------- */
-
-static int unhex(int c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
-/* Percent-decodes s (n bytes) into a new string; NULL when out of memory or
- * malformed (*bad set). */
-static char *decode(const char *s, size_t n, int *bad)
-{
-    char *out = malloc(n + 1), *o = out;
-    size_t i;
-    if (!out) return NULL;
-    for (i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            int h = i + 2 < n + 0 ? unhex((unsigned char)s[i + 1]) : -1;
-            int l = i + 2 < n + 1 ? unhex((unsigned char)s[i + 2]) : -1;
-            if (h < 0 || l < 0) {
-                *bad = 1;
-                free(out);
-                return NULL;
-            }
-            *o++ = (char)(h * 16 + l);
-            i += 2;
-        } else {
-            *o++ = s[i];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
-typedef struct url_parts {
-    const char *user, *pass, *host;
-    size_t user_len, pass_len, host_len;
-    long port, db;
-} url_parts;
-
-/* Splits a Redis URL; NULL, or why it is not one. */
-static const char *split_url(const char *url, size_t n, url_parts *p)
-{
-    const char *s = url, *end = url + n, *at = NULL, *q, *colon;
-    memset(p, 0, sizeof *p);
-    p->port = 6379;
-    if (memchr(url, '\0', n) || n < 9 || strncmp(url, "redis://", 8) != 0)
-        return "invalid Redis URL (" URL_FORM "): it must start with redis://";
-    s += 8;
-    for (q = s; q < end; q++)
-        if (*q == '@') at = q;
-    if (at) {
-        if (!(colon = memchr(s, ':', (size_t)(at - s))))
-            return "invalid Redis URL (" URL_FORM "): the part before '@' must be [user]:password";
-        p->user = s, p->user_len = (size_t)(colon - s);
-        p->pass = colon + 1, p->pass_len = (size_t)(at - colon - 1);
-        if (p->pass_len == 0) return "invalid Redis URL (" URL_FORM "): the password before '@' is empty";
-        s = at + 1;
-    }
-    if (s < end && *s == '[') {
-        for (q = s + 1; q < end && (isxdigit((unsigned char)*q) || *q == ':' || *q == '.'); q++) {}
-        if (q == end || *q != ']' || q == s + 1)
-            return "invalid Redis URL (" URL_FORM "): a bracketed address must be IPv6";
-        p->host = s + 1, p->host_len = (size_t)(q - s - 1);
-        s = q + 1;
-    } else {
-        for (q = s; q < end && (isalnum((unsigned char)*q) || *q == '.' || *q == '-'); q++) {}
-        if (q == s) return "invalid Redis URL (" URL_FORM "): no host name or address";
-        p->host = s, p->host_len = (size_t)(q - s);
-        s = q;
-    }
-    if (p->host_len > 253) return "invalid Redis URL (" URL_FORM "): the host name is too long";
-    if (s < end && *s == ':') {
-        for (q = ++s, p->port = 0; q < end && isdigit((unsigned char)*q) && p->port <= 65535; q++)
-            p->port = p->port * 10 + (*q - '0');
-        if (q == s || p->port < 1 || p->port > 65535)
-            return "invalid Redis URL (" URL_FORM "): the port must be 1 to 65535";
-        s = q;
-    }
-    if (s < end && *s == '/') {
-        for (q = ++s; q < end && isdigit((unsigned char)*q) && p->db < 100000; q++) p->db = p->db * 10 + (*q - '0');
-        s = q;
-    }
-    if (s != end) return "invalid Redis URL (" URL_FORM "): after the host only :port and /db may follow";
-    return NULL;
-}
-
-const char *cc_redis_url_check(const char *url, size_t n)
-{
-    url_parts p;
-    const char *why = split_url(url, n, &p);
-    char *t;
-    int bad = 0;
-    if (why || !p.pass) return why;
-    /* the userinfo must decode */
-    if ((t = decode(p.user, p.user_len, &bad)) != NULL) free(t);
-    if (!bad && (t = decode(p.pass, p.pass_len, &bad)) != NULL) {
-        cc_wipe(t, strlen(t));
-        free(t);
-    }
-    return bad ? "invalid Redis URL (" URL_FORM "): a bad %-escape in the user or password" : NULL;
-}
-
 static void conn_free(cc_redis *c)
 {
     if (c->url) cc_wipe(c->url, strlen(c->url));
@@ -164,17 +59,16 @@ static void conn_free(cc_redis *c)
  * memory. The URL was checked when the request was read. */
 static cc_redis *conn_new(const char *url)
 {
-    url_parts p;
+    cc_redis_url p;
     cc_redis *c = calloc(1, sizeof *c);
-    int bad = 0;
     if (!c) return NULL;
-    split_url(url, strlen(url), &p);
+    cc_redis_url_parse(url, strlen(url), &p);
     c->port = (int)p.port;
     c->db = (int)p.db;
     c->url = strdup(url);
-    c->host = decode(p.host, p.host_len, &bad);
-    if (p.pass && p.user_len) c->user = decode(p.user, p.user_len, &bad);
-    if (p.pass) c->password = decode(p.pass, p.pass_len, &bad);
+    c->host = cc_pct_decode(p.host, p.host_len);
+    if (p.pass && p.user_len) c->user = cc_pct_decode(p.user, p.user_len);
+    if (p.pass) c->password = cc_pct_decode(p.pass, p.pass_len);
     if (!c->url || !c->host || (p.pass && !c->password) || (p.pass && p.user_len && !c->user)) {
         conn_free(c);
         return NULL;
@@ -659,9 +553,8 @@ static int wait_reply(cc_redis *c, creply *out, double due)
  * its reply as Lua values (nil for none; a table for an array), or false,
  * "unreachable" | "error" | "invalid", message. The reply must come within
  * min(connect_timeout, budget) seconds. Not while a call runs on the session. */
-int cc_redis_command_l(lua_State *L)
+int cc_redis_command(lua_State *L, cc_session *s)
 {
-    cc_session *s = cc_session_check(L, 1);
     size_t ulen, i;
     const char *url = luaL_checklstring(L, 2, &ulen), *why;
     double budget = luaL_checknumber(L, 3), ct = luaL_optnumber(L, 4, 10);
@@ -670,10 +563,11 @@ int cc_redis_command_l(lua_State *L)
     size_t *len;
     cc_redis *c;
     creply out;
+    cc_redis_url parts;
     int failed = 0;
     luaL_argcheck(L, argc >= 1 && argc <= 64, 5, "a Redis command");
     if (s->active) return luaL_error(L, "cachectl: session:redis while a call runs on the session");
-    if ((why = cc_redis_url_check(url, ulen)) != NULL) {
+    if ((why = cc_redis_url_parse(url, ulen, &parts)) != NULL) {
         lua_pushboolean(L, 0);
         lua_pushliteral(L, "invalid");
         lua_pushstring(L, why);

@@ -7,9 +7,11 @@
  * event handler): such code may change the table or collect its strings
  * while the call runs, and the request still holds what the call started
  * with. The copies hold the credential, so they are wiped when freed. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "options.h"
+#include "digest.h"
 
 /* Replaces every text of v by a copy in r->own (one block). */
 static void own_copy(cc_req *r, size_t *at, const char **s, size_t len)
@@ -226,6 +228,21 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
         cc_req_free(r);
         return luaL_error(L, "not enough memory");
     }
+    return 1;
+}
+
+/* The name of the window in Redis and in a shared dict: the service, the
+ * credential's SHA-256 (never the credential) and the limit. */
+int cc_lim_name(cc_req *r)
+{
+    char hex[65], *name;
+    cc_digest *d = cc_digest_new();
+    size_t n;
+    if (!d || !cc_digest_add(d, r->secret, r->secret_len) || !cc_digest_hex(d, hex)) return 0;
+    n = strlen(r->ep->service) + 64 + 80;
+    if (!(name = malloc(n))) return 0;
+    snprintf(name, n, "cachectl:rl:%s:%s:%.15g:%.15g", r->ep->service, hex, r->limit_requests, r->limit_per);
+    r->lim_name = name;
     return 1;
 }
 

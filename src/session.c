@@ -123,6 +123,12 @@ static int session_batch(lua_State *L)
     return cc_run(L, s, ep, 4, 0, conc > 100000 ? 100000 : (int)conc);
 }
 
+/* ok, value = session:redis(url, budget, connect_timeout, cmd, ...): see redis.c */
+static int session_redis(lua_State *L)
+{
+    return cc_redis_command(L, cc_session_check(L, 1));
+}
+
 static int session_new_l(lua_State *L)
 {
     cc_session_new(L);
@@ -133,7 +139,7 @@ void cc_session_init(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "call", session_call }, { "bind", session_bind }, { "batch", session_batch },
-        { "close", session_close_method }, { "redis", cc_redis_command_l }, { NULL, NULL }
+        { "close", session_close_method }, { "redis", session_redis }, { NULL, NULL }
     };
     luaL_newmetatable(L, SESSION_MT);
     lua_pushcfunction(L, session_gc);
