@@ -611,9 +611,11 @@ static double redis_bound(const xfer *x, double now)
 }
 
 /* Asks Redis for the turns wanted now: one round trip per window (one key
- * and limit), whatever the number of items. */
-static void ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
+ * and limit), whatever the number of items. Returns 1 when some could not
+ * be asked and fell back (they are due now). */
+static int ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
 {
+    int fell = 0;
     xfer **group = NULL;
     size_t i, j;
     for (i = 0; i < r->n && !r->oom; i++) {
@@ -643,9 +645,11 @@ static void ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
         for (j = 0; rc == 0 && j < (size_t)k; j++) {
             group[j]->rstate = RS_NONE;
             fall_back(L, r, group[j], out, cc_redis_why(c), done);
+            fell = 1;
         }
     }
     free(group);
+    return fell;
 }
 
 /* Starts what may start now; returns the time of the next start to wait
@@ -687,7 +691,7 @@ static double start_due(lua_State *L, run *r, int out, size_t *done)
             (*done)++;
         }
     }
-    ask_turns(L, r, out, now, done);
+    if (ask_turns(L, r, out, now, done)) wake = now;     /* the fallback's turn: at once */
     return wake;
 }
 

@@ -369,7 +369,8 @@ static void on_turn(redisAsyncContext *ac, void *reply, void *priv)
         if (!again && !c->drop && !c->why[0]) fail(c, "connection lost", NULL);
         op_tell(op, again ? RS_AGAIN : RS_FAILED);
     } else if (rep->type == REDIS_REPLY_ERROR) {
-        fail(c, "the turn script failed", rep->str);
+        /* refused (an ACL, a full Redis): the connection itself still works */
+        snprintf(c->why, sizeof c->why, "%s: the turn script failed: %s", c->where, rep->str);
         op_tell(op, RS_FAILED);
     } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)op->k) {
         fail(c, "unexpected reply to the turn script", NULL);
@@ -454,7 +455,8 @@ void cc_redis_settle(cc_session *s)
 /* A reply, copied out of hiredis (which frees its own after the callback)
  * so that Lua values are made outside hiredis's calls. */
 typedef struct creply {
-    int type, done;
+    int type, done, again;      /* again: a kept connection broke; ask once more */
+    double sent;
     long long integer;
     char *str;
     size_t len, n;
@@ -498,7 +500,8 @@ static void on_command(redisAsyncContext *ac, void *reply, void *priv)
     answered(c);
     if (!reply) {
         out->type = -1;
-        if (!c->drop && !c->why[0]) fail(c, "connection lost", NULL);
+        out->again = !c->expiring && c->opened > 0 && c->opened < out->sent;
+        if (!out->again && !c->drop && !c->why[0]) fail(c, "connection lost", NULL);
     } else if (!creply_copy(out, reply, 0)) {
         out->type = -2;
     }
@@ -564,7 +567,7 @@ int cc_redis_command(lua_State *L, cc_session *s)
     cc_redis *c;
     creply out;
     cc_redis_url parts;
-    int failed = 0;
+    int failed = 0, tries;
     luaL_argcheck(L, argc >= 1 && argc <= 64, 5, "a Redis command");
     if (s->active) return luaL_error(L, "cachectl: session:redis while a call runs on the session");
     if ((why = cc_redis_url_parse(url, ulen, &parts)) != NULL) {
@@ -578,18 +581,21 @@ int cc_redis_command(lua_State *L, cc_session *s)
     for (i = 0; i < (size_t)argc; i++) argv[i] = luaL_checklstring(L, (int)i + 5, &len[i]);
     if (!(c = cc_redis_get(s, url))) return luaL_error(L, "not enough memory");
     memset(&out, 0, sizeof out);
-    ok = ensure(c, cc_mono());
-    if (ok && redisAsyncCommandArgv(c->ac, on_command, &out, argc, argv, len) == REDIS_OK) {
-        double now = cc_mono();
-        double due = now + (ct < budget ? ct : budget);
+    for (tries = 0; tries < 2 && (tries == 0 || out.again); tries++) {
+        double now = cc_mono(), due = now + (ct < budget ? ct : budget);
+        memset(&out, 0, sizeof out);
+        if (!(ok = ensure(c, now))) break;
+        out.sent = now;
+        if (redisAsyncCommandArgv(c->ac, on_command, &out, argc, argv, len) != REDIS_OK) {
+            fail(c, "cannot send a command", c->ac->errstr);
+            drop_now(c);
+            break;
+        }
         c->pending++;
         c->asked = now;
         c->due = due;
         failed = wait_reply(c, &out, due);
         if (!out.done) drop_now(c);      /* its callback sees out before it goes */
-    } else if (ok) {
-        fail(c, "cannot send a command", c->ac->errstr);
-        drop_now(c);
     }
     if (failed && out.type == REDIS_REPLY_ERROR) out.type = -1;   /* the login's failure is the one to tell */
     if (out.done && out.type >= 0 && out.type != REDIS_REPLY_ERROR) {

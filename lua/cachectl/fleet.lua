@@ -227,10 +227,12 @@ Core.__index = Core
 
 local own_session -- this module's session, when the caller gives none
 
+-- Redis gets at most half of what is left, so that the call still has time
+-- to go by itself when Redis does not answer.
 function Core:call(cmd, ...)
-  local budget = self["until"] - now()
-  if budget <= 0 then return false, self.cfg.where .. ": no time left for Redis", true end
-  local ok, v, msg = self.session:redis(self.url, budget, self.ct, cmd, ...)
+  local left = self["until"] - now()
+  if left <= 0 then return false, self.cfg.where .. ": no time left for Redis", true end
+  local ok, v, msg = self.session:redis(self.url, left / 2, self.ct, cmd, ...)
   if ok then return true, v end
   return false, msg, v ~= "error"
 end
@@ -254,7 +256,7 @@ function Resty:call(cmd, ...)
   local red = self.red
   local left = self["until"] - now()
   if left <= 0 then return false, "no time left for Redis", true end
-  red:set_timeout(min(left, self.ct) * 1000)
+  red:set_timeout(min(left / 2, self.ct) * 1000)
   local res, err = red[cmd:lower()](red, ...)
   if res == nil then return false, err, true end
   if res == false then return false, err, false end
