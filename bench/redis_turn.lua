@@ -1,32 +1,33 @@
---- The cost of one Redis turn of cachectl.fleet (rate_limit.redis): latency
--- per call against a local redis-server, client instructions per call
--- (callgrind), the server's own time per turn, and the turns/s of 4
--- processes sharing one limit next to one process alone.
+--- The cost of `rate_limit.redis`: the C core takes every request's turn in
+-- Redis (hiredis, one EVALSHA of the turn script per round trip). Measured
+-- in one run, against a local nginx that answers the Omni reset and a local
+-- redis-server, all pinned to one CPU (BENCH_CPU, default 1):
 --
--- Usage, from the repository root:   lua5.4 bench/redis_turn.lua [N]
--- (N turns per measurement, default 20000). Prints a Markdown report.
--- BENCH_CPU (default 1) is the CPU the latency and callgrind runs and the
--- server are pinned to, as in the other benchmarks (see bench/README.md).
-local arg, io, math, os, string, table = arg, io, math, os, string, table
-local assert, pcall, print, require, tonumber, tostring, type =
-  assert, pcall, print, require, tonumber, tostring, type
-local VERSION = _VERSION
+-- 1. client instructions per call (callgrind, the client process alone):
+--    `omni:reset_cache` with `rate_limit.redis` against the same call with
+--    the same limit kept in the process, and with no limit;
+-- 2. a batch of 256 (`omni:reset_caches`, concurrency 8): wall time with
+--    Redis against the same batch without, median of rounds;
+-- 3. latency: the time a Redis turn adds to a call, against a PING round
+--    trip on the same connection (`session:redis`).
+--
+-- Usage, from the repository root:  lua5.4 bench/redis_turn.lua [--smoke]
+-- Prints a Markdown report on stdout.
+local arg, io, os, string, table = arg, io, os, string, table
+local assert, ipairs, print, require, tonumber, tostring = assert, ipairs, print, require, tonumber, tostring
 
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
-package.path = here .. "/../lua/?.lua;" .. here .. "/../spec/?.lua;" .. package.path
-
-local redis_server = require "support.redis_server"
-assert(redis_server.use_redis_lua(), "redis-lua (Debian package lua-redis) is needed")
-local socket = require "socket"
+local ROOT = here .. "/.."
+package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/spec/?.lua;" .. package.path
+package.cpath = ROOT .. "/build/5.4/?.so;" .. package.cpath
 
 local CPU = os.getenv("BENCH_CPU") or "1"
-local LUA = "lua5.4"
-local SELF = arg[0]
--- A limit that never makes a turn wait, with a list as long as Omni's
--- 60 per minute keeps: 60 starts per millisecond.
-local N_LIMIT, PER = 60, 0.001
-
-local function parts(digest) return { service = "omni", digest = digest } end
+local PIN = "taskset -c " .. CPU .. " "
+local TOKEN = "bench-token-0123456789"
+local MODEL = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b"
+-- 60 starts per millisecond: no turn ever waits, and the list in Redis is as
+-- long as Omni's 60 a minute keeps.
+local REQUESTS, PER = 60, 0.001
 
 local function sh(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
@@ -44,126 +45,172 @@ end
 
 -- ------------------------------------------------------------ child modes
 
--- `loop URL N turns|none DIGEST`: connects and warms up (script loaded),
--- then N turns, or nothing: the difference is N turns.
-local function loop(url, n, mode, digest)
-  local fleet = require "cachectl.fleet"
-  for _ = 1, 50 do assert(fleet.take(url, parts(digest), N_LIMIT, PER, 10)) end
-  if mode == "turns" then
-    for _ = 1, n do assert(fleet.take(url, parts(digest), N_LIMIT, PER, 10)) end
+local function client(base, mode, url)
+  local cachectl = require "cachectl"
+  local limit = mode == "redis" and { requests = REQUESTS, per = PER, redis = url }
+    or mode == "window" and { requests = REQUESTS, per = PER } or false
+  return cachectl.omni.new{ token = TOKEN, base_url = base, rate_limit = limit }
+end
+
+-- `calls BASE MODE URL N`: 20 warm-up calls, then N more.
+local function calls(base, mode, url, n)
+  local omni = client(base, mode, url)
+  for _ = 1, 20 + n do assert(omni:reset_cache(MODEL, "daily")) end
+end
+
+-- `batch BASE MODE URL ROUNDS`: seconds per batch of 256, one per line.
+local function batch(base, mode, url, rounds)
+  local core = require "cachectl.core"
+  local omni = client(base, mode, url)
+  local names = {}
+  for i = 1, 256 do names[i] = "p" .. i end
+  assert(omni:reset_caches(MODEL, names, { concurrency = 8 })[256].result)
+  for _ = 1, rounds do
+    local t0 = core.monotonic()
+    local items = omni:reset_caches(MODEL, names, { concurrency = 8 })
+    local t = core.monotonic() - t0
+    for _, it in ipairs(items) do assert(it.result, tostring(it.err)) end
+    print(string.format("%.6f", t))
   end
 end
 
--- `latency URL N DIGEST`: µs per turn and per PING (same connection
--- library), medians of 5 rounds.
-local function latency(url, n, digest)
-  local fleet = require "cachectl.fleet"
-  local client = require("redis").connect("127.0.0.1", tonumber(url:match(":(%d+)$")))
-  for _ = 1, 200 do
-    assert(fleet.take(url, parts(digest), N_LIMIT, PER, 10))
-    client:ping()
+-- `latency BASE URL N`: µs per call with and without Redis, and per PING.
+local function latency(base, url, n)
+  local core = require "cachectl.core"
+  local with, without = client(base, "redis", url), client(base, "window", url)
+  local s = core.session()
+  local out = {}
+  for _, c in ipairs{ { "redis", with }, { "window", without } } do
+    for _ = 1, 20 do assert(c[2]:reset_cache(MODEL, "daily")) end
+    local t0 = core.monotonic()
+    for _ = 1, n do assert(c[2]:reset_cache(MODEL, "daily")) end
+    out[#out + 1] = string.format("%s %.3f", c[1], (core.monotonic() - t0) / n * 1e6)
   end
-  local turns, pings = {}, {}
-  for round = 1, 5 do
-    local t0 = socket.gettime()
-    for _ = 1, n do assert(fleet.take(url, parts(digest), N_LIMIT, PER, 10)) end
-    local t1 = socket.gettime()
-    for _ = 1, n do client:ping() end
-    local t2 = socket.gettime()
-    turns[round], pings[round] = (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
+  assert(s:redis(url, 5, 5, "PING"))
+  local t0 = core.monotonic()
+  for _ = 1, n do assert(s:redis(url, 5, 5, "PING")) end
+  out[#out + 1] = string.format("ping %.3f", (core.monotonic() - t0) / n * 1e6)
+  print(table.concat(out, "\n"))
+end
+
+if arg[1] == "child" then
+  local mode = arg[2]
+  if mode == "calls" then calls(arg[3], arg[4], arg[5], tonumber(arg[6]))
+  elseif mode == "batch" then batch(arg[3], arg[4], arg[5], tonumber(arg[6]))
+  else latency(arg[3], arg[4], tonumber(arg[5])) end
+  return
+end
+
+-- ------------------------------------------------------------ the servers
+
+local SMOKE = arg[1] == "--smoke"
+local C = SMOKE and { cg = { 5, 15 }, batch_rounds = 1, latency_n = 50, latency_rounds = 1 }
+  or { cg = { 200, 1200 }, batch_rounds = 9, latency_n = 3000, latency_rounds = 5 }
+
+local helpers = require "support.helpers"
+local redis_server = require "support.redis_server"
+
+local OMNI_BODY = [[{"cache_reset":{"id":"0b6f4f7e-8c3a-4d2b-9e1f-5a6c7d8e9f01",]]
+  .. [["model_id":"6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b","policy_name":"daily",]]
+  .. [["created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z",]]
+  .. [["reset_at":"2026-01-01T00:00:00Z"},"success":true}]]
+
+local function nginx_start()
+  local dir = capture("mktemp -d /tmp/cachectl-bench-redis.XXXXXX"):gsub("%s+$", "")
+  local port = helpers.free_port()
+  local temps = {}
+  for _, t in ipairs{ "client_body", "proxy", "fastcgi", "uwsgi", "scgi" } do
+    temps[#temps + 1] = string.format("%s_temp_path %s/%s;", t, dir, t)
   end
-  print(string.format("%.1f %.1f", median(turns), median(pings)))
+  helpers.write_file(dir .. "/nginx.conf", table.concat({
+    "daemon off;", "master_process off;", "pid " .. dir .. "/nginx.pid;",
+    "error_log " .. dir .. "/error.log warn;", "events { worker_connections 1024; }",
+    "http { access_log off; default_type application/json; keepalive_requests 10000000;",
+    table.concat(temps, " "),
+    "server { listen 127.0.0.1:" .. port .. ";",
+    "location /api/v1/models/ { return 200 '" .. OMNI_BODY .. "'; } } }", "",
+  }, "\n"))
+  local proc = assert(io.popen("echo $$; exec " .. PIN .. "nginx -p " .. sh(dir) .. " -c " .. sh(dir .. "/nginx.conf")
+    .. " -e " .. sh(dir .. "/error.log") .. " </dev/null"))
+  local pid = assert(tonumber(proc:read("l")))
+  assert(helpers.eventually(function()
+    local up = helpers.succeeds("curl -s -o /dev/null -X POST http://127.0.0.1:" .. port .. "/api/v1/models/x")
+    return up, up
+  end, 250), "nginx did not start")
+  return { pid = pid, proc = proc, dir = dir, base = "http://127.0.0.1:" .. port .. "/api" }
 end
 
--- `many URL N DIGEST START`: N turns from START (epoch seconds) on; prints
--- the seconds they took.
-local function many(url, n, digest, start)
-  local fleet = require "cachectl.fleet"
-  assert(fleet.take(url, parts(digest), N_LIMIT, PER, 10))
-  while socket.gettime() < start do socket.sleep(0.002) end
-  local t0 = socket.gettime()
-  for _ = 1, n do assert(fleet.take(url, parts(digest), N_LIMIT, PER, 10)) end
-  print(string.format("%.6f %.6f", t0, socket.gettime()))
+local ENV = "LUA_PATH_5_4=" .. sh(ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;")
+  .. " LUA_CPATH_5_4=" .. sh(ROOT .. "/build/5.4/?.so;;") .. " "
+local SELF = sh(arg[0])
+
+local function child(...)
+  local args = {}
+  for i, a in ipairs{ ... } do args[i] = sh(a) end
+  return "lua5.4 " .. SELF .. " child " .. table.concat(args, " ")
 end
 
--- --------------------------------------------------------------- the run
-
-local function callgrind_ir(url, n, mode, digest)
-  local out = os.tmpname()
-  capture(string.format("taskset -c %s valgrind --tool=callgrind --callgrind-out-file=%s %s %s loop %s %d %s %s 2>&1",
-    CPU, sh(out), LUA, sh(SELF), sh(url), n, mode, digest))
-  local f = assert(io.open(out))
-  local text = f:read("*a")
-  f:close()
-  os.remove(out)
-  return assert(tonumber(text:match("\nsummary: (%d+)") or text:match("\ntotals: (%d+)")))
-end
-
--- Turns/s of `procs` processes taking `n` turns each at once on one key.
-local function throughput(url, procs, n, digest)
-  local start = socket.gettime() + 1
-  local cmds = {}
-  for i = 1, procs do
-    cmds[i] = string.format("%s %s many %s %d %s %.3f &", LUA, sh(SELF), sh(url), n, digest, start)
+local function callgrind_ir(cmd)
+  local file = os.tmpname()
+  capture(ENV .. PIN .. "valgrind -q --tool=callgrind --callgrind-out-file=" .. sh(file) .. " " .. cmd .. " >/dev/null")
+  local total
+  for line in io.lines(file) do
+    local v = line:match("^summary:%s*(%d+)") or line:match("^totals:%s*(%d+)")
+    if v then total = tonumber(v) end
   end
-  local out = capture("{ " .. table.concat(cmds, " ") .. " wait; }")
-  local first, last = math.huge, 0
-  for a, b in out:gmatch("([%d.]+) ([%d.]+)") do
-    first, last = math.min(first, tonumber(a)), math.max(last, tonumber(b))
+  os.remove(file)
+  return assert(total, "no totals in the callgrind output")
+end
+
+local ng = nginx_start()
+local srv = redis_server.start()
+os.execute("taskset -pc " .. CPU .. " " .. srv.pid .. " >/dev/null")
+local url = srv:url()
+local ok, err = pcall(function()
+  -- 1. instructions per call
+  local ir = {}
+  for _, mode in ipairs{ "redis", "window", "none" } do
+    local a = callgrind_ir(child("calls", ng.base, mode, url, C.cg[1]))
+    local b = callgrind_ir(child("calls", ng.base, mode, url, C.cg[2]))
+    ir[mode] = (b - a) / (C.cg[2] - C.cg[1])
   end
-  return procs * n / (last - first)
-end
-
-local function server_usec_per_turn(srv)
-  local c = srv:client()
-  local info = c:info("commandstats")
-  c:quit()
-  local stats = info.commandstats or info
-  local line = stats.cmdstat_evalsha or ""
-  if type(line) == "table" then return tonumber(line.usec_per_call) end
-  return tonumber(tostring(line):match("usec_per_call=([%d.]+)"))
-end
-
-local function run(n)
-  local srv = redis_server.start()
-  assert(os.execute("taskset -p -c " .. CPU .. " " .. srv.pid .. " >/dev/null"))
-  local url = srv:url()
-  local ok, err = pcall(function()
-    local admin = srv:client()
-    admin:config("RESETSTAT")
-    admin:quit()
-    local turn_us, ping_us = capture(string.format("taskset -c %s %s %s latency %s %d %s",
-      CPU, LUA, sh(SELF), sh(url), n, ("a1"):rep(32))):match("([%d.]+) ([%d.]+)")
-    local server_us = server_usec_per_turn(srv)
-    local ir_turns = callgrind_ir(url, n, "turns", ("b2"):rep(32))
-    local ir_none = callgrind_ir(url, n, "none", ("b3"):rep(32))
-    local one = throughput(url, 1, n, ("c4"):rep(32))
-    local four = throughput(url, 4, n, ("d5"):rep(32))
-    print(string.format([[
-## Redis turn (bench/redis_turn.lua, N = %d, redis-server %s, %s)
-
-| measure | figure |
-|---|---|
-| latency per turn (EVALSHA round trip, median of 5 rounds) | %s µs |
-| latency per PING, same library (the round-trip floor) | %s µs |
-| the turn script's own time in Redis (INFO commandstats) | %s µs |
-| client instructions per turn (callgrind, (Ir(N turns) − Ir(none)) / N) | %.0f |
-| turns/s, 1 process | %.0f |
-| turns/s, 4 processes sharing one limit | %.0f |
-]], n, capture("redis-server --version"):match("v=([%d.]+)") or "?", VERSION,
-      turn_us, ping_us, tostring(server_us), (ir_turns - ir_none) / n, one, four))
-  end)
-  srv:stop()
-  assert(ok, err)
-end
-
-local mode = arg[1]
-if mode == "loop" then
-  loop(arg[2], tonumber(arg[3]), arg[4], arg[5])
-elseif mode == "latency" then
-  latency(arg[2], tonumber(arg[3]), arg[4])
-elseif mode == "many" then
-  many(arg[2], tonumber(arg[3]), arg[4], tonumber(arg[5]))
-else
-  run(tonumber(mode) or 20000)
-end
+  -- 2. batches of 256, alternating
+  local times = { redis = {}, window = {} }
+  for _ = 1, C.batch_rounds do
+    for _, mode in ipairs{ "redis", "window" } do
+      for line in capture(ENV .. PIN .. child("batch", ng.base, mode, url, 1)):gmatch("[^\n]+") do
+        times[mode][#times[mode] + 1] = tonumber(line)
+      end
+    end
+  end
+  -- 3. latency
+  local lat = { redis = {}, window = {}, ping = {} }
+  for _ = 1, C.latency_rounds do
+    for k, v in capture(ENV .. PIN .. child("latency", ng.base, url, C.latency_n)):gmatch("(%a+) ([%d.]+)") do
+      lat[k][#lat[k] + 1] = tonumber(v)
+    end
+  end
+  local tr, tw = median(times.redis), median(times.window)
+  local lr, lw, lp = median(lat.redis), median(lat.window), median(lat.ping)
+  local w = function(...) print(string.format(...)) end
+  w("| measure | with `rate_limit.redis` | without (same limit in the process) | ratio | target |")
+  w("|---|---:|---:|---:|---|")
+  w("| client instructions per call (callgrind) | %.0f | %.0f | %.2f× | ≤ 1.3× |", ir.redis, ir.window,
+    ir.redis / ir.window)
+  w("| batch of 256, concurrency 8 (median of %d, s) | %.4f | %.4f | %.2f× | ≤ 1.3× |", C.batch_rounds, tr, tw,
+    tr / tw)
+  w("| latency per call (µs, median of %d rounds of %d) | %.1f | %.1f | +%.1f µs | |", C.latency_rounds,
+    C.latency_n, lr, lw, lr - lw)
+  w("")
+  w("- A Redis turn adds %.1f µs to a call; a PING round trip on the same connection takes %.1f µs (%.2f×).",
+    lr - lw, lp, (lr - lw) / lp)
+  w("- Instructions per call with no rate limit at all: %.0f (the process window costs %.0f).", ir.none,
+    ir.window - ir.none)
+  w("- A Redis turn costs the client %.0f instructions (with Redis − with the process window).",
+    ir.redis - ir.window)
+end)
+srv:stop()
+os.execute("kill " .. ng.pid .. " 2>/dev/null")
+ng.proc:close()
+os.execute("rm -rf " .. sh(ng.dir))
+assert(ok, err)

@@ -616,7 +616,7 @@ static double redis_bound(const xfer *x, double now)
 static int ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
 {
     int fell = 0;
-    xfer **group = NULL;
+    xfer *few[8], **group = r->n <= 8 ? few : NULL;
     size_t i, j;
     for (i = 0; i < r->n && !r->oom; i++) {
         xfer *x = &r->x[i];
@@ -648,7 +648,7 @@ static int ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
             fell = 1;
         }
     }
-    free(group);
+    if (group != few) free(group);
     return fell;
 }
 
@@ -683,7 +683,9 @@ static double start_due(lua_State *L, run *r, int out, size_t *done)
             if (x->state == X_WAIT && x->next_start < wake) wake = x->next_start;
             continue;
         }
-        if ((rc = start_attempt(r->s, x, now)) == 0) {
+        if ((rc = start_attempt(r->s, x, now)) > 0) {
+            r->xfers++;
+        } else if (rc == 0) {
             r->oom = 1;
         } else if (rc < 0) {
             int tls = strstr(x->errbuf, "SSL") || strstr(x->errbuf, "CAINFO");
@@ -712,6 +714,7 @@ static size_t collect(lua_State *L, run *r, int out, int *finished)
         x->state = X_DONE;
         x->slot = 0;            /* a retry takes a place again when it is due */
         r->active--;
+        r->xfers--;
         *finished = 1;
         if (finish(L, r, x, rc)) {
             x->state = X_DONE;
@@ -743,14 +746,13 @@ static void wait_until(lua_State *L, cc_session *s, double wake, int running)
     if (due < wake) wake = due;
     left = wake - cc_mono();
     timeout = left <= 0 ? 0 : (int)ceil(left * 1000);
-#if LIBCURL_VERSION_NUM >= 0x074200
-    (void)running;
-    check_multi(L, curl_multi_poll(s->multi, fds, (unsigned)nfds, timeout, NULL));
-#else
-    /* curl_multi_wait returns at once when there is nothing to wait for */
     if (running) {
+#if LIBCURL_VERSION_NUM >= 0x074200
+        check_multi(L, curl_multi_poll(s->multi, fds, (unsigned)nfds, timeout, NULL));
+#else
         check_multi(L, curl_multi_wait(s->multi, fds, (unsigned)nfds, timeout, NULL));
-    } else if (nfds > 0) {
+#endif
+    } else if (nfds > 0) {      /* only Redis: a plain poll */
         struct pollfd p[MAX_REDIS_FDS];
         int i;
         for (i = 0; i < nfds; i++) {
@@ -767,7 +769,6 @@ static void wait_until(lua_State *L, cc_session *s, double wake, int running)
         struct timespec ts = { timeout / 1000, (timeout % 1000) * 1000000L };
         nanosleep(&ts, NULL);
     }
-#endif
     if (s->redis) cc_redis_io(s, fds, nfds, cc_mono());
 }
 
@@ -794,8 +795,10 @@ static void drive(lua_State *L, run *r, int out, size_t done)
         double wake = start_due(L, r, out, &done);
         int running = 0, finished = 0;
         if (r->oom) break;
-        check_multi(L, curl_multi_perform(r->s->multi, &running));
-        done += collect(L, r, out, &finished);
+        if (r->xfers > 0) {     /* only Redis to wait for: libcurl has nothing to do */
+            check_multi(L, curl_multi_perform(r->s->multi, &running));
+            done += collect(L, r, out, &finished);
+        }
         /* a finished attempt may have freed a slot or set a retry time */
         if (done < r->n && !r->oom && !finished) wait_until(L, r->s, wake, running);
         if (done < r->n && interrupted(L, r)) {

@@ -62,6 +62,7 @@ typedef struct run {
     int events;         /* stack index of the on_event functions, by item */
     int dicts;          /* stack index of the shared dicts, by item (rate_limit.shared_dict) */
     int active;         /* items holding a place (running, asking, or reserved) */
+    int xfers;          /* transfers in libcurl's hands */
     int concurrency;
     int told;           /* the redis_fallback event was emitted */
     hookseen hooks;

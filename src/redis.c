@@ -435,6 +435,7 @@ int cc_redis_turns(cc_redis *c, xfer **xs, int k, double now, double due)
     if (due < c->due) c->due = due;
     c->asked = now;
     op_tell(op, RS_ASKED);
+    if (c->opened > 0) handle_write(c->ac);     /* connected: out now, not after a poll */
     return 1;
 }
 
