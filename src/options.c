@@ -2,6 +2,7 @@
  * (mistakes raise), then values (a bad one becomes an `invalid` error that
  * names the option). Building the URL and body from the checked values is
  * request.c; nothing is sent from either. */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -95,6 +96,16 @@ void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
     }
 }
 
+/* A whole number from lo to hi (never NaN or infinite with finite bounds). */
+static int whole(double n, double lo, double hi)
+{
+    return n >= lo && n <= hi && n == floor(n);
+}
+
+/* The longest timeout (about 11.5 days): larger, infinite and NaN ones are
+ * mistakes, not "forever". */
+#define CC_MAX_SECONDS 1e6
+
 /* ---- names and types: mistakes raise ----------------------------------- */
 
 /* Where a mistake was made, for its message: a text, or an endpoint named
@@ -106,6 +117,13 @@ static void fail(lua_State *L, const where *w, const char *msg)
 {
     if (w->text) luaL_error(L, "%s: %s", w->text, msg);
     luaL_error(L, "%s.%s: %s", w->ep->service, w->ep->name, msg);
+}
+
+/* A number of rate_limit as read: -1 stands for "not given", so a -1 given
+ * becomes another negative number (invalid all the same). */
+static double given(double n)
+{
+    return n == -1 ? -2 : n;
 }
 
 /* rate_limit = { requests = n, per = seconds, shared_dict = name, redis = URL,
@@ -133,8 +151,8 @@ static void read_limit(lua_State *L, const where *w, cc_slot *v)
                      lua_typename(L, fields[i].type), luaL_typename(L, -1));
             fail(L, w, msg);
         }
-        if (i == 0) v->n = lua_tonumber(L, -1);
-        else if (i == 1) v->per = lua_tonumber(L, -1);
+        if (i == 0) v->n = given(lua_tonumber(L, -1));
+        else if (i == 1) v->per = given(lua_tonumber(L, -1));
         else if (i == 2 || i == 3) v->external = 1;
         lua_pop(L, 1);
     }
@@ -248,6 +266,10 @@ void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep
         instance |= slot == O_INSTANCE;
         base_url |= slot == O_BASE_URL;
         if (slot == O_RATE_LIMIT && lua_istable(L, -1)) read_limit(L, &w, &limit);
+        /* a client's concurrency (its batches): any whole number >= 1 */
+        if (slot < 0 && strcmp(lua_tostring(L, -2), "concurrency") == 0 &&
+            !whole(lua_tonumber(L, -1), 1, DBL_MAX))
+            fail(L, &w, "option 'concurrency' must be a whole number >= 1");
         lua_pop(L, 1);
     }
     if (instance && base_url) fail(L, &w, "give either 'instance' or 'base_url', not both");
@@ -297,7 +319,7 @@ static int check_limit(cc_req *r, const cc_slot *v)
         if (v->n != -1) requests = v->n;
         if (v->per != -1) per = v->per;
         if (!(requests >= 1 && requests <= 100000 && requests == floor(requests) && per > 0 && per <= 1e9))
-            return bad(r, "rate_limit", "must be { requests = 1 to 100000, per = seconds > 0 }");
+            return bad(r, "rate_limit", "must be { requests = 1 to 100000, whole, per = seconds > 0 up to 1e9 }");
         if (!r->ep->svc->limit_requests && (v->n == -1 || v->per == -1))
             return bad(r, "rate_limit", "needs both requests and per for this service");
     }
@@ -349,18 +371,13 @@ static int proxy_ok(const char *s, size_t n)
     return 0;
 }
 
-static int whole(double n, double lo, double hi)
-{
-    return n >= lo && n <= hi && n == floor(n);
-}
-
 /* The numbers every call takes. */
 static int check_numbers(cc_req *r, const cc_slot *v)
 {
-    if (v[O_TIMEOUT].set && !(v[O_TIMEOUT].n > 0))
-        return bad(r, "timeout", "must be a number of seconds > 0");
-    if (v[O_CONNECT_TIMEOUT].set && !(v[O_CONNECT_TIMEOUT].n > 0))
-        return bad(r, "connect_timeout", "must be a number of seconds > 0");
+    if (v[O_TIMEOUT].set && !(v[O_TIMEOUT].n > 0 && v[O_TIMEOUT].n <= CC_MAX_SECONDS))
+        return bad(r, "timeout", "must be a number of seconds > 0 and at most 1000000");
+    if (v[O_CONNECT_TIMEOUT].set && !(v[O_CONNECT_TIMEOUT].n > 0 && v[O_CONNECT_TIMEOUT].n <= CC_MAX_SECONDS))
+        return bad(r, "connect_timeout", "must be a number of seconds > 0 and at most 1000000");
     if (v[O_RETRIES].set && !whole(v[O_RETRIES].n, 0, 100))
         return bad(r, "retries", "must be a whole number from 0 to 100");
     if (v[O_MAX_BYTES].set && !whole(v[O_MAX_BYTES].n, 1, 1e15))

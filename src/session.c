@@ -2,6 +2,8 @@
  * batch, close (deferred while a call runs), the module's default session. What a
  * session holds on the libcurl side is handles.c's; the run loop is
  * engine.c's. */
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,14 +114,16 @@ static int session_bind(lua_State *L)
 }
 
 /* items = session:batch(service, name, list_of_opts, concurrency), each item
- * { result = ..., err = ... } in input order. */
+ * { result = ..., err = ... } in input order. Any whole concurrency >= 1
+ * (over 100000 runs as 100000). */
 static int session_batch(lua_State *L)
 {
     cc_session *s = cc_session_check(L, 1);
     const cc_endpoint *ep = endpoint_arg(L, 2);
-    lua_Integer conc = luaL_optinteger(L, 5, 8);
+    lua_Number conc = luaL_optnumber(L, 5, 8);
     luaL_checktype(L, 4, LUA_TTABLE);
-    luaL_argcheck(L, conc >= 1, 5, "concurrency must be >= 1");
+    luaL_argcheck(L, conc >= 1 && conc <= DBL_MAX && conc == floor(conc), 5,
+                  "concurrency must be a whole number >= 1");
     return cc_run(L, s, ep, 4, 0, conc > 100000 ? 100000 : (int)conc);
 }
 
