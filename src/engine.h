@@ -83,6 +83,7 @@ struct cc_session {
     struct run *active;     /* the run in progress */
     struct run single;      /* the run of single calls, reused */
     int closed;             /* close() ran: no call may start */
+    long pid;               /* the process that opened multi (fork: another one) */
     int counted;            /* counted among the process's open sessions */
 };
 
@@ -94,8 +95,10 @@ CURL *cc_easy_get(cc_session *s, int sticky, hstate *st, const char **refused);
 void cc_easy_put(cc_session *s, CURL *e, int sticky, const hstate *st);
 void cc_session_close(cc_session *s);
 /* handles.c: opens the multi handle on a session's first call (its
- * descriptors close-on-exec); 0 when libcurl cannot make one. */
+ * descriptors close-on-exec); 0 when libcurl cannot make one. Forgetting
+ * drops what a session inherited through fork() without touching it. */
 int cc_session_open(cc_session *s);
+void cc_session_forget(cc_session *s);
 long cc_open_sessions(void);     /* sessions with handles open, process-wide */
 /* handles.c: why opening a socket failed for want of descriptors (EMFILE or
  * ENFILE, in words) in this thread at or after `since` (cc_mono's clock),

@@ -2,7 +2,8 @@
  * the first call (its descriptors close-on-exec), the pool of idle easy
  * handles, each set up once with the options and callbacks every request
  * shares (its sockets close-on-exec; the callbacks only copy bytes into the
- * transfer's buffers and never touch Lua), and freeing all a session holds. The engine takes
+ * transfer's buffers and never touch Lua), what a session inherited through
+ * fork() (left alone), and freeing all a session holds. The engine takes
  * handles from here; nothing here calls the engine. */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,7 +16,39 @@
 #include "engine.h"
 #include "clock.h"
 
-/* Sessions with their handles open, process-wide: session.c asks for a collection when they pile
+/* ---- what a child process inherited ---------------------------------- */
+
+/* A session used in a process other than the one that opened its handles
+ * (fork) shares their connections with the parent: neither used nor freed
+ * there (freeing may write to a connection the parent still uses, e.g. a
+ * TLS close_notify). They stay listed here, reachable, for the life of the
+ * child: a bounded leak, one multi handle and its idle easy handles per
+ * session. */
+typedef struct kept { void *handle; int multi; struct kept *next; } kept;
+static kept *inherited;
+static pthread_mutex_t inherited_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void keep(void *handle, int multi)
+{
+    kept *k = malloc(sizeof *k);
+    if (!k) return;               /* then only unreachable: still never freed */
+    k->handle = handle;
+    k->multi = multi;
+    pthread_mutex_lock(&inherited_lock);
+    k->next = inherited;
+    inherited = k;
+    pthread_mutex_unlock(&inherited_lock);
+}
+
+void cc_session_forget(cc_session *s)
+{
+    while (s->npool > 0) keep(s->pool[--s->npool].easy, 0);
+    if (s->multi) keep(s->multi, 1);
+    s->multi = NULL;
+}
+
+/* Sessions with their handles open (or forgotten in a child, until
+ * closed), process-wide: session.c asks for a collection when they pile
  * up. */
 static long open_count;
 static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -39,9 +72,11 @@ static void uncount(cc_session *s)
 }
 
 /* Frees what the session holds; idempotent. Never while a run is active:
- * the callers defer or refuse. */
+ * the callers defer or refuse. In a forked child the inherited handles
+ * are forgotten instead. */
 void cc_session_close(cc_session *s)
 {
+    if (s->multi && s->pid != (long)getpid()) cc_session_forget(s);
     while (s->npool > 0) curl_easy_cleanup(s->pool[--s->npool].easy);
     curl_slist_free_all(s->headers);
     s->headers = s->headers_noua = NULL;
@@ -82,6 +117,7 @@ int cc_session_open(cc_session *s)
         if (flags >= 0 && !(flags & FD_CLOEXEC)) fcntl(probe[i], F_SETFD, flags | FD_CLOEXEC);
     }
     pthread_mutex_unlock(&open_lock);
+    s->pid = (long)getpid();
     if (s->multi && !s->counted) {
         pthread_mutex_lock(&count_lock);
         open_count++;

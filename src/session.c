@@ -1,7 +1,7 @@
 /* session.c — the session as Lua sees it: core.session(), call, bind,
  * batch, close (deferred while a call runs), the module's default session;
- * what every call checks first (the handles opened on the first, a
- * collection when open sessions pile up). What a
+ * what every call checks first (a fork since the last call, the handles
+ * opened on the first, a collection when open sessions pile up). What a
  * session holds on the libcurl side is handles.c's; the run loop is
  * engine.c's. */
 #include <float.h>
@@ -86,12 +86,19 @@ static void make_room(lua_State *L)
     pthread_mutex_unlock(&limit_lock);
 }
 
-/* What every call does first, before anything of the run: a session opens
- * its handles on its first call. (A session running a call is left as it
- * is: cc_run refuses a second.) */
+/* What every call does first, before anything of the run: a session used
+ * in a process other than the one that opened its handles (fork) drops
+ * them, untouched, and starts afresh; a session opens its handles on its
+ * first call. (A session running a call is left as it is: cc_run refuses
+ * a second.) */
 static void session_ready(lua_State *L, cc_session *s)
 {
-    if (s->active || s->multi) return;
+    if (s->active) return;
+    if (s->multi && s->pid != (long)getpid()) {
+        cc_session_forget(s);
+        seed(s);                          /* the child's own backoff jitter */
+    }
+    if (s->multi) return;
     if (!s->counted) make_room(L);
     if (!cc_session_open(s)) luaL_error(L, "cachectl: cannot create a libcurl multi handle");
 }
