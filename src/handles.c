@@ -24,16 +24,15 @@
  * TLS close_notify). They stay listed here, reachable, for the life of the
  * child: a bounded leak, one multi handle and its idle easy handles per
  * session. */
-typedef struct kept { void *handle; int multi; struct kept *next; } kept;
+typedef struct kept { void *handle; struct kept *next; } kept;
 static kept *inherited;
 static pthread_mutex_t inherited_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void keep(void *handle, int multi)
+static void keep(void *handle)
 {
     kept *k = malloc(sizeof *k);
     if (!k) return;               /* then only unreachable: still never freed */
     k->handle = handle;
-    k->multi = multi;
     pthread_mutex_lock(&inherited_lock);
     k->next = inherited;
     inherited = k;
@@ -42,8 +41,8 @@ static void keep(void *handle, int multi)
 
 void cc_session_forget(cc_session *s)
 {
-    while (s->npool > 0) keep(s->pool[--s->npool].easy, 0);
-    if (s->multi) keep(s->multi, 1);
+    while (s->npool > 0) keep(s->pool[--s->npool].easy);
+    if (s->multi) keep(s->multi);
     s->multi = NULL;
 }
 

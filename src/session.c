@@ -99,7 +99,11 @@ static void session_ready(lua_State *L, cc_session *s)
         seed(s);                          /* the child's own backoff jitter */
     }
     if (s->multi) return;
-    if (!s->counted) make_room(L);
+    if (!s->counted) {
+        make_room(L);
+        /* a finalizer run by the collection may have closed it */
+        if (s->closed) luaL_error(L, "cachectl: session is closed");
+    }
     if (!cc_session_open(s)) luaL_error(L, "cachectl: cannot create a libcurl multi handle");
 }
 
