@@ -74,7 +74,13 @@ describe("numeric options", function()
     refuses("limit", { NAN, INF, -1, 0, 0.5 }, function(v) return c:models{ limit = v } end)
     refuses("reset_at", { NAN, INF, -INF, -1, 1e300 },
       function(v) return c:reset_cache(UUID, "p", { reset_at = v }) end)
-    refuses("coalesce", { NAN, INF, -1 }, function(v) return c:reset_cache(UUID, "p", { coalesce = v }) end)
+    refuses("coalesce", { NAN, -INF, -1 }, function(v) return c:reset_cache(UUID, "p", { coalesce = v }) end)
+    for _, v in ipairs{ INF, 1e300, 1e6 + 1 } do
+      assert.error_matches(function() c:reset_cache(UUID, "p", { coalesce = v }) end,
+        "option 'coalesce' must be a number of seconds >= 0 and at most 1000000", 1, true)
+      assert.error_matches(function() omni{ coalesce = v } end, "option 'coalesce'", 1, true)
+    end
+    assert.equal(0, #srv:requests())
   end)
 
   it("concurrency: a whole number >= 1, else a raise naming it (a huge one runs everything at once)", function()

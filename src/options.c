@@ -244,6 +244,20 @@ void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_slot *v)
         fail(L, &w, "'playground' goes with 'instance', not with 'base_url'");
 }
 
+/* The ranges of a client's own numbers (key and value on the stack top): a
+ * concurrency is any whole number >= 1; a coalesce window over 1000000 s
+ * (infinity included) raises here, while the Lua layer makes a negative or
+ * NaN one `invalid`. */
+static void check_client_number(lua_State *L, const where *w)
+{
+    const char *name = lua_tostring(L, -2);
+    double n = lua_tonumber(L, -1);
+    if (strcmp(name, "concurrency") == 0 && !whole(n, 1, DBL_MAX))
+        fail(L, w, "option 'concurrency' must be a whole number >= 1");
+    if (strcmp(name, "coalesce") == 0 && n > CC_MAX_SECONDS)
+        fail(L, w, "option 'coalesce' must be a number of seconds >= 0 and at most 1000000");
+}
+
 /* core.check_options(service, opts [, call [, where]]): the checks of
  * cc_opts_read for a client of the service (every option of its calls and
  * its own) or for one call; raises on a mistake, naming `where`. */
@@ -266,10 +280,7 @@ void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep
         instance |= slot == O_INSTANCE;
         base_url |= slot == O_BASE_URL;
         if (slot == O_RATE_LIMIT && lua_istable(L, -1)) read_limit(L, &w, &limit);
-        /* a client's concurrency (its batches): any whole number >= 1 */
-        if (slot < 0 && strcmp(lua_tostring(L, -2), "concurrency") == 0 &&
-            !whole(lua_tonumber(L, -1), 1, DBL_MAX))
-            fail(L, &w, "option 'concurrency' must be a whole number >= 1");
+        if (slot < 0) check_client_number(L, &w);
         lua_pop(L, 1);
     }
     if (instance && base_url) fail(L, &w, "give either 'instance' or 'base_url', not both");
