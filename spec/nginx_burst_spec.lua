@@ -108,6 +108,19 @@ describe("nginx bursts", function()
       local before, after = burst(n, "130 calls, VM pool 8, vms 100", "over-")
       assert.is_true(after <= before + 8 * 3, ("%d descriptors after the burst, %d before"):format(after, before))
     end)
+
+    it("configure and warm raise, naming the setting, on numbers out of range", function()
+      local errors = request(n.port, "GET", "/misuse").json.errors
+      assert.equal(16, #errors)
+      for i = 1, 14, 2 do
+        assert.matches("cachectl.openresty.configure: vms must be a whole number from 1 to 100000",
+          errors[i], 1, true)
+        assert.matches("cachectl.openresty.warm: threads must be a whole number from 1 to 100000",
+          errors[i + 1], 1, true)
+      end
+      assert.matches("set vms before the worker's first call", errors[15], 1, true)
+      assert.matches("unknown option 'threads'", errors[16], 1, true)
+    end)
   end)
 
   describe("nginx's default VM pool (100) and vms (100)", function()

@@ -408,14 +408,19 @@ end
 local KEEP_STEP = 0.5
 local keeping = false
 
-local function keep_worker()
+local function keep_while_busy()
   while slots:count() < settings.vms do
     ngx.sleep(KEEP_STEP)
     -- the slots of calls whose light threads were killed come back through
     -- the collector; an idle worker may not run it by itself
     if ngx.worker.exiting() then collectgarbage() end
   end
+end
+
+local function keep_worker()
+  local ok, err = pcall(keep_while_busy)
   keeping = false
+  if not ok then ngx.log(ngx.WARN, "cachectl: keeping the worker while calls run: ", tostring(err)) end
 end
 
 -- The worker can make no timer (it is exiting, or at lua_max_pending_timers):

@@ -26,6 +26,7 @@ M.MODEL = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 --   GET /probe?n=N            N worker-thread tasks at once, each telling whether its
 --                             VM had loaded cachectl.openresty: { loaded = count, vms = N }
 --   GET /warmed               how many VMs warm readied (waits for it to finish)
+--   GET /misuse               what configure and warm raise with bad numbers: { errors }
 M.HANDLERS = [[
 local cachectl = require "cachectl"
 local cjson = require "cjson.safe"
@@ -80,6 +81,19 @@ function M.probe()
     if ok and yes then loaded = loaded + 1 end
   end
   answer{ loaded = loaded, vms = n }
+end
+
+-- configure and warm with bad numbers: what each raises.
+function M.misuse()
+  local openresty = require "cachectl.openresty"
+  local out = {}
+  for _, v in ipairs{ 0 / 0, 1 / 0, -1, 0, 0.5, 1e300, "8" } do
+    out[#out + 1] = select(2, pcall(openresty.configure, { vms = v }))
+    out[#out + 1] = select(2, pcall(openresty.warm, "cachectl", v))
+  end
+  out[#out + 1] = select(2, pcall(openresty.configure, { vms = 8 }))   -- after the worker's first call
+  out[#out + 1] = select(2, pcall(openresty.configure, { threads = 8 }))
+  answer{ errors = out }
 end
 
 function M.warmed()
@@ -144,6 +158,7 @@ http {
         location = /result { content_by_lua_block { require("nginx_life_handlers").result() } }
         location = /probe { content_by_lua_block { require("nginx_life_handlers").probe() } }
         location = /warmed { content_by_lua_block { require("nginx_life_handlers").warmed() } }
+        location = /misuse { content_by_lua_block { require("nginx_life_handlers").misuse() } }
     }
 }
 ]]):format(dir, dir, threads, dir, root, root, dir, root,
