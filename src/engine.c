@@ -387,6 +387,7 @@ static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
 {
     const char *why = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
     curl_off_t connect_us = 0;
+    const char *shortage;
     curl_easy_getinfo(x->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
     if (x->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
         o->kind = CC_TOO_LARGE;
@@ -405,6 +406,12 @@ static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
     } else if (is_tls_error(rc)) {
         o->kind = CC_TLS;
         snprintf(o->msg, sizeof o->msg, "TLS failure: %s", why);
+    } else if ((shortage = cc_fd_shortage(x->started)) != NULL) {
+        /* libcurl says "Couldn't connect": the socket was never made */
+        o->kind = CC_CONNECT;
+        o->retryable = 1;
+        snprintf(o->msg, sizeof o->msg, "too many open files: no descriptor left for a connection (%s)",
+                 shortage);
     } else {
         o->kind = CC_CONNECT;
         o->retryable = 1;

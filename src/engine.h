@@ -95,6 +95,9 @@ struct cc_session {
     struct run *active;     /* the run in progress */
     struct cc_redis *redis; /* connections to Redis, one per URL (redis.c) */
     struct run single;      /* the run of single calls, reused */
+    int closed;             /* close() ran: no call may start */
+    long pid;               /* the process that opened multi (fork: another one) */
+    int counted;            /* counted among the process's open sessions */
 };
 
 /* handles.c: the pool of easy handles (a handle comes back with the options
@@ -104,6 +107,16 @@ struct cc_session {
 CURL *cc_easy_get(cc_session *s, int sticky, hstate *st, const char **refused);
 void cc_easy_put(cc_session *s, CURL *e, int sticky, const hstate *st);
 void cc_session_close(cc_session *s);
+/* handles.c: opens the multi handle on a session's first call (its
+ * descriptors close-on-exec); 0 when libcurl cannot make one. Forgetting
+ * drops what a session inherited through fork() without touching it. */
+int cc_session_open(cc_session *s);
+void cc_session_forget(cc_session *s);
+long cc_open_sessions(void);     /* sessions with handles open, process-wide */
+/* handles.c: why opening a socket failed for want of descriptors (EMFILE or
+ * ENFILE, in words) in this thread at or after `since` (cc_mono's clock),
+ * or NULL. */
+const char *cc_fd_shortage(double since);
 
 /* handles.c: the callbacks every pooled handle is set up with */
 size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud);

@@ -1,20 +1,81 @@
-/* handles.c — the libcurl side of a session: the pool of idle easy
+/* handles.c — the libcurl side of a session: its multi handle, opened on
+ * the first call (its descriptors close-on-exec), the pool of idle easy
  * handles, each set up once with the options and callbacks every request
  * shares (its sockets close-on-exec; the callbacks only copy bytes into the
- * transfer's buffers and never touch Lua), and freeing all a session holds.
- * The engine takes handles from here; nothing here calls the engine. */
+ * transfer's buffers and never touch Lua), what a session inherited through
+ * fork() (left alone), and freeing all a session holds. The engine takes
+ * handles from here; nothing here calls the engine. */
+#include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "engine.h"
+#include "clock.h"
+
+/* ---- what a child process inherited ---------------------------------- */
+
+/* A session used in a process other than the one that opened its handles
+ * (fork) shares their connections with the parent: neither used nor freed
+ * there (freeing may write to a connection the parent still uses, e.g. a
+ * TLS close_notify). They stay listed here, reachable, for the life of the
+ * child: a bounded leak, one multi handle and its idle easy handles per
+ * session. */
+typedef struct kept { void *handle; struct kept *next; } kept;
+static kept *inherited;
+static pthread_mutex_t inherited_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void keep(void *handle)
+{
+    kept *k = malloc(sizeof *k);
+    if (!k) return;               /* then only unreachable: still never freed */
+    k->handle = handle;
+    pthread_mutex_lock(&inherited_lock);
+    k->next = inherited;
+    inherited = k;
+    pthread_mutex_unlock(&inherited_lock);
+}
+
+void cc_session_forget(cc_session *s)
+{
+    while (s->npool > 0) keep(s->pool[--s->npool].easy);
+    if (s->multi) keep(s->multi);
+    s->multi = NULL;
+}
+
+/* Sessions with their handles open (or forgotten in a child, until
+ * closed), process-wide: session.c asks for a collection when they pile
+ * up. */
+static long open_count;
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+
+long cc_open_sessions(void)
+{
+    long n;
+    pthread_mutex_lock(&count_lock);
+    n = open_count;
+    pthread_mutex_unlock(&count_lock);
+    return n;
+}
+
+static void uncount(cc_session *s)
+{
+    if (!s->counted) return;
+    pthread_mutex_lock(&count_lock);
+    open_count--;
+    pthread_mutex_unlock(&count_lock);
+    s->counted = 0;
+}
 
 /* Frees what the session holds; idempotent. Never while a run is active:
- * the callers defer or refuse. */
+ * the callers defer or refuse. In a forked child the inherited handles
+ * are forgotten instead. */
 void cc_session_close(cc_session *s)
 {
+    if (s->multi && s->pid != (long)getpid()) cc_session_forget(s);
     while (s->npool > 0) curl_easy_cleanup(s->pool[--s->npool].easy);
     curl_slist_free_all(s->headers);
     s->headers = s->headers_noua = NULL;
@@ -26,6 +87,44 @@ void cc_session_close(cc_session *s)
     if (s->multi) curl_multi_cleanup(s->multi);
     s->multi = NULL;
     s->close_pending = 0;
+    s->closed = 1;
+    uncount(s);
+}
+
+/* ---- the multi handle ------------------------------------------------- */
+
+/* libcurl before 8.8 makes the multi handle's wakeup pair (a socketpair,
+ * or a pipe) without close-on-exec, and says nothing of its descriptors.
+ * New descriptors take the lowest free numbers: those are found before
+ * curl_multi_init, and afterwards each of them that is open without
+ * close-on-exec is marked. Sessions open one at a time (nginx's pool
+ * threads may open theirs at once); a descriptor another thread opens in
+ * that instant may be marked too, which only keeps it from child
+ * processes. */
+#define NPROBE 3
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int cc_session_open(cc_session *s)
+{
+    int probe[NPROBE], i;
+    pthread_mutex_lock(&open_lock);
+    for (i = 0; i < NPROBE; i++) probe[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (i = 0; i < NPROBE; i++)
+        if (probe[i] >= 0) close(probe[i]);
+    s->multi = curl_multi_init();
+    for (i = 0; i < NPROBE && s->multi; i++) {
+        int flags = probe[i] >= 0 ? fcntl(probe[i], F_GETFD) : -1;
+        if (flags >= 0 && !(flags & FD_CLOEXEC)) fcntl(probe[i], F_SETFD, flags | FD_CLOEXEC);
+    }
+    pthread_mutex_unlock(&open_lock);
+    s->pid = (long)getpid();
+    if (s->multi && !s->counted) {
+        pthread_mutex_lock(&count_lock);
+        open_count++;
+        pthread_mutex_unlock(&count_lock);
+        s->counted = 1;
+    }
+    return s->multi != NULL;
 }
 
 /* ---- libcurl's callbacks -------------------------------------------- */
@@ -70,6 +169,19 @@ int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
 }
 #endif
 
+/* A socket that could not be opened for want of descriptors, in this
+ * thread: when (cc_mono) and why. The run that reads the failure is on the
+ * same thread; libcurl itself only says "Couldn't connect". */
+static __thread double shortage_at = -1;
+static __thread int shortage_errno;
+
+const char *cc_fd_shortage(double since)
+{
+    if (shortage_at < since) return NULL;
+    return shortage_errno == EMFILE ? "EMFILE: the process is at its limit, see ulimit -n"
+                                    : "ENFILE: the system is at its limit";
+}
+
 /* Every socket libcurl opens is close-on-exec, so a child process started
  * during or after a call (io.popen, os.execute) holds none of them. */
 static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
@@ -85,6 +197,10 @@ static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_soc
         fd = -1;
     }
 #endif
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+        shortage_errno = errno;
+        shortage_at = cc_mono();
+    }
     return fd < 0 ? CURL_SOCKET_BAD : fd;
 }
 

@@ -2,6 +2,7 @@
  * (mistakes raise), then values (a bad one becomes an `invalid` error that
  * names the option). Building the URL and body from the checked values is
  * request.c; nothing is sent from either. */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -95,6 +96,16 @@ void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
     }
 }
 
+/* A whole number from lo to hi (never NaN or infinite with finite bounds). */
+static int whole(double n, double lo, double hi)
+{
+    return n >= lo && n <= hi && n == floor(n);
+}
+
+/* The longest timeout (about 11.5 days): larger, infinite and NaN ones are
+ * mistakes, not "forever". */
+#define CC_MAX_SECONDS 1e6
+
 /* ---- names and types: mistakes raise ----------------------------------- */
 
 /* Where a mistake was made, for its message: a text, or an endpoint named
@@ -106,6 +117,13 @@ static void fail(lua_State *L, const where *w, const char *msg)
 {
     if (w->text) luaL_error(L, "%s: %s", w->text, msg);
     luaL_error(L, "%s.%s: %s", w->ep->service, w->ep->name, msg);
+}
+
+/* A number of rate_limit as read: -1 stands for "not given", so a -1 given
+ * becomes another negative number (invalid all the same). */
+static double given(double n)
+{
+    return n == -1 ? -2 : n;
 }
 
 /* rate_limit = { requests = n, per = seconds, shared_dict = name, redis = URL,
@@ -132,8 +150,8 @@ static void read_limit(lua_State *L, const where *w, cc_slot *v)
                      lua_typename(L, fields[i].type), luaL_typename(L, -1));
             fail(L, w, msg);
         }
-        if (i == 0) v->n = lua_tonumber(L, -1);
-        else if (i == 1) v->per = lua_tonumber(L, -1);
+        if (i == 0) v->n = given(lua_tonumber(L, -1));
+        else if (i == 1) v->per = given(lua_tonumber(L, -1));
         else if (i == 2) v->dict = lua_tolstring(L, -1, &v->dict_len);
         else if (i == 3) v->redis = lua_tolstring(L, -1, &v->redis_len);
         else v->required = lua_toboolean(L, -1);
@@ -227,6 +245,20 @@ void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_slot *v)
         fail(L, &w, "'playground' goes with 'instance', not with 'base_url'");
 }
 
+/* The ranges of a client's own numbers (key and value on the stack top): a
+ * concurrency is any whole number >= 1; a coalesce window over 1000000 s
+ * (infinity included) raises here, while the Lua layer makes a negative or
+ * NaN one `invalid`. */
+static void check_client_number(lua_State *L, const where *w)
+{
+    const char *name = lua_tostring(L, -2);
+    double n = lua_tonumber(L, -1);
+    if (strcmp(name, "concurrency") == 0 && !whole(n, 1, DBL_MAX))
+        fail(L, w, "option 'concurrency' must be a whole number >= 1");
+    if (strcmp(name, "coalesce") == 0 && n > CC_MAX_SECONDS)
+        fail(L, w, "option 'coalesce' must be a number of seconds >= 0 and at most 1000000");
+}
+
 /* core.check_options(service, opts [, call [, where]]): the checks of
  * cc_opts_read for a client of the service (every option of its calls and
  * its own) or for one call; raises on a mistake, naming `where`. */
@@ -249,6 +281,7 @@ void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep
         instance |= slot == O_INSTANCE;
         base_url |= slot == O_BASE_URL;
         if (slot == O_RATE_LIMIT && lua_istable(L, -1)) read_limit(L, &w, &limit);
+        if (slot < 0) check_client_number(L, &w);
         lua_pop(L, 1);
     }
     if (instance && base_url) fail(L, &w, "give either 'instance' or 'base_url', not both");
@@ -300,7 +333,7 @@ static int check_limit(cc_req *r, const cc_slot *v)
         if (v->n != -1) requests = v->n;
         if (v->per != -1) per = v->per;
         if (!(requests >= 1 && requests <= 100000 && requests == floor(requests) && per > 0 && per <= 1e9))
-            return bad(r, "rate_limit", "must be { requests = 1 to 100000, per = seconds > 0 }");
+            return bad(r, "rate_limit", "must be { requests = 1 to 100000, whole, per = seconds > 0 up to 1e9 }");
         if (!r->ep->svc->limit_requests && (v->n == -1 || v->per == -1))
             return bad(r, "rate_limit", "needs both requests and per for this service");
     }
@@ -361,18 +394,13 @@ static int proxy_ok(const char *s, size_t n)
     return 0;
 }
 
-static int whole(double n, double lo, double hi)
-{
-    return n >= lo && n <= hi && n == floor(n);
-}
-
 /* The numbers every call takes. */
 static int check_numbers(cc_req *r, const cc_slot *v)
 {
-    if (v[O_TIMEOUT].set && !(v[O_TIMEOUT].n > 0))
-        return bad(r, "timeout", "must be a number of seconds > 0");
-    if (v[O_CONNECT_TIMEOUT].set && !(v[O_CONNECT_TIMEOUT].n > 0))
-        return bad(r, "connect_timeout", "must be a number of seconds > 0");
+    if (v[O_TIMEOUT].set && !(v[O_TIMEOUT].n > 0 && v[O_TIMEOUT].n <= CC_MAX_SECONDS))
+        return bad(r, "timeout", "must be a number of seconds > 0 and at most 1000000");
+    if (v[O_CONNECT_TIMEOUT].set && !(v[O_CONNECT_TIMEOUT].n > 0 && v[O_CONNECT_TIMEOUT].n <= CC_MAX_SECONDS))
+        return bad(r, "connect_timeout", "must be a number of seconds > 0 and at most 1000000");
     if (v[O_RETRIES].set && !whole(v[O_RETRIES].n, 0, 100))
         return bad(r, "retries", "must be a whole number from 0 to 100");
     if (v[O_MAX_BYTES].set && !whole(v[O_MAX_BYTES].n, 1, 1e15))

@@ -1,26 +1,38 @@
 /* session.c — the session as Lua sees it: core.session(), call, bind,
- * batch, close (deferred while a call runs), the module's default session. What a
+ * batch, close (deferred while a call runs), the module's default session;
+ * what every call checks first (a fork since the last call, the handles
+ * opened on the first, a collection when open sessions pile up). What a
  * session holds on the libcurl side is handles.c's; the run loop is
  * engine.c's. */
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include "engine.h"
 
 #define SESSION_MT "cachectl.session"
 
+static void seed(cc_session *s)
+{
+    s->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)s;
+    if (!s->rng) s->rng = 0x9e3779b97f4a7c15ULL;
+}
+
+/* A new session holds no libcurl handle (no descriptor) until its first
+ * call. */
 cc_session *cc_session_new(lua_State *L)
 {
     cc_session *s = cc_newuserdata(L, sizeof *s);
     memset(s, 0, sizeof *s);
     luaL_getmetatable(L, SESSION_MT);
     lua_setmetatable(L, -2);
-    s->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)s;
-    if (!s->rng) s->rng = 0x9e3779b97f4a7c15ULL;
+    seed(s);
     s->main = cc_mainthread(L);
-    if (!(s->multi = curl_multi_init())) luaL_error(L, "cachectl: cannot create a libcurl multi handle");
     return s;
 }
 
@@ -28,15 +40,71 @@ cc_session *cc_session_new(lua_State *L)
 cc_session *cc_session_of(lua_State *L, int idx)
 {
     cc_session *s = lua_touserdata(L, idx);
-    if (!s->multi) luaL_error(L, "cachectl: session is closed");
+    if (s->closed) luaL_error(L, "cachectl: session is closed");
     return s;
 }
 
 cc_session *cc_session_check(lua_State *L, int idx)
 {
     cc_session *s = luaL_checkudata(L, idx, SESSION_MT);
-    if (!s->multi) luaL_error(L, "cachectl: session is closed");
+    if (s->closed) luaL_error(L, "cachectl: session is closed");
     return s;
+}
+
+/* ---- open sessions, process-wide ------------------------------------- */
+
+/* A session dropped without close() keeps its descriptors (libcurl's
+ * wakeup pair, its kept-alive connections) until the collector finalizes
+ * it, and the collector sees a userdata of a few kilobytes: a loop making
+ * sessions would run out of descriptors long before it ran out of memory.
+ * So before a session opens its handles, once the sessions open in the
+ * process (handles.c counts them) reach a limit, a full collection runs;
+ * the next limit is the sessions still open after it plus a share of the
+ * descriptor limit (ulimit -n / 16, from 8 to 256; an open session holds
+ * about 3). */
+static pthread_mutex_t limit_lock = PTHREAD_MUTEX_INITIALIZER;
+static long open_limit;
+
+static long headroom(void)
+{
+    struct rlimit rl;
+    rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+    return n == RLIM_INFINITY || n / 16 > 256 ? 256 : n / 16 < 8 ? 8 : (long)(n / 16);
+}
+
+static void make_room(lua_State *L)
+{
+    long limit;
+    pthread_mutex_lock(&limit_lock);
+    if (!open_limit) open_limit = headroom();
+    limit = open_limit;
+    pthread_mutex_unlock(&limit_lock);
+    if (cc_open_sessions() < limit) return;
+    lua_gc(L, LUA_GCCOLLECT, 0);          /* finalizes the dropped ones */
+    pthread_mutex_lock(&limit_lock);
+    open_limit = cc_open_sessions() + headroom();
+    pthread_mutex_unlock(&limit_lock);
+}
+
+/* What every call does first, before anything of the run: a session used
+ * in a process other than the one that opened its handles (fork) drops
+ * them, untouched, and starts afresh; a session opens its handles on its
+ * first call. (A session running a call is left as it is: cc_run refuses
+ * a second.) */
+static void session_ready(lua_State *L, cc_session *s)
+{
+    if (s->active) return;
+    if (s->multi && s->pid != (long)getpid()) {
+        cc_session_forget(s);
+        seed(s);                          /* the child's own backoff jitter */
+    }
+    if (s->multi) return;
+    if (!s->counted) {
+        make_room(L);
+        /* a finalizer run by the collection may have closed it */
+        if (s->closed) luaL_error(L, "cachectl: session is closed");
+    }
+    if (!cc_session_open(s)) luaL_error(L, "cachectl: cannot create a libcurl multi handle");
 }
 
 /* __gc and __close: while a call runs on the session (the metamethod
@@ -61,7 +129,7 @@ static int session_close_method(lua_State *L)
 static int session_tostring(lua_State *L)
 {
     cc_session *s = luaL_checkudata(L, 1, SESSION_MT);
-    lua_pushfstring(L, "cachectl.session (%s)", s->multi ? "open" : "closed");
+    lua_pushfstring(L, "cachectl.session (%s)", s->closed ? "closed" : "open");
     return 1;
 }
 
@@ -81,6 +149,7 @@ static int session_call(lua_State *L)
     cc_session *s = cc_session_check(L, 1);
     const cc_endpoint *ep = endpoint_arg(L, 2);
     luaL_checktype(L, 4, LUA_TTABLE);
+    session_ready(L, s);
     return cc_run(L, s, ep, 4, 1, 1);
 }
 
@@ -95,6 +164,7 @@ int cc_bound_call(lua_State *L)
         return luaL_error(L, "bad argument #1 to '%s.%s' (options table expected, got %s)",
                           ep->service, ep->name, luaL_typename(L, 1));
     lua_settop(L, 1);
+    session_ready(L, s);
     return cc_run(L, s, ep, 1, 1, 1);
 }
 
@@ -112,14 +182,17 @@ static int session_bind(lua_State *L)
 }
 
 /* items = session:batch(service, name, list_of_opts, concurrency), each item
- * { result = ..., err = ... } in input order. */
+ * { result = ..., err = ... } in input order. Any whole concurrency >= 1
+ * (over 100000 runs as 100000). */
 static int session_batch(lua_State *L)
 {
     cc_session *s = cc_session_check(L, 1);
     const cc_endpoint *ep = endpoint_arg(L, 2);
-    lua_Integer conc = luaL_optinteger(L, 5, 8);
+    lua_Number conc = luaL_optnumber(L, 5, 8);
     luaL_checktype(L, 4, LUA_TTABLE);
-    luaL_argcheck(L, conc >= 1, 5, "concurrency must be >= 1");
+    luaL_argcheck(L, conc >= 1 && conc <= DBL_MAX && conc == floor(conc), 5,
+                  "concurrency must be a whole number >= 1");
+    session_ready(L, s);
     return cc_run(L, s, ep, 4, 0, conc > 100000 ? 100000 : (int)conc);
 }
 

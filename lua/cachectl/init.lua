@@ -426,8 +426,10 @@ local function concurrency_of(st, opts)
     concurrency = opts.concurrency
     opts = copy(opts, "concurrency")
   end
-  if type(concurrency) ~= "number" or concurrency < 1 or concurrency % 1 ~= 0 then
-    error("omni:reset_caches: concurrency must be a whole number >= 1", 3)
+  -- any whole number >= 1 (more than the items: all at once); NaN and
+  -- infinities are no numbers of calls
+  if type(concurrency) ~= "number" or not (concurrency >= 1 and concurrency < 1 / 0 and concurrency % 1 == 0) then
+    error("omni:reset_caches: option 'concurrency' must be a whole number >= 1", 3)
   end
   return concurrency, opts
 end
