@@ -4,13 +4,13 @@
 -- It serves ModelsLab "Clear User Cache" and the Enterprise actions of any
 -- product, Omni "Reset cache", the Omni model list and model YAML; records
 -- every API request; has a control API under `/_mock/`; injects faults
--- chosen by directives in the credential; and keeps serving other clients
+-- chosen by rules per route or by directives in the credential; and keeps serving other clients
 -- whatever one client sends. docs/mock.md describes it in full.
 --
 -- The parts, one concern each: `cachectl.mock.http` (HTTP/1.1),
 -- `.conn` (buffered non-blocking I/O), `.loop` (the select loop), `.server`
 -- (state and dispatch), `.modelslab` and `.omni` (the vendors' routes),
--- `.models` (the Omni models), `.ratelimit`, `.faults`, `.control`,
+-- `.models` (the Omni models), `.ratelimit`, `.faults`, `.rules` (fault rules), `.control`,
 -- `.cli` (the command line), `.launcher` (`start` and its handle), `.json`, `.util`.
 --
 -- Portable Lua: runs under Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT.

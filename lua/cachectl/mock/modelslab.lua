@@ -32,7 +32,7 @@ end
 
 --- The service's error response for an HTTP status (for faults).
 function modelslab.status_error(_, status, headers, extra)
-  local body = { status = "error", message = STATUS_MESSAGES[status],
+  local body = { status = "error", message = STATUS_MESSAGES[status] or http.reason(status),
                  error_code = status == 429 and "rate_limited" or "http_" .. status }
   for k, v in pairs(extra or {}) do body[k] = v end
   return http.json(status, body, headers)

@@ -66,7 +66,7 @@ end
 
 --- The service's error response for an HTTP status (for faults).
 function omni.status_error(req, status, headers, extra)
-  return omni.error(req, status, STATUS_MESSAGES[status], headers, extra)
+  return omni.error(req, status, STATUS_MESSAGES[status] or http.reason(status), headers, extra)
 end
 
 --- A 2xx that says failure (the `api_error` fault).

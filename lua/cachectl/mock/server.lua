@@ -15,6 +15,7 @@ local models = require "cachectl.mock.models"
 local modelslab = require "cachectl.mock.modelslab"
 local omni = require "cachectl.mock.omni"
 local ratelimit = require "cachectl.mock.ratelimit"
+local rules = require "cachectl.mock.rules"
 
 local server = {}
 
@@ -43,9 +44,11 @@ end
 local State = {}
 State.__index = State
 
---- Forgets the log, the counters, the rate windows; restores the default models.
+--- Forgets the log, the counters, the fault rules, the rate windows;
+-- restores the models of the start.
 function State:reset()
-  self.log, self.seen, self.seen_count, self.fault_counts = {}, {}, 0, {}
+  rules.clear(self.rules or {})
+  self.log, self.seen, self.seen_count, self.fault_counts, self.rules = {}, {}, 0, {}, {}
   if self.rate then self.rate:clear() end
   self.models:reset()
 end
@@ -70,6 +73,8 @@ local function dispatch(srv, c, req)
   local route = match_route(req.path)
   if not route then return http.json(404, { error = "404", message = "Not found" }) end
   req.error_shape = srv.omni_error_shape or route.shape
+  local ruled = rules.apply(srv, c, req, route.vendor)
+  if ruled ~= nil then return ruled end
   local credential = route.vendor.credential(req)
   if credential then
     local faulted = faults.apply(srv, c, req, route.vendor, credential)

@@ -102,6 +102,21 @@ function util.percent_decode(s)
   return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
 end
 
+--- The Lua pattern of a path glob, matched against the end of a path: `*`
+-- matches any run of characters but `/`, `**` any run at all; everything
+-- else matches itself. A glob starts with `/`, so it matches at a segment
+-- boundary: "/v1/models" matches "/api/v1/models", not "/api/xv1/models".
+function util.glob_pattern(glob)
+  local p = glob:gsub("[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0")
+  p = p:gsub("%*%*", "\1"):gsub("%*", "[^/]*"):gsub("\1", ".*")   -- a glob holds no control characters
+  return p .. "$"
+end
+
+--- The path of a request target (without its query).
+function util.path_of(target)
+  return (target:match("^[^?]*"))
+end
+
 --- Parses the query string of a request target (`+` is a space).
 -- The first value of a repeated name wins; a name without `=` has the value "".
 -- @return a table of names to values, or nil, "bad name" when an escape is malformed
