@@ -32,6 +32,7 @@ local mock = {}
 --   `max_body` largest request body in bytes (default 64 MiB),
 --   `max_connections` connections held at once (default 900, at most 1000),
 --   `tls` `{ certificate = PATH, key = PATH }` to serve HTTPS,
+--   `models` the path of a .json or .yaml/.yml file of Omni models (the body of POST /_mock/models),
 --   `exit_with_parent` exit when stdout (a pipe) loses its reader
 -- @return never returns; raises an error on a bad option or if it cannot listen
 mock.serve = server.serve
@@ -47,8 +48,8 @@ mock.main = cli.main
 -- @function start
 -- @param opts table (optional): the options of `serve` but `on_listen` and `exit_with_parent`,
 --   and `lua` (interpreter command, default "lua5.4")
--- @return handle with fields `url`, `pid` and methods `requests()`, `stats()`,
---   `reset()`, `define_models(list, replace)`, `stop()`
+-- @return handle with fields `url`, `pid` and methods `requests(filter)`, `count(filter)`,
+--   `fault(rule)`, `faults()`, `stats()`, `reset()`, `define_models(list, replace)`, `stop()`
 mock.start = launcher.start
 
 return mock

@@ -173,7 +173,7 @@ end
 local FLAGS = {
   { "omni_rate_limit", "--omni-rate-limit" }, { "omni_rate_limit_per", "--omni-rate-limit-per" },
   { "omni_error_shape", "--omni-error-shape" }, { "page_size", "--page-size" },
-  { "max_body", "--max-body" }, { "max_connections", "--max-connections" },
+  { "max_body", "--max-body" }, { "max_connections", "--max-connections" }, { "models", "--models" },
 }
 
 -- The command that runs the server with `opts`, its stdout a pipe to us.

@@ -12,6 +12,7 @@ local faults = require "cachectl.mock.faults"
 local http = require "cachectl.mock.http"
 local loop = require "cachectl.mock.loop"
 local models = require "cachectl.mock.models"
+local modelsfile = require "cachectl.mock.modelsfile"
 local modelslab = require "cachectl.mock.modelslab"
 local omni = require "cachectl.mock.omni"
 local ratelimit = require "cachectl.mock.ratelimit"
@@ -125,7 +126,8 @@ local function positive_integer(v)
   return type(v) == "number" and v >= 1 and v == math.floor(v)
 end
 
---- Raises an error naming the first bad option of serve() (or nothing).
+--- Raises an error naming the first bad option of serve().
+-- @return the models file's definitions (`cachectl.mock.modelsfile`), or nil
 function server.check(opts)
   local function need(ok, message)
     if not ok then error("cachectl.mock: " .. message, 4) end
@@ -140,11 +142,17 @@ function server.check(opts)
   need(opts.max_body == nil or positive_integer(opts.max_body), "max_body must be a positive integer")
   need(opts.max_connections == nil or (positive_integer(opts.max_connections) and opts.max_connections <= 1000),
     "max_connections must be an integer from 1 to 1000")
+  if opts.models ~= nil then
+    need(type(opts.models) == "string", "models must be the path of a .json, .yaml or .yml file")
+    local initial, err = modelsfile.load(opts.models)
+    need(initial, "models: " .. tostring(err))
+    return initial
+  end
 end
 
-local function new_state(opts, url)
+local function new_state(opts, url, initial)
   local srv = setmetatable({
-    url = url, models = models.new(), page_size = opts.page_size or server.PAGE_SIZE,
+    url = url, models = models.new(initial), page_size = opts.page_size or server.PAGE_SIZE,
     omni_error_shape = opts.omni_error_shape, max_body = opts.max_body or http.MAX_BODY,
   }, State)
   if opts.omni_rate_limit then
@@ -164,12 +172,12 @@ end
 --- Runs the mock server in this process until it is killed (see `cachectl.mock.serve`).
 function server.serve(opts)
   opts = opts or {}
-  server.check(opts)
+  local initial = server.check(opts)
   local listener = assert(socket.bind(opts.host or "127.0.0.1", opts.port or 0, 512))
   listener:settimeout(0)
   local ip, port = listener:getsockname()
   if ip:find(":", 1, true) then ip = "[" .. ip .. "]" end
-  local srv = new_state(opts, (opts.tls and "https" or "http") .. "://" .. ip .. ":" .. tostring(port))
+  local srv = new_state(opts, (opts.tls and "https" or "http") .. "://" .. ip .. ":" .. tostring(port), initial)
   math.randomseed(math.floor(socket.gettime() * 1000) % 2147483647)
   -- When stdout is a pipe, its write end turns "readable" once the reader closes it.
   local watch = opts.exit_with_parent and { getfd = function() return 1 end } or nil
