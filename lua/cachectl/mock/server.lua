@@ -15,6 +15,7 @@ local models = require "cachectl.mock.models"
 local modelsfile = require "cachectl.mock.modelsfile"
 local modelslab = require "cachectl.mock.modelslab"
 local omni = require "cachectl.mock.omni"
+local openapi = require "cachectl.mock.openapi"
 local ratelimit = require "cachectl.mock.ratelimit"
 local rules = require "cachectl.mock.rules"
 
@@ -151,6 +152,7 @@ function server.check(opts)
 end
 
 local function new_state(opts, url, initial)
+  openapi.load()   -- the vendors' documents: a missing one stops the start
   local srv = setmetatable({
     url = url, models = models.new(initial), page_size = opts.page_size or server.PAGE_SIZE,
     omni_error_shape = opts.omni_error_shape, max_body = opts.max_body or http.MAX_BODY,
