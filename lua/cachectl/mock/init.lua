@@ -10,8 +10,10 @@
 -- The parts, one concern each: `cachectl.mock.http` (HTTP/1.1),
 -- `.conn` (buffered non-blocking I/O), `.loop` (the select loop), `.server`
 -- (state and dispatch), `.modelslab` and `.omni` (the vendors' routes),
--- `.models` (the Omni models), `.ratelimit`, `.faults`, `.rules` (fault rules), `.control`,
--- `.cli` (the command line), `.launcher` (`start` and its handle), `.json`, `.util`.
+-- `.models` (the Omni models), `.modelsfile` (`--models FILE`), `.openapi` (requests
+-- checked against the vendors' OpenAPI documents), `.ratelimit`, `.faults`,
+-- `.rules` (fault rules), `.control`, `.cli` (the command line), `.launcher`
+-- (`start` and its handle), `.busted` (one mock per spec file), `.json`, `.util`.
 --
 -- Portable Lua: runs under Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT.
 -- @module cachectl.mock
