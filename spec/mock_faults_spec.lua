@@ -74,17 +74,25 @@ describe("mock fault rules", function()
       assert.same({ 0, 1, 2, 0 }, uses)
     end)
 
-    it("matches the end of the path at a '/', with * inside a segment and ** across", function()
+    it("matches the last segments of the path, * standing for one segment's text", function()
       add_rule(srv, { path = "/models/*/yaml", fault = "503" })
-      add_rule(srv, { path = "/api/**/clear_queue", fault = "502" })
+      add_rule(srv, { path = "/api/v1/enterprise/*_gen/clear_queue", fault = "502" })
+      add_rule(srv, { path = "/api/v1/enterprise/clear_queue", fault = "502" })
       assert.equal(503, (omni_call(srv, "GET", YAML)))
       assert.equal(503, (omni_call(srv, "GET", "/other/prefix/v1/models/" .. SALES .. "/yaml?fileName=x")))
       assert.equal(200, (omni_call(srv, "GET", "/api/v1/models")))
       local key = cjson.encode({ key = "k" })
       assert.equal(502, (call(srv, "POST", "/api/v1/enterprise/face_gen/clear_queue", key)))
       assert.equal(502, (call(srv, "POST", "/api/v1/enterprise/clear_queue", key)))
-      assert.equal(200, (call(srv, "POST", "/v1/enterprise/3d/clear_queue", key)))   -- no /api
-      assert.equal(200, (call(srv, "POST", "/api/v1/enterprise/3d/clear_cache", key)))
+      assert.equal(200, (call(srv, "POST", "/v1/enterprise/face_gen/clear_queue", key)))   -- no /api
+      assert.equal(200, (call(srv, "POST", "/api/v1/enterprise/3d/clear_queue", key)))
+    end)
+
+    it("matches a long path of many segments in one pass (a hostile path cannot stall the server)", function()
+      add_rule(srv, { path = "/*/x/*/*/*/*/*/*/*/z", fault = "503" })
+      local status = omni_call(srv, "GET", ("/x"):rep(7000) .. "/v1/models")
+      assert.equal(200, status)
+      assert.equal(0, select(2, call(srv, "GET", "/_mock/faults"))[1].uses)
     end)
 
     it("answers a status and a body of the rule's own, in the vendor's shape when no body is given", function()
@@ -123,7 +131,7 @@ describe("mock fault rules", function()
         { { method = "PO ST", fault = "503" }, "method must be an HTTP method" },
         { { path = "v1/models", fault = "503" }, "path must be a string that starts with '/'" },
         { { path = "/v1/models?name=x", fault = "503" }, "path must not hold '?' or '#'" },
-        { { path = "/**/a/**/b/**", fault = "503" }, "'**' at most twice" },
+        { { path = "/v1/**/yaml", fault = "503" }, "path must not hold '**'" },
         { { fault = "teapot" }, "fault 'teapot' is unknown (known: 429, " },
         { { fault = "503", hold = -1 }, "hold must be a number of seconds" },
         { { fault = "503", hold = "2" }, "hold must be a number of seconds" },

@@ -32,10 +32,10 @@ local function filter_of(target)
     f.method = q.method:upper()
   end
   if q.path then
-    if q.path:sub(1, 1) ~= "/" or q.path:find("[?#%c]") then
-      return nil, "path must start with '/' and hold no '?', '#' or control characters"
+    if q.path:sub(1, 1) ~= "/" or q.path:find("[?#%c]") or q.path:find("**", 1, true) then
+      return nil, "path must start with '/' and hold no '?', '#', '**' or control characters"
     end
-    f.pattern = util.glob_pattern(q.path)
+    f.match_path = util.path_glob(q.path)
   end
   if q.since then
     f.since = tonumber(q.since)
@@ -52,7 +52,7 @@ local function requests(srv, req)
   local list = json.array()
   for _, entry in ipairs(srv.log) do
     if (not f.method or entry.method == f.method) and (not f.since or entry.at >= f.since)
-      and (not f.pattern or util.path_of(entry.path):find(f.pattern)) then
+      and (not f.match_path or f.match_path(util.path_of(entry.path))) then
       list[#list + 1] = entry
     end
   end

@@ -47,8 +47,9 @@ local function check_path(path)
   if #path > MAX_PATH then return "path must be at most " .. MAX_PATH .. " bytes" end
   if path:find("[%c%s]") then return "path must not hold spaces or control characters" end
   if path:find("[?#]") then return "path must not hold '?' or '#': a rule matches the path without its query" end
-  local _, stars = path:gsub("%*%*", "")
-  if stars > 2 then return "path may hold '**' at most twice" end
+  if path:find("**", 1, true) then
+    return "path must not hold '**': a path matches the end of the request's path, whatever comes before"
+  end
 end
 
 -- The first problem of a rule's fields, or nil.
@@ -102,12 +103,12 @@ function rules.parse(d)
   -- whole numbers as integers (lua-cjson may decode 503 as 503.0)
   if def.status then def.status = math.floor(def.status) end
   if def.times then def.times = math.floor(def.times) end
-  return { def = def, uses = 0, pattern = def.path and util.glob_pattern(def.path) }
+  return { def = def, uses = 0, match_path = def.path and util.path_glob(def.path) }
 end
 
 --- Whether a rule matches a method and a request path (without its query).
 function rules.matches(rule, method, path)
-  return (not rule.def.method or rule.def.method == method) and (not rule.pattern or path:find(rule.pattern) ~= nil)
+  return (not rule.def.method or rule.def.method == method) and (not rule.match_path or rule.match_path(path))
 end
 
 --- The rules as `GET /_mock/faults` lists them: each definition with `id` and `uses`.
