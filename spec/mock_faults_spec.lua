@@ -212,6 +212,26 @@ describe("mock fault rules", function()
     end)
   end)
 
+  it("work under Lua 5.1, 5.3 and LuaJIT too, with filters and validation", function()
+    local mock = require "cachectl.mock"
+    for _, lua in ipairs({ "lua5.1", "lua5.3", "luajit" }) do
+      if helpers.succeeds("command -v " .. lua .. " >/dev/null 2>&1") then
+        local other = mock.start{ lua = lua }
+        local ok, err = pcall(function()
+          assert.equal(1, other:fault{ method = "POST", path = "/cache_reset/*", fault = "503", times = 1 })
+          local seen = {}
+          for i = 1, 2 do seen[i] = (omni_call(other, "POST", RESET)) end
+          seen[3] = (omni_call(other, "GET", "/api/v1/models?sortDirection=up"))
+          assert.same({ 503, 200, 422 }, seen, lua)
+          assert.equal(1, other:faults()[1].uses, lua)
+          assert.equal(2, other:count{ method = "POST", path = "/v1/models/*/cache_reset/daily" }, lua)
+        end)
+        other:stop()
+        assert(ok, err)
+      end
+    end
+  end)
+
   describe("through the handle", function()
     it("fails the reset once with 503 while the policy check's YAML read answers", function()
       assert.equal(1, srv:fault{ method = "POST", path = "/v1/models/*/cache_reset/*", fault = "503", times = 1 })

@@ -26,7 +26,8 @@ describe("mock validation against the vendors' OpenAPI documents", function()
   local srv = server.use()
 
   describe("ModelsLab Enterprise", function()
-    it("answers a body without key, or with a key that is not a string, with 400 naming the field", function()
+    it("answers a body without key, or with a null key or one that is not a string, with 400 naming the field",
+      function()
       for _, path in ipairs({ "/api/v1/enterprise/face_gen/clear_queue",       -- face-gen.json
                               "/api/v1/enterprise/clear_cache",                -- text-to-image.json
                               "/api/v1/enterprise/flux/update_server",         -- not in flux-2-dev.json: 3d's
@@ -34,6 +35,8 @@ describe("mock validation against the vendors' OpenAPI documents", function()
         local status, body = call(srv, "POST", path, '{"deploy_type": "x"}')
         assert.equal(400, status, path)
         assert.same({ status = "error", message = "The key field is required.", error_code = "key_required" }, body)
+        status, body = call(srv, "POST", path, '{"key": null}')
+        assert.same({ 400, "key_required" }, { status, body.error_code })
         status, body = call(srv, "POST", path, '{"key": 42}')
         assert.equal(400, status, path)
         assert.same({ status = "error", message = "The key field must be a string.", error_code = "invalid_key" },

@@ -10,8 +10,8 @@
 -- `type` (one or a list), `enum`, `format: uuid`, `required`,
 -- `properties`, `additionalProperties`, `items`, `allOf`, `anyOf`,
 -- `oneOf`, the numeric bounds (OpenAPI 3.0 and 3.1 styles), `minLength`,
--- `maxLength`, `minItems`, `maxItems`. A JSON null given for a property
--- that is not required counts as absent.
+-- `maxLength`, `minItems`, `maxItems`. A property given as JSON null counts
+-- as absent (a required one is then missing).
 -- @module cachectl.mock.openapi
 
 local debug, io, math, string, table = debug, io, math, string, table
@@ -212,16 +212,14 @@ local function check_bounds(schema, v, field)
 end
 
 local function check_object(doc, schema, v, field, depth)
-  for _, name in ipairs(schema.required or {}) do
-    if v[name] == nil then return join(field, name), "is required" end
+  for _, name in ipairs(schema.required or {}) do   -- null is no value either (as the vendors' pages say)
+    if v[name] == nil or v[name] == json.null then return join(field, name), "is required" end
   end
-  local required = {}
-  for _, name in ipairs(schema.required or {}) do required[name] = true end
   local props, extra = schema.properties or {}, schema.additionalProperties
   for name, x in pairs(v) do
     local sub = props[name]
     if sub then
-      if x ~= json.null or required[name] then
+      if x ~= json.null then
         local f, rule = check(doc, sub, x, join(field, tostring(name)), depth + 1)
         if f then return f, rule end
       end
