@@ -109,6 +109,13 @@ describe("mock verification", function()
       local list = srv:requests{ path = "/cache_reset/hourly", since = t }
       assert.equal(1, #list)
       assert.matches("^Bearer tok%-", list[1].headers.authorization)
+
+      -- a request's own `at`, as the log shows it, keeps that request
+      local log = srv:requests()
+      for _, entry in ipairs(log) do
+        local kept = srv:requests{ since = entry.at }
+        assert.same({ entry.path, entry.at }, { kept[1].path, kept[1].at })
+      end
     end)
 
     it("raises on a bad filter, naming it", function()
