@@ -55,7 +55,7 @@ ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 
 lint:
 	luacheck .
-	luarocks --lua-version=5.4 lint cachectl-*.rockspec
+	for r in cachectl-*.rockspec; do luarocks --lua-version=5.4 lint $$r || exit 1; done
 
 spec: all
 	$(BUSTED) --lua=lua5.4
@@ -92,13 +92,16 @@ spec-valgrind: all
 	CACHECTL_SPEC_SLACK=0.5 valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=9 \
 	  lua5.4 $(shell command -v busted) --ignore-lua -o TAP
 
-# A local install with luarocks into a throw-away tree, then a require.
+# A local install with luarocks into a throw-away tree (the library's rock,
+# then the mock's, which depends on it), then a require of each.
 rock:
 	rm -rf build/tree
-	luarocks --lua-version=5.4 --tree build/tree make --deps-mode=none cachectl-*.rockspec >/dev/null
+	luarocks --lua-version=5.4 --tree build/tree make --deps-mode=none $(wildcard cachectl-[0-9]*.rockspec) >/dev/null
+	luarocks --lua-version=5.4 --tree build/tree make --deps-mode=none $(wildcard cachectl-mock-*.rockspec) >/dev/null
+	test -x build/tree/bin/cachectl-mock
 	cd /tmp && LUA_PATH_5_4="$(CURDIR)/build/tree/share/lua/5.4/?.lua;$(CURDIR)/build/tree/share/lua/5.4/?/init.lua;;" \
 	  LUA_CPATH_5_4="$(CURDIR)/build/tree/lib/lua/5.4/?.so;;" \
-	  lua5.4 -e 'local c = require "cachectl"; assert(c.version and c.omni.new and require("cachectl.mock").start); print("installed rock: cachectl " .. c.version)'
+	  lua5.4 -e 'local c = require "cachectl"; assert(c.version and c.omni.new and require("cachectl.mock").start and require("cachectl.mock.busted").use); print("installed rocks: cachectl and cachectl-mock " .. c.version)'
 
 # The packaging check: a source rock installed into an empty tree, used from outside.
 pack-check:

@@ -1,14 +1,17 @@
 -- How to test your own code against the cachectl mock server.
 --
 -- `purge` stands for a function of your application: it resets some Omni
--- cache policies and reports the ones that failed. The spec starts the mock,
--- points a client at it, and checks both what `purge` returns and what
--- arrived on the wire. Run it with:  busted examples/mock_usage_spec.lua
--- (docs/mock.md describes the mock in full).
+-- cache policies and reports the ones that failed. The spec gets one mock
+-- server for the file (cachectl.mock.busted), points a client at it, and
+-- checks what `purge` returns and what arrived on the wire. Run it with
+--   busted --lua=lua5.4 examples/mock_usage_spec.lua
+-- from a checkout (after `make`), or anywhere with the cachectl and
+-- cachectl-mock rocks installed (docs/mock.md, "A complete example spec").
 local cachectl = require "cachectl"
-local mock = require "cachectl.mock"
+local mock = require "cachectl.mock.busted"
 
 local MODEL = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+local RESET = "/v1/models/" .. MODEL .. "/cache_reset/"
 
 -- Your code: resets `policies` of `model`; returns the names that failed.
 local function purge(omni, model, policies, opts)
@@ -20,41 +23,41 @@ local function purge(omni, model, policies, opts)
 end
 
 describe("purge", function()
-  local m
+  -- One mock server for this block: started before its first test, reset
+  -- before each test, stopped by its pid after the last, even when one fails.
+  local m = mock.use()
 
-  setup(function() m = mock.start() end)       -- a mock server process on a free port
-  teardown(function() m:stop() end)
-  before_each(function() m:reset() end)        -- forget the last test's requests and models
+  local function client(opts)
+    local o = { token = "test-token", base_url = m.url .. "/api" }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return cachectl.omni.new(o)
+  end
 
-  it("resets every policy", function()
-    local omni = cachectl.omni.new{ token = "test-token", base_url = m.url .. "/api" }
+  it("resets every policy exactly once", function()
+    local omni = client()
     assert.same({}, purge(omni, MODEL, { "daily", "hourly" }))
     omni:close()
 
-    local seen = {}
+    assert.equal(1, m:count{ method = "POST", path = RESET .. "daily" })
+    assert.equal(1, m:count{ method = "POST", path = RESET .. "hourly" })
     for _, req in ipairs(m:requests()) do
-      assert.equal("POST", req.method)
       assert.equal("Bearer test-token", req.headers.authorization)
-      seen[#seen + 1] = req.path
     end
-    table.sort(seen)
-    assert.same({ "/api/v1/models/" .. MODEL .. "/cache_reset/daily",
-                  "/api/v1/models/" .. MODEL .. "/cache_reset/hourly" }, seen)
   end)
 
   it("reports the policies the service refused", function()
-    -- A credential can carry directives for the mock: here a 503 for the
-    -- first request only, and no retries, so exactly one policy fails.
-    local omni = cachectl.omni.new{ token = "test-token fault=503 times=1", base_url = m.url .. "/api",
-                                    retries = 0, concurrency = 1 }
+    -- The reset of daily answers 503 once; without retries, daily fails.
+    m:fault{ method = "POST", path = RESET .. "daily", fault = "503", times = 1 }
+    local omni = client{ retries = 0 }
     assert.same({ "daily" }, purge(omni, MODEL, { "daily", "hourly" }))
     omni:close()
-    assert.equal(2, #m:requests())
+    assert.equal(1, m:faults()[1].uses)
+    assert.equal(1, m:count{ path = RESET .. "hourly" })
   end)
 
   it("never resets a policy the model does not declare", function()
-    local omni = cachectl.omni.new{ token = "test-token", base_url = m.url .. "/api" }
-    -- Your test's own model and its model file (the default set is restored by reset).
+    -- Your test's own model and its model file (the reset before the next
+    -- test restores the mock's models).
     m:define_models({ { id = MODEL, name = "Orders", yaml = [[
 cache_policies:
   daily:
@@ -63,14 +66,13 @@ cache_policies:
     max_cache_age: 1 hour
 default_cache_policy: daily
 ]] } })
+    local omni = client()
     assert.same({ "dialy" }, purge(omni, MODEL, { "dialy", "hourly" }, { check_policy = true }))
     omni:close()
 
     -- one read of the model file, then the one reset that was right
-    local reqs = m:requests()
-    assert.equal(2, #reqs)
-    assert.equal("GET", reqs[1].method)
-    assert.equal(1, reqs[1].path:find("/api/v1/models/" .. MODEL .. "/yaml?", 1, true))
-    assert.equal("/api/v1/models/" .. MODEL .. "/cache_reset/hourly", reqs[2].path)
+    assert.equal(1, m:count{ method = "GET", path = "/v1/models/" .. MODEL .. "/yaml" })
+    assert.equal(0, m:count{ path = RESET .. "dialy" })
+    assert.equal(1, m:count{ method = "POST", path = RESET .. "hourly" })
   end)
 end)

@@ -5,6 +5,7 @@ local io, os, math = io, os, math
 local pcall, tonumber, tostring = pcall, tonumber, tostring
 
 local argparse = require "argparse"
+local modelsfile = require "cachectl.mock.modelsfile"
 local server = require "cachectl.mock.server"
 
 local cli = {}
@@ -48,6 +49,8 @@ local function parser()
     :argname("<n>"):convert(integer_from("--max-connections", 1, 1000))
   p:option("--tls-cert", "Serve HTTPS with this PEM certificate (needs --tls-key)."):argname("<path>")
   p:option("--tls-key", "PEM private key for --tls-cert."):argname("<path>")
+  p:option("--models", "Omni models to serve from the start, from a .json or .yaml/.yml file shaped as "
+    .. "the body of POST /_mock/models; every reset restores them."):argname("<file>")
   p:flag("--exit-with-parent", "Exit when the reader of stdout (a pipe) goes away.")
   return p
 end
@@ -55,12 +58,16 @@ end
 -- The serve() options of parsed arguments, or nil, message.
 local function options(args)
   if (args.tls_cert == nil) ~= (args.tls_key == nil) then return nil, "--tls-cert and --tls-key go together" end
+  if args.models then
+    local ok, err = modelsfile.load(args.models)
+    if not ok then return nil, "--models " .. err end
+  end
   return {
     host = args.host, port = args.port, omni_rate_limit = args.omni_rate_limit,
     omni_rate_limit_per = args.omni_rate_limit_per, omni_error_shape = args.omni_error_shape,
     page_size = args.page_size, max_body = args.max_body, max_connections = args.max_connections,
     tls = args.tls_cert and { certificate = args.tls_cert, key = args.tls_key } or nil,
-    exit_with_parent = args.exit_with_parent or nil,
+    exit_with_parent = args.exit_with_parent or nil, models = args.models,
   }
 end
 

@@ -1,5 +1,6 @@
 --- Faults of the mock server, chosen per request by directives in the
--- credential: `fault=NAME`, `times=N`, `hold=SECONDS`.
+-- credential (`fault=NAME`, `times=N`, `hold=SECONDS`) or by a fault rule
+-- (`cachectl.mock.rules`).
 --
 -- A fault returns a response table, "close" (end the connection now) or
 -- "done" (it sent its answer itself). The service's own error bodies come
@@ -7,8 +8,8 @@
 -- `retry_after_body`).
 -- @module cachectl.mock.faults
 
-local os, string = os, string
-local tonumber = tonumber
+local os, string, table = os, string, table
+local pairs, tonumber = pairs, tonumber
 
 local http = require "cachectl.mock.http"
 local util = require "cachectl.mock.util"
@@ -87,6 +88,25 @@ local FAULTS = {
   html200 = function() return http.response(200, "text/html; charset=utf-8", HTML_200) end,
 }
 
+--- Whether NAME is a fault.
+function faults.known(name)
+  return FAULTS[name] ~= nil
+end
+
+--- The names of the faults, sorted.
+function faults.names()
+  local out = {}
+  for name in pairs(FAULTS) do out[#out + 1] = name end
+  table.sort(out)
+  return out
+end
+
+--- Answers a request with the fault NAME (the caller checked that it exists).
+-- @return a response table, "close" or "done"
+function faults.run(name, c, req, vendor, srv)
+  return FAULTS[name](c, req, vendor, srv)
+end
+
 --- Applies the credential's hold and fault directives.
 -- @param srv the server state (`fault_counts`, `url`)
 -- @param c the connection
@@ -104,12 +124,11 @@ function faults.apply(srv, c, req, vendor, credential)
   if times and count > times then return nil end
   if hold and not c:sleep(hold) then return "close" end
   if not fault then return nil end
-  local run = FAULTS[fault]
-  if not run then
+  if not FAULTS[fault] then
     util.log("unknown fault '", fault, "'")
     return http.json(400, { error = "400", message = "cachectl-mock: unknown fault '" .. fault .. "'" })
   end
-  return run(c, req, vendor, srv)
+  return faults.run(fault, c, req, vendor, srv)
 end
 
 return faults

@@ -4,14 +4,16 @@
 -- It serves ModelsLab "Clear User Cache" and the Enterprise actions of any
 -- product, Omni "Reset cache", the Omni model list and model YAML; records
 -- every API request; has a control API under `/_mock/`; injects faults
--- chosen by directives in the credential; and keeps serving other clients
+-- chosen by rules per route or by directives in the credential; and keeps serving other clients
 -- whatever one client sends. docs/mock.md describes it in full.
 --
 -- The parts, one concern each: `cachectl.mock.http` (HTTP/1.1),
 -- `.conn` (buffered non-blocking I/O), `.loop` (the select loop), `.server`
 -- (state and dispatch), `.modelslab` and `.omni` (the vendors' routes),
--- `.models` (the Omni models), `.ratelimit`, `.faults`, `.control`,
--- `.cli` (the command line), `.launcher` (`start` and its handle), `.json`, `.util`.
+-- `.models` (the Omni models), `.modelsfile` (`--models FILE`), `.openapi` (requests
+-- checked against the vendors' OpenAPI documents), `.ratelimit`, `.faults`,
+-- `.rules` (fault rules), `.control`, `.cli` (the command line), `.launcher`
+-- (`start` and its handle), `.busted` (one mock per spec file), `.json`, `.util`.
 --
 -- Portable Lua: runs under Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT.
 -- @module cachectl.mock
@@ -32,6 +34,7 @@ local mock = {}
 --   `max_body` largest request body in bytes (default 64 MiB),
 --   `max_connections` connections held at once (default 900, at most 1000),
 --   `tls` `{ certificate = PATH, key = PATH }` to serve HTTPS,
+--   `models` the path of a .json or .yaml/.yml file of Omni models (the body of POST /_mock/models),
 --   `exit_with_parent` exit when stdout (a pipe) loses its reader
 -- @return never returns; raises an error on a bad option or if it cannot listen
 mock.serve = server.serve
@@ -47,8 +50,8 @@ mock.main = cli.main
 -- @function start
 -- @param opts table (optional): the options of `serve` but `on_listen` and `exit_with_parent`,
 --   and `lua` (interpreter command, default "lua5.4")
--- @return handle with fields `url`, `pid` and methods `requests()`, `stats()`,
---   `reset()`, `define_models(list, replace)`, `stop()`
+-- @return handle with fields `url`, `pid` and methods `requests(filter)`, `count(filter)`,
+--   `fault(rule)`, `faults()`, `stats()`, `reset()`, `define_models(list, replace)`, `stop()`
 mock.start = launcher.start
 
 return mock

@@ -43,10 +43,11 @@ function json.encode(v)
 end
 
 --- Decodes JSON text.
--- @return the value, or nil when `s` is not JSON
+-- @return the value, or nil and lua-cjson's message when `s` is not JSON
 function json.decode(s)
   local ok, v = pcall(codec.decode, s)
   if ok then return v end
+  return nil, v
 end
 
 --- The text as a decoded JSON object.

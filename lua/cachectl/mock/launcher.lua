@@ -4,8 +4,8 @@
 -- @module cachectl.mock.launcher
 
 local debug, io, os, string, table = debug, io, os, string, table
-local assert, error, ipairs, setmetatable, tonumber, tostring, require =
-  assert, error, ipairs, setmetatable, tonumber, tostring, require
+local assert, error, ipairs, pairs, pcall, setmetatable, tonumber, tostring, type, require =
+  assert, error, ipairs, pairs, pcall, setmetatable, tonumber, tostring, type, require
 
 local socket = require "socket"
 local json = require "cachectl.mock.json"
@@ -68,15 +68,69 @@ function Handle:_control(method, path, body)
   if self.stopped then error("cachectl.mock: server already stopped", 3) end
   local status, answer = control_request(self.url, method, path, body)
   if status ~= 200 then
-    error("cachectl.mock: " .. method .. " " .. path .. " failed: " .. tostring(answer), 3)
+    local decoded = status and json.decode(answer)
+    local why = type(decoded) == "table" and decoded.message or answer
+    error("cachectl.mock: " .. method .. " " .. path .. " failed: " .. tostring(why), 3)
   end
   return json.decode(answer)
 end
 
---- The API requests recorded since the last reset, in arrival order.
+local function percent_encode(s)
+  return (s:gsub("[^%w%-%._~/%*]", function(ch) return string.format("%%%02X", ch:byte()) end))
+end
+
+-- The query string of a filter of requests(): method, path, since.
+local function filter_query(filter)
+  if filter == nil then return "" end
+  if type(filter) ~= "table" then error("cachectl.mock: the filter must be a table {method, path, since}", 4) end
+  local parts = {}
+  for _, name in ipairs({ "method", "path", "since" }) do
+    local v = filter[name]
+    if v ~= nil then
+      if type(v) ~= "string" and type(v) ~= "number" then
+        error("cachectl.mock: filter." .. name .. " must be a string or a number", 4)
+      end
+      parts[#parts + 1] = name .. "=" .. percent_encode(type(v) == "number" and string.format("%.17g", v) or v)
+    end
+  end
+  for name in pairs(filter) do
+    if name ~= "method" and name ~= "path" and name ~= "since" then
+      error("cachectl.mock: unknown filter '" .. tostring(name) .. "' (known: method, path, since)", 4)
+    end
+  end
+  return #parts > 0 and ("?" .. table.concat(parts, "&")) or ""
+end
+
+--- The API requests recorded since the last reset, in arrival order; with a
+-- filter, only those of a method, a path (a glob matched against the end of
+-- the path, as in fault rules) and arrived at or after `since` (epoch seconds).
+-- @param filter table (optional): `method`, `path`, `since`
 -- @return array of `{method, path, headers, body, connection, at}` tables
-function Handle:requests()
-  return self:_control("GET", "/_mock/requests")
+function Handle:requests(filter)
+  return self:_control("GET", "/_mock/requests" .. filter_query(filter))
+end
+
+--- How many recorded requests pass a filter (as in `requests`).
+-- @param filter table (optional): `method`, `path`, `since`
+-- @return a number
+function Handle:count(filter)
+  return #self:_control("GET", "/_mock/requests" .. filter_query(filter))
+end
+
+--- Adds a fault rule (see docs/mock.md, "Fault rules").
+-- @param rule table `{ method =, path =, fault =, hold =, times =, status =, body =, headers = }`
+-- @return the rule's id (its position in the list); raises naming a bad field
+function Handle:fault(rule)
+  if type(rule) ~= "table" then error("cachectl.mock: fault{...} takes a table", 2) end
+  local ok, body = pcall(json.encode, rule)
+  if not ok then error("cachectl.mock: the rule cannot be sent as JSON: " .. tostring(body), 2) end
+  return self:_control("POST", "/_mock/faults", body).id
+end
+
+--- The fault rules, in order, each with its `id` and `uses`.
+-- @return array of rule tables
+function Handle:faults()
+  return self:_control("GET", "/_mock/faults")
 end
 
 --- Counters since the last reset.
@@ -85,8 +139,9 @@ function Handle:stats()
   return self:_control("GET", "/_mock/stats")
 end
 
---- Clears the request log, the counters, the per-credential fault counters
--- and the rate windows, and restores the default models.
+--- Clears the request log, the counters, the fault rules, the
+-- per-credential fault counters and the rate windows, and restores the
+-- models of the start.
 -- @return true
 function Handle:reset()
   self:_control("POST", "/_mock/reset")
@@ -118,7 +173,7 @@ end
 local FLAGS = {
   { "omni_rate_limit", "--omni-rate-limit" }, { "omni_rate_limit_per", "--omni-rate-limit-per" },
   { "omni_error_shape", "--omni-error-shape" }, { "page_size", "--page-size" },
-  { "max_body", "--max-body" }, { "max_connections", "--max-connections" },
+  { "max_body", "--max-body" }, { "max_connections", "--max-connections" }, { "models", "--models" },
 }
 
 -- The command that runs the server with `opts`, its stdout a pipe to us.

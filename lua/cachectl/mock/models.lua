@@ -3,7 +3,8 @@
 -- filters and paging of `GET /v1/models`.
 -- @module cachectl.mock.models
 
-local ipairs, pairs, setmetatable, type, tostring, next = ipairs, pairs, setmetatable, type, tostring, next
+local assert, ipairs, pairs, setmetatable, type, tostring, next =
+  assert, ipairs, pairs, setmetatable, type, tostring, next
 local math = math
 
 local json = require "cachectl.mock.json"
@@ -93,16 +94,19 @@ end
 local Store = {}
 Store.__index = Store
 
---- A store holding the default set.
-function models.new()
-  local store = setmetatable({}, Store)
+--- A store holding the default set, and then the models of `initial`.
+-- @param initial table (optional) `{ models = list, replace = boolean }`, checked
+--   beforehand (`cachectl.mock.modelsfile`): what every reset restores
+function models.new(initial)
+  local store = setmetatable({ initial = initial }, Store)
   store:reset()
   return store
 end
 
---- Restores the default set.
+--- Restores the models of the start: the default set, then `initial`.
 function Store:reset()
   self.list = default_set()
+  if self.initial then assert(self:define(self.initial.models, self.initial.replace)) end
 end
 
 --- The model of an id (either case), or nil.

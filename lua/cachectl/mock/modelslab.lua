@@ -8,6 +8,7 @@ local pairs, type = pairs, type
 
 local http = require "cachectl.mock.http"
 local json = require "cachectl.mock.json"
+local openapi = require "cachectl.mock.openapi"
 local util = require "cachectl.mock.util"
 
 local modelslab = { name = "modelslab" }
@@ -32,7 +33,7 @@ end
 
 --- The service's error response for an HTTP status (for faults).
 function modelslab.status_error(_, status, headers, extra)
-  local body = { status = "error", message = STATUS_MESSAGES[status],
+  local body = { status = "error", message = STATUS_MESSAGES[status] or http.reason(status),
                  error_code = status == 429 and "rate_limited" or "http_" .. status }
   for k, v in pairs(extra or {}) do body[k] = v end
   return http.json(status, body, headers)
@@ -54,8 +55,21 @@ function modelslab.credential(req)
   if body and type(body.key) == "string" then return body.key end
 end
 
--- Shared validation; returns an error response, or nil and the body.
-local function check(req, bad_key_response)
+-- What the vendor's OpenAPI document says of a body: nil, or a 400 naming the
+-- field ("The key field is required.", error_code key_required).
+local function document_error(found, body)
+  local bad = found and openapi.check(found, {}, body)
+  if not bad then return nil end
+  local name = bad.field:match("^[%w_]+") or "body"
+  if bad.rule == "is required" then
+    return ml_error(400, "The " .. bad.field .. " field is required.", name .. "_required")
+  end
+  return ml_error(400, "The " .. bad.field .. " field " .. bad.rule .. ".", "invalid_" .. name)
+end
+
+-- Shared validation, `found` the operation of the vendor's document (or nil);
+-- returns an error response, or nil and the body.
+local function check(req, bad_key_response, found)
   if req.method ~= "POST" then
     return ml_error(405, "Method not allowed", "method_not_allowed", { Allow = "POST" })
   end
@@ -67,6 +81,8 @@ local function check(req, bad_key_response)
   if not body then
     return ml_error(400, "The request body must be a JSON object.", "invalid_body")
   end
+  local bad = document_error(found, body)
+  if bad then return bad end
   if type(body.key) ~= "string" or body.key == "" then
     return ml_error(400, "The key field is required.", "key_required")
   end
@@ -81,7 +97,10 @@ local function clear_cache(_, req)
 end
 
 local function enterprise(_, req, route)
-  local err, body = check(req, ml_error(401, "Invalid or missing API key", "unauthorized"))
+  -- The product's own document, else the 3d document's operation for the action
+  -- (every document gives an action the same body).
+  local found = openapi.find("POST", req.path) or openapi.find("POST", "/v1/enterprise/3d/" .. route.action)
+  local err, body = check(req, ml_error(401, "Invalid or missing API key", "unauthorized"), found)
   if err then return err end
   if route.product and not util.is_slug(route.product) then
     return ml_error(400, "Invalid product.", "invalid_product")

@@ -18,7 +18,7 @@ local math, pcall, string, table = math, pcall, string, table
 local socket = require "socket"
 local http = require "cachectl.mock.http"
 local json = require "cachectl.mock.json"
-local models = require "cachectl.mock.models"
+local openapi = require "cachectl.mock.openapi"
 local ratelimit = require "cachectl.mock.ratelimit"
 local util = require "cachectl.mock.util"
 
@@ -27,7 +27,6 @@ local omni = { name = "omni" }
 local ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 local MAX_PAGE_SIZE = 100
 local BOOLEANS = { ["true"] = true, ["1"] = true, ["false"] = false, ["0"] = false }
-local MODES = { combined = true, extension = true, staged = true, merged = true, history = true }
 
 local STATUS_MESSAGES = {
   [429] = "Too many requests", [500] = "Internal server error", [502] = "Bad gateway",
@@ -66,7 +65,7 @@ end
 
 --- The service's error response for an HTTP status (for faults).
 function omni.status_error(req, status, headers, extra)
-  return omni.error(req, status, STATUS_MESSAGES[status], headers, extra)
+  return omni.error(req, status, STATUS_MESSAGES[status] or http.reason(status), headers, extra)
 end
 
 --- A 2xx that says failure (the `api_error` fault).
@@ -96,6 +95,14 @@ local function gate(srv, req, route)
   end
 end
 
+-- What Omni's OpenAPI document says of a request: nil, or an error naming the
+-- field (a path parameter 400, a query parameter 422, the body 400).
+local function document_error(req, query, body)
+  local found = openapi.find(req.method, req.path)
+  local bad = found and openapi.check(found, query or {}, body)
+  if bad then return omni.error(req, bad.where == "query" and 422 or 400, bad.field .. " " .. bad.rule) end
+end
+
 -- The resetAt of a body: nil (absent), the text, or false, message.
 local function reset_at_of(body)
   local reset_at = body.resetAt
@@ -114,8 +121,9 @@ local function reset(_, req, route)
     body = json.object(req.body)
     if not body then return omni.error(req, 400, "Request body must be a JSON object") end
   end
+  local bad_request = document_error(req, nil, #req.body > 0 and body or nil)
+  if bad_request then return bad_request end
   local model_id = util.percent_decode(route.model)
-  if not util.is_uuid(model_id) then return omni.error(req, 400, "modelId must be a UUID") end
   local policy = util.percent_decode(route.policy)
   if not policy then return omni.error(req, 400, "cachePolicyName is not correctly percent-encoded") end
   local reset_at, bad = reset_at_of(body)
@@ -143,34 +151,18 @@ local function query_of(req)
   return q
 end
 
--- The list's options from its query, or nil and an error response.
-local function list_options(srv, req, q)
-  local size = srv.page_size
-  if q.pageSize then
-    size = q.pageSize:match("^%d+$") and tonumber(q.pageSize)
-    if not size or size < 1 then return nil, omni.error(req, 422, "pageSize must be a positive integer") end
-    size = math.min(size, MAX_PAGE_SIZE)
-  end
-  if q.modelKind and not models.KINDS[q.modelKind] then
-    return nil, omni.error(req, 422, "modelKind must be one of SCHEMA, SHARED, SHARED_EXTENSION, BRANCH, "
-      .. "WORKBOOK, QUERY")
-  end
-  local include = BOOLEANS[q.includeDeleted or "false"]
-  if include == nil then return nil, omni.error(req, 422, "includeDeleted must be true, false, 1 or 0") end
-  if q.modelId and not util.is_uuid(q.modelId) then
-    return nil, omni.error(req, 422, "modelId must be a UUID")
-  end
-  return { name = q.name, kind = q.modelKind, model_id = q.modelId, include_deleted = include,
-           cursor = q.cursor, page_size = size }
+-- The list's options from a query the document accepted.
+local function list_options(srv, q)
+  return { name = q.name, kind = q.modelKind, model_id = q.modelId, include_deleted = BOOLEANS[q.includeDeleted or "0"],
+           cursor = q.cursor, page_size = math.min(tonumber(q.pageSize) or srv.page_size, MAX_PAGE_SIZE) }
 end
 
 local function list(srv, req)
   local q, err = query_of(req)
   if not q then return err end
-  local opts
-  opts, err = list_options(srv, req, q)
-  if not opts then return err end
-  local page = srv.models:page(opts)
+  err = document_error(req, q)
+  if err then return err end
+  local page = srv.models:page(list_options(srv, q))
   if not page then return omni.error(req, 400, "Invalid cursor") end
   return http.json(200, page)
 end
@@ -213,27 +205,22 @@ local function select_files(files, file_name)
   return out
 end
 
--- The YAML call's query checks; nil or an error response.
+-- The YAML call's checks beyond the document's (which takes any string as
+-- fullyResolved); nil or an error response.
 local function yaml_query_error(req, q)
-  local mode = q.mode or "combined"
-  if not MODES[mode] then
-    return omni.error(req, 422, "mode must be one of combined, extension, staged, merged, history")
-  end
   local resolved = BOOLEANS[q.fullyResolved or "false"]
   if resolved == nil then return omni.error(req, 422, "fullyResolved must be true or false") end
-  if resolved and mode ~= "combined" then
+  if resolved and (q.mode or "combined") ~= "combined" then
     return omni.error(req, 400, "fullyResolved is only valid with mode=combined")
   end
-  if q.branchId and not util.is_uuid(q.branchId) then return omni.error(req, 422, "branchId must be a UUID") end
 end
 
 local function yaml(srv, req, route)
-  local id = util.percent_decode(route.model)
-  if not util.is_uuid(id) then return omni.error(req, 400, "modelId must be a UUID") end
   local q, err = query_of(req)
   if not q then return err end
-  err = yaml_query_error(req, q)
+  err = document_error(req, q) or yaml_query_error(req, q)
   if err then return err end
+  local id = util.percent_decode(route.model)
   local model = srv.models:get(id)
   if not model or model.deletedAt then return omni.error(req, 404, "Model " .. id .. " not found") end
   if model.forbidden then return omni.error(req, 403, "Permission denied") end

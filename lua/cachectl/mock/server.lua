@@ -12,9 +12,12 @@ local faults = require "cachectl.mock.faults"
 local http = require "cachectl.mock.http"
 local loop = require "cachectl.mock.loop"
 local models = require "cachectl.mock.models"
+local modelsfile = require "cachectl.mock.modelsfile"
 local modelslab = require "cachectl.mock.modelslab"
 local omni = require "cachectl.mock.omni"
+local openapi = require "cachectl.mock.openapi"
 local ratelimit = require "cachectl.mock.ratelimit"
+local rules = require "cachectl.mock.rules"
 
 local server = {}
 
@@ -43,9 +46,11 @@ end
 local State = {}
 State.__index = State
 
---- Forgets the log, the counters, the rate windows; restores the default models.
+--- Forgets the log, the counters, the fault rules, the rate windows;
+-- restores the models of the start.
 function State:reset()
-  self.log, self.seen, self.seen_count, self.fault_counts = {}, {}, 0, {}
+  rules.clear(self.rules or {})
+  self.log, self.seen, self.seen_count, self.fault_counts, self.rules = {}, {}, 0, {}, {}
   if self.rate then self.rate:clear() end
   self.models:reset()
 end
@@ -70,6 +75,8 @@ local function dispatch(srv, c, req)
   local route = match_route(req.path)
   if not route then return http.json(404, { error = "404", message = "Not found" }) end
   req.error_shape = srv.omni_error_shape or route.shape
+  local ruled = rules.apply(srv, c, req, route.vendor)
+  if ruled ~= nil then return ruled end
   local credential = route.vendor.credential(req)
   if credential then
     local faulted = faults.apply(srv, c, req, route.vendor, credential)
@@ -120,7 +127,8 @@ local function positive_integer(v)
   return type(v) == "number" and v >= 1 and v == math.floor(v)
 end
 
---- Raises an error naming the first bad option of serve() (or nothing).
+--- Raises an error naming the first bad option of serve().
+-- @return the models file's definitions (`cachectl.mock.modelsfile`), or nil
 function server.check(opts)
   local function need(ok, message)
     if not ok then error("cachectl.mock: " .. message, 4) end
@@ -135,11 +143,18 @@ function server.check(opts)
   need(opts.max_body == nil or positive_integer(opts.max_body), "max_body must be a positive integer")
   need(opts.max_connections == nil or (positive_integer(opts.max_connections) and opts.max_connections <= 1000),
     "max_connections must be an integer from 1 to 1000")
+  if opts.models ~= nil then
+    need(type(opts.models) == "string", "models must be the path of a .json, .yaml or .yml file")
+    local initial, err = modelsfile.load(opts.models)
+    need(initial, "models: " .. tostring(err))
+    return initial
+  end
 end
 
-local function new_state(opts, url)
+local function new_state(opts, url, initial)
+  openapi.load()   -- the vendors' documents: a missing one stops the start
   local srv = setmetatable({
-    url = url, models = models.new(), page_size = opts.page_size or server.PAGE_SIZE,
+    url = url, models = models.new(initial), page_size = opts.page_size or server.PAGE_SIZE,
     omni_error_shape = opts.omni_error_shape, max_body = opts.max_body or http.MAX_BODY,
   }, State)
   if opts.omni_rate_limit then
@@ -159,12 +174,12 @@ end
 --- Runs the mock server in this process until it is killed (see `cachectl.mock.serve`).
 function server.serve(opts)
   opts = opts or {}
-  server.check(opts)
+  local initial = server.check(opts)
   local listener = assert(socket.bind(opts.host or "127.0.0.1", opts.port or 0, 512))
   listener:settimeout(0)
   local ip, port = listener:getsockname()
   if ip:find(":", 1, true) then ip = "[" .. ip .. "]" end
-  local srv = new_state(opts, (opts.tls and "https" or "http") .. "://" .. ip .. ":" .. tostring(port))
+  local srv = new_state(opts, (opts.tls and "https" or "http") .. "://" .. ip .. ":" .. tostring(port), initial)
   math.randomseed(math.floor(socket.gettime() * 1000) % 2147483647)
   -- When stdout is a pipe, its write end turns "readable" once the reader closes it.
   local watch = opts.exit_with_parent and { getfd = function() return 1 end } or nil

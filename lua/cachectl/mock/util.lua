@@ -102,6 +102,29 @@ function util.percent_decode(s)
   return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
 end
 
+--- A matcher of a path glob against the end of a path: the glob starts with
+-- `/` and has N segments; it matches when the last N segments of the path
+-- match it, `*` standing for any run of characters but `/`, everything else
+-- for itself. So "/v1/models" matches "/api/v1/models", not "/api/xv1/models".
+-- The match is anchored at one place, so it takes time linear in the path,
+-- whatever the path holds.
+-- @return function(path) -> boolean
+function util.path_glob(glob)
+  local _, segments = glob:gsub("/", "")
+  local pattern = "^" .. glob:gsub("[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0"):gsub("%*", "[^/]*") .. "$"
+  return function(path)
+    local starts = {}
+    for at in path:gmatch("()/") do starts[#starts + 1] = at end
+    local from = starts[#starts - segments + 1]
+    return from ~= nil and path:find(pattern, from) == from
+  end
+end
+
+--- The path of a request target (without its query).
+function util.path_of(target)
+  return (target:match("^[^?]*"))
+end
+
 --- Parses the query string of a request target (`+` is a space).
 -- The first value of a repeated name wins; a name without `=` has the value "".
 -- @return a table of names to values, or nil, "bad name" when an escape is malformed
