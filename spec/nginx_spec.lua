@@ -55,6 +55,11 @@ M.per_worker = webhook.handler{ client = { token = getenv("CACHECTL_PER_WORKER_T
 M.redis = webhook.handler{ client = { token = getenv("CACHECTL_REDIS_TOKEN"),
   rate_limit = { requests = 2, per = 1, redis = getenv("CACHECTL_SPEC_REDIS_URL") } } }
 M.secret = webhook.handler{ secret = "hook-secret" }
+-- every request answered 503 until the token's faults are used up: the retries take turns too
+M.retry_dict = webhook.handler{ client = { token = getenv("CACHECTL_RETRY_DICT_TOKEN"),
+  rate_limit = { requests = 2, per = 1, shared_dict = "cachectl_limits" } } }
+M.retry_redis = webhook.handler{ client = { token = getenv("CACHECTL_RETRY_REDIS_TOKEN"),
+  rate_limit = { requests = 2, per = 1, redis = getenv("CACHECTL_SPEC_REDIS_URL") } } }
 
 function M.keys()
   ngx.say(cjson.encode(ngx.shared.cachectl_limits:get_keys(0)))
@@ -135,7 +140,8 @@ return M
 -- nginx's environment. The Redis URL goes under a name of the spec's own: as
 -- $CACHECTL_REDIS_URL the Lua layer would make it every client's default.
 local ENV = { "OMNI_API_KEY", "OMNI_BASE_URL", "CACHECTL_SLOW_TOKEN", "CACHECTL_LIMITED_TOKEN",
-  "CACHECTL_PER_WORKER_TOKEN", "CACHECTL_REDIS_TOKEN", "CACHECTL_SPEC_REDIS_URL" }
+  "CACHECTL_PER_WORKER_TOKEN", "CACHECTL_REDIS_TOKEN", "CACHECTL_SPEC_REDIS_URL", "CACHECTL_RETRY_DICT_TOKEN",
+  "CACHECTL_RETRY_REDIS_TOKEN" }
 
 local function nginx_conf(root, workers)
   return function(dir, port)
@@ -177,6 +183,12 @@ http {
         }
         location = /redis/hooks/data-loaded { content_by_lua_block { require("nginx_spec_hooks").redis() } }
         location = /secret/hooks/data-loaded { content_by_lua_block { require("nginx_spec_hooks").secret() } }
+        location = /retry-dict/hooks/data-loaded {
+            content_by_lua_block { require("nginx_spec_hooks").retry_dict() }
+        }
+        location = /retry-redis/hooks/data-loaded {
+            content_by_lua_block { require("nginx_spec_hooks").retry_redis() }
+        }
         location = /limit-keys { content_by_lua_block { require("nginx_spec_hooks").keys() } }
         location = /call { content_by_lua_block { require("nginx_spec_hooks").call() } }
         location = /misuse { content_by_lua_block { require("nginx_spec_hooks").misuse() } }
@@ -282,6 +294,8 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   local TOKEN = uid("tok-nginx")
   local SLOW = uid("tok-slow") .. ";hold=" .. HOLD
   local LIMITED, PER_WORKER, REDIS_TOKEN = uid("tok-limited"), uid("tok-per-worker"), uid("tok-redis")
+  local RETRY_DICT, RETRY_REDIS = uid("tok-retry-dict") .. ";fault=503;times=2",
+    uid("tok-retry-redis") .. ";fault=503;times=2"
   local srv, redis, one, two
 
   setup(function()
@@ -290,7 +304,8 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     redis = redis_server.start{ password = helpers.secret("redis-pw") }
     local env = { OMNI_API_KEY = TOKEN, OMNI_BASE_URL = srv.base, CACHECTL_SLOW_TOKEN = SLOW,
                   CACHECTL_LIMITED_TOKEN = LIMITED, CACHECTL_PER_WORKER_TOKEN = PER_WORKER,
-                  CACHECTL_REDIS_TOKEN = REDIS_TOKEN }
+                  CACHECTL_REDIS_TOKEN = REDIS_TOKEN, CACHECTL_RETRY_DICT_TOKEN = RETRY_DICT,
+                  CACHECTL_RETRY_REDIS_TOKEN = RETRY_REDIS }
     env.CACHECTL_SPEC_REDIS_URL = redis:url{ password = true }
     local files = { ["nginx_spec_hooks.lua"] = HOOKS }
     one = nginx_server.start{ conf = nginx_conf(root, 1), files = files, env = env }
@@ -411,6 +426,18 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
     assert.matches("cachectl:rl:omni:" .. ("%x"):rep(64) .. ":2:1", keys)
     assert.is_nil(keys:find(LIMITED, 1, true))
   end)
+
+  -- Six calls from two workers under {2 per 1 s}, the first two requests
+  -- answered 503: eight requests, the two retries each with a turn of their own.
+  for _, case in ipairs{ { "shared dict", "/retry-dict", RETRY_DICT }, { "Redis", "/retry-redis", RETRY_REDIS } } do
+    it("takes a turn for every retry (" .. case[1] .. ", 2 workers): no second holds more than 2", function()
+      assert_burst_ok(burst(two, case[2] .. "/hooks/data-loaded", 3))
+      local times = arrivals(srv, case[3])
+      assert.equal(8, #times)
+      show("6 calls, the first 2 requests answered 503, {2, 1} in the " .. case[1], times)
+      assert.is_true(busiest_window(times, 1, TOLERANCE) <= 2)
+    end)
+  end
 
   it("without the shared dict each worker keeps its own window: the same burst exceeds 2 a second", function()
     assert_burst_ok(burst(two, "/per-worker/hooks/data-loaded", 3))
