@@ -82,7 +82,6 @@ const cc_endpoint *cc_endpoint_find(const char *service, const char *name);
 typedef struct cc_req {
     const cc_endpoint *ep;
     double timeout, connect_timeout;
-    double delay;       /* seconds before the first attempt (a fleet turn) */
     long retries;
     curl_off_t max_bytes;
     int verify_tls;

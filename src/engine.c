@@ -889,7 +889,7 @@ static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double
     if (x->req.dict_name) keep_dict(L, r, x);
     x->state = X_WAIT;
     x->deadline = now + x->req.timeout;
-    x->next_start = now + x->req.delay;
+    x->next_start = now;
     return 0;
 }
 

@@ -34,7 +34,6 @@ const cc_optdef cc_optdefs[O_COUNT] = {
     { "path", T_STR, OPT_REQUEST, NULL },
     { "body", LUA_TTABLE, OPT_REQUEST, NULL },
     { "on_event", T_FUNC, 0, NULL },
-    { "delay", T_NUM, 0, NULL },
     { "deploy_type", T_STR, OPT_DEPLOY_TYPE, NULL },
     { "name", T_STR, OPT_LIST, "name" },
     { "kind", T_STR, OPT_LIST, "modelKind" },
@@ -405,12 +404,9 @@ static int check_numbers(cc_req *r, const cc_slot *v)
         return bad(r, "retries", "must be a whole number from 0 to 100");
     if (v[O_MAX_BYTES].set && !whole(v[O_MAX_BYTES].n, 1, 1e15))
         return bad(r, "max_response_bytes", "must be a whole number > 0");
-    if (v[O_DELAY].set && !(v[O_DELAY].n >= 0 && v[O_DELAY].n <= 1e9))
-        return bad(r, "delay", "must be a number of seconds >= 0");
     r->timeout = v[O_TIMEOUT].set ? v[O_TIMEOUT].n : 30;
     r->connect_timeout = v[O_CONNECT_TIMEOUT].set ? v[O_CONNECT_TIMEOUT].n : 10;
     r->retries = v[O_RETRIES].set ? (long)v[O_RETRIES].n : 2;
-    r->delay = v[O_DELAY].set ? v[O_DELAY].n : 0;
     r->max_bytes = v[O_MAX_BYTES].set ? (curl_off_t)v[O_MAX_BYTES].n : 1024 * 1024;
     r->verify_tls = v[O_VERIFY_TLS].set ? v[O_VERIFY_TLS].b : 1;
     return 1;
