@@ -23,7 +23,7 @@ local error, pcall, pairs, ipairs, type, select, tostring, setmetatable =
 local rawget, _G = rawget, _G
 local getenv = os.getenv
 local format = string.format
-local gettime = require("socket").gettime
+local gettime = core.monotonic
 
 -- Inside nginx, calls run in an nginx thread pool instead of blocking the
 -- worker (see cachectl.openresty); plain Lua never loads that module.
