@@ -50,6 +50,7 @@ build = {
     cachectl = "lua/cachectl/init.lua",
     ["cachectl.perform"] = "lua/cachectl/perform.lua",
     ["cachectl.policies"] = "lua/cachectl/policies.lua",
+    ["cachectl.yaml"] = "lua/cachectl/yaml.lua",
     ["cachectl.mock"] = "lua/cachectl/mock/init.lua",
     ["cachectl.mock.cli"] = "lua/cachectl/mock/cli.lua",
     ["cachectl.mock.conn"] = "lua/cachectl/mock/conn.lua",
