@@ -18,8 +18,8 @@ local core = require "cachectl.core"
 local perform = require "cachectl.perform"
 local policies = require "cachectl.policies"
 
-local error, pcall, pairs, ipairs, type, select, tostring, setmetatable =
-  error, pcall, pairs, ipairs, type, select, tostring, setmetatable
+local error, pcall, pairs, ipairs, type, select, tostring, setmetatable, getmetatable =
+  error, pcall, pairs, ipairs, type, select, tostring, setmetatable, getmetatable
 local rawget, _G = rawget, _G
 local getenv = os.getenv
 local format = string.format
@@ -209,6 +209,21 @@ local function one(st, call, opts, window)
   return res, hint(st, err)
 end
 
+-- Runs fn(...) as a call of the client: `close()` refuses while it runs and
+-- `__close` waits for its end (st.depth counts the calls in progress, also
+-- when one raises).
+local function within(st, fn, ...)
+  st.depth = st.depth + 1
+  local ok, res, err = pcall(fn, ...)
+  st.depth = st.depth - 1
+  if st.depth == 0 and st.close_pending then
+    st.close_pending, st.closed = nil, true
+    getmetatable(st.session).__close(st.session)    -- the session defers it while its own call runs
+  end
+  if not ok then error(res, 0) end
+  return res, err
+end
+
 -- ------------------------------------------------------------ policies
 
 -- A model's policies, read from its model file: the list, or nil, err.
@@ -312,10 +327,7 @@ local function method(svc, row)
         opts[args[i]] = arg_or_default(st, (select(i, ...)), args[i])
       end
     end
-    st.depth = st.depth + 1
-    local res, err = run(st, row, opts, layer)
-    st.depth = st.depth - 1
-    return res, err
+    return within(st, run, st, row, opts, layer)
   end
 end
 
@@ -347,6 +359,30 @@ end
 -- @usage local res, err = ml:clear_queue{ product = "face_gen" }
 -- @section calls
 
+-- Every page of the list, within `limit` records.
+local function list_pages(st, base, limit, window)
+  local out, cursor, pages, more = {}, base.cursor, 0, true
+  while more do
+    local page_opts = copy(base)
+    page_opts.cursor = cursor
+    local page, err = one(st, "list_models", page_opts, window)
+    if not page then return nil, err end
+    pages = pages + 1
+    local records, info = page.records, type(page.pageInfo) == "table" and page.pageInfo or {}
+    if type(records) ~= "table" then
+      return nil, perform.new_error{ kind = "decode", attempts = pages, message = "the model list holds no records" }
+    end
+    for _, r in ipairs(records) do
+      if #out < limit then out[#out + 1] = r end
+    end
+    local next_cursor = info.nextCursor
+    more = #records > 0 and #out < limit and info.hasNextPage == true and type(next_cursor) == "string"
+      and next_cursor ~= "" and next_cursor ~= cursor
+    cursor = next_cursor
+  end
+  return out
+end
+
 --- Lists Omni models, following every page (`pageInfo.nextCursor`) up to
 -- `limit` records; paging stops early when a page is empty or its cursor does
 -- not change.
@@ -373,26 +409,7 @@ local function models(self, opts)
   end
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
-  local out, cursor, pages, more = {}, base.cursor, 0, true
-  while more do
-    local page_opts = copy(base)
-    page_opts.cursor = cursor
-    local page, err = one(st, "list_models", page_opts, window)
-    if not page then return nil, err end
-    pages = pages + 1
-    local records, info = page.records, type(page.pageInfo) == "table" and page.pageInfo or {}
-    if type(records) ~= "table" then
-      return nil, perform.new_error{ kind = "decode", attempts = pages, message = "the model list holds no records" }
-    end
-    for _, r in ipairs(records) do
-      if #out < limit then out[#out + 1] = r end
-    end
-    local next_cursor = info.nextCursor
-    more = #records > 0 and #out < limit and info.hasNextPage == true and type(next_cursor) == "string"
-      and next_cursor ~= "" and next_cursor ~= cursor
-    cursor = next_cursor
-  end
-  return out
+  return within(st, list_pages, st, base, limit, window)
 end
 
 --- The cache policies an Omni model declares in its model file (read fully
@@ -417,7 +434,8 @@ local function cache_policies(self, model_id, opts)
   if yopts.fully_resolved == nil then yopts.fully_resolved = true end
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
-  return read_policies(st, yopts, window)
+  local list, err = within(st, read_policies, st, yopts, window)
+  return list, err
 end
 
 -- The concurrency of a batch (the call's, the client's, else 8), and the
@@ -441,25 +459,10 @@ local function all_failed(names, err)
   return results
 end
 
---- Resets several cache policies of an Omni model, concurrently.
--- @tparam string model_id the model's UUID (nil: the client's `model_id`)
--- @tparam {string,...} names the policy names
--- @tparam[opt] table opts per-call options plus `concurrency` (default: the
--- client's, else 8), `check_policy`, `coalesce`
--- @treturn {table,...} one `{ policy = name, result = res, err = err }` per
--- policy, in input order; identical ones are sent once
--- @usage local results = omni:reset_caches(model_id, { "daily", "hourly" }, { concurrency = 8 })
-local function reset_caches(self, model_id, names, opts)
-  local st = state(self)
-  if type(names) ~= "table" then
-    error(format("bad argument #2 to 'omni:reset_caches' (table expected, got %s)", type(names)), 2)
-  end
-  local concurrency
-  concurrency, opts = concurrency_of(st, opts)
-  local base, layer = call_options(st, st.svc.calls.reset_cache, opts, "omni:reset_caches")
-  local model, known = arg_or_default(st, model_id, "model_id"), nil
-  local window, bad = perform.window(layer.coalesce)
-  if bad then return all_failed(names, bad) end
+-- The items of a batch (the policies named), checked against the model's
+-- policies first with check_policy, then sent.
+local function reset_batch(st, names, base, model, layer, concurrency, window)
+  local known
   if layer.check_policy and #names > 0 then
     local with_model = copy(base)
     with_model.model_id = model
@@ -485,18 +488,53 @@ local function reset_caches(self, model_id, names, opts)
   return results
 end
 
+--- Resets several cache policies of an Omni model, concurrently.
+-- @tparam string model_id the model's UUID (nil: the client's `model_id`)
+-- @tparam {string,...} names the policy names
+-- @tparam[opt] table opts per-call options plus `concurrency` (default: the
+-- client's, else 8), `check_policy`, `coalesce`
+-- @treturn {table,...} one `{ policy = name, result = res, err = err }` per
+-- policy, in input order; identical ones are sent once
+-- @usage local results = omni:reset_caches(model_id, { "daily", "hourly" }, { concurrency = 8 })
+local function reset_caches(self, model_id, names, opts)
+  local st = state(self)
+  if type(names) ~= "table" then
+    error(format("bad argument #2 to 'omni:reset_caches' (table expected, got %s)", type(names)), 2)
+  end
+  local concurrency
+  concurrency, opts = concurrency_of(st, opts)
+  local base, layer = call_options(st, st.svc.calls.reset_cache, opts, "omni:reset_caches")
+  local model = arg_or_default(st, model_id, "model_id")
+  local window, bad = perform.window(layer.coalesce)
+  if bad then return all_failed(names, bad) end
+  return (within(st, reset_batch, st, names, base, model, layer, concurrency, window))
+end
+
 --- Closes the client's connections. Closing twice does nothing; any other
--- use of a closed client raises "client is closed".
+-- use of a closed client raises "client is closed". From inside one of the
+-- client's own calls (its `on_event`) it raises and changes nothing: the
+-- client stays usable.
 -- @function client:close
 function Client:close()
   local st = private[self]
-  if st and not st.closed then
-    st.closed = true
-    st.session:close()
-  end
+  if not st or st.closed then return end
+  if st.depth > 0 then error("cachectl: cannot close a client while one of its calls runs", 2) end
+  st.session:close()          -- raises, changing nothing, inside the session's own call
+  st.closed = true
 end
 
-Client.__close = Client.close
+-- A to-be-closed client (`local c <close> = ...`) closed inside one of its
+-- calls: closed when that call ends.
+function Client.__close(self)
+  local st = private[self]
+  if not st or st.closed then return end
+  if st.depth > 0 then
+    st.close_pending = true
+  else
+    st.closed = true
+    getmetatable(st.session).__close(st.session)    -- the session defers it while its own call runs
+  end
+end
 
 -- The client's base URL as the service row builds it, without user info.
 local function base_of(st)
