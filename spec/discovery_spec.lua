@@ -274,7 +274,7 @@ describe("Omni discovery (Lua layer)", function()
       assert.is_nil(res)
       assert.equal("invalid", err.kind)
       assert.equal("policy", err.field)
-      assert.equal(0, err.attempts)
+      assert.equal(1, err.attempts)                    -- the read of the model file
       assert.equal("no cache policy 'dialy' in model " .. SALES .. "; did you mean 'daily'? "
         .. "(known: daily, hourly, weekly report)", err.message)
       assert.matches("^cachectl: invalid: no cache policy 'dialy'", tostring(err))
