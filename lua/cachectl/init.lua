@@ -46,6 +46,7 @@ local LAYER = {
 local HOST = { base_url = true, instance = true, playground = true }
 
 local POLICY_TTL = 60 -- seconds a model's policies are kept per client
+local PAGE_SIZE = 100 -- records asked for per page of omni:models, unless page_size says
 local TIMEOUT = 30    -- the core's default timeout, for the deadline of reading a model file
 
 -- Client state lives here, not in the client table, so that no credential
@@ -400,38 +401,74 @@ end
 -- @usage local res, err = ml:clear_queue{ product = "face_gen" }
 -- @section calls
 
--- Every page of the list, within `limit` records.
-local function list_pages(st, base, limit, window)
-  local out, cursor, pages, more = {}, base.cursor, 0, true
-  while more do
-    local page_opts = copy(base)
-    page_opts.cursor = cursor
-    local page, err = one(st, "list_models", page_opts, window)
-    if not page then return nil, err end
-    pages = pages + 1
-    local records, info = page.records, type(page.pageInfo) == "table" and page.pageInfo or {}
-    if type(records) ~= "table" then
-      return nil, perform.new_error{ kind = "decode", attempts = pages, message = "the model list holds no records" }
-    end
-    for _, r in ipairs(records) do
-      if #out < limit then out[#out + 1] = r end
-    end
-    local next_cursor = info.nextCursor
-    more = #records > 0 and #out < limit and info.hasNextPage == true and type(next_cursor) == "string"
-      and next_cursor ~= "" and next_cursor ~= cursor
-    cursor = next_cursor
+-- Whether a decoded JSON value is a list (an empty object reads as one).
+local function is_list(t)
+  if type(t) ~= "table" then return false end
+  local n = #t
+  for k in pairs(t) do
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then return false end
   end
-  return out
+  return true
+end
+
+-- The records of one page added to `out`: one per id, up to `limit`; a
+-- record without a string id, or with the id of an earlier one, is skipped
+-- with a `skipped` event.
+local function add_records(st, opts, records, page, out, ids, limit)
+  for i = 1, #records do
+    if #out >= limit then return end
+    local r = records[i]
+    local id = type(r) == "table" and r.id or nil
+    local why = (type(id) ~= "string" or id == "") and "no_id" or ids[id] and "duplicate" or nil
+    if why and opts.on_event then
+      opts.on_event{ type = "skipped", service = st.svc.name, call = "list_models", reason = why,
+        message = format("page %d, record %d: %s", page, i,
+          why == "no_id" and "no id (a non-empty string)" or "the id of an earlier record") }
+    elseif not why then
+      ids[id] = true
+      out[#out + 1] = r
+    end
+  end
+end
+
+-- Every page of the list, within `limit` records; a cursor that comes back
+-- (A -> B -> A) ends the paging.
+local function list_pages(st, base, limit, window)
+  local opts, sent = counted(base)
+  if opts.page_size == nil then opts.page_size = PAGE_SIZE end
+  local out, ids, seen, page = {}, {}, {}, 0
+  if opts.cursor ~= nil then seen[opts.cursor] = true end
+  while true do
+    local res, err = one(st, "list_models", copy(opts), window)
+    if not res then return nil, err end
+    page = page + 1
+    if not is_list(res.records) then
+      local what = res.records == nil and "no records" or "records that are not a list"
+      return nil, lua_error(st, opts, { kind = "decode", attempts = sent[1],
+        message = format("page %d of the model list holds %s", page, what) })
+    end
+    add_records(st, base, res.records, page, out, ids, limit)
+    local info = type(res.pageInfo) == "table" and res.pageInfo or {}
+    local cursor = info.nextCursor
+    if #res.records == 0 or #out >= limit or info.hasNextPage ~= true or type(cursor) ~= "string" or cursor == ""
+      or seen[cursor] then
+      return out
+    end
+    seen[cursor], opts.cursor = true, cursor
+  end
 end
 
 --- Lists Omni models, following every page (`pageInfo.nextCursor`) up to
--- `limit` records; paging stops early when a page is empty or its cursor does
--- not change.
+-- `limit` records, asking for pages of 100 unless `page_size` says
+-- otherwise; paging stops early when a page is empty or a cursor comes back
+-- that was already seen (a server bug must not loop). One record per id: a
+-- record without a string id, or with the id of an earlier one, is skipped
+-- with a `skipped` event.
 -- @tparam[opt] table opts `name`, `kind` (modelKind), `include_deleted`,
 -- `page_size`, `limit` (default 1000), and the common options
 -- @treturn {table,...}|nil the records as decoded, in order:
 -- `{ id = UUID, name = "Sales", modelKind = "SHARED", ... }`
--- @treturn[2] table err
+-- @treturn[2] table err (`decode` when a page's `records` is not a list)
 -- @usage local models, err = omni:models{ name = "Sales" }
 local function models(self, opts)
   local st = state(self)
