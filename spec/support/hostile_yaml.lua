@@ -35,7 +35,7 @@ function M.deep(n)
   return "cache_policies:\n  daily:\n    max_cache_age: " .. string.rep("[", n) .. string.rep("]", n) .. "\n"
 end
 
---- A flow sequence of `n` scalars: about 2n bytes, 2n events... n of them nodes.
+--- A flow sequence of `n` scalars beside one policy: about 2n bytes and n events.
 function M.wide(n)
   return "cache_policies: {daily: {}}\nfiller: [" .. string.rep("0,", n - 1) .. "0]\n"
 end
