@@ -2,8 +2,8 @@
 -- raises and changes nothing, for a client as for a session: the call ends
 -- normally, the client stays usable and keeps its connection; a to-be-closed
 -- client (__close) is closed when the call ends and releases its connection.
--- Connections are counted from /proc (this process's sockets, established,
--- to the scripted server's port), the server keeping them alive.
+-- Connections are counted from /proc/net/tcp (established, to the
+-- scripted server's port), the server keeping them alive.
 local hostile = require "support.hostile_server"
 local helpers = require "support.helpers"
 local cachectl = require "cachectl"
@@ -11,26 +11,16 @@ local core = require "cachectl.core"
 
 local UUID = helpers.UUID
 
--- This process's id (/proc/self read by this process, not a shell).
-local function own_pid()
-  local f = assert(io.open("/proc/self/stat"))
-  local pid = f:read("*n")
-  f:close()
-  return pid
-end
-
--- How many TCP connections this process holds open to 127.0.0.1:port.
+-- How many TCP connections are open to 127.0.0.1:port: the established
+-- entries of /proc/net/tcp whose remote end is that port. Only this process
+-- connects to the scripted server (its port is its own); the server's ends
+-- have it as their local port; a closed client end leaves "established" at
+-- once (FIN_WAIT, TIME_WAIT).
 local function connections(port)
-  local inodes = {}
-  local p = assert(io.popen("ls -l /proc/" .. own_pid() .. "/fd 2>/dev/null"))
-  for inode in p:read("*a"):gmatch("socket:%[(%d+)%]") do inodes[inode] = true end
-  p:close()
   local n = 0
   for line in io.lines("/proc/net/tcp") do
-    local f = {}
-    for field in line:gmatch("%S+") do f[#f + 1] = field end
-    local remote_port = f[3] and f[3]:match(":(%x+)$")
-    if remote_port and tonumber(remote_port, 16) == port and f[4] == "01" and inodes[f[10]] then n = n + 1 end
+    local remote_port, state = line:match("^%s*%d+: %x+:%x+ 0100007F:(%x+) (%x%x) ")
+    if remote_port and tonumber(remote_port, 16) == port and state == "01" then n = n + 1 end
   end
   return n
 end

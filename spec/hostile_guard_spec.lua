@@ -138,11 +138,11 @@ describe("the policy guard against a hostile server", function()
 
     it("lists at most 10 names, 64 bytes each, and a count of the rest", function()
       local lines = { "cache_policies:" }
-      for i = 1, 5000 do lines[#lines + 1] = "  p" .. i .. ": {}" end
+      for i = 1, 1000 do lines[#lines + 1] = "  p" .. i .. ": {}" end
       local c = client(table.concat(lines, "\n") .. "\n")
       local _, err = c:reset_cache(UUID, "nope")
       assert.equal("no cache policy 'nope' in model " .. UUID
-        .. " (known: p1, p2, p3, p4, p5, p6, p7, p8, p9, p10 and 4990 more)", err.message)
+        .. " (known: p1, p2, p3, p4, p5, p6, p7, p8, p9, p10 and 990 more)", err.message)
       c:close()
       local long = string.rep("a", 63) .. string.rep("é", 20)
       c = client("cache_policies:\n  " .. quoted(long) .. ": {}\n")
