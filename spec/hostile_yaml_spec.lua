@@ -227,6 +227,13 @@ io.write(require("cjson").encode{ ok = list ~= nil, kind = err and err.kind, mes
       end
     end)
 
+    it("a name in a decode message is cut at 64 bytes (a default of 100 KB)", function()
+      local long = string.rep("d", 100000)
+      local _, err = policies_of("cache_policies: {daily: {}}\ndefault_cache_policy: " .. long .. "\n")
+      assert.equal("model " .. UUID .. ": default_cache_policy '" .. string.rep("d", 64)
+        .. "...' is not declared in cache_policies", err.message)
+    end)
+
     it("an empty file, or a null cache_policies, declares none", function()
       for _, text in ipairs{ "", "# nothing\n", "~\n", "cache_policies:\n",
                              "cache_policies: ~\ndefault_cache_policy:\n" } do

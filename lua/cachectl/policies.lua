@@ -33,6 +33,22 @@ function M.need_yaml(what)
   end
 end
 
+--- How many declared names a refusal lists, how many bytes of a name a
+-- message shows, and how many bytes of names the search for a suggestion
+-- compares.
+M.SHOWN_NAMES, M.SHOWN_BYTES, M.SUGGEST_BYTES = 10, 64, 256 * 1024
+
+-- A name as a message shows it: cut after SHOWN_BYTES (at a character's
+-- start), "..." marking the cut.
+local function shown(name)
+  if #name <= M.SHOWN_BYTES then return name end
+  local cut = M.SHOWN_BYTES
+  while cut > 1 and name:byte(cut + 1) and name:byte(cut + 1) >= 0x80 and name:byte(cut + 1) < 0xC0 do
+    cut = cut - 1
+  end
+  return name:sub(1, cut) .. "..."
+end
+
 -- What a value is, for a message: never a string's text.
 local function describe(v)
   if yaml.is_mapping(v) then return "a mapping" end
@@ -71,7 +87,7 @@ local function read_policies(declared)
       return nil, format("cache_policies holds a name that is %s, not a string", describe(name))
     end
     if attrs ~= yaml.null and not yaml.is_mapping(attrs) then
-      return nil, format("cache policy '%s' is %s, not a mapping of attributes", name, describe(attrs))
+      return nil, format("cache policy '%s' is %s, not a mapping of attributes", shown(name), describe(attrs))
     end
     out[#out + 1], names[name] = policy(name, attrs), true
   end
@@ -105,7 +121,7 @@ function M.parse(text, opts)
       return nil, format("default_cache_policy is %s, not a name", describe(default)), "shape"
     end
     if not names[default] then
-      return nil, format("default_cache_policy '%s' is not declared in cache_policies", default), "shape"
+      return nil, format("default_cache_policy '%s' is not declared in cache_policies", shown(default)), "shape"
     end
     out.default = default
   end
@@ -159,21 +175,6 @@ function M.nearest(name, policies)
     end
   end
   return best
-end
-
---- How many declared names a refusal lists, how many bytes of each, and
--- how many bytes of names the search for a suggestion compares.
-M.SHOWN_NAMES, M.SHOWN_BYTES, M.SUGGEST_BYTES = 10, 64, 256 * 1024
-
--- A name as a message shows it: cut after SHOWN_BYTES (at a character's
--- start), "..." marking the cut.
-local function shown(name)
-  if #name <= M.SHOWN_BYTES then return name end
-  local cut = M.SHOWN_BYTES
-  while cut > 1 and name:byte(cut + 1) and name:byte(cut + 1) >= 0x80 and name:byte(cut + 1) < 0xC0 do
-    cut = cut - 1
-  end
-  return name:sub(1, cut) .. "..."
 end
 
 --- Whether a model declares `name`; else the message that refuses it,

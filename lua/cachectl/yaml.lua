@@ -38,7 +38,7 @@ M.null = setmetatable({}, { __tostring = function() return "null" end })
 local NULL = M.null
 
 local TAG = "tag:yaml.org,2002:"
-local parser, implicit, explicit
+local parser, implicit, explicit, lyaml_null
 
 -- lyaml's parser and its scalar rules, loaded on first use.
 local function load_lyaml()
@@ -48,7 +48,7 @@ local function load_lyaml()
     imp.hexadecimal, imp.binary, imp.sexagesimal, imp.sexfloat }
   explicit = { [TAG .. "bool"] = exp.bool, [TAG .. "float"] = exp.float, [TAG .. "int"] = exp.int,
     [TAG .. "null"] = exp.null, [TAG .. "str"] = exp.str }
-  M.lyaml_null = functional.NULL
+  lyaml_null = functional.NULL
   parser = require("yaml").parser
 end
 
@@ -172,7 +172,7 @@ local function scalar(ev)
   else
     v = text
   end
-  if v == M.lyaml_null then return NULL end
+  if v == lyaml_null then return NULL end
   if type(v) == "number" and not (v > -huge and v < huge) then return text end
   return v
 end
