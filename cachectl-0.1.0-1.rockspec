@@ -52,6 +52,7 @@ build = {
     ["cachectl.perform"] = "lua/cachectl/perform.lua",
     ["cachectl.fleet"] = "lua/cachectl/fleet.lua",
     ["cachectl.policies"] = "lua/cachectl/policies.lua",
+    ["cachectl.yaml"] = "lua/cachectl/yaml.lua",
     ["cachectl.cli"] = "lua/cachectl/cli.lua",
     ["cachectl.cli.parser"] = "lua/cachectl/cli/parser.lua",
     ["cachectl.cli.run"] = "lua/cachectl/cli/run.lua",

@@ -59,7 +59,8 @@ describe("cachectl omni discovery", function()
       for _, id in ipairs{ SALES, FINANCE, FINANCE_BRANCH, EMPTY, FORBIDDEN } do
         assert.matches(id, out, 1, true)
       end
-      assert.is_true(count("GET /api/v1/models") > 1, "the mock's small pages were not followed")
+      -- pages of 100 (contract v3): the mock's six models in one page
+      assert.same({ "GET /api/v1/models?pageSize=100" }, wire())
     end)
 
     it("--name sends the name and lists the models of that name", function()

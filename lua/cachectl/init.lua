@@ -18,8 +18,8 @@ local core = require "cachectl.core"
 local perform = require "cachectl.perform"
 local policies = require "cachectl.policies"
 
-local error, pcall, pairs, ipairs, type, select, tostring, setmetatable =
-  error, pcall, pairs, ipairs, type, select, tostring, setmetatable
+local error, pcall, pairs, ipairs, next, type, select, tostring, setmetatable, getmetatable =
+  error, pcall, pairs, ipairs, next, type, select, tostring, setmetatable, getmetatable
 local rawget, _G = rawget, _G
 local getenv = os.getenv
 local format = string.format
@@ -46,6 +46,8 @@ local LAYER = {
 local HOST = { base_url = true, instance = true, playground = true }
 
 local POLICY_TTL = 60 -- seconds a model's policies are kept per client
+local PAGE_SIZE = 100 -- records asked for per page of omni:models, unless page_size says
+local TIMEOUT = 30    -- the core's default timeout, for the deadline of reading a model file
 
 -- Client state lives here, not in the client table, so that no credential
 -- can be reached by printing or walking a client.
@@ -207,26 +209,75 @@ local function one(st, call, opts, window)
   return res, hint(st, err)
 end
 
+-- The one way this layer words its own errors: the message on one line
+-- (control characters as spaces, as the core does) and scrubbed of the
+-- call's secret by the core's scrubber, as given, percent-encoded or
+-- JSON-escaped (names and ids in a message come from a server).
+local function lua_error(st, opts, fields)
+  if fields.message then
+    fields.message = core.scrub((fields.message:gsub("%c", " ")), opts[st.svc.secret])
+  end
+  return perform.new_error(fields)
+end
+
+-- A call's options with its attempts counted (`sent[1]`): on_event sees
+-- every event first here, then the caller's on_event.
+local function counted(opts)
+  local out, sent, user = copy(opts), { 0 }, opts.on_event
+  out.on_event = function(ev)
+    if ev.type == "attempt" then sent[1] = sent[1] + 1 end
+    if user then return user(ev) end
+  end
+  return out, sent
+end
+
+-- Runs fn(...) as a call of the client: `close()` refuses while it runs and
+-- `__close` waits for its end (st.depth counts the calls in progress, also
+-- when one raises).
+local function within(st, fn, ...)
+  st.depth = st.depth + 1
+  local ok, res, err = pcall(fn, ...)
+  st.depth = st.depth - 1
+  if st.depth == 0 and st.close_pending then
+    st.close_pending, st.closed = nil, true
+    getmetatable(st.session).__close(st.session)    -- the session defers it while its own call runs
+  end
+  if not ok then error(res, 0) end
+  return res, err
+end
+
 -- ------------------------------------------------------------ policies
 
--- A model's policies, read from its model file: the list, or nil, err.
-local function read_policies(st, yopts, window)
-  local res, err = one(st, "model_yaml", yopts, window)
-  if not res then return nil, err end
-  local files, count, only = type(res.files) == "table" and res.files or {}, 0, nil
-  for _, t in pairs(files) do count, only = count + 1, t end
-  -- file_name may be a regular expression: then the one file it matched
-  local text = files[yopts.file_name] or (count == 1 and only or nil)
-  if type(text) ~= "string" then
-    return nil, perform.new_error{ kind = "decode", attempts = 1,
-      message = format("the answer holds no file '%s' for model %s", yopts.file_name, yopts.model_id) }
+-- The model file in a model_yaml answer: the file named, or the one file a
+-- file_name that is a regular expression matched; nil when there is none.
+local function model_file(res, file_name)
+  local files = type(res.files) == "table" and res.files or {}
+  local text = files[file_name]
+  if text == nil and file_name:find("[%^%$%*%+%?%(%)%[%]{}|\\]") then
+    local first = next(files)
+    if first ~= nil and next(files, first) == nil then text = files[first] end
   end
-  local list, why = policies.parse(text)
+  if type(text) == "string" then return text end
+end
+
+-- A model's policies, read from its model file within the call's timeout
+-- (started: when the call began): the list, or nil, err; and the number of
+-- requests sent.
+local function read_policies(st, yopts, window, started)
+  local opts, sent = counted(yopts)
+  local res, err = one(st, "model_yaml", opts, window)
+  if not res then return nil, err, sent[1] end
+  local text = model_file(res, yopts.file_name)
+  if not text then
+    return nil, lua_error(st, yopts, { kind = "decode", attempts = sent[1],
+      message = format("the answer holds no file '%s' for model %s", yopts.file_name, yopts.model_id) }), sent[1]
+  end
+  local list, why, reason = policies.parse(text, { deadline = started + (yopts.timeout or TIMEOUT) })
   if not list then
-    return nil, perform.new_error{ kind = "decode", attempts = 1,
-      message = format("model %s: %s", yopts.model_id, why) }
+    return nil, lua_error(st, yopts, { kind = reason == "timeout" and "timeout" or "decode", attempts = sent[1],
+      message = format("model %s: %s", yopts.model_id, why) }), sent[1]
   end
-  return list
+  return list, nil, sent[1]
 end
 
 -- The options to read the model file of a reset: the reset's own, for the
@@ -242,26 +293,28 @@ local function yaml_options(st, opts)
 end
 
 -- The policies of the model a reset names, kept per model (and host and
--- credential) for POLICY_TTL seconds: the list, or nil, err.
-local function model_policies(st, opts)
+-- credential) for POLICY_TTL seconds: the list, or nil, err; and the number
+-- of requests sent for it (0 when kept).
+local function model_policies(st, opts, started)
   policies.need_yaml("check_policy")
   local yopts = yaml_options(st, opts)
   local key, bad = core.identity(st.svc.name, "model_yaml", yopts)
-  if not key then return nil, hint(st, bad) end
+  if not key then return nil, hint(st, bad), 0 end
   local now = gettime()
   local kept = st.policies[key]
-  if kept and kept.expires > now then return kept.list end
-  local list, err = read_policies(st, yopts)
-  if not list then return nil, err end
+  if kept and kept.expires > now then return kept.list, nil, 0 end
+  local list, err, sent = read_policies(st, yopts, nil, started)
+  if not list then return nil, err, sent end
   st.policies[key] = { expires = now + POLICY_TTL, list = list }
-  return list
+  return list, nil, sent
 end
 
--- nil when the model declares `name`, else the `invalid` error refusing it.
-local function refusal(name, known, model_id)
-  local ok, message = policies.check(name, known, model_id)
+-- nil when the model declares `name`, else the `invalid` error refusing it
+-- (attempts: the requests sent to read the policies).
+local function refusal(st, opts, name, known, sent)
+  local ok, message = policies.check(name, known, opts.model_id)
   if ok then return nil end
-  return perform.new_error{ kind = "invalid", field = "policy", attempts = 0, message = message }
+  return lua_error(st, opts, { kind = "invalid", field = "policy", attempts = sent, message = message })
 end
 
 -- Whether a value is a policy name worth checking (others are the core's to refuse).
@@ -272,13 +325,17 @@ end
 -- ------------------------------------------------------------ methods
 
 -- Runs one call of a row-built method: this layer's options, then the call.
+-- With check_policy, every option of the reset is checked before the
+-- policies are read: bad input sends nothing.
 local function run(st, row, opts, layer)
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
   if layer.check_policy and checkable(opts.policy) then
-    local known, err = model_policies(st, opts)
+    local _, invalid = core.identity(st.svc.name, row.name, opts)
+    if invalid then return nil, hint(st, invalid) end
+    local known, err, sent = model_policies(st, opts, gettime())
     if not known then return nil, err end
-    local refused = refusal(opts.policy, known, opts.model_id)
+    local refused = refusal(st, opts, opts.policy, known, sent)
     if refused then return nil, refused end
   end
   return one(st, row.name, opts, window)
@@ -310,10 +367,7 @@ local function method(svc, row)
         opts[args[i]] = arg_or_default(st, (select(i, ...)), args[i])
       end
     end
-    st.depth = st.depth + 1
-    local res, err = run(st, row, opts, layer)
-    st.depth = st.depth - 1
-    return res, err
+    return within(st, run, st, row, opts, layer)
   end
 end
 
@@ -345,14 +399,74 @@ end
 -- @usage local res, err = ml:clear_queue{ product = "face_gen" }
 -- @section calls
 
+-- Whether a decoded JSON value is a list (an empty object reads as one).
+local function is_list(t)
+  if type(t) ~= "table" then return false end
+  local n = #t
+  for k in pairs(t) do
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then return false end
+  end
+  return true
+end
+
+-- The records of one page added to `out`: one per id, up to `limit`; a
+-- record without a string id, or with the id of an earlier one, is skipped
+-- with a `skipped` event.
+local function add_records(st, opts, records, page, out, ids, limit)
+  for i = 1, #records do
+    if #out >= limit then return end
+    local r = records[i]
+    local id = type(r) == "table" and r.id or nil
+    local why = (type(id) ~= "string" or id == "") and "no_id" or ids[id] and "duplicate" or nil
+    if why and opts.on_event then
+      opts.on_event{ type = "skipped", service = st.svc.name, call = "list_models", reason = why,
+        message = format("page %d, record %d: %s", page, i,
+          why == "no_id" and "no id (a non-empty string)" or "the id of an earlier record") }
+    elseif not why then
+      ids[id] = true
+      out[#out + 1] = r
+    end
+  end
+end
+
+-- Every page of the list, within `limit` records; a cursor that comes back
+-- (A -> B -> A) ends the paging.
+local function list_pages(st, base, limit, window)
+  local opts, sent = counted(base)
+  if opts.page_size == nil then opts.page_size = PAGE_SIZE end
+  local out, ids, seen, page = {}, {}, {}, 0
+  if opts.cursor ~= nil then seen[opts.cursor] = true end
+  while true do
+    local res, err = one(st, "list_models", copy(opts), window)
+    if not res then return nil, err end
+    page = page + 1
+    if not is_list(res.records) then
+      local what = res.records == nil and "no records" or "records that are not a list"
+      return nil, lua_error(st, opts, { kind = "decode", attempts = sent[1],
+        message = format("page %d of the model list holds %s", page, what) })
+    end
+    add_records(st, base, res.records, page, out, ids, limit)
+    local info = type(res.pageInfo) == "table" and res.pageInfo or {}
+    local cursor = info.nextCursor
+    if #res.records == 0 or #out >= limit or info.hasNextPage ~= true or type(cursor) ~= "string" or cursor == ""
+      or seen[cursor] then
+      return out
+    end
+    seen[cursor], opts.cursor = true, cursor
+  end
+end
+
 --- Lists Omni models, following every page (`pageInfo.nextCursor`) up to
--- `limit` records; paging stops early when a page is empty or its cursor does
--- not change.
+-- `limit` records, asking for pages of 100 unless `page_size` says
+-- otherwise; paging stops early when a page is empty or a cursor comes back
+-- that was already seen (a server bug must not loop). One record per id: a
+-- record without a string id, or with the id of an earlier one, is skipped
+-- with a `skipped` event.
 -- @tparam[opt] table opts `name`, `kind` (modelKind), `include_deleted`,
 -- `page_size`, `limit` (default 1000), and the common options
 -- @treturn {table,...}|nil the records as decoded, in order:
 -- `{ id = UUID, name = "Sales", modelKind = "SHARED", ... }`
--- @treturn[2] table err
+-- @treturn[2] table err (`decode` when a page's `records` is not a list)
 -- @usage local models, err = omni:models{ name = "Sales" }
 local function models(self, opts)
   local st = state(self)
@@ -371,42 +485,29 @@ local function models(self, opts)
   end
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
-  local out, cursor, pages, more = {}, base.cursor, 0, true
-  while more do
-    local page_opts = copy(base)
-    page_opts.cursor = cursor
-    local page, err = one(st, "list_models", page_opts, window)
-    if not page then return nil, err end
-    pages = pages + 1
-    local records, info = page.records, type(page.pageInfo) == "table" and page.pageInfo or {}
-    if type(records) ~= "table" then
-      return nil, perform.new_error{ kind = "decode", attempts = pages, message = "the model list holds no records" }
-    end
-    for _, r in ipairs(records) do
-      if #out < limit then out[#out + 1] = r end
-    end
-    local next_cursor = info.nextCursor
-    more = #records > 0 and #out < limit and info.hasNextPage == true and type(next_cursor) == "string"
-      and next_cursor ~= "" and next_cursor ~= cursor
-    cursor = next_cursor
-  end
-  return out
+  return within(st, list_pages, st, base, limit, window)
 end
 
 --- The cache policies an Omni model declares in its model file (read fully
--- resolved, so an extended model's policies count), parsed with lyaml.
+-- resolved, so an extended model's policies count), read with lyaml's parser
+-- within limits (docs/lua.md: nesting depth, events, nodes with aliases and
+-- merge keys expanded, keys) and the call's timeout.
 -- @tparam string model_id the model's UUID (nil: the client's `model_id`)
 -- @tparam[opt] table opts the options of `model_yaml` (`file_name` defaults to
 -- "model.yaml", `fully_resolved` to true) and the common options
 -- @treturn table|nil `{ { name = "daily", max_cache_age = "24 hours",
 -- filter_suggestions_must_obey_policy = true }, ..., default = "daily" }` in
 -- the file's order; `default` from `default_cache_policy` (or nil); an empty
--- list when the file declares none
--- @treturn[2] table err (a `decode` error when the file is not YAML)
+-- list when the file declares none; attributes are plain values
+-- @treturn[2] table err: `decode` when the file is not YAML, passes a limit
+-- or has a refused shape (`cache_policies` not a mapping, a name that is not
+-- a string, an undeclared `default_cache_policy`, no such file); `timeout`
+-- when reading it outlasts the call's timeout
 -- @raise when lyaml (Debian lua-yaml) is not installed
 -- @usage local list, err = omni:cache_policies(model_id)
 local function cache_policies(self, model_id, opts)
   local st = state(self)
+  local started = gettime()
   policies.need_yaml("omni:cache_policies")
   local base, layer = call_options(st, st.svc.calls.model_yaml, opts, "omni:cache_policies")
   local yopts = copy(base)
@@ -415,7 +516,8 @@ local function cache_policies(self, model_id, opts)
   if yopts.fully_resolved == nil then yopts.fully_resolved = true end
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
-  return read_policies(st, yopts, window)
+  local list, err = within(st, read_policies, st, yopts, window, started)
+  return list, err
 end
 
 -- The concurrency of a batch (the call's, the client's, else 8), and the
@@ -441,6 +543,38 @@ local function all_failed(names, err)
   return results
 end
 
+-- The items of a batch (the policies named), sent; with check_policy,
+-- every item's options are checked first, then the policies are read (when
+-- any item is left), then the names the model does not declare refused.
+local function reset_batch(st, names, base, model, layer, concurrency, window)
+  local results, todo = {}, {}
+  for i = 1, #names do
+    local item = copy(base)
+    item.model_id, item.policy = model, names[i]
+    local invalid
+    if layer.check_policy and checkable(names[i]) then
+      invalid = select(2, core.identity(st.svc.name, "reset_cache", item))
+    end
+    if invalid then results[i] = { policy = names[i], err = hint(st, invalid) } else todo[#todo + 1] = { i, item } end
+  end
+  if layer.check_policy and #todo > 0 then
+    local known, err, sent = model_policies(st, todo[1][2], gettime())
+    local left = {}
+    for _, t in ipairs(todo) do
+      local refused = not known and err or checkable(names[t[1]]) and refusal(st, t[2], names[t[1]], known, sent)
+      if refused then results[t[1]] = { policy = names[t[1]], err = refused } else left[#left + 1] = t end
+    end
+    todo = left
+  end
+  local list = {}
+  for k, t in ipairs(todo) do list[k] = t[2] end
+  local items = perform.batch(context(st, "reset_cache"), list, concurrency, window)
+  for k, t in ipairs(todo) do
+    results[t[1]] = { policy = names[t[1]], result = items[k].result, err = hint(st, items[k].err) }
+  end
+  return results
+end
+
 --- Resets several cache policies of an Omni model, concurrently.
 -- @tparam string model_id the model's UUID (nil: the client's `model_id`)
 -- @tparam {string,...} names the policy names
@@ -457,46 +591,37 @@ local function reset_caches(self, model_id, names, opts)
   local concurrency
   concurrency, opts = concurrency_of(st, opts)
   local base, layer = call_options(st, st.svc.calls.reset_cache, opts, "omni:reset_caches")
-  local model, known = arg_or_default(st, model_id, "model_id"), nil
+  local model = arg_or_default(st, model_id, "model_id")
   local window, bad = perform.window(layer.coalesce)
   if bad then return all_failed(names, bad) end
-  if layer.check_policy and #names > 0 then
-    local with_model = copy(base)
-    with_model.model_id = model
-    local err
-    known, err = model_policies(st, with_model)
-    if not known then return all_failed(names, err) end
-  end
-  local results, list, index = {}, {}, {}
-  for i = 1, #names do
-    local refused = known and checkable(names[i]) and refusal(names[i], known, model)
-    if refused then
-      results[i] = { policy = names[i], err = refused }
-    else
-      local item = copy(base)
-      item.model_id, item.policy = model, names[i]
-      list[#list + 1], index[#index + 1] = item, i
-    end
-  end
-  local items = perform.batch(context(st, "reset_cache"), list, concurrency, window)
-  for k, i in ipairs(index) do
-    results[i] = { policy = names[i], result = items[k].result, err = hint(st, items[k].err) }
-  end
-  return results
+  return (within(st, reset_batch, st, names, base, model, layer, concurrency, window))
 end
 
 --- Closes the client's connections. Closing twice does nothing; any other
--- use of a closed client raises "client is closed".
+-- use of a closed client raises "client is closed". From inside one of the
+-- client's own calls (its `on_event`) it raises and changes nothing: the
+-- client stays usable.
 -- @function client:close
 function Client:close()
   local st = private[self]
-  if st and not st.closed then
-    st.closed = true
-    st.session:close()
-  end
+  if not st or st.closed then return end
+  if st.depth > 0 then error("cachectl: cannot close a client while one of its calls runs", 2) end
+  st.session:close()          -- raises, changing nothing, inside the session's own call
+  st.closed = true
 end
 
-Client.__close = Client.close
+-- A to-be-closed client (`local c <close> = ...`) closed inside one of its
+-- calls: closed when that call ends.
+function Client.__close(self)
+  local st = private[self]
+  if not st or st.closed then return end
+  if st.depth > 0 then
+    st.close_pending = true
+  else
+    st.closed = true
+    getmetatable(st.session).__close(st.session)    -- the session defers it while its own call runs
+  end
+end
 
 -- The client's base URL as the service row builds it, without user info.
 local function base_of(st)

@@ -1,17 +1,17 @@
 --- cachectl.policies: an Omni model file's cache policies, and the check of
 -- a policy name against them.
 --
--- The YAML is read by lyaml (Debian `lua-yaml`, the rock `lyaml`), never by
--- hand: `lyaml.load` gives the values (anchors, aliases, merge keys, quoting),
--- and the event stream of the same library's parser gives the order of the
--- names, which a Lua table loses. lyaml is loaded on first use only: without
--- it everything else in cachectl works.
+-- The YAML is read by lyaml's parser (Debian `lua-yaml`, the rock `lyaml`),
+-- never by hand, within limits (cachectl.yaml): a model file comes from a
+-- server, and a few kilobytes of merge keys or aliases must not take all
+-- memory or time. lyaml is loaded on first use only: without it everything
+-- else in cachectl works.
 --
 -- @module cachectl.policies
 
-local pcall, require, error, type, pairs, ipairs, tostring = pcall, require, error, type, pairs, ipairs, tostring
-local sort, concat = table.sort, table.concat
-local min, huge = math.min, math.huge
+local pcall, require, error, type, ipairs, tostring = pcall, require, error, type, ipairs, tostring
+local concat = table.concat
+local min, max, huge = math.min, math.max, math.huge
 local format = string.format
 
 local M = {}
@@ -19,186 +19,186 @@ local M = {}
 local MISSING = "cachectl: %s needs the YAML library lyaml: install the Debian package lua-yaml "
   .. "or the rock lyaml (luarocks install lyaml)"
 
-local lyaml, yaml
+local yaml
 
 --- Loads lyaml, or raises naming the package to install.
 -- @tparam string what the call that needs it, for the message
 -- @raise when lyaml cannot be loaded
 function M.need_yaml(what)
-  if not lyaml then
-    local ok, lib = pcall(require, "lyaml")
+  if not yaml then
+    local ok = pcall(require, "lyaml")
     local ok2, parser = pcall(require, "yaml")
-    if not (ok and ok2 and type(lib) == "table" and type(parser) == "table") then
-      error(format(MISSING, what), 0)
-    end
-    lyaml, yaml = lib, parser
+    if not (ok and ok2 and type(parser) == "table") then error(format(MISSING, what), 0) end
+    yaml = require "cachectl.yaml"
   end
 end
 
--- A collection being read: its keys in order, whether the next node is a key.
-local function frame(ev)
-  return { map = ev.type == "MAPPING_START", want_key = true, keys = {}, anchor = ev.anchor }
-end
+--- How many declared names a refusal lists, how many bytes of a name a
+-- message shows, and how many bytes of names the search for a suggestion
+-- compares.
+M.SHOWN_NAMES, M.SHOWN_BYTES, M.SUGGEST_BYTES = 10, 64, 256 * 1024
 
--- A node event inside `top`: records a key, or notes that its value begins.
--- Returns the value's key when the node is the value of that key.
-local function node(top, ev)
-  if not (top and top.map) then return nil end
-  if top.want_key then
-    top.want_key = false
-    top.last = ev.type == "SCALAR" and ev.value or nil
-    if top.last then top.keys[#top.keys + 1] = top.last end
-    return nil
+-- A name as a message shows it: cut after SHOWN_BYTES (at a character's
+-- start), "..." marking the cut.
+local function shown(name)
+  if #name <= M.SHOWN_BYTES then return name end
+  local cut = M.SHOWN_BYTES
+  while cut > 1 and name:byte(cut + 1) and name:byte(cut + 1) >= 0x80 and name:byte(cut + 1) < 0xC0 do
+    cut = cut - 1
   end
-  top.want_key = true
-  return top.last
+  return name:sub(1, cut) .. "..."
 end
 
---- The names of the top-level `cache_policies` mapping in the order the file
--- gives them, from the parser's events (an alias to an anchored mapping
--- gives that mapping's names).
--- @tparam string text YAML
--- @treturn {string,...} the names (empty when there is no such mapping)
-local function ordered_names(text)
-  local next_event = yaml.parser(text)
-  local stack, anchors, found = {}, {}, nil
-  while not found do
-    local ev = next_event()
-    if not ev or ev.type == "DOCUMENT_END" or ev.type == "STREAM_END" then break end
-    local t, top = ev.type, stack[#stack]
-    if t == "MAPPING_START" or t == "SEQUENCE_START" or t == "SCALAR" or t == "ALIAS" then
-      local key = node(top, ev)
-      local policies = #stack == 1 and key == "cache_policies"
-      if t == "ALIAS" and policies then found = anchors[ev.anchor] or {} end
-      if t == "MAPPING_START" or t == "SEQUENCE_START" then
-        stack[#stack + 1] = frame(ev)
-        stack[#stack].policies = policies
-      end
-    elseif t == "MAPPING_END" or t == "SEQUENCE_END" then
-      stack[#stack] = nil
-      if top.anchor then anchors[top.anchor] = top.keys end
-      if top.policies then found = top.keys end
-    end
-  end
-  return found or {}
+-- What a value is, for a message: never a string's text.
+local function describe(v)
+  if yaml.is_mapping(v) then return "a mapping" end
+  if yaml.is_sequence(v) then return "a list" end
+  if v == yaml.null then return "null" end
+  if type(v) == "string" then return "a string" end
+  return format("a %s (%s)", type(v), tostring(v))
 end
 
--- A value as a policy attribute: lyaml's null is no value.
-local function value(v)
-  if v == lyaml.null then return nil end
-  return v
+local function plain(v)
+  local t = type(v)
+  return t == "string" or t == "number" or t == "boolean"
 end
 
--- One policy: its name and the attributes the file gives it.
+-- One policy: its name and its plain attributes (a collection is left out).
 local function policy(name, attrs)
   local p = {}
-  if type(attrs) == "table" and attrs ~= lyaml.null then
-    for k, v in pairs(attrs) do
-      if type(k) == "string" then p[k] = value(v) end
+  if attrs ~= yaml.null then
+    for k, v in yaml.each(attrs) do
+      if type(k) == "string" and plain(v) then p[k] = v end
     end
   end
   p.name = name
   return p
 end
 
+-- The policies of a `cache_policies` mapping, in the file's order.
+local function read_policies(declared)
+  local out, names = {}, {}
+  if declared == nil or declared == yaml.null then return out, names end
+  if not yaml.is_mapping(declared) then
+    return nil, format("cache_policies is %s, not a mapping of names to policies", describe(declared))
+  end
+  for name, attrs in yaml.each(declared) do
+    if type(name) ~= "string" then
+      return nil, format("cache_policies holds a name that is %s, not a string", describe(name))
+    end
+    if attrs ~= yaml.null and not yaml.is_mapping(attrs) then
+      return nil, format("cache policy '%s' is %s, not a mapping of attributes", shown(name), describe(attrs))
+    end
+    out[#out + 1], names[name] = policy(name, attrs), true
+  end
+  return out, names
+end
+
 --- The cache policies a model file declares.
 -- @tparam string text the model file (YAML)
+-- @tparam[opt] table opts for cachectl.yaml.load (`deadline`)
 -- @treturn table `{ { name = "daily", max_cache_age = "24 hours",
 -- filter_suggestions_must_obey_policy = true }, ..., default = "daily" }` in
--- the file's order (`default` from `default_cache_policy`, or nil); an empty
--- list when the file declares none
+-- the file's order, names brought in by a merge key after the file's own
+-- (`default` from `default_cache_policy`, or nil); an empty list when the
+-- file declares none. Attributes are plain values (strings, numbers,
+-- booleans): null ones and collections are left out.
 -- @treturn[2] nil
--- @treturn[2] string what is wrong: the text is not YAML (line and column,
--- never the text itself)
-function M.parse(text)
+-- @treturn[2] string what is wrong (a limit passed, a shape refused, where
+-- the text is not YAML; never the text itself)
+-- @treturn[2] string why: "limit", "shape", "syntax", "memory" or "timeout"
+function M.parse(text, opts)
   M.need_yaml("omni:cache_policies")
-  local ok, doc = pcall(lyaml.load, text)
-  if not ok then
-    local line, col = tostring(doc):match("^(%d+):(%d+):")
-    return nil, format("the model file is not valid YAML%s", line and format(" (line %s, column %s)", line, col) or "")
+  local doc, why, reason = yaml.load(text, opts)
+  if not doc then return nil, why, reason end
+  if doc == yaml.null then return {} end
+  if not yaml.is_mapping(doc) then return nil, format("the model file is %s, not a mapping", describe(doc)), "shape" end
+  local out, names = read_policies(yaml.get(doc, "cache_policies"))
+  if not out then return nil, names, "shape" end
+  local default = yaml.get(doc, "default_cache_policy")
+  if default ~= nil and default ~= yaml.null then
+    if type(default) ~= "string" then
+      return nil, format("default_cache_policy is %s, not a name", describe(default)), "shape"
+    end
+    if not names[default] then
+      return nil, format("default_cache_policy '%s' is not declared in cache_policies", shown(default)), "shape"
+    end
+    out.default = default
   end
-  local out = {}
-  if type(doc) ~= "table" or doc == lyaml.null then return out end
-  local declared = doc.cache_policies
-  if type(declared) == "table" and declared ~= lyaml.null then
-    local by_name, seen, rest = {}, {}, {}
-    for k, v in pairs(declared) do
-      if k ~= "<<" and type(k) ~= "table" then by_name[tostring(k)] = v end
-    end
-    for _, name in ipairs(ordered_names(text)) do
-      if by_name[name] ~= nil and not seen[name] then
-        seen[name] = true
-        out[#out + 1] = policy(name, by_name[name])
-      end
-    end
-    -- names merged in from elsewhere (`<<: *other`): after the file's own
-    for name in pairs(by_name) do
-      if not seen[name] then rest[#rest + 1] = name end
-    end
-    sort(rest)
-    for _, name in ipairs(rest) do out[#out + 1] = policy(name, by_name[name]) end
-  end
-  local default = value(doc.default_cache_policy)
-  if default ~= nil and type(default) ~= "table" then out.default = tostring(default) end
   return out
 end
 
---- The Levenshtein distance between two strings, or a number over `limit`
--- as soon as it must exceed it.
+--- The Levenshtein distance between two strings, or `limit + 1` when it
+-- exceeds `limit`. Only the cells within `limit` of the diagonal are
+-- computed: a few per byte, whatever the names a server sent.
 -- @tparam string a
 -- @tparam string b
 -- @tparam number limit
 -- @treturn number
 function M.distance(a, b, limit)
-  if #a - #b > limit or #b - #a > limit then return limit + 1 end
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur, best = { [0] = i }, i
+  local la, lb, over = #a, #b, limit + 1
+  if la - lb > limit or lb - la > limit then return over end
+  local prev, cur = {}, {}
+  for j = 0, lb do prev[j] = j <= limit and j or over end
+  for i = 1, la do
+    local lo, hi = max(1, i - limit), min(lb, i + limit)
+    cur[lo - 1] = lo == 1 and min(i, over) or over    -- the band's edges
+    if hi < lb then cur[hi + 1] = over end
+    local best = cur[lo - 1]
     local ca = a:byte(i)
-    for j = 1, #b do
-      local cost = ca == b:byte(j) and 0 or 1
-      cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-      if cur[j] < best then best = cur[j] end
+    for j = lo, hi do
+      local d = min(prev[j - 1] + (ca == b:byte(j) and 0 or 1), prev[j] + 1, cur[j - 1] + 1, over)
+      cur[j] = d
+      if d < best then best = d end
     end
-    if best > limit then return limit + 1 end
-    prev = cur
+    if best > limit then return over end
+    prev, cur = cur, prev
   end
-  return prev[#b]
+  return prev[lb]
 end
 
 --- The declared name nearest to `name`, within two edits; the first in the
--- file's order on a tie.
+-- file's order on a tie. The search compares at most SUGGEST_BYTES bytes of
+-- names (a server may declare thousands of long ones).
 -- @tparam string name
 -- @tparam table policies as `parse` returns them
 -- @treturn string|nil
 function M.nearest(name, policies)
-  local best, best_d = nil, huge
+  local best, best_d, spent = nil, huge, 0
   for _, p in ipairs(policies) do
-    local d = M.distance(name, p.name, 2)
-    if d <= 2 and d < best_d then best, best_d = p.name, d end
+    local n = #p.name
+    if n >= #name - 2 and n <= #name + 2 then
+      spent = spent + n
+      if spent > M.SUGGEST_BYTES then break end
+      local d = M.distance(name, p.name, 2)
+      if d <= 2 and d < best_d then best, best_d = p.name, d end
+    end
   end
   return best
 end
 
---- Whether a model declares `name`; else the message that refuses it.
+--- Whether a model declares `name`; else the message that refuses it,
+-- listing the first SHOWN_NAMES declared names and a count of the rest.
+-- The caller scrubs the message of its secret (names come from a server).
 -- @tparam string name the policy name asked for
 -- @tparam table policies as `parse` returns them
 -- @tparam string model_id the model, for the message
 -- @treturn boolean|nil true when declared
 -- @treturn[2] string "no cache policy 'dialy' in model <id>; did you mean 'daily'? (known: daily, hourly)"
 function M.check(name, policies, model_id)
-  local known = {}
-  for i, p in ipairs(policies) do
+  for _, p in ipairs(policies) do
     if p.name == name then return true end
-    known[i] = p.name
   end
-  if #known == 0 then
-    return nil, format("no cache policy '%s' in model %s: its model file declares none", name, model_id)
+  if #policies == 0 then
+    return nil, format("no cache policy '%s' in model %s: its model file declares none", shown(name), model_id)
   end
+  local known = {}
+  for i = 1, min(#policies, M.SHOWN_NAMES) do known[i] = shown(policies[i].name) end
+  local rest = #policies - #known
   local near = M.nearest(name, policies)
-  return nil, format("no cache policy '%s' in model %s%s (known: %s)", name, model_id,
-    near and format("; did you mean '%s'?", near) or "", concat(known, ", "))
+  return nil, format("no cache policy '%s' in model %s%s (known: %s%s)", shown(name), model_id,
+    near and format("; did you mean '%s'?", shown(near)) or "", concat(known, ", "),
+    rest > 0 and format(" and %d more", rest) or "")
 end
 
 return M
