@@ -324,6 +324,14 @@ end
 
 -- ------------------------------------------------------------ methods
 
+-- The options of a call whose timeout began at `started` (the policy
+-- guard's read came first): what is left of it.
+local function time_left(opts, started)
+  local out = copy(opts)
+  out.timeout = math.max((opts.timeout or TIMEOUT) - (gettime() - started), 0.001)
+  return out
+end
+
 -- Runs one call of a row-built method: this layer's options, then the call.
 -- With check_policy, every option of the reset is checked before the
 -- policies are read: bad input sends nothing.
@@ -333,10 +341,12 @@ local function run(st, row, opts, layer)
   if layer.check_policy and checkable(opts.policy) then
     local _, invalid = core.identity(st.svc.name, row.name, opts)
     if invalid then return nil, hint(st, invalid) end
-    local known, err, sent = model_policies(st, opts, gettime())
+    local started = gettime()
+    local known, err, sent = model_policies(st, opts, started)
     if not known then return nil, err end
     local refused = refusal(st, opts, opts.policy, known, sent)
     if refused then return nil, refused end
+    opts = time_left(opts, started)
   end
   return one(st, row.name, opts, window)
 end
@@ -558,11 +568,16 @@ local function reset_batch(st, names, base, model, layer, concurrency, window)
     if invalid then results[i] = { policy = names[i], err = hint(st, invalid) } else todo[#todo + 1] = { i, item } end
   end
   if layer.check_policy and #todo > 0 then
-    local known, err, sent = model_policies(st, todo[1][2], gettime())
+    local started = gettime()
+    local known, err, sent = model_policies(st, todo[1][2], started)
     local left = {}
     for _, t in ipairs(todo) do
       local refused = not known and err or checkable(names[t[1]]) and refusal(st, t[2], names[t[1]], known, sent)
-      if refused then results[t[1]] = { policy = names[t[1]], err = refused } else left[#left + 1] = t end
+      if refused then
+        results[t[1]] = { policy = names[t[1]], err = refused }
+      else
+        left[#left + 1] = { t[1], time_left(t[2], started) }
+      end
     end
     todo = left
   end

@@ -291,7 +291,7 @@ end
 --- Reads a YAML document within limits.
 -- @tparam string text the YAML
 -- @tparam[opt] table opts `deadline` (a `clock()` time past which reading
--- stops), `clock` (seconds; default socket.gettime), `limits` (default
+-- stops), `clock` (seconds; default the core's monotonic clock), `limits` (default
 -- `M.LIMITS`)
 -- @return the document (`M.null` for an empty one)
 -- @treturn[2] nil
@@ -301,7 +301,7 @@ end
 function M.load(text, opts)
   load_lyaml()
   opts = opts or {}
-  local clock = opts.clock or (opts.deadline and require("socket").gettime)
+  local clock = opts.clock or (opts.deadline and require("cachectl.core").monotonic)
   local ok, doc = pcall(read, text, opts.limits or M.LIMITS, clock, opts.deadline)
   if ok then
     if doc == nil then return NULL end
