@@ -131,11 +131,11 @@ describe("core.omni.reset_cache", function()
     end)
   end)
 
-  -- Omni's error shapes as the mock answers them (INTERFACES.md 5): the
+  -- Omni's error shapes as the mock answers them (docs/mock.md, "Omni error shapes"): the
   -- reset page's {error, message} on resets, the OpenAPI document's
   -- {detail, status} on the model list and YAML, 422 as {error}; a token
   -- directive shape=detail|error picks one.
-  describe("error shapes, as the mock of INTERFACES.md 5 answers them", function()
+  describe("error shapes, as the mock answers them (docs/mock.md)", function()
     it("{detail, status}: message from detail, no code", function()
       local res, err = core.omni.reset_cache(opts{ token = uid("tok") .. " shape=detail",
                                                    model_id = helpers.MISSING_UUID })

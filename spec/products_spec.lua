@@ -19,7 +19,7 @@ describe("ModelsLab Enterprise products", function()
 
   local function only_request() return server.only_request(srv) end
 
-  -- The mock serves every slug and the product-less server (INTERFACES.md 5).
+  -- The mock serves every slug and the product-less server (docs/mock.md, "ModelsLab").
   local function assert_answer(call, res, err)
     assert.is_nil(err)
     if call == "system_details" then

@@ -10,6 +10,7 @@
 #include "compat.h"
 #include "buf.h"
 #include "clock.h"
+#include "scrub.h"
 
 /* Only luaopen_cachectl_core leaves the shared object, however it is built
  * (the luarocks builtin backend passes no -fvisibility flag). */
@@ -185,11 +186,6 @@ void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,
                    long status, const char *code, double retry_after,
                    int attempts, const char *field, const cc_req *r);
 void cc_errors_init(lua_State *L);
-/* The one scrubber: masks secret in t (n bytes, in place) as given,
- * percent-encoded or JSON-escaped, and any 8 of its bytes in a row; returns
- * the new length. cc_scrub_l is core.scrub(text, secret) (core.c). */
-size_t cc_scrub(char *t, size_t n, const char *secret, size_t sn);
-int cc_scrub_l(lua_State *L);
 
 /* session.c, engine.c */
 typedef struct cc_session cc_session;

@@ -205,6 +205,25 @@ static void set_rows(lua_State *L, int module)
     lua_setfield(L, module, "endpoints");
 }
 
+/* core.scrub(text, secret) -> text with the secret masked as in errors;
+ * the text as it is when secret is nil or under 4 bytes. */
+static int scrub_l(lua_State *L)
+{
+    size_t n, sn = 0;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *secret = luaL_optlstring(L, 2, NULL, &sn);
+    char *t;
+    if (!secret || sn < 4) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    t = cc_newuserdata(L, n ? n : 1);
+    memcpy(t, s, n);
+    lua_pushlstring(L, t, cc_scrub(t, n, secret, sn));
+    cc_wipe(t, n);
+    return 1;
+}
+
 /* core.monotonic() -> seconds on the monotonic clock (waits, deadlines) */
 static int monotonic_l(lua_State *L)
 {
@@ -229,7 +248,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
-        { "scrub", cc_scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { NULL, NULL }
+        { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { NULL, NULL }
     };
     const curl_version_info_data *v;
     int module;

@@ -45,14 +45,7 @@ end
 -- @param opts table (optional) passed to `mock.start`
 -- @return the handle, filled in by setup: use it inside tests only
 function M.use(opts)
-  return use(function() --- The one request `srv` recorded; the test fails when it recorded none or more.
-function M.only_request(srv)
-  local reqs = srv:requests()
-  luassert.equal(1, #reqs)
-  return reqs[1]
-end
-
-return M.start(opts) end)
+  return use(function() return M.start(opts) end)
 end
 
 --- As `use`, for a mock that serves HTTPS with a certificate of a
