@@ -38,8 +38,8 @@ build = {
   modules = {
     ["cachectl.core"] = {
       sources = {
-        "src/core.c", "src/session.c", "src/handles.c", "src/engine.c", "src/options.c",
-        "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
+        "src/core.c", "src/session.c", "src/handles.c", "src/engine.c", "src/transfer.c", "src/events.c",
+        "src/options.c", "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
         "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
         "src/limiter.c", "src/redis.c", "src/scrub.c",
       },

@@ -1,8 +1,10 @@
 /* engine.c — the run loop: one or many requests driven through a session's
- * multi handle; attempts, retries with Retry-After or jittered backoff
- * inside the call's deadline, the client-side rate limit (a turn before
- * every attempt), the on_event calls, and the reading of each answer into a
- * result or an error.
+ * multi handle (and its Redis connections); when each attempt starts (a
+ * place among `concurrency`, its rate-limit turn from the process window,
+ * Redis or a shared dict, the deadline), retries with Retry-After or
+ * jittered backoff inside the call's deadline, and the reading of each
+ * answer into a result or an error. How an attempt is handed to libcurl is
+ * transfer.c's; the on_event calls are events.c's.
  *
  * Lua is only touched between libcurl calls: the callbacks copy bytes into C
  * buffers and never raise. A run goes on under lua_pcall, so an error raised
@@ -31,14 +33,6 @@ static double jitter(cc_session *s)
 
 /* ---- releasing ------------------------------------------------------ */
 
-static void wipe_node(struct curl_slist *n)
-{
-    if (!n->data) return;
-    memset(n->data, 0, strlen(n->data));
-    free(n->data);
-    n->data = NULL;
-}
-
 static void xfer_release(cc_session *s, xfer *x)
 {
     if (x->easy) {
@@ -51,8 +45,8 @@ static void xfer_release(cc_session *s, xfer *x)
         else curl_url_cleanup(x->url);
         x->url = NULL;
     }
-    wipe_node(&x->auth);
-    wipe_node(&x->ua);
+    cc_wipe_node(&x->auth);
+    cc_wipe_node(&x->ua);
     cc_buf_free(&x->resp);
     cc_req_free(&x->req);
 }
@@ -69,300 +63,6 @@ static void run_release(run *r)
     r->x = NULL;
     if (r->s->active == r) r->s->active = NULL;
     r->s = NULL;
-}
-
-/* ---- the request's shape -------------------------------------------- */
-
-/* The headers every request of the session sends, built once: the default
- * User-Agent first, so that a request with its own starts after it. */
-static int session_headers(cc_session *s)
-{
-    static const char *const fixed[] = { "Content-Type: application/json", "Accept: application/json" };
-    struct curl_slist *h, *t;
-    char ua[128];
-    size_t i;
-    snprintf(ua, sizeof ua, "User-Agent: %s", cc_user_agent_default());
-    if (!(h = curl_slist_append(NULL, ua))) return 0;
-    for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-        if (!(t = curl_slist_append(h, fixed[i]))) {
-            curl_slist_free_all(h);
-            return 0;
-        }
-        h = t;
-    }
-    s->headers = h;
-    s->headers_noua = h->next;
-    return 1;
-}
-
-/* Node n holds the line prefix + value (malloc'd) in front of next. */
-static int header_node(struct curl_slist *n, const char *prefix, const char *v, size_t vn,
-                       struct curl_slist *next)
-{
-    size_t pn = strlen(prefix);
-    if (!(n->data = malloc(pn + vn + 1))) return 0;
-    memcpy(n->data, prefix, pn);
-    memcpy(n->data + pn, v, vn);
-    n->data[pn + vn] = '\0';
-    n->next = next;
-    return 1;
-}
-
-static char no_expect[] = "Expect:";      /* libcurl only reads it */
-
-/* The request's headers: the session's, with the request's own User-Agent,
- * Authorization and, for a body libcurl would announce with "Expect:
- * 100-continue" (over 1 KiB), an empty Expect in front. The User-Agent is a
- * header line: CURLOPT_USERAGENT would be formatted anew for every request. */
-static int build_headers(cc_session *s, xfer *x)
-{
-    const cc_req *q = &x->req;
-    struct curl_slist *h;
-    if (!s->headers && !session_headers(s)) return 0;
-    h = s->headers;
-    if (q->user_agent && q->user_agent != cc_user_agent_default()) {
-        if (!header_node(&x->ua, "User-Agent: ", q->user_agent, strlen(q->user_agent), s->headers_noua))
-            return 0;
-        h = &x->ua;
-    }
-    if (q->ep->svc->auth_header) {
-        if (!header_node(&x->auth, q->ep->svc->auth_header, q->secret, q->secret_len, h)) return 0;
-        h = &x->auth;
-    }
-    if (q->body_len > 1024) {
-        x->expect.data = no_expect;
-        x->expect.next = h;
-        h = &x->expect;
-    }
-    x->headers = h;
-    return 1;
-}
-
-/* req.url parsed once (CURLOPT_CURLU spares libcurl parsing the URL again
- * for every transfer); requests to the session's last URL share its parse.
- * Returns 1, 0 when out of memory, -1 when libcurl cannot parse it. */
-static int parse_url(cc_session *s, xfer *x)
-{
-    const char *text = x->req.url;
-    CURLU *u;
-    char *copy;
-    CURLUcode rc;
-    if (s->url && strcmp(s->url_text, text) == 0) {
-        x->url = s->url;
-        s->url_users++;
-        return 1;
-    }
-    if (!(u = curl_url())) return 0;
-    if ((rc = curl_url_set(u, CURLUPART_URL, text, 0)) != CURLUE_OK) {
-        curl_url_cleanup(u);
-        return rc == CURLUE_OUT_OF_MEMORY ? 0 : -1;
-    }
-    x->url = u;
-    if (s->url_users == 0 && (copy = strdup(text)) != NULL) {
-        curl_url_cleanup(s->url);
-        free(s->url_text);
-        s->url = u;
-        s->url_text = copy;
-        s->url_users = 1;
-    }
-    return 1;
-}
-
-static long ms(double seconds)
-{
-    double v = ceil(seconds * 1000.0);
-    return v < 1 ? 1 : v > 1e9 ? 1000000000L : (long)v;
-}
-
-/* The options that differ from request to request, each set only when the
- * pooled handle holds another value. */
-static void set_usual(xfer *x, double left)
-{
-    const cc_req *q = &x->req;
-    hstate *st = &x->st;
-    CURL *e = x->easy;
-    long t = ms(left), c = ms(q->connect_timeout < left ? q->connect_timeout : left);
-    if (st->bound != x) {
-        curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-        curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-#if LIBCURL_VERSION_NUM >= 0x075000
-        curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
-#endif
-        st->bound = x;
-    }
-    if (st->url != x->url) curl_easy_setopt(e, CURLOPT_CURLU, (st->url = x->url));
-    if (st->headers != x->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, (st->headers = x->headers));
-    if (q->method && strcmp(q->method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q->method);
-    if (q->body || !q->method || strcmp(q->method, "GET") != 0) {
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, q->body ? q->body : "");
-        if (st->body_len != (long)q->body_len + 1)
-            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (st->body_len = (long)q->body_len + 1) - 1);
-    }
-    if (st->timeout_ms != t) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (st->timeout_ms = t));
-    if (st->connect_ms != c) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (st->connect_ms = c));
-    if (st->max_bytes != q->max_bytes)
-        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (st->max_bytes = q->max_bytes));
-}
-
-/* The options that matter for safety, checked: a plain http:// request
- * never goes through a proxy (whatever the environment says: it carries the
- * credential in cleartext), TLS as asked. Returns the name of an option
- * libcurl refused, or NULL. */
-static const char *set_guarded(xfer *x)
-{
-    const cc_req *q = &x->req;
-    CURL *e = x->easy;
-    int http = strncasecmp(q->url, "http://", 7) == 0;
-    if (http != x->st.no_proxy) {
-        /* "*": no host goes through a proxy, given or from the environment */
-        if (curl_easy_setopt(e, CURLOPT_NOPROXY, http ? "*" : NULL) != CURLE_OK) return "CURLOPT_NOPROXY";
-        x->st.no_proxy = http;
-    }
-    if (!http && q->proxy) {
-        /* a proxy given as an option is used as given: no_proxy in the
-         * environment is for the environment's proxies (a sticky handle:
-         * reset before its next request) */
-        if (curl_easy_setopt(e, CURLOPT_PROXY, q->proxy) != CURLE_OK ||
-            curl_easy_setopt(e, CURLOPT_NOPROXY, "") != CURLE_OK)
-            return "CURLOPT_PROXY";
-        /* the CONNECT request to the proxy sends this one, not the header line */
-        curl_easy_setopt(e, CURLOPT_USERAGENT, q->user_agent ? q->user_agent : cc_user_agent_default());
-    }
-    if (!q->verify_tls && (curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L) != CURLE_OK ||
-                           curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L) != CURLE_OK))
-        return "CURLOPT_SSL_VERIFYPEER";
-    if (q->ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file) != CURLE_OK)
-        return "CURLOPT_CAINFO";
-    if (!q->retry_ok) {
-        /* libcurl silently resends a request once when a reused connection
-         * turns out dead; a call that must not run twice gets its own. */
-        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
-        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
-    }
-    return NULL;
-}
-
-/* The request cannot be sent as asked; x->errbuf says why. */
-static int refuse(xfer *x, const char *what)
-{
-    snprintf(x->errbuf, sizeof x->errbuf, "libcurl refused %s; nothing was sent", what);
-    return -1;
-}
-
-/* Starts an attempt: 1, or 0 when out of memory, or -1 when libcurl refused
- * something that matters (nothing sent; x->errbuf says what). */
-static int start_attempt(cc_session *s, xfer *x, double now)
-{
-    const cc_req *q = &x->req;
-    const char *refused;
-    int rc;
-    if (!x->url && (rc = parse_url(s, x)) <= 0) return rc < 0 ? refuse(x, "the URL") : 0;
-    x->sticky = q->proxy || q->ca_file || !q->verify_tls || q->method || !q->retry_ok;
-    if (!(x->easy = cc_easy_get(s, x->sticky, &x->st, &refused)))
-        return refused ? refuse(x, refused) : 0;
-    x->resp.len = 0;
-    x->too_large = 0;
-    x->sends = 0;
-    x->retry_after[0] = x->errbuf[0] = '\0';
-    set_usual(x, x->deadline - now);
-    if ((refused = set_guarded(x)) != NULL) return refuse(x, refused);
-    if (curl_multi_add_handle(s->multi, x->easy) != CURLM_OK)
-        return refuse(x, "the transfer (curl_multi_add_handle)");
-    x->state = X_RUN;
-    x->attempts++;
-    x->started = now;
-    return 1;
-}
-
-/* ---- events --------------------------------------------------------- */
-
-/* The hooks as they are now: a change while the loop waits is a signal
- * handler's (the standalone interpreter's Ctrl-C sets one). */
-static void see_hooks(lua_State *L, run *r)
-{
-    lua_State *m = r->s->main;
-    r->hooks.hook = lua_gethook(L);
-    r->hooks.mask = lua_gethookmask(L);
-    r->hooks.main_hook = m ? lua_gethook(m) : NULL;
-    r->hooks.main_mask = m ? lua_gethookmask(m) : 0;
-}
-
-static int interrupted(lua_State *L, const run *r)
-{
-    lua_State *m = r->s->main;
-    return lua_gethook(L) != r->hooks.hook || lua_gethookmask(L) != r->hooks.mask ||
-           (m && (lua_gethook(m) != r->hooks.main_hook || lua_gethookmask(m) != r->hooks.main_mask));
-}
-
-/* An event table with the fields every event has. */
-static void event_new(lua_State *L, const xfer *x, const char *type, int attempt)
-{
-    lua_createtable(L, 0, 9);
-    lua_pushstring(L, type);
-    lua_setfield(L, -2, "type");
-    lua_pushstring(L, x->req.ep->service);
-    lua_setfield(L, -2, "service");
-    lua_pushstring(L, x->req.ep->name);
-    lua_setfield(L, -2, "call");
-    lua_pushinteger(L, attempt);
-    lua_setfield(L, -2, "attempt");
-}
-
-/* Calls the request's on_event with the event on top (popped). An error it
- * raises goes up through the run's lua_pcall: cc_run frees the run. */
-static void emit(lua_State *L, run *r, const xfer *x)
-{
-    lua_rawgeti(L, r->events, (int)(x - r->x) + 1);
-    lua_insert(L, -2);
-    lua_call(L, 1, 0);
-    see_hooks(L, r);        /* a hook set by the function is not a signal */
-}
-
-/* The URL with the credential masked, like any text that might hold it
- * (a `request` path may). */
-static void push_url(lua_State *L, const xfer *x)
-{
-    size_t n = strlen(x->req.url);
-    char *t = cc_newuserdata(L, n + 1);       /* scratch the GC frees */
-    memcpy(t, x->req.url, n + 1);
-    lua_pushlstring(L, t, cc_scrub(t, n, x->req.secret, x->req.secret_len));
-    lua_remove(L, -2);
-}
-
-/* { type = "attempt", method, url, status, kind (nil on success), ms } */
-static void emit_attempt(lua_State *L, run *r, const xfer *x, const outcome *o, int ok, double now)
-{
-    if (!x->event) return;
-    event_new(L, x, "attempt", x->attempts);
-    lua_pushstring(L, x->req.method ? x->req.method : "POST");
-    lua_setfield(L, -2, "method");
-    push_url(L, x);
-    lua_setfield(L, -2, "url");
-    if (o->status > 0) {
-        lua_pushinteger(L, o->status);
-        lua_setfield(L, -2, "status");
-    }
-    if (!ok) {
-        lua_pushstring(L, cc_kind_names[o->kind]);
-        lua_setfield(L, -2, "kind");
-    }
-    lua_pushnumber(L, (now - x->started) * 1000.0);
-    lua_setfield(L, -2, "ms");
-    emit(L, r, x);
-}
-
-/* { type = "wait", wait = seconds, reason, attempt = the one that follows } */
-static void emit_wait(lua_State *L, run *r, const xfer *x, double wait, const char *reason)
-{
-    if (!x->event) return;
-    event_new(L, x, "wait", x->attempts + 1);
-    lua_pushnumber(L, wait);
-    lua_setfield(L, -2, "wait");
-    lua_pushstring(L, reason);
-    lua_setfield(L, -2, "reason");
-    emit(L, r, x);
 }
 
 /* ---- reading an answer ---------------------------------------------- */
@@ -440,7 +140,7 @@ static int retry(lua_State *L, run *r, xfer *x, outcome *o, double now)
     if (now + wait < x->deadline) {
         x->state = X_WAIT;
         x->next_start = now + wait;
-        emit_wait(L, r, x, wait, o->retry_after >= 0 ? "retry_after" : "backoff");
+        cc_emit_wait(L, r, x, wait, o->retry_after >= 0 ? "retry_after" : "backoff");
         return 1;
     }
     if (o->retry_after >= 0) {
@@ -467,11 +167,11 @@ static int finish(lua_State *L, run *r, xfer *x, CURLcode rc)
     if (rc != CURLE_OK) {
         read_failure(x, rc, now, &o);
     } else if (read_answer(L, x, &o)) {
-        emit_attempt(L, r, x, &o, 1, now);
+        cc_emit_attempt(L, r, x, &o, 1, now);
         lua_pushnil(L);
         return 1;
     }
-    emit_attempt(L, r, x, &o, 0, now);
+    cc_emit_attempt(L, r, x, &o, 0, now);
     if (retry(L, r, x, &o, now)) return 0;
     lua_pushnil(L);
     cc_push_error(L, o.kind, o.msg, o.status, o.code[0] ? o.code : NULL, o.retry_after,
@@ -523,7 +223,7 @@ static int turn_said(lua_State *L, run *r, xfer *x, int out, int rc, double wait
         if (wait <= 0) return 1;
         x->turn = 1;
         x->next_start = now + wait;
-        emit_wait(L, r, x, wait, "rate_limit");
+        cc_emit_wait(L, r, x, wait, "rate_limit");
         return 0;
     }
     snprintf(msg, sizeof msg, "client-side rate limit (%g requests per %gs%s%s%s): no turn before the timeout",
@@ -578,10 +278,10 @@ static void fall_back(lua_State *L, run *r, xfer *x, int out, const char *why, s
     x->state = X_WAIT;
     if (!r->told && x->event) {
         r->told = 1;
-        event_new(L, x, "redis_fallback", x->attempts + 1);
+        cc_event_new(L, x, "redis_fallback", x->attempts + 1);
         lua_pushstring(L, why);
         lua_setfield(L, -2, "message");
-        emit(L, r, x);
+        cc_emit(L, r, x);
     }
 }
 
@@ -690,7 +390,7 @@ static double start_due(lua_State *L, run *r, int out, size_t *done)
             if (x->state == X_WAIT && x->next_start < wake) wake = x->next_start;
             continue;
         }
-        if ((rc = start_attempt(r->s, x, now)) > 0) {
+        if ((rc = cc_start_attempt(r->s, x, now)) > 0) {
             r->xfers++;
         } else if (rc == 0) {
             r->oom = 1;
@@ -808,7 +508,7 @@ static void drive(lua_State *L, run *r, int out, size_t done)
         }
         /* a finished attempt may have freed a slot or set a retry time */
         if (done < r->n && !r->oom && !finished) wait_until(L, r->s, wake, running);
-        if (done < r->n && interrupted(L, r)) {
+        if (done < r->n && cc_interrupted(L, r)) {
             stop_all(L, r, out);
             break;
         }
@@ -878,7 +578,7 @@ static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double
     lua_settop(L, top);
     /* the header lines copy the credential and User-Agent at once: Lua code
      * that runs before the first attempt cannot change them */
-    if (ok && !build_headers(r->s, x)) luaL_error(L, "not enough memory");
+    if (ok && !cc_build_headers(r->s, x)) luaL_error(L, "not enough memory");
     if (!ok) {
         lua_pushnil(L);
         cc_push_error(L, CC_INVALID, x->req.bad_msg, 0, NULL, -1, 0, x->req.bad_field, NULL);
@@ -912,7 +612,7 @@ static int run_protected(lua_State *L)
     lua_pushnil(L);         /* the shared dicts by item, once one is used */
     r->dicts = lua_gettop(L);
     for (i = 0; i < r->n; i++) done += (size_t)parse_item(L, a, i, out, now);
-    see_hooks(L, r);
+    cc_see_hooks(L, r);
     r->concurrency = a->concurrency < 1 ? 1 : a->concurrency;
     drive(L, r, out, done);
     if (r->oom) return luaL_error(L, "not enough memory");

@@ -125,6 +125,21 @@ size_t cc_on_header(char *p, size_t size, size_t nmemb, void *ud);
 int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port);
 #endif
 
+/* transfer.c: an attempt's request handed to libcurl */
+void cc_wipe_node(struct curl_slist *n);
+int cc_build_headers(cc_session *s, xfer *x);          /* 0: out of memory */
+/* 1, or 0 when out of memory, or -1 when libcurl refused something that
+ * matters (nothing sent; x->errbuf says what) */
+int cc_start_attempt(cc_session *s, xfer *x, double now);
+
+/* events.c: on_event calls, and the hooks a signal handler sets */
+void cc_see_hooks(lua_State *L, run *r);
+int cc_interrupted(lua_State *L, const run *r);
+void cc_event_new(lua_State *L, const xfer *x, const char *type, int attempt);
+void cc_emit(lua_State *L, run *r, const xfer *x);
+void cc_emit_attempt(lua_State *L, run *r, const xfer *x, const outcome *o, int ok, double now);
+void cc_emit_wait(lua_State *L, run *r, const xfer *x, double wait, const char *reason);
+
 /* redis.c: the session's Redis connections, driven by the run loop */
 typedef struct cc_redis cc_redis;
 cc_redis *cc_redis_get(cc_session *s, const char *url);     /* NULL: out of memory */
