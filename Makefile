@@ -20,8 +20,8 @@ ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDSAN = -fsanitize=$(SANITIZE)
 endif
 SRC = src/core.c src/session.c src/handles.c src/engine.c src/transfer.c src/events.c src/options.c src/endpoints.c src/errors.c src/parse.c \
-      src/ratelimit.c src/answer.c src/buf.c src/clock.c src/digest.c src/request.c src/limiter.c src/redis.c src/scrub.c
-HDR = src/cachectl.h src/compat.h src/buf.h src/clock.h src/engine.h src/digest.h src/options.h src/scrub.h
+      src/ratelimit.c src/answer.c src/buf.c src/clock.c src/digest.c src/request.c src/limiter.c src/redis.c src/scrub.c src/urls.c
+HDR = src/cachectl.h src/compat.h src/buf.h src/clock.h src/engine.h src/digest.h src/options.h src/scrub.h src/parse.h src/ratelimit.h
 
 all: $(OUT)/cachectl/core.so
 

@@ -11,6 +11,8 @@
 #include "buf.h"
 #include "clock.h"
 #include "scrub.h"
+#include "parse.h"
+#include "ratelimit.h"
 
 /* Only luaopen_cachectl_core leaves the shared object, however it is built
  * (the luarocks builtin backend passes no -fvisibility flag). */
@@ -117,32 +119,12 @@ void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
 void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep, int idx,
                       const char *where);
 
-/* parse.c: pure text helpers over untrusted input (fuzzed). */
-int cc_is_uuid(const char *s, size_t n);
-int cc_is_slug(const char *s, size_t n);
-int cc_is_dns_label(const char *s, size_t n);
-int cc_has_ctl(const char *s, size_t n);
-int cc_pct_encode(cc_buf *b, const char *s, size_t n);
-int cc_json_string(cc_buf *b, const char *s, size_t n);
-/* RFC 3339 date-time -> epoch seconds; writes the normalised text (T, Z
- * upper-case) to out. Returns 0 when s is not a date-time. */
-int cc_rfc3339(const char *s, size_t n, double *epoch, char *out, size_t outsz);
-int cc_format_epoch(double t, char *out, size_t outsz);
+
+/* urls.c: what libcurl reads for us. */
 /* Retry-After header value -> seconds from now (< 0 when unusable). */
 double cc_retry_after(const char *s, size_t n, double now_epoch);
 /* NULL when s is a base URL we send to, else why not (a static message). */
 const char *cc_check_base_url(const char *s, size_t n);
-/* A Redis URL, redis://[[user]:password@]host[:port][/db], split (pointers
- * into it): NULL, or why it is not one (a static message quoting nothing
- * of the URL). user and pass are still %-encoded; cc_pct_decode decodes
- * (malloc'd; NULL when out of memory). */
-typedef struct cc_redis_url {
-    const char *user, *pass, *host;
-    size_t user_len, pass_len, host_len;
-    long port, db;
-} cc_redis_url;
-const char *cc_redis_url_parse(const char *url, size_t n, cc_redis_url *p);
-char *cc_pct_decode(const char *s, size_t n);
 
 /* Where a request's turns are taken (limiter.c): nowhere, the process
  * window (ratelimit.c), Redis (redis.c), or an nginx shared dict. */
@@ -150,21 +132,6 @@ enum cc_lim { LIM_OFF = 0, LIM_PROCESS, LIM_REDIS, LIM_DICT };
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
 
-/* ratelimit.c: the sliding window of a credential and limit. cc_limit_take
- * returns 1 with *wait the seconds to the reserved start, 0 when the start
- * would be budget or more away (nothing reserved), -1 when out of memory. */
-uint64_t cc_limit_key(const char *service, const char *secret, size_t n, double requests, double per);
-int cc_limit_take(uint64_t key, double requests, double per, double now, double budget, double *wait);
-/* Records a start taken elsewhere (Redis) in the process window, so that a
- * fallback to it remembers them; 0 when out of memory. */
-int cc_limit_note(uint64_t key, double requests, double per, double t);
-/* The rule itself, over a ring of the last starts (count of them, the
- * oldest at head once count == n): the start a new request gets at `now`,
- * recorded when it lies less than `budget` away (returns 1), else not
- * (returns 0). *wait: the seconds to that start. Used by the process
- * window and the shared dict. */
-int cc_ring_take(double *start, size_t n, size_t *count, size_t *head, double per, double now,
-                 double budget, double *wait);
 
 /* What one attempt came to (engine.c, answer.c). */
 #define CC_MSG_MAX 400

@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cachectl.h"
+#include "ratelimit.h"
 
 typedef struct window {
     uint64_t key;
