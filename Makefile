@@ -19,9 +19,9 @@ ifneq ($(SANITIZE),)
 ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDSAN = -fsanitize=$(SANITIZE)
 endif
-SRC = src/core.c src/session.c src/handles.c src/engine.c src/transfer.c src/events.c src/options.c src/endpoints.c src/errors.c src/parse.c \
-      src/ratelimit.c src/answer.c src/buf.c src/clock.c src/digest.c src/request.c src/limiter.c src/redis.c src/scrub.c src/urls.c
-HDR = src/cachectl.h src/compat.h src/buf.h src/clock.h src/engine.h src/digest.h src/options.h src/scrub.h src/parse.h src/ratelimit.h
+include src/sources.mk
+SRC = $(addprefix src/,$(CC_RUN) $(CC_TEXT) $(CC_LEAVES))
+HDR = $(addprefix src/,$(CC_HEADERS))
 
 all: $(OUT)/cachectl/core.so
 
@@ -56,6 +56,10 @@ ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 lint:
 	luacheck .
 	for r in cachectl-*.rockspec; do luarocks --lua-version=5.4 lint $$r || exit 1; done
+	@# the rockspec builds the C files of src/sources.mk, no more, no fewer
+	@test "$$(grep -o 'src/[a-z_]*\.c' cachectl-*-1.rockspec | sort | tr '\n' ' ')" = \
+	  "$$(echo $(SRC) | tr ' ' '\n' | sort | tr '\n' ' ')" || \
+	  { echo "lint: the rockspec's C sources differ from src/sources.mk"; exit 1; }
 
 spec: all
 	$(BUSTED) --lua=lua5.4
