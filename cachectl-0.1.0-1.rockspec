@@ -46,7 +46,7 @@ build = {
       defines = { "_GNU_SOURCE" },
       incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)", "$(HIREDIS_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(CRYPTO_LIBDIR)", "$(HIREDIS_LIBDIR)" },
-      libraries = { "curl", "hiredis", "crypto", "m" },
+      libraries = { "curl", "hiredis", "crypto", "anl", "m" },
     },
     cachectl = "lua/cachectl/init.lua",
     ["cachectl.perform"] = "lua/cachectl/perform.lua",

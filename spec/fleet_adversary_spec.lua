@@ -191,7 +191,7 @@ while true do
         elseif name == "SELECT" then
           s:send("+OK\r\n")
         elseif name == "EVALSHA" or name == "EVAL" then
-          local k = #cmd - 6
+          local k = math.floor((#cmd - 6) / 2) -- a budget and a not-before wait per turn
           if mode == "strings" then s:send(turns(k, "$3\r\nabc\r\n"))
           elseif mode == "bigwait" then s:send(turns(k, ":" .. arg1 .. "\r\n"))
           elseif mode == "stall_partial" then s:send("*" .. k .. "\r\n:")

@@ -743,7 +743,7 @@ describe("fleet", function()
         local p = assert(io.popen("pwd"))
         root = p:read("*l")
         p:close()
-        assert(helpers.succeeds("command -v nginx >/dev/null"), "nginx is not installed")
+        require("support.nginx_server").prepare(root)     -- the LuaJIT build nginx loads, and nginx
         p = assert(io.popen("mktemp -d /tmp/cachectl-fleet-nginx.XXXXXX"))
         dir = p:read("*l")
         p:close()

@@ -285,6 +285,34 @@ static void fall_back(lua_State *L, run *r, xfer *x, int out, const char *why, s
     }
 }
 
+/* A start granted by Redis, recorded in the fallback's window too (the
+ * process's, or the shared dict), so a fallback later remembers it. */
+static void note_start(lua_State *L, run *r, xfer *x, double now, double t)
+{
+    const cc_req *q = &x->req;
+    if (x->fallback == LIM_DICT) {
+        lua_rawgeti(L, r->dicts, (int)(x - r->x) + 1);
+        cc_dict_note(L, -1, q, now, t);
+        lua_pop(L, 1);
+    } else if (!cc_limit_note(q->limit_key, q->limit_requests, q->limit_per, t)) {
+        r->oom = 1;
+    }
+}
+
+/* The waits before which the k items of a Redis ask must not start: their
+ * fallback window's, where the starts made while Redis was away are. */
+static int not_before(lua_State *L, run *r, xfer **group, int k, double now, double *nb)
+{
+    const cc_req *q = &group[0]->req;
+    if (group[0]->fallback == LIM_DICT) {
+        lua_rawgeti(L, r->dicts, (int)(group[0] - r->x) + 1);
+        cc_dict_plan(L, -1, q, now, (size_t)k, nb);
+        lua_pop(L, 1);
+        return 1;
+    }
+    return cc_limit_plan(q->limit_key, q->limit_requests, q->limit_per, now, (size_t)k, nb);
+}
+
 /* Acts on Redis's answers: a start reserved (kept in the process window
  * too, so a fallback later remembers it), none in time, or no answer. */
 static void turn_answers(lua_State *L, run *r, int out, double now, size_t *done)
@@ -297,9 +325,12 @@ static void turn_answers(lua_State *L, run *r, int out, double now, size_t *done
         x->rstate = RS_NONE;
         x->state = X_WAIT;
         x->next_start = now;
-        if (rs == RS_GRANTED) {
-            if (!cc_limit_note(x->req.limit_key, x->req.limit_requests, x->req.limit_per, now + x->rwait))
-                r->oom = 1;
+        if (rs == RS_GRANTED && now + x->rwait >= x->deadline) {
+            /* the answer came late: its start lies past the deadline (the
+             * slot stays reserved, which only makes the window stricter) */
+            turn_said(L, r, x, out, 0, x->rwait, now, done);
+        } else if (rs == RS_GRANTED) {
+            note_start(L, r, x, now, now + x->rwait);
             if (turn_said(L, r, x, out, 1, x->rwait, now, done)) x->turn = 1;
         } else if (rs == RS_LATE) {
             turn_said(L, r, x, out, 0, x->rwait, now, done);
@@ -324,6 +355,7 @@ static int ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
 {
     int fell = 0;
     xfer *few[8], **group = r->n <= 8 ? few : NULL;
+    double nbfew[8], *nb = r->n <= 8 ? nbfew : NULL;
     size_t i, j;
     for (i = 0; i < r->n && !r->oom; i++) {
         xfer *x = &r->x[i];
@@ -332,6 +364,10 @@ static int ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
         int k = 0, rc;
         if (x->state != X_TURN || x->rstate != RS_WANT) continue;
         if (!group && !(group = malloc(r->n * sizeof *group))) {
+            r->oom = 1;
+            break;
+        }
+        if (!nb && !(nb = malloc(r->n * sizeof *nb))) {
             r->oom = 1;
             break;
         }
@@ -348,7 +384,10 @@ static int ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
                 if (now + redis_bound(y, now) < due) due = now + redis_bound(y, now);
             }
         }
-        if ((rc = cc_redis_turns(c, group, k, now, due)) < 0) r->oom = 1;
+        if (!not_before(L, r, group, k, now, nb) || (rc = cc_redis_turns(c, group, nb, k, now, due)) < 0) {
+            r->oom = 1;
+            break;
+        }
         for (j = 0; rc == 0 && j < (size_t)k; j++) {
             group[j]->rstate = RS_NONE;
             fall_back(L, r, group[j], out, cc_redis_why(c), done);
@@ -356,6 +395,7 @@ static int ask_turns(lua_State *L, run *r, int out, double now, size_t *done)
         }
     }
     if (group != few) free(group);
+    if (nb != nbfew) free(nb);
     return fell;
 }
 
@@ -441,7 +481,7 @@ static void check_multi(lua_State *L, CURLMcode rc)
         luaL_error(L, "cachectl: libcurl's multi handle failed: %s", curl_multi_strerror(rc));
 }
 
-#define MAX_REDIS_FDS 8
+#define MAX_REDIS_FDS 64
 
 /* Waits for the network (libcurl's transfers and the session's Redis
  * connections) or until `wake`, then lets Redis read and write. */

@@ -144,7 +144,7 @@ void cc_emit_wait(lua_State *L, run *r, const xfer *x, double wait, const char *
 typedef struct cc_redis cc_redis;
 cc_redis *cc_redis_get(cc_session *s, const char *url);     /* NULL: out of memory */
 const char *cc_redis_why(const cc_redis *c);                /* the last failure, naming the server */
-int cc_redis_turns(cc_redis *c, xfer **xs, int k, double now, double due);
+int cc_redis_turns(cc_redis *c, xfer **xs, const double *notbefore, int k, double now, double due);
 int cc_redis_fds(cc_session *s, struct curl_waitfd *fds, int max);
 double cc_redis_due(const cc_session *s);
 void cc_redis_io(cc_session *s, const struct curl_waitfd *fds, int n, double now);
@@ -155,5 +155,8 @@ int cc_redis_command(lua_State *L, cc_session *s);     /* session:redis (session
 /* limiter.c: an nginx shared dict's turns */
 void cc_dict_find(lua_State *L, const cc_req *r);
 int cc_dict_take(lua_State *L, int dict, const cc_req *q, double now, double budget, double *wait);
+/* the waits k more starts would get (none recorded); a start at t recorded */
+void cc_dict_plan(lua_State *L, int dict, const cc_req *q, double now, size_t k, double *wait);
+void cc_dict_note(lua_State *L, int dict, const cc_req *q, double now, double t);
 
 #endif

@@ -84,7 +84,30 @@ static void ring_read(lua_State *L, double *w, size_t n)
     lua_pop(L, 1);
 }
 
-int cc_dict_take(lua_State *L, int dict, const cc_req *q, double now, double budget, double *wait)
+/* The ring of q's window, read into w (n + 2 doubles). */
+static void dict_read(lua_State *L, int dict, const cc_req *q, double *w, size_t n)
+{
+    dict_method(L, dict, "get", q->lim_name);
+    lua_call(L, 2, 1);
+    ring_read(L, w, n);
+}
+
+void cc_dict_plan(lua_State *L, int dict, const cc_req *q, double now, size_t k, double *wait)
+{
+    size_t n = (size_t)q->limit_requests, count, head, i;
+    double *w;
+    dict = cc_absindex(L, dict);
+    w = cc_newuserdata(L, (n + 2) * sizeof *w);
+    dict_read(L, dict, q, w, n);
+    count = (size_t)w[0], head = (size_t)w[1];
+    for (i = 0; i < k; i++) cc_ring_take(w + 2, n, &count, &head, q->limit_per, now, HUGE_VAL, &wait[i]);
+    lua_pop(L, 1);
+}
+
+/* A turn by the rule (note < 0), or a start at `note` recorded as it is
+ * (one granted by Redis, so a fallback to the dict remembers it). */
+static int dict_update(lua_State *L, int dict, const cc_req *q, double now, double budget, double *wait,
+                       double note)
 {
     size_t n = (size_t)q->limit_requests, count, head, keylen = strlen(q->lim_name);
     double *w;
@@ -104,12 +127,19 @@ int cc_dict_take(lua_State *L, int dict, const cc_req *q, double now, double bud
     lua_call(L, 2, 1);
     ring_read(L, w, n);
     count = (size_t)w[0], head = (size_t)w[1];
-    rc = cc_ring_take(w + 2, n, &count, &head, q->limit_per, now, budget, wait);
+    if (note >= 0) {
+        if (count < n) w[2 + count++] = note;
+        else w[2 + head] = note, head = (head + 1) % n;
+        *wait = note - now;
+        rc = 1;
+    } else {
+        rc = cc_ring_take(w + 2, n, &count, &head, q->limit_per, now, budget, wait);
+    }
     if (rc) {
         w[0] = (double)count, w[1] = (double)head;
         dict_method(L, dict, "safe_set", q->lim_name);
         lua_pushlstring(L, (const char *)w, (n + 2) * sizeof *w);
-        lua_pushnumber(L, *wait + q->limit_per + 1);
+        lua_pushnumber(L, (*wait > 0 ? *wait : 0) + q->limit_per + 1);
         lua_call(L, 4, 2);
         if (!lua_toboolean(L, -2)) {
             lua_pushfstring(L, "cachectl: rate_limit.shared_dict '%s': %s (make the lua_shared_dict larger)",
@@ -124,4 +154,15 @@ int cc_dict_take(lua_State *L, int dict, const cc_req *q, double now, double bud
     lua_call(L, 2, 0);
     lua_pop(L, 1);
     return rc;
+}
+
+int cc_dict_take(lua_State *L, int dict, const cc_req *q, double now, double budget, double *wait)
+{
+    return dict_update(L, dict, q, now, budget, wait, -1);
+}
+
+void cc_dict_note(lua_State *L, int dict, const cc_req *q, double now, double t)
+{
+    double wait;
+    dict_update(L, dict, q, now, 1.0, &wait, t < 0 ? 0 : t);
 }

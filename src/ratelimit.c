@@ -11,6 +11,7 @@
  * found by a hash of the credential, which is not kept. The table grows as
  * needed; a window is dropped only when idle (its last start is `per` or
  * more in the past), when it can no longer delay anyone. */
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -158,6 +159,23 @@ int cc_limit_take(uint64_t key, double requests, double per, double now, double 
     }
     pthread_mutex_unlock(&lock);
     return rc;
+}
+
+int cc_limit_plan(uint64_t key, double requests, double per, double now, size_t k, double *wait)
+{
+    window **at;
+    double *copy = NULL;
+    size_t n = (size_t)requests, count = 0, head = 0, i;
+    if (!(copy = malloc(n * sizeof *copy))) return 0;
+    pthread_mutex_lock(&lock);
+    if (table_cap && (at = slot_of(table, table_cap, key)) && *at) {
+        memcpy(copy, (*at)->start, (*at)->count * sizeof *copy);
+        count = (*at)->count, head = (*at)->head;
+    }
+    pthread_mutex_unlock(&lock);
+    for (i = 0; i < k; i++) cc_ring_take(copy, n, &count, &head, per, now, HUGE_VAL, &wait[i]);
+    free(copy);
+    return 1;
 }
 
 /* A start at t taken elsewhere goes in as it is: the ring keeps the last n

@@ -20,5 +20,9 @@ int cc_limit_note(uint64_t key, double requests, double per, double t);
  * window and the shared dict. */
 int cc_ring_take(double *start, size_t n, size_t *count, size_t *head, double per, double now,
                  double budget, double *wait);
+/* The waits k more starts would get in the process window from now, none
+ * recorded: what a start reserved elsewhere (Redis) must not come before.
+ * 0 when out of memory. */
+int cc_limit_plan(uint64_t key, double requests, double per, double now, size_t k, double *wait);
 
 #endif

@@ -19,6 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <netdb.h>
+#include <arpa/inet.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include "engine.h"
@@ -41,6 +44,7 @@ struct cc_redis {
     int expiring;               /* being dropped for a missed due time */
     double opened;              /* when ac connected (0: not yet) */
     double asked;               /* when the last ask was sent */
+    long pid;                   /* the process that opened ac */
     char why[700];              /* the last failure, with `where` in front */
 };
 
@@ -81,10 +85,25 @@ static cc_redis *conn_new(const char *url)
 
 /* ---- failing ----------------------------------------------------------- */
 
+/* The URL's password masked in text (Redis may quote a command's arguments
+ * in its error texts): the scrubber's forms, and a short one as given. */
+static void scrub_why(const cc_redis *c, char *text)
+{
+    size_t pn;
+    char *at, *from = text;
+    if (!c->password || !(pn = strlen(c->password))) return;
+    text[cc_scrub(text, strlen(text), c->password, pn)] = '\0';
+    while ((at = strstr(from, c->password)) != NULL) {
+        memset(at, '*', pn);
+        from = at + pn;
+    }
+}
+
 static void fail(cc_redis *c, const char *what, const char *detail)
 {
     if (c->drop) return;        /* the first failure is the one to tell */
     snprintf(c->why, sizeof c->why, "%s: %s%s%s", c->where, what, detail ? ": " : "", detail ? detail : "");
+    scrub_why(c, c->why);
     c->drop = 1;
     c->down_until = cc_mono() + DOWN_FOR;
 }
@@ -140,6 +159,29 @@ static void on_login(redisAsyncContext *ac, void *reply, void *priv)
     if (rep && rep->type == REDIS_REPLY_ERROR) fail(c, priv ? "SELECT refused" : "login refused", rep->str);
 }
 
+/* Replies are a few numbers: an array header announcing more elements than
+ * this is refused (hiredis 0.14 would allocate and walk them all), which
+ * fails the connection. */
+#define MAX_ELEMENTS 100000
+static const redisReplyObjectFunctions *hiredis_own;
+static redisReplyObjectFunctions bounded;
+
+static void *bounded_array(const redisReadTask *task, int elements)
+{
+    return elements > MAX_ELEMENTS ? NULL : hiredis_own->createArray(task, elements);
+}
+
+static void limit_arrays(redisAsyncContext *ac)
+{
+    if (!ac->c.reader) return;
+    if (!hiredis_own) {     /* the library's own table, the same for every context */
+        hiredis_own = ac->c.reader->fn;
+        bounded = *hiredis_own;
+        bounded.createArray = bounded_array;
+    }
+    if (ac->c.reader->fn == hiredis_own) ac->c.reader->fn = &bounded;
+}
+
 /* hiredis writes with write(2): a peer that went away must not kill the
  * process with SIGPIPE (nginx ignores it; the standalone interpreter does
  * not), so it is blocked around the write and a pending one consumed. */
@@ -161,10 +203,64 @@ static void handle_write(redisAsyncContext *ac)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* A connected (or connecting) context, logged in; 0 when none can be had
- * now (c->why says why). */
-static int ensure(cc_redis *c, double now)
+/* The address of c's host, looked up within `due` (the system resolver
+ * runs in glibc's own thread; a lookup that takes longer is given up):
+ * written to ip, or 0 with c->why set. A numeric host is its own address. */
+static int resolve(cc_redis *c, double due, char ip[INET6_ADDRSTRLEN])
 {
+    struct lookup { struct gaicb req; struct addrinfo hints; char host[1]; } *q;
+    struct gaicb *list[1];
+    struct timespec ts;
+    double left = due - cc_mono();
+    int rc;
+    unsigned char probe[16];
+    if (inet_pton(AF_INET, c->host, probe) == 1 || inet_pton(AF_INET6, c->host, probe) == 1) {
+        snprintf(ip, INET6_ADDRSTRLEN, "%s", c->host);
+        return 1;
+    }
+    /* on the heap: glibc's thread writes to it until the lookup ends */
+    if (!(q = calloc(1, sizeof *q + strlen(c->host)))) return 0;
+    memcpy(q->host, c->host, strlen(c->host) + 1);
+    q->hints.ai_family = AF_UNSPEC;
+    q->hints.ai_socktype = SOCK_STREAM;
+    q->req.ar_name = q->host;
+    q->req.ar_request = &q->hints;
+    list[0] = &q->req;
+    if (left <= 0 || getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0) {
+        free(q);
+        snprintf(c->why, sizeof c->why, "%s: cannot look the host up", c->where);
+        return 0;
+    }
+    ts.tv_sec = (time_t)left;
+    ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+    gai_suspend((const struct gaicb *const *)list, 1, &ts);
+    if (gai_error(&q->req) == EAI_INPROGRESS && gai_cancel(&q->req) != EAI_CANCELED) {
+        /* still running in glibc's thread: the record is left to it (a
+         * small leak, only for a resolver slower than the call's timeout) */
+        snprintf(c->why, sizeof c->why, "%s: the host name was not resolved in time", c->where);
+        return 0;
+    }
+    rc = gai_error(&q->req);
+    if (rc != 0 || !q->req.ar_result) {
+        snprintf(c->why, sizeof c->why, "%s: cannot resolve the host: %s", c->where,
+                 rc == EAI_CANCELED ? "not in time" : gai_strerror(rc));
+        if (q->req.ar_result) freeaddrinfo(q->req.ar_result);
+        free(q);
+        return 0;
+    }
+    rc = getnameinfo(q->req.ar_result->ai_addr, q->req.ar_result->ai_addrlen, ip, INET6_ADDRSTRLEN, NULL, 0,
+                     NI_NUMERICHOST);
+    freeaddrinfo(q->req.ar_result);
+    free(q);
+    if (rc != 0) snprintf(c->why, sizeof c->why, "%s: cannot resolve the host", c->where);
+    return rc == 0;
+}
+
+/* A connected (or connecting) context, logged in; 0 when none can be had
+ * before `due` (c->why says why). */
+static int ensure(cc_redis *c, double now, double due)
+{
+    char ip[INET6_ADDRSTRLEN];
     const char *argv[3];
     size_t len[3];
     int argc = 0;
@@ -173,7 +269,11 @@ static int ensure(cc_redis *c, double now)
     if (now < c->down_until) return 0;
     c->why[0] = '\0';
     c->due = HUGE_VAL;          /* set by the first ask */
-    if (!(c->ac = redisAsyncConnect(c->host, c->port)) || c->ac->err) {
+    if (!resolve(c, due, ip)) {
+        c->down_until = now + DOWN_FOR;
+        return 0;
+    }
+    if (!(c->ac = redisAsyncConnect(ip, c->port)) || c->ac->err) {
         snprintf(c->why, sizeof c->why, "%s: cannot connect: %s", c->where, c->ac ? c->ac->errstr : "out of memory");
         if (c->ac) redisAsyncFree(c->ac);
         c->ac = NULL;
@@ -181,6 +281,8 @@ static int ensure(cc_redis *c, double now)
         return 0;
     }
     fcntl(c->ac->c.fd, F_SETFD, FD_CLOEXEC);
+    c->pid = (long)getpid();
+    limit_arrays(c->ac);
     c->ac->data = c;
     c->ac->ev.data = c;
     c->ac->ev.addRead = add_read;
@@ -209,7 +311,17 @@ cc_redis *cc_redis_get(cc_session *s, const char *url)
 {
     cc_redis *c;
     for (c = s->redis; c; c = c->next)
-        if (strcmp(c->url, url) == 0) return c;
+        if (strcmp(c->url, url) == 0) {
+            if (c->ac && c->pid != (long)getpid()) {
+                /* opened by the parent before a fork: its socket is the
+                 * parent's conversation; left alone (and its memory with it) */
+                c->ac = NULL;
+                c->rd = c->wr = c->pending = 0;
+                c->due = HUGE_VAL;
+                c->opened = 0;
+            }
+            return c;
+        }
     if (!(c = conn_new(url))) return NULL;
     c->next = s->redis;
     s->redis = c;
@@ -238,7 +350,9 @@ int cc_redis_fds(cc_session *s, struct curl_waitfd *fds, int max)
     cc_redis *c;
     int n = 0;
     for (c = s->redis; c && n < max; c = c->next) {
-        if (!c->ac || c->drop || !(c->rd || c->wr)) continue;
+        /* an idle kept connection is not polled: a close by the server is
+         * seen at its next use */
+        if (!c->ac || c->drop || !(c->wr || (c->rd && c->pending > 0))) continue;
         fds[n].fd = c->ac->c.fd;
         fds[n].events = (short)((c->rd ? CURL_WAIT_POLLIN : 0) | (c->wr ? CURL_WAIT_POLLOUT : 0));
         fds[n].revents = 0;
@@ -282,18 +396,20 @@ void cc_redis_io(cc_session *s, const struct curl_waitfd *fds, int n, double now
 
 /* ---- turns -------------------------------------------------------------- */
 
-/* One turn per ARGV[3..]: at most n starts in any `per` microseconds, the
- * list the last n of them (server clock, newest first). Each reply element:
- * the wait in µs (reserved), or -(wait + 1) when it lies past that item's
- * budget (nothing reserved). */
+/* One turn per pair ARGV[i], ARGV[i + 1] (i = 3, 5, ...): the item's budget
+ * and the wait before which it must not start (its process's own window:
+ * the starts it made while Redis was away). At most n starts in any `per`
+ * microseconds, the list the last n of them (server clock, newest first).
+ * Each reply element: the wait in µs (reserved), or -(wait + 1) when it lies
+ * past that item's budget (nothing reserved). */
 static const char turn_script[] =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
     "local key, n, per = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
     "local out = {}\n"
-    "for i = 3, #ARGV do\n"
-    "  local start = now\n"
+    "for i = 3, #ARGV - 1, 2 do\n"
+    "  local start = now + tonumber(ARGV[i + 1])\n"
     "  local last = redis.call('LINDEX', key, 0)\n"
     "  if last then start = math.max(start, tonumber(last)) end\n"
     "  local nth = redis.call('LINDEX', key, n - 1)\n"
@@ -321,7 +437,7 @@ typedef struct turn_op {
     cc_redis *c;
     int k, eval;
     double sent;
-    char **argv;            /* EVALSHA sha 1 key n per budget... */
+    char **argv;            /* EVALSHA sha 1 key n per (budget notbefore)... */
     size_t *len;
     xfer *x[1];             /* k of them */
 } turn_op;
@@ -329,7 +445,7 @@ typedef struct turn_op {
 static void op_free(turn_op *op)
 {
     int i;
-    for (i = 4; op->argv && i < op->k + 6; i++) free(op->argv[i]);
+    for (i = 4; op->argv && i < 2 * op->k + 6; i++) free(op->argv[i]);
     free(op->argv);
     free(op->len);
     free(op);
@@ -339,6 +455,17 @@ static void op_tell(turn_op *op, int state)
 {
     int i;
     for (i = 0; i < op->k; i++) op->x[i]->rstate = state;
+}
+
+/* Every element a wait in µs: an integer within a day either way. */
+static int sane(const redisReply *rep)
+{
+    size_t i;
+    for (i = 0; i < rep->elements; i++)
+        if (rep->element[i]->type != REDIS_REPLY_INTEGER || rep->element[i]->integer > 86400000000LL ||
+            rep->element[i]->integer < -86400000001LL)
+            return 0;
+    return 1;
 }
 
 static void on_turn(redisAsyncContext *ac, void *reply, void *priv)
@@ -356,12 +483,16 @@ static void on_turn(redisAsyncContext *ac, void *reply, void *priv)
         op->len[0] = 4;
         op->argv[1] = (char *)turn_script;
         op->len[1] = sizeof turn_script - 1;
-        if (redisAsyncCommandArgv(c->ac, on_turn, op, op->k + 6, (const char **)op->argv, op->len) == REDIS_OK) {
+        if (redisAsyncCommandArgv(c->ac, on_turn, op, 2 * op->k + 6, (const char **)op->argv, op->len) == REDIS_OK) {
             c->pending++;
             return;
         }
     }
-    if (!rep) {
+    if (rep && c->drop) {
+        /* AUTH or SELECT failed before: whatever this reply says, it was not
+         * the window of the database asked for */
+        op_tell(op, RS_FAILED);
+    } else if (!rep) {
         /* no reply: a kept connection that broke before this ask is asked
          * again on a fresh one; else the ask failed */
         int again = !c->expiring && c->opened > 0 && c->opened < op->sent && !op->x[0]->redis_again;
@@ -371,13 +502,17 @@ static void on_turn(redisAsyncContext *ac, void *reply, void *priv)
     } else if (rep->type == REDIS_REPLY_ERROR) {
         /* refused (an ACL, a full Redis): the connection itself still works */
         snprintf(c->why, sizeof c->why, "%s: the turn script failed: %s", c->where, rep->str);
+        scrub_why(c, c->why);
         op_tell(op, RS_FAILED);
     } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)op->k) {
         fail(c, "unexpected reply to the turn script", NULL);
         op_tell(op, RS_FAILED);
+    } else if (!sane(rep)) {
+        fail(c, "unexpected reply to the turn script", NULL);
+        op_tell(op, RS_FAILED);
     } else {
         for (i = 0; i < op->k; i++) {
-            long long v = rep->element[i]->type == REDIS_REPLY_INTEGER ? rep->element[i]->integer : 0;
+            long long v = rep->element[i]->integer;
             op->x[i]->rstate = v >= 0 ? RS_GRANTED : RS_LATE;
             op->x[i]->rwait = (v >= 0 ? (double)v : (double)(-v - 1)) / 1e6;
         }
@@ -396,16 +531,16 @@ static char *num_text(double v, const char *fmt)
  * round trip, with each item's budget; the reply must come by `due`.
  * Returns 1 (the items are RS_ASKED), 0 when Redis cannot be asked now
  * (c->why says why), -1 when out of memory. */
-int cc_redis_turns(cc_redis *c, xfer **xs, int k, double now, double due)
+int cc_redis_turns(cc_redis *c, xfer **xs, const double *notbefore, int k, double now, double due)
 {
     turn_op *op;
     int i, bad = 0;
     pthread_once(&sha_once, make_sha);
-    if (!ensure(c, now)) return 0;
+    if (!ensure(c, now, due)) return 0;
     if (!(op = calloc(1, sizeof *op + (size_t)k * sizeof op->x[0]))) return -1;
     op->c = c, op->k = k, op->sent = now;
-    op->argv = calloc((size_t)k + 6, sizeof *op->argv);
-    op->len = calloc((size_t)k + 6, sizeof *op->len);
+    op->argv = calloc(2 * (size_t)k + 6, sizeof *op->argv);
+    op->len = calloc(2 * (size_t)k + 6, sizeof *op->len);
     if (!op->argv || !op->len) bad = 1;
     if (!bad) {
         const cc_req *q = &xs[0]->req;
@@ -413,11 +548,12 @@ int cc_redis_turns(cc_redis *c, xfer **xs, int k, double now, double due)
         op->argv[4] = num_text(q->limit_requests, "%.0f");
         op->argv[5] = num_text(q->limit_per * 1e6 < 1 ? 1 : floor(q->limit_per * 1e6 + 0.5), "%.0f");
         for (i = 0; i < k; i++) {
-            double budget = xs[i]->deadline - now;
+            double budget = xs[i]->deadline - now, nb = notbefore[i] > 0 ? notbefore[i] : 0;
             op->x[i] = xs[i];
-            op->argv[6 + i] = num_text(budget > 1e9 ? 1e15 : floor(budget * 1e6), "%.0f");
+            op->argv[6 + 2 * i] = num_text(budget > 1e9 ? 1e15 : floor(budget * 1e6), "%.0f");
+            op->argv[7 + 2 * i] = num_text(nb > 1e9 ? 1e15 : ceil(nb * 1e6), "%.0f");
         }
-        for (i = 0; i < k + 6; i++) {
+        for (i = 0; i < 2 * k + 6; i++) {
             if (i >= 4 && !op->argv[i]) bad = 1;
             else op->len[i] = strlen(op->argv[i]);
         }
@@ -426,7 +562,7 @@ int cc_redis_turns(cc_redis *c, xfer **xs, int k, double now, double due)
         op_free(op);
         return -1;
     }
-    if (redisAsyncCommandArgv(c->ac, on_turn, op, k + 6, (const char **)op->argv, op->len) != REDIS_OK) {
+    if (redisAsyncCommandArgv(c->ac, on_turn, op, 2 * k + 6, (const char **)op->argv, op->len) != REDIS_OK) {
         fail(c, "cannot send the turn script", c->ac->errstr);
         op_free(op);
         return 0;
@@ -446,7 +582,7 @@ void cc_redis_settle(cc_session *s)
     cc_redis *c;
     for (c = s->redis; c; c = c->next)
         if (c->ac && c->pending > 0) {
-            c->expiring = 1;
+            c->expiring = c->drop = 1;      /* not a failure of Redis: not left alone */
             drop_now(c);
         }
 }
@@ -529,17 +665,28 @@ static void push_reply(lua_State *L, const creply *r)
 /* Waits for c until out is done or `due`, reading and writing as poll
  * says. Returns 1 when the connection failed meanwhile (a refused login
  * among others: then out holds no answer worth giving). */
-static int wait_reply(cc_redis *c, creply *out, double due)
+/* Whether a signal handler set a hook on L or the main thread since `was`
+ * (the standalone interpreter's Ctrl-C). */
+static int hooked(lua_State *L, lua_State *m, const lua_Hook was[2])
+{
+    return lua_gethook(L) != was[0] || (m && lua_gethook(m) != was[1]);
+}
+
+static int wait_reply(cc_redis *c, creply *out, double due, lua_State *L, lua_State *m)
 {
     int failed;
+    lua_Hook was[2];
+    was[0] = lua_gethook(L);
+    was[1] = m ? lua_gethook(m) : NULL;
     while (!out->done && c->ac && !c->drop) {
         struct pollfd p;
         double left = due - cc_mono();
-        if (left <= 0) {
-            fail(c, "no answer in time", NULL);
+        if (left <= 0 || hooked(L, m, was)) {
+            fail(c, left <= 0 ? "no answer in time" : "interrupted by a signal", NULL);
             c->expiring = 1;
             break;
         }
+        if (left > 0.1) left = 0.1;     /* a look at the hooks now and then */
         p.fd = c->ac->c.fd;
         p.events = (short)((c->rd ? POLLIN : 0) | (c->wr ? POLLOUT : 0));
         p.revents = 0;
@@ -585,7 +732,7 @@ int cc_redis_command(lua_State *L, cc_session *s)
     for (tries = 0; tries < 2 && (tries == 0 || out.again); tries++) {
         double now = cc_mono(), due = now + (ct < budget ? ct : budget);
         memset(&out, 0, sizeof out);
-        if (!(ok = ensure(c, now))) break;
+        if (!(ok = ensure(c, now, due))) break;
         out.sent = now;
         if (redisAsyncCommandArgv(c->ac, on_command, &out, argc, argv, len) != REDIS_OK) {
             fail(c, "cannot send a command", c->ac->errstr);
@@ -595,10 +742,10 @@ int cc_redis_command(lua_State *L, cc_session *s)
         c->pending++;
         c->asked = now;
         c->due = due;
-        failed = wait_reply(c, &out, due);
+        failed = wait_reply(c, &out, due, L, s->main);
         if (!out.done) drop_now(c);      /* its callback sees out before it goes */
     }
-    if (failed && out.type == REDIS_REPLY_ERROR) out.type = -1;   /* the login's failure is the one to tell */
+    if (failed) out.type = -1;      /* a refused login or SELECT: whatever the command got, it is that */
     if (out.done && out.type >= 0 && out.type != REDIS_REPLY_ERROR) {
         lua_pushboolean(L, 1);
         push_reply(L, &out);
@@ -608,7 +755,10 @@ int cc_redis_command(lua_State *L, cc_session *s)
     lua_pushboolean(L, 0);
     if (out.type == REDIS_REPLY_ERROR) {
         lua_pushliteral(L, "error");
-        lua_pushfstring(L, "%s: %s", c->where, out.str ? out.str : "error");
+        char msg[700];
+        snprintf(msg, sizeof msg, "%s: %s", c->where, out.str ? out.str : "error");
+        scrub_why(c, msg);
+        lua_pushstring(L, msg);
     } else {
         lua_pushstring(L, out.type == -2 ? "error" : "unreachable");
         lua_pushstring(L, out.type == -2 ? "not enough memory" : cc_redis_why(c));
