@@ -5,8 +5,10 @@
 -- the fleet's rate limit (cachectl.perform), Omni's models and cache
 -- policies (cachectl.policies). Every fact about a service and its calls
 -- comes from the core's rows (`core.services`): each client method is built
--- from a call's row; only `omni:models`, `omni:cache_policies` and
--- `omni:reset_caches` are written by hand. Options are checked by the core.
+-- from a call's row; only `omni:models`, `omni:cache_policies`,
+-- `omni:reset_caches` and `omni:find_model` are written by hand (and a
+-- model name is resolved wherever a model UUID is taken). Options are
+-- checked by the core.
 --
 --    local cachectl = require "cachectl"
 --    local omni = cachectl.omni.new{ instance = "acme" }   -- token from $OMNI_API_KEY
@@ -326,7 +328,8 @@ local function method(svc, row)
   end
 end
 
---- The methods built from the core's rows, one per call, each returning
+--- Client methods.
+-- The methods built from the core's rows, one per call, each returning
 -- `res` (the decoded answer) or `nil, err` (`kind`, `message`, `status`,
 -- `code`, `retry_after`, `attempts`, `field`). Positional arguments first,
 -- then an options table overriding the client's defaults; a nil positional
@@ -363,6 +366,7 @@ end
 -- `{ id = UUID, name = "Sales", modelKind = "SHARED", ... }`
 -- @treturn[2] table err
 -- @usage local models, err = omni:models{ name = "Sales" }
+-- @function omni:models
 local function models(self, opts)
   local st = state(self)
   local limit = 1000
@@ -414,6 +418,7 @@ end
 -- @treturn[2] table err (a `decode` error when the file is not YAML)
 -- @raise when lyaml (Debian lua-yaml) is not installed
 -- @usage local list, err = omni:cache_policies(model_id)
+-- @function omni:cache_policies
 local function cache_policies(self, model_id, opts)
   local st = state(self)
   policies.need_yaml("omni:cache_policies")
@@ -456,6 +461,7 @@ end
 -- @treturn {table,...} one `{ policy = name, result = res, err = err }` per
 -- policy, in input order; identical ones are sent once
 -- @usage local results = omni:reset_caches(model_id, { "daily", "hourly" }, { concurrency = 8 })
+-- @function omni:reset_caches
 local function reset_caches(self, model_id, names, opts)
   local st = state(self)
   if type(names) ~= "table" then
@@ -559,6 +565,7 @@ end
 -- modelKind }`, and the message gives their ids); `decode` when the one match
 -- has no UUID id; or the error of the model list
 -- @usage local model, err = omni:find_model("Sales")
+-- @function omni:find_model
 local function find_model(self, name, opts)
   local st = state(self)
   if type(name) ~= "string" then
