@@ -1,7 +1,12 @@
 --- The runners of the `cachectl` command's actions: a plain call, an Omni
--- reset (several policies, the policy check, a model given by name), and
--- the model list and a model's policies. Each takes the context built by
--- `cachectl.cli` and returns the result items, or nil and a usage message.
+-- reset (several policies, the policy check, a model given by name), the
+-- model list and a model's policies; and, for --dry-run, the requests each
+-- would send. Each runner takes the context built by `cachectl.cli` and
+-- returns the result items.
+--
+-- A plain call with nothing of the Lua layer to do (no --coalesce, no
+-- --redis) goes straight to `cachectl.core`; the rest goes through a client
+-- of the Lua layer (`ctx.client()`), loaded only then.
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli.run
@@ -12,13 +17,15 @@ local string, table = string, table
 local format, concat, sort = string.format, table.concat, table.sort
 
 local cjson = require "cjson"
+local core = require "cachectl.core"
 local output = require "cachectl.cli.output"
 
-local show, list = output.show, output.list
+local show, list, escape = output.show, output.list, output.escape
 
 local M = {}
 
 local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+local NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 -- Calls fn(...) and times it; a raised error (a bug) becomes an error value,
 -- except Ctrl-C, which goes on up.
@@ -59,109 +66,132 @@ local function call_options(ctx)
   return per
 end
 
-local function model_lines(models)
-  local lines = {}
-  for _, m in ipairs(models) do
-    lines[#lines + 1] = format("  %s  %-16s %s", tostring(m.id), tostring(m.modelKind), show(m.name))
-  end
-  return concat(lines, "\n")
+-- The label of a ModelsLab call: "modelslab clear-queue [flux, deploy_type x]".
+local function call_label(ctx)
+  local a, args = ctx.action, ctx.args
+  local where = {}
+  if args.no_product then where[1] = "no product" elseif args.product then where[1] = show(args.product) end
+  if args.deploy_type then where[#where + 1] = "deploy_type " .. show(args.deploy_type) end
+  return a.service .. " " .. a.name .. (#where > 0 and " [" .. concat(where, ", ") .. "]" or "")
 end
 
--- The UUID of --model: as given, or the one model of that name. Returns
--- id, name; or nil, a usage message; or nil, nil, the items of a failure.
-local function resolve(ctx)
-  local given = ctx.args.model
-  if given:match(UUID) then return given end
-  local client = ctx.client
-  local models, err, ms = timed(ctx.sys.clock, client.models, client, { name = given })
-  if not models then
-    return nil, nil, { item("models", format("omni %s --model %s", ctx.action.name, show(given)), nil, err, ms) }
-  end
-  local exact = {}
-  for _, m in ipairs(models) do
-    if m.name == given then exact[#exact + 1] = m end
-  end
-  if #exact == 1 then return exact[1].id, given end
-  if #exact > 1 then
-    return nil, format("several models are named %s; give one of their ids with --model:\n%s",
-      show(given), model_lines(exact))
-  end
-  if #models > 0 then
-    return nil, format("no model is named %s; models with a similar name:\n%s", show(given), model_lines(models))
-  end
-  return nil, format("no model is named %s ('cachectl omni models' lists them)", show(given))
+local function call_fields(args)
+  local fields = {}
+  if args.no_product then fields.product = false elseif args.product then fields.product = args.product end
+  fields.deploy_type = args.deploy_type
+  return fields
 end
 
 --- A call with no list argument: its flags as options, its row's positional
 -- arguments from their flags.
 function M.call(ctx)
   local a, args = ctx.action, ctx.args
-  local positional = {}
-  for i, o in ipairs(a.row.args) do positional[i] = flag_value(args, o) end
   local per = call_options(ctx)
-  positional[#a.row.args + 1] = per
-  local label = a.service .. " " .. a.name
-  local where = {}
-  if args.no_product then where[1] = "no product" elseif args.product then where[1] = args.product end
-  if args.deploy_type then where[#where + 1] = "deploy_type " .. args.deploy_type end
-  if #where > 0 then label = label .. " [" .. concat(where, ", ") .. "]" end
-  local res, err, ms = timed(ctx.sys.clock, ctx.client[a.call], ctx.client, unpack(positional, 1, #a.row.args + 1))
-  local fields = {}
-  if args.no_product then fields.product = false elseif args.product then fields.product = args.product end
-  fields.deploy_type = args.deploy_type
-  return { item(a.call, label, res, err, ms, { fields = fields }) }
+  local res, err, ms
+  if ctx.direct then
+    local opts = {}
+    for k, v in pairs(ctx.opts) do opts[k] = v end
+    for k, v in pairs(per) do opts[k] = v end
+    res, err, ms = timed(ctx.sys.clock, core[a.service][a.call], opts)
+  else
+    local positional = {}
+    for i, o in ipairs(a.row.args) do positional[i] = flag_value(args, o) end
+    positional[#a.row.args + 1] = per
+    local client = ctx.client()
+    res, err, ms = timed(ctx.sys.clock, client[a.call], client, unpack(positional, 1, #a.row.args + 1))
+  end
+  return { item(a.call, call_label(ctx), res, err, ms, { fields = call_fields(args) }) }
 end
 
 -- Said once after a reset whose policy check could not read the YAML.
-local function permission_hint(ctx, items, model_id)
+local function permission_hint(ctx, items, model)
   if ctx.args.no_check or (ctx.yaml_status ~= nil and ctx.yaml_status ~= 403) then return end
   for _, it in ipairs(items) do
     if not it.ok and type(it.err) == "table" and it.err.status == 403 then
       ctx.later(format("cachectl: the credential lacks permission to read model %s's YAML (HTTP 403), "
-        .. "which the policy check needs; --no-check resets without the check\n", model_id))
+        .. "which the policy check needs; --no-check resets without the check\n", escape(model)))
       return
     end
   end
 end
 
---- An Omni reset of one or more policies, checked unless --no-check.
+-- The model's UUID once a name given to --model was found (kept by the
+-- client: no request), else what was given when it is a UUID.
+local function model_id_of(ctx)
+  local given = ctx.args.model
+  if given:match(UUID) then return given end
+  local client = ctx.client()
+  local ok, model = pcall(client.find_model, client, given)
+  return ok and type(model) == "table" and model.id or nil
+end
+
+-- The one item of a failed lookup of --model NAME, when every result
+-- carries its error: the lookup found none or several, or it failed and
+-- nothing was sent after it (`ctx.attempted`, from the events).
+local function lookup_failure(ctx, results, ms)
+  local first = results[1] and results[1].err
+  if ctx.args.model:match(UUID) or type(first) ~= "table" then return nil end
+  local attempted = ctx.attempted
+  if not (first.field == "model" or (attempted.list_models and not attempted.model_yaml
+                                     and not attempted.reset_cache)) then
+    return nil
+  end
+  for _, r in ipairs(results) do
+    if r.err ~= first then return nil end
+  end
+  return { item("find_model", format("omni %s --model %s", ctx.action.name, show(ctx.args.model)), nil, first, ms) }
+end
+
+--- An Omni reset of one or more policies, checked unless --no-check; a
+-- model name is looked up by the client (after the options are checked).
 function M.reset(ctx)
-  local model_id, usage, failed = resolve(ctx)
-  if not model_id then return failed, usage end
-  local a, client, policies = ctx.action, ctx.client, ctx.args.policy
+  local a, policies, client = ctx.action, ctx.args.policy, ctx.client()
   local per = call_options(ctx)
   local checked = not ctx.args.no_check
   if checked then per.check_policy = true end     -- off by default in the library
+  if #policies > 1 then
+    ctx.progress(format("resetting %d policies of model %s...\n", #policies, show(ctx.args.model)))
+  end
+  local results, err, ms = timed(ctx.sys.clock, client.reset_caches, client, ctx.args.model, policies, per)
+  if not results then
+    results = {}
+    for i, p in ipairs(policies) do results[i] = { policy = p, err = err } end
+  end
+  local failed = lookup_failure(ctx, results, ms)
+  if failed then return failed end
+  local model_id = model_id_of(ctx)
   local items = {}
-  local function add(i, p, res, err, ms)
-    items[i] = item(a.call, format("omni %s %s", a.name, show(p)), res, err, ms,
+  for i, p in ipairs(policies) do
+    local r = results[i]
+    -- The batch runs concurrently: each item reports the whole batch's time.
+    items[i] = item(a.call, format("omni %s %s", a.name, show(p)), r.result, r.err, ms,
       { checked = checked, fields = { policy = p, model_id = model_id } })
   end
-  if #policies == 1 then
-    add(1, policies[1], timed(ctx.sys.clock, client[a.call], client, model_id, policies[1], per))
-  else
-    ctx.progress(format("resetting %d policies of model %s...\n", #policies, show(ctx.args.model)))
-    local results, err, ms = timed(ctx.sys.clock, client.reset_caches, client, model_id, policies, per)
-    for i, p in ipairs(policies) do
-      local r = results and results[i] or { err = err }
-      -- The batch runs concurrently: each item reports the whole batch's time.
-      add(i, p, r.result, r.err, ms)
-    end
-  end
-  permission_hint(ctx, items, model_id)
+  permission_hint(ctx, items, model_id or ctx.args.model)
   return items
 end
 
 --- The model list.
 function M.models(ctx)
-  local res, err, ms = timed(ctx.sys.clock, ctx.client.models, ctx.client, { name = ctx.args.name })
+  local client = ctx.client()
+  local res, err, ms = timed(ctx.sys.clock, client.models, client, { name = ctx.args.name })
   return { item("models", "omni models", res, err, ms, {
     describe = function(models)
       local n = #models
-      return format("%d model%s", n, n == 1 and "" or "s") .. (n > 0 and "\n" .. model_lines(models) or "")
+      return format("%d model%s", n, n == 1 and "" or "s") .. (n > 0 and "\n" .. output.model_lines(models) or "")
     end,
     json = list,
   }) }
+end
+
+-- An attribute's value as printed: plain values as they are, anything
+-- else (a table) as JSON; escaped either way.
+local function attribute(v)
+  if type(v) == "table" then
+    local ok, text = pcall(cjson.encode, v)
+    v = ok and text or "(a value that is not JSON)"
+  end
+  return escape(v)
 end
 
 local function policy_lines(policies)
@@ -169,10 +199,10 @@ local function policy_lines(policies)
   for _, p in ipairs(policies) do
     local keys, attrs = {}, {}
     for k in pairs(p) do
-      if k ~= "name" then keys[#keys + 1] = k end
+      if k ~= "name" then keys[#keys + 1] = tostring(k) end
     end
     sort(keys)
-    for _, k in ipairs(keys) do attrs[#attrs + 1] = k .. ": " .. tostring(p[k]) end
+    for _, k in ipairs(keys) do attrs[#attrs + 1] = escape(k) .. ": " .. attribute(p[k]) end
     local mark = p.name == policies.default and "  (default)" or ""
     lines[#lines + 1] = format("  %-16s %s%s", show(p.name), concat(attrs, "; "), mark)
   end
@@ -189,11 +219,16 @@ end
 
 --- A model's declared cache policies.
 function M.policies(ctx)
-  local model_id, usage, failed = resolve(ctx)
-  if not model_id then return failed, usage end
-  local res, err, ms = timed(ctx.sys.clock, ctx.client.cache_policies, ctx.client, model_id)
+  local client = ctx.client()
+  local res, err, ms = timed(ctx.sys.clock, client.cache_policies, client, ctx.args.model)
+  if not res then
+    local failed = lookup_failure(ctx, { { err = err } }, ms)
+    if failed then return failed end
+  end
+  local model_id = model_id_of(ctx)
   if not res and type(err) == "table" and err.status == 403 then
-    ctx.later(format("cachectl: the credential lacks permission to read model %s's YAML (HTTP 403)\n", model_id))
+    ctx.later(format("cachectl: the credential lacks permission to read model %s's YAML (HTTP 403)\n",
+      escape(model_id or ctx.args.model)))
   end
   return { item("cache_policies", "omni policies " .. show(ctx.args.model), res, err, ms, {
     fields = { model_id = model_id },
@@ -205,6 +240,114 @@ function M.policies(ctx)
     end,
     json = policies_json,
   }) }
+end
+
+-- ---- --dry-run ---------------------------------------------------------
+
+-- The options of `call` a run would give the core: the client's that the
+-- call takes (the rate limit aside: it shapes no request) and `own`.
+local function core_options(ctx, call, own)
+  local takes, opts = core.services[ctx.action.service].calls[call].options, {}
+  for k, v in pairs(ctx.opts) do
+    if takes[k] and k ~= "rate_limit" and k ~= "on_event" then opts[k] = v end
+  end
+  for k, v in pairs(own or {}) do opts[k] = v end
+  return opts
+end
+
+-- One request of a dry run: its preview, or the invalid error that would
+-- stop it (nothing would be sent for it). A model given by name shows as
+-- `<id of model NAME>` in the URL.
+local function preview(ctx, call, label, own, note)
+  local name = own.model_id and not own.model_id:match(UUID) and own.model_id
+  if name then own.model_id = NIL_UUID end
+  local req, err = core.preview(ctx.action.service, call, core_options(ctx, call, own))
+  if req and name then
+    local url = req.url:gsub((NIL_UUID:gsub("%-", "%%-")), function() return "<id of model " .. show(name) .. ">" end)
+    req.url = url
+  end
+  return { call = call, label = label, request = req, err = err, note = note }
+end
+
+local function dry_reset(ctx)
+  local args, per, steps = ctx.args, call_options(ctx), {}
+  if not args.model:match(UUID) then
+    steps[1] = preview(ctx, "list_models", "the model named " .. show(args.model), { name = args.model },
+      "and one more request per further page of the model list")
+  end
+  if not args.no_check then
+    steps[#steps + 1] = preview(ctx, "model_yaml", "the policy check",
+      { model_id = args.model, file_name = "model.yaml", fully_resolved = true })
+  end
+  for _, p in ipairs(args.policy) do
+    local own = { model_id = args.model, policy = p }
+    for k, v in pairs(per) do own[k] = v end
+    steps[#steps + 1] = preview(ctx, "reset_cache", "policy " .. show(p), own)
+  end
+  return steps
+end
+
+local DRY = {
+  call = function(ctx)
+    return { preview(ctx, ctx.action.call, call_label(ctx), call_options(ctx)) }
+  end,
+  reset = dry_reset,
+  models = function(ctx)
+    return { preview(ctx, "list_models", "omni models", { name = ctx.args.name },
+      "and one more request per further page") }
+  end,
+  policies = function(ctx)
+    local steps = {}
+    if not ctx.args.model:match(UUID) then
+      steps[1] = preview(ctx, "list_models", "the model named " .. show(ctx.args.model), { name = ctx.args.model },
+        "and one more request per further page of the model list")
+    end
+    steps[#steps + 1] = preview(ctx, "model_yaml", "omni policies " .. show(ctx.args.model),
+      { model_id = ctx.args.model, file_name = "model.yaml", fully_resolved = true })
+    return steps
+  end,
+}
+
+--- The requests the action would send, as
+-- `{ call, label, request = { method, url, headers, body } | nil, err, note }`
+-- (a step whose options are invalid carries the error instead: it would
+-- not be sent). Nothing is sent.
+function M.dry_run(ctx)
+  return DRY[ctx.action.run](ctx)
+end
+
+--- The human text of a dry run's steps.
+function M.dry_text(steps)
+  local out = {}
+  for _, s in ipairs(steps) do
+    local req = s.request
+    if req then
+      out[#out + 1] = format("# %s (%s)%s", s.label, s.call, s.note and (": " .. s.note) or "")
+      out[#out + 1] = req.method .. " " .. escape(req.url)
+      for _, h in ipairs(req.headers) do out[#out + 1] = escape(h) end
+      if req.body then out[#out + 1] = "\n" .. escape(req.body) end
+    else
+      out[#out + 1] = format("# %s (%s): not sent: %s", s.label, s.call, output.err_line(s.err))
+    end
+    out[#out + 1] = ""
+  end
+  return "# dry run: nothing is sent\n" .. concat(out, "\n")
+end
+
+--- The --json document's fields of a dry run: `requests`, in order (each
+-- `{ call, method, url, headers, body, note }` or `{ call, error }`).
+function M.dry_json(steps)
+  local reqs = {}
+  for i, s in ipairs(steps) do
+    local req = s.request
+    if req then
+      reqs[i] = { call = s.call, method = req.method, url = req.url, headers = req.headers, body = req.body,
+                  note = s.note }
+    else
+      reqs[i] = { call = s.call, error = { kind = s.err.kind, message = s.err.message, field = s.err.field } }
+    end
+  end
+  return reqs
 end
 
 return M

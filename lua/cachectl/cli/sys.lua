@@ -16,11 +16,16 @@ function M.shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
---- Seconds, as precisely as LuaSocket gives them (else whole seconds).
+local gettime
+
+--- Seconds, as precisely as LuaSocket's C part gives them when it is
+-- installed (an optional library: else whole seconds).
 function M.clock()
-  local ok, socket = pcall(require, "socket")
-  if ok and type(socket) == "table" and socket.gettime then return socket.gettime() end
-  return os.time()
+  if gettime == nil then
+    local ok, socket = pcall(require, "socket.core")
+    gettime = ok and type(socket) == "table" and socket.gettime or os.time
+  end
+  return gettime()
 end
 
 -- Whether a shell command exited 0, whatever the interpreter: Lua 5.1 and
@@ -32,13 +37,22 @@ local function succeeds(cmd)
   return ok == true
 end
 
---- Whether stdout is a terminal.
+--- Whether stdout (`fd` 1, the default) or stdin (0) is a terminal.
 -- Plain Lua cannot ask isatty(3), and the libraries that can (luaposix,
 -- luasystem >= 0.3, lua-term) are not dependencies of the rock; the POSIX
--- `test -t 1` utility can, in a child that inherits our stdout. It is only run
--- when the answer matters (a batch printed in the human format with $TERM set).
-function M.isatty()
-  return succeeds("test -t 1")
+-- `test -t` utility can, in a child that inherits our descriptors. It is
+-- only run when the answer matters (a batch printed in the human format
+-- with $TERM set, a confirmation, a key read from stdin).
+function M.isatty(fd)
+  return succeeds("test -t " .. (fd == 0 and "0" or "1"))
+end
+
+--- A line of standard input without its newline, or nil at its end (or
+-- when it is closed).
+function M.read_line()
+  local ok, line = pcall(io.read, "*l")
+  if ok then return line end
+  return nil
 end
 
 -- "rwxr-x---" -> "750": x, s and t count as executable, S and T do not.
