@@ -3,10 +3,10 @@
 -- reset_caches, cache_policies and model_yaml taking a model name where
 -- they take a UUID, with their options checked before the lookup is sent;
 -- odd model lists (a match without an id, a numeric id, one record twice)
--- from a small scripted server; and OMNI_INSTANCE as the default instance.
+-- from a server of fixed answers (support.fixed_server); and OMNI_INSTANCE as the default instance.
 local server = require "support.mock_server"
+local fixed = require "support.fixed_server"
 local helpers = require "support.helpers"
-local cjson = require "cjson"
 local cachectl = require "cachectl"
 
 local L = helpers.literal
@@ -186,50 +186,17 @@ describe("a model name where a UUID is taken", function()
   end)
 end)
 
--- A server answering GET .../v1/models with a fixed list of records (one
--- page) and 404 otherwise: the odd lists the mock never serves.
-local function records_server(records)
-  local body = cjson.encode{ records = records, pageInfo = { hasNextPage = false } }
-  local script = [[
-local socket = require "socket"
-local body = ...
-local s = assert(socket.bind("127.0.0.1", 0))
-local _, port = s:getsockname()
-print(port)
-io.stdout:flush()
-while true do
-  local c = s:accept()
-  c:settimeout(5)
-  local line = c:receive("*l") or ""
-  repeat local h = c:receive("*l") until not h or h == ""
-  local found = line:match("^GET /api/v1/models[?%s]")
-  local out = found and body or '{"error":"not found"}'
-  c:send("HTTP/1.1 " .. (found and "200 OK" or "404 Not Found") .. "\r\nContent-Type: application/json\r\n"
-    .. "Content-Length: " .. #out .. "\r\nConnection: close\r\n\r\n" .. out)
-  c:close()
-end
-]]
-  local file = os.tmpname()
-  helpers.write_file(file, script)
-  local p = assert(io.popen("echo $$; exec lua5.4 " .. helpers.sh_quote(file) .. " " .. helpers.sh_quote(body)))
-  local pid = assert(tonumber(p:read("*l")))
-  local port = tonumber(p:read("*l"))
-  if not port then helpers.succeeds("kill " .. pid) end
-  assert(port, "the records server did not start")
-  return { base = "http://127.0.0.1:" .. port .. "/api",
-           stop = function() helpers.succeeds("kill " .. pid); p:close(); os.remove(file) end }
-end
-
 describe("omni:find_model on an odd model list", function()
   local function find(records, name)
-    local srv = records_server(records)
+    local page = { records = records, pageInfo = { hasNextPage = false } }
+    local srv = fixed.start{ ["GET /api/v1/models"] = { 200, page } }
     local ok, model, err = pcall(function()
       local omni = cachectl.omni.new{ token = helpers.uid("tok"), base_url = srv.base, retries = 0 }
       local m, e = omni:find_model(name)
       omni:close()
       return m, e
     end)
-    srv.stop()
+    srv:stop()
     assert(ok, model)
     return model, err
   end
