@@ -15,8 +15,10 @@ a command-line tool and a mock server for tests.
 
 Optional: lyaml (Debian lua-yaml), for omni:cache_policies and check_policy
 only; redis-lua (Debian lua-redis; lua-resty-redis inside nginx), for
-rate_limit.redis and coalescing across processes only. Without them every
-other call works.
+rate_limit.redis and coalescing across processes only; LuaSocket, for the
+milliseconds in the command's output only. Without them every other call
+works. The rock installs the man page of the command, cachectl(1), and the
+documentation (docs/, `luarocks doc cachectl`).
 ]],
   homepage = "https://github.com/cachectl/cachectl",
   license = "MIT",
@@ -24,10 +26,9 @@ other call works.
 dependencies = {
   "lua >= 5.1",
   "lua-cjson >= 2.1",
-  "luasocket >= 3.0",
   "argparse >= 0.6",
   -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy),
-  -- "redis-lua >= 2.0" (rate_limit.redis)
+  -- "redis-lua >= 2.0" (rate_limit.redis), "luasocket >= 3.0" (the command's times in milliseconds)
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -70,6 +71,7 @@ build = {
     ["cachectl.cli.run"] = "lua/cachectl/cli/run.lua",
     ["cachectl.cli.output"] = "lua/cachectl/cli/output.lua",
     ["cachectl.cli.sys"] = "lua/cachectl/cli/sys.lua",
+    ["cachectl.cli.man"] = "lua/cachectl/cli/man.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },
   install = {
@@ -78,4 +80,7 @@ build = {
       cachectl = "bin/cachectl",
     },
   },
+  -- into the rock's folder (luarocks show --rock-dir cachectl): the pages
+  -- --help names, and the man page, docs/man/man1/cachectl.1
+  copy_directories = { "docs" },
 }
