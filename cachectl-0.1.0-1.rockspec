@@ -72,6 +72,10 @@ build = {
     ["cachectl.cli.output"] = "lua/cachectl/cli/output.lua",
     ["cachectl.cli.sys"] = "lua/cachectl/cli/sys.lua",
     ["cachectl.cli.man"] = "lua/cachectl/cli/man.lua",
+    ["cachectl.cli.omni"] = "lua/cachectl/cli/omni.lua",
+    ["cachectl.cli.dry"] = "lua/cachectl/cli/dry.lua",
+    ["cachectl.cli.cache"] = "lua/cachectl/cli/cache.lua",
+    ["cachectl.cli.json"] = "lua/cachectl/cli/json.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },
   install = {

@@ -13,7 +13,9 @@
 --
 -- The actions and their flags come from the service rows of `cachectl.core`
 -- (`cachectl.cli.parser`, which builds only the chosen action's parser), the
--- runners are in `cachectl.cli.run`, what is printed in `cachectl.cli.output`.
+-- runners are in `cachectl.cli.run` (a plain call) and `cachectl.cli.omni`,
+-- --dry-run in `cachectl.cli.dry`, what is printed in `cachectl.cli.output`;
+-- each is loaded only when the action needs it.
 -- Credentials come from the service's variable (`core.services[svc].env`),
 -- the first line of `--key-file PATH` or of standard input (`--key-file -`),
 -- never from an argument, and never appear in what the command prints.
@@ -25,17 +27,20 @@
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli
 
-local error, ipairs, pairs, pcall, require, tostring, type = error, ipairs, pairs, pcall, require, tostring, type
-local io, string, table = io, string, table
+local error, ipairs, pairs, pcall, require, tonumber, tostring, type =
+  error, ipairs, pairs, pcall, require, tonumber, tostring, type
+local io, os, string, table = io, os, string, table
 local format, concat = string.format, table.concat
 
 local core = require "cachectl.core"
-local sysmod = require "cachectl.cli.sys"
 local output = require "cachectl.cli.output"
 
 local M = {}
 
 local SUCCESS, FAILURE, USAGE = output.SUCCESS, output.FAILURE, output.USAGE
+
+-- The --json writer, loaded when asked for.
+local function json() return require "cachectl.cli.json" end
 local escape = output.escape
 
 local REDIS_ENV = "CACHECTL_REDIS_URL"      -- as cachectl.cli.parser.REDIS_ENV
@@ -43,10 +48,6 @@ local REDIS_ENV = "CACHECTL_REDIS_URL"      -- as cachectl.cli.parser.REDIS_ENV
 local function nonempty(v)
   if v ~= nil and v ~= "" then return v end
   return nil
-end
-
-local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 
 -- The secret parts of a Redis URL: its user-info (and the password in it).
@@ -96,13 +97,14 @@ end
 -- arguments that are not flags: the flags before them take no value) and
 -- whether --json is asked for, so that even a failed parse answers in JSON.
 local function scan(argv)
-  local words, json = {}, false
+  local words, as_json = {}, false
   for _, a in ipairs(argv) do
     if a == "--" then break end
-    if a == "--json" then json = true end
+    if a == "--json" then as_json = true end
     if a:sub(1, 1) ~= "-" and #words < 2 then words[#words + 1] = a end
   end
-  return words, json
+  words.first = words[2] ~= nil and argv[1] == words[1] and argv[2] == words[2]
+  return words, as_json
 end
 
 -- Output ----------------------------------------------------------------
@@ -119,7 +121,7 @@ end
 -- JSON document.
 local function failure(ctx, status, kind, msg, hint)
   if ctx.json then
-    ctx.out(output.json_failure(command_name(ctx), kind, msg, ctx.secrets))
+    ctx.out(json().failure(command_name(ctx), kind, msg, ctx.secrets))
   else
     ctx.note("cachectl: error: " .. escape(msg) .. "\n" .. (hint and hint .. "\n" or ""))
   end
@@ -141,48 +143,11 @@ end
 
 -- Credentials -------------------------------------------------------------
 
--- The first line of --key-file, or of stdin for "-". The path is never
--- echoed in an error about opening it: someone may have given the key
--- itself as the path.
-local function key_file(ctx, path)
-  if path == "-" then
-    if ctx.sys.isatty(0) then
-      return nil, "--key-file -: standard input is a terminal; pipe the credential in instead"
-    end
-    ctx.stdin_used = true
-    local line = ctx.sys.read_line()
-    line = line and trim(line)
-    if not line or line == "" then return nil, "--key-file -: standard input holds no credential" end
-    return line
-  end
-  local f, oerr = io.open(path, "rb")
-  if not f then
-    local reason = tostring(oerr)
-    reason = reason:sub(1, #path + 2) == path .. ": " and reason:sub(#path + 3) or "cannot open it"
-    return nil, "cannot read the key file given to --key-file: " .. reason
-  end
-  local line = f:read("*l")
-  f:close()
-  line = line and trim(line)
-  if not line or line == "" then
-    return nil, "the key file given to --key-file is empty: put the credential on its first line"
-  end
-  local mode = ctx.sys.file_mode(path)
-  if mode and #mode >= 3 then
-    local g, o = mode:sub(-2, -2), mode:sub(-1)
-    if g:match("[4-7]") or o:match("[4-7]") then
-      ctx.note(format("cachectl: warning: the key file %s is readable by group or others (mode %s); "
-        .. "run: chmod 600 %s\n", escape(path), mode, escape(sysmod.shell_quote(path))))
-    end
-  end
-  return line
-end
-
 -- The credential, or nil and a usage message.
 local function credential(ctx, svc)
   local key, err
   if ctx.args.key_file then
-    key, err = key_file(ctx, ctx.args.key_file)
+    key, err = require("cachectl.cli.sys").key_file(ctx, ctx.args.key_file)
   else
     key = nonempty(ctx.getenv(svc.env[svc.secret]))
     if not key then err = format("no credential: set %s or use --key-file PATH", svc.env[svc.secret]) end
@@ -247,9 +212,14 @@ local function client_options(ctx)
   local key, kerr = credential(ctx, svc)
   if not key then return nil, kerr end
   opts[svc.secret] = key
-  ctx.attempted = {}
+  ctx.attempted, ctx.event_ms = {}, 0
   opts.on_event = function(ev)
-    if ev.type == "attempt" then ctx.attempted[ev.call] = true end
+    if ev.type == "attempt" then
+      ctx.attempted[ev.call] = true
+      ctx.event_ms = ctx.event_ms + (tonumber(ev.ms) or 0)
+    elseif ev.type == "wait" then
+      ctx.event_ms = ctx.event_ms + (tonumber(ev.wait) or 0) * 1000
+    end
     if ev.type == "attempt" and ev.call == "model_yaml" then ctx.yaml_status = ev.status end
     if args.verbose or args.verbose_first then ctx.note(output.event_line(ev)) end
   end
@@ -273,11 +243,11 @@ local function parse(ctx)
   local state = ctx.state
   if state.stop == "help" then
     local text = state.help_for:get_help() .. "\n"
-    ctx.out(ctx.json and output.encode({ ok = true, command = command_name(ctx), help = text }, ctx.secrets) or text)
+    ctx.out(ctx.json and json().encode({ ok = true, command = command_name(ctx), help = text }, ctx.secrets) or text)
     return nil, SUCCESS
   elseif state.stop == "version" then
     local text = "cachectl " .. tostring(core.version) .. "\n"
-    ctx.out(ctx.json and output.encode({ ok = true, version = core.version }, ctx.secrets) or text)
+    ctx.out(ctx.json and json().encode({ ok = true, version = core.version }, ctx.secrets) or text)
     return nil, SUCCESS
   end
   if not called then error(ok, 0) end
@@ -288,7 +258,7 @@ end
 local function print_results(ctx, items)
   local args = ctx.args
   if args.json then
-    ctx.out(output.json_doc(items, ctx.action.service .. " " .. ctx.action.name, ctx.secrets))
+    ctx.out(json().doc(items, ctx.action.service .. " " .. ctx.action.name, ctx.secrets))
     return
   end
   for _, item in ipairs(items) do
@@ -303,27 +273,28 @@ end
 -- Whether a call that cannot be undone (a row that is not idempotent:
 -- restart-server, update-server) may go: yes with --yes, and without a
 -- terminal on stdin (cron); else the answer to a question on stderr.
-local function confirmed(ctx, run)
+local function confirmed(ctx)
   local args = ctx.args
   if ctx.action.row.idempotent or args.yes or ctx.stdin_used or not ctx.sys.isatty(0) then return true end
-  local step = run.dry_run(ctx)[1]
+  local step = require("cachectl.cli.dry").steps(ctx)[1]
   local where = step.request and (step.request.method .. " " .. escape(step.request.url)) or ctx.action.name
   ctx.note(format("cachectl: %s %s: %s; go ahead? [y/N] ", ctx.action.service, ctx.action.name, where))
   local line = ctx.sys.read_line()
   return line ~= nil and (line:match("^%s*[yY]%s*$") or line:match("^%s*[yY][eE][sS]%s*$")) ~= nil
 end
 
-local function dry_run(ctx, run)
-  local steps = run.dry_run(ctx)
+local function dry_run(ctx)
+  local dry = require "cachectl.cli.dry"
+  local steps = dry.steps(ctx)
   local ok = true
   for _, s in ipairs(steps) do ok = ok and s.request ~= nil end
   if ctx.args.json then
-    ctx.out(output.encode({ ok = ok, command = command_name(ctx), dry_run = true,
-      requests = run.dry_json(steps), results = output.list({}) }, ctx.secrets))
+    ctx.out(json().encode({ ok = ok, command = command_name(ctx), dry_run = true,
+      requests = dry.json(steps), results = json().list({}) }, ctx.secrets))
   elseif ok then
-    ctx.out(run.dry_text(steps))
+    ctx.out(dry.text(steps))
   else
-    ctx.note(run.dry_text(steps))
+    ctx.note(dry.text(steps))
   end
   return ok and SUCCESS or FAILURE
 end
@@ -344,9 +315,8 @@ local function command(ctx)
   local opts, msg = client_options(ctx)
   if not opts then return usage_error(ctx, msg) end
   ctx.opts = opts
-  local run = require "cachectl.cli.run"
-  if args.dry_run then return dry_run(ctx, run) end
-  if not confirmed(ctx, run) then
+  if args.dry_run then return dry_run(ctx) end
+  if not confirmed(ctx) then
     return failure(ctx, FAILURE, "aborted", "not confirmed: nothing was sent", "Give --yes to skip the question.")
   end
   -- Progress for a batch, on a terminal only, in the human format only.
@@ -369,12 +339,33 @@ local function command(ctx)
   end
   local hints = {}
   ctx.later = function(s) hints[#hints + 1] = s end     -- said after the results
+  local run = require(ctx.action.run == "call" and "cachectl.cli.run" or "cachectl.cli.omni")
   local ok, items = pcall(run[ctx.action.run], ctx)
   if client then pcall(client.close, client) end
   if not ok then error(items, 0) end
   print_results(ctx, items)
   for _, s in ipairs(hints) do ctx.note(s) end
   return output.exit_status(items)
+end
+
+-- A `getenv` function from `main`'s `env` argument.
+local function getenv_of(env)
+  if env == nil then return os.getenv end
+  if type(env) == "function" then return env end
+  if type(env) == "table" then return function(name) return env[name] end end
+  error(format("bad argument #2 to 'cachectl.cli.main' (function or table expected, got %s)", type(env)), 3)
+end
+
+-- A writer: a function, or anything with a `write` method (a file).
+local function writer(w, default)
+  if w == nil then w = default end
+  if type(w) == "function" then return w end
+  return function(s) w:write(s) end
+end
+
+-- The function `name` of cachectl.cli.sys, loaded when first called.
+local function from_sys(name)
+  return function(...) return require("cachectl.cli.sys")[name](...) end
 end
 
 --- Runs the `cachectl` command.
@@ -393,14 +384,14 @@ end
 --   75 a temporary failure worth retrying later, 130 interrupted
 -- @usage os.exit(require("cachectl.cli").main(arg, os.getenv))
 function M.main(argv, env, sys)
-  local getenv = sysmod.getenv_of(env)
+  local getenv = getenv_of(env)
   sys = sys or {}
-  local raw_out = sysmod.writer(sys.stdout, io.stdout)
-  local raw_err = sysmod.writer(sys.stderr, io.stderr)
+  local raw_out = writer(sys.stdout, io.stdout)
+  local raw_err = writer(sys.stderr, io.stderr)
   local ctx = {
     getenv = getenv, secrets = env_secrets(getenv), argv = {}, state = { parsers = {}, actions = {} },
-    sys = { clock = sys.clock or sysmod.clock, isatty = sys.isatty or sysmod.isatty,
-            file_mode = sys.file_mode or sysmod.file_mode, read_line = sys.read_line or sysmod.read_line },
+    sys = { clock = sys.clock or from_sys("clock"), isatty = sys.isatty or from_sys("isatty"),
+            file_mode = sys.file_mode or from_sys("file_mode"), read_line = sys.read_line or from_sys("read_line") },
   }
   ctx.out = function(s) raw_out(output.scrub(s, ctx.secrets)) end
   ctx.note = function(s) raw_err(output.scrub(s, ctx.secrets)) end
@@ -410,7 +401,7 @@ function M.main(argv, env, sys)
   if ok then return status end
   local interrupted = output.interrupted(status)
   if ctx.json then
-    ctx.out(output.json_failure(command_name(ctx), interrupted and "interrupted" or "internal",
+    ctx.out(json().failure(command_name(ctx), interrupted and "interrupted" or "internal",
       interrupted and "interrupted" or tostring(status), ctx.secrets))
   end
   if interrupted then

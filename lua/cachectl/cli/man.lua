@@ -38,6 +38,8 @@ local function environment()
   sort(vars, function(a, b) return a[1] < b[1] end)
   vars[#vars + 1] = { parser_mod.REDIS_ENV, "the default of \\-\\-redis" }
   vars[#vars + 1] = { "TERM", "whether a batch's progress line is shown (not when unset or dumb)" }
+  vars[#vars + 1] = { "CACHECTL_CACHE_DIR", "the folder of the compile cache of the command's Lua files (default "
+    .. "$XDG_CACHE_HOME/cachectl, else ~/.cache/cachectl); empty: no cache" }
   return vars
 end
 

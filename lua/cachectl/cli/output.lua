@@ -1,15 +1,15 @@
---- What the `cachectl` command prints: one line per call (or one JSON
--- document), one line per event with --verbose, the requests of a dry run,
--- and the exit status. Every line goes through the core's secret scrubber
+--- What the `cachectl` command prints: one line per call, one line per
+-- event with --verbose, and the exit status (`cachectl.cli.json` writes
+-- the --json document). Every line goes through the core's secret scrubber
 -- before it is written, and text that came from a server (names, ids,
 -- messages) has its control characters escaped.
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli.output
 
-local getmetatable, ipairs, next, pairs, pcall, tonumber, tostring, type =
-  getmetatable, ipairs, next, pairs, pcall, tonumber, tostring, type
-local math, string, table = math, string, table
+local getmetatable, ipairs, pairs, pcall, tonumber, tostring, type =
+  getmetatable, ipairs, pairs, pcall, tonumber, tostring, type
+local string, table = string, table
 local format, concat = string.format, table.concat
 
 local cjson = require "cjson"
@@ -33,16 +33,6 @@ function M.scrub(text, secrets)
     if #s >= 4 then text = scrub(text, s) end
   end
   return text
-end
-
--- A copy of `v` with every string (keys too) scrubbed: masking the encoded
--- JSON instead could cut an escape sequence in two.
-local function scrub_value(v, secrets)
-  if type(v) == "string" then return M.scrub(v, secrets) end
-  if type(v) ~= "table" then return v end
-  local copy = {}
-  for k, x in pairs(v) do copy[scrub_value(k, secrets)] = scrub_value(x, secrets) end
-  return copy
 end
 
 local ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\27"] = "\\e" }
@@ -156,99 +146,6 @@ function M.event_line(ev)
       escape(ev.message))
   end
   return format("%s %s\n", who, escape(ev.type))
-end
-
-local function json_error(err)
-  if type(err) ~= "table" then err = { kind = "internal", message = tostring(err) } end
-  local out = {}
-  for _, k in ipairs{ "kind", "message", "status", "code", "retry_after", "attempts", "field" } do
-    local v = err[k]
-    if v == nil then v = cjson.null end
-    out[k] = v
-  end
-  if type(err.candidates) == "table" then out.candidates = err.candidates end
-  return out
-end
-
--- cjson writes an empty table as {}: lists that may be empty are marked
--- with a string no answer holds, replaced by [] after encoding.
-local EMPTY = "\1cachectl-empty-list\1"
-
-local function list(t)
-  if type(t) == "table" and next(t) == nil then return EMPTY end
-  return t
-end
-M.list = list
-
--- The byte length of the valid UTF-8 sequence at i of s, or nil.
-local function utf8_at(s, i)
-  local c = s:byte(i)
-  local n = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
-    or (c >= 0xF0 and c <= 0xF4) and 4 or nil
-  if not n then return nil end
-  local lo = (c == 0xE0 and 0xA0) or (c == 0xF0 and 0x90) or 0x80
-  local hi = (c == 0xED and 0x9F) or (c == 0xF4 and 0x8F) or 0xBF
-  for k = 1, n - 1 do
-    local b = s:byte(i + k)
-    if not b or b < (k == 1 and lo or 0x80) or b > (k == 1 and hi or 0xBF) then return nil end
-  end
-  return n
-end
-
--- Encoded JSON made safe to print and to parse: the C1 controls of UTF-8
--- as \u escapes, and any byte that is not UTF-8 as the \u escape of its
--- Latin-1 character (a server may send either; cjson passes them on).
-local function json_safe(text)
-  if not text:find("[\128-\255]") then return text end
-  local out, i, n = {}, 1, #text
-  while i <= n do
-    local len = utf8_at(text, i)
-    local b = text:byte(i)
-    if len and not (b == 0xC2 and text:byte(i + 1) <= 0x9F) then
-      out[#out + 1] = text:sub(i, i + len - 1)
-      i = i + len
-    else
-      out[#out + 1] = format("\\u%04x", len and text:byte(i + 1) or b)
-      i = i + (len or 1)
-    end
-  end
-  return concat(out)
-end
-
---- One JSON document (and a newline) from a Lua table, every string in it
--- scrubbed of `secrets`; a value cjson cannot write is reported in the
--- document instead.
-function M.encode(doc, secrets)
-  local encoded, text = pcall(cjson.encode, scrub_value(doc, secrets))
-  if not encoded then
-    -- An answer cjson cannot write back (it decoded it, so this is rare):
-    -- keep the document valid and say why the results are missing.
-    text = cjson.encode(scrub_value({ ok = doc.ok, command = doc.command or cjson.null, results = cjson.null,
-      error = { kind = "internal", message = "cannot encode the results: " .. tostring(text) } }, secrets))
-  end
-  local quoted = cjson.encode(EMPTY)
-  local plain = quoted:gsub("%p", "%%%0")
-  return json_safe((text:gsub(plain, "[]"))) .. "\n"
-end
-
---- The --json document of a run's results.
-function M.json_doc(items, command, secrets)
-  local doc_items, all_ok = {}, true
-  for i, item in ipairs(items) do
-    local d = { call = item.call, ok = item.ok, ms = math.floor(item.ms * 10 + 0.5) / 10 }
-    for k, v in pairs(item.fields or {}) do d[k] = v end
-    if item.ok then d.result = item.json and item.json(item.result) or item.result
-    else d.error = json_error(item.err); all_ok = false end
-    doc_items[i] = d
-  end
-  return M.encode({ ok = all_ok, command = command, results = list(doc_items) }, secrets)
-end
-
---- The --json document of a run that made no call: a usage error, an
--- unreadable key file, a refused confirmation.
-function M.json_failure(command, kind, message, secrets)
-  return M.encode({ ok = false, command = command or cjson.null, results = EMPTY,
-                    error = json_error{ kind = kind, message = message } }, secrets)
 end
 
 --- Whether an error is worth retrying later as it is: a rate limit, a

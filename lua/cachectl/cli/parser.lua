@@ -142,25 +142,32 @@ local function row_action(svc, row)
            run = row.options.policy and "reset" or "call", what = what }
 end
 
+-- The actions of one service, in name order; with `only`, the action of
+-- that name alone (or none).
+local function service_actions(sname, only)
+  local svc, mine = core.services[sname], {}
+  for _, cname in ipairs(sorted_keys(svc.calls)) do
+    local row = svc.calls[cname]
+    if row.action and (not only or row.action == only) then mine[#mine + 1] = row_action(svc, row) end
+  end
+  for _, a in ipairs(LUA_ACTIONS[sname] or {}) do
+    if not only or a.name == only then
+      local row = svc.calls[a.on] or error("cachectl.cli: no row " .. sname .. "." .. a.on)
+      mine[#mine + 1] = { service = sname, name = a.name, call = a.on, row = row, takes = a.takes,
+                          run = a.run, what = a.what }
+    end
+  end
+  sort(mine, function(x, y) return x.name < y.name end)
+  return mine
+end
+
 --- Every action of the command, by service then name:
 -- `{ service, name, call, row, takes = { option names }, run, what }`.
 -- @treturn {table,...} the actions
 function M.actions()
   local list = {}
   for _, sname in ipairs(sorted_keys(core.services)) do
-    local svc = core.services[sname]
-    local mine = {}
-    for _, cname in ipairs(sorted_keys(svc.calls)) do
-      local row = svc.calls[cname]
-      if row.action then mine[#mine + 1] = row_action(svc, row) end
-    end
-    for _, a in ipairs(LUA_ACTIONS[sname] or {}) do
-      local row = svc.calls[a.on] or error("cachectl.cli: no row " .. sname .. "." .. a.on)
-      mine[#mine + 1] = { service = sname, name = a.name, call = a.on, row = row, takes = a.takes,
-                          run = a.run, what = a.what }
-    end
-    sort(mine, function(x, y) return x.name < y.name end)
-    for _, a in ipairs(mine) do list[#list + 1] = a end
+    for _, a in ipairs(service_actions(sname)) do list[#list + 1] = a end
   end
   return list
 end
@@ -252,6 +259,30 @@ local function actions_of(every, sname)
   return mine
 end
 
+-- A service's command under `parser`, with its actions as `build` needs
+-- them; its examples go to `all` (for cachectl's own help).
+local function add_service(state, parser, every, sname, words, chosen, all)
+  local full = words == nil
+  local svc = core.services[sname]
+  local cmd = parser:command(svc.name, format("Calls to %s (credential: $%s).", svc.name, svc.env[svc.secret]))
+  if not (chosen and words.first) then help_flag(state, cmd) else cmd:add_help(false) end
+  cmd:command_target("action")
+  state.parsers[svc.name] = cmd
+  local mine = actions_of(every, sname)
+  if full or words[1] == sname then
+    for _, a in ipairs(mine) do
+      if full or not chosen or a == chosen then add_action(state, cmd, a, not full and not chosen) end
+    end
+  end
+  if not chosen then            -- the helps of the service and of cachectl: their examples
+    local lines = {}
+    for i, a in ipairs(mine) do lines[i] = format("  %s=... %s", svc.env[svc.secret], example(svc, a)) end
+    all[#all + 1] = lines[1]
+    cmd:epilog("Examples:\n" .. concat(lines, "\n")
+      .. format("\nRun 'cachectl %s <action> --help' for an action's flags.", sname))
+  end
+end
+
 --- The shells `cachectl completion` writes a script for.
 M.SHELLS = { "bash", "zsh", "fish" }
 
@@ -264,48 +295,43 @@ M.SHELLS = { "bash", "zsh", "fish" }
 -- @tparam table state `{ parsers = {}, actions = {} }`; --help and --version
 --   set `state.stop` and raise `M.STOP`
 -- @tparam[opt] {string,...} words the service and action named on the
---   command line
+--   command line; `words.first` when they are its first two arguments
 -- @return the argparse parser
 function M.build(state, words)
   local full = words == nil
   words = words or {}
-  local parser = help_flag(state, argparse("cachectl", "Clear ModelsLab caches and queues and reset Omni caches."))
+  -- the one action the words name: then nothing else is needed, not even
+  -- the flags before the action when none is given there (`words.first`)
+  local chosen = not full and core.services[words[1] or ""] and words[2] and service_actions(words[1], words[2])[1]
+  local parser = argparse("cachectl", "Clear ModelsLab caches and queues and reset Omni caches.")
   state.parsers[""] = parser
-  parser:flag("--version", "Show the version and exit.")
-    :action(function() state.stop = "version"; error(M.STOP, 0) end)
-  -- its own target: the action's -v (unset) would overwrite a shared one
-  parser:flag("-v --verbose", "Print each attempt and wait on stderr (also taken after the action).")
-    :target("verbose_first")
+  if chosen and words.first then
+    parser:add_help(false)
+  else
+    help_flag(state, parser)
+    parser:flag("--version", "Show the version and exit.")
+      :action(function() state.stop = "version"; error(M.STOP, 0) end)
+    -- its own target: the action's -v (unset) would overwrite a shared one
+    parser:flag("-v --verbose", "Print each attempt and wait on stderr (also taken after the action).")
+      :target("verbose_first")
+  end
   parser:command_target("service")
   parser:help_max_width(100)
-  local all, every = {}, M.actions()
+  local all, every = {}, chosen and { chosen } or M.actions()
   for _, sname in ipairs(sorted_keys(core.services)) do
-    local svc = core.services[sname]
-    local cmd = help_flag(state, parser:command(svc.name, format("Calls to %s (credential: $%s).",
-      svc.name, svc.env[svc.secret])))
-    cmd:command_target("action")
-    state.parsers[svc.name] = cmd
-    local mine, lines = actions_of(every, sname), {}
-    local chosen = false
-    for _, a in ipairs(mine) do
-      lines[#lines + 1] = format("  %s=... %s", svc.env[svc.secret], example(svc, a))
-      if a.name == words[2] then chosen = a end
+    -- with an action chosen, nothing is parsed in the other services
+    if not chosen or chosen.service == sname then
+      add_service(state, parser, every, sname, not full and words or nil, chosen, all)
     end
-    all[#all + 1] = lines[1]
-    if full or words[1] == sname then
-      for _, a in ipairs(mine) do
-        if full or not chosen or a == chosen then add_action(state, cmd, a, not full and not chosen) end
-      end
-    end
-    cmd:epilog("Examples:\n" .. concat(lines, "\n")
-      .. format("\nRun 'cachectl %s <action> --help' for an action's flags.", sname))
   end
-  local comp = help_flag(state, parser:command("completion", "Print a completion script for the shell (bash, "
-    .. "zsh or fish): source <(cachectl completion bash)."))
-  comp:argument("shell", "The shell: bash, zsh or fish."):choices(M.SHELLS)
-  state.parsers.completion = comp
-  parser:epilog("Examples:\n" .. concat(all, "\n") .. "\n  source <(cachectl completion bash)\n"
-    .. "Run 'cachectl <service> <action> --help' for an action's flags.\n" .. tail())
+  if not chosen then
+    local comp = help_flag(state, parser:command("completion", "Print a completion script for the shell "
+      .. "(bash, zsh or fish): source <(cachectl completion bash)."))
+    comp:argument("shell", "The shell: bash, zsh or fish."):choices(M.SHELLS)
+    state.parsers.completion = comp
+    parser:epilog("Examples:\n" .. concat(all, "\n") .. "\n  source <(cachectl completion bash)\n"
+      .. "Run 'cachectl <service> <action> --help' for an action's flags.\n" .. tail())
+  end
   return parser
 end
 

@@ -1,15 +1,22 @@
---- The outside world of the `cachectl` command: clock, terminal, file modes,
--- output streams and the environment, each replaceable by `cli.main`'s `sys`
--- and `env` arguments (which is how the specs run the command in process).
+--- The outside world of the `cachectl` command: clock, terminal, stdin,
+-- file modes and the key file, each replaceable by `cli.main`'s `sys`
+-- argument (which is how the specs run the command in process). Loaded
+-- only when one of them is needed (a plain call needs none).
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT), POSIX shell utilities only.
 -- @module cachectl.cli.sys
 
-local error, pcall, require, type, tostring = error, pcall, require, type, tostring
+local pcall, require, type, tostring = pcall, require, type, tostring
 local io, os, string = io, os, string
 local format = string.format
 
+local escape = require("cachectl.cli.output").escape
+
 local M = {}
+
+local function trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
 
 --- `s` quoted for sh.
 function M.shell_quote(s)
@@ -79,19 +86,42 @@ function M.file_mode(path)
   return perms and octal(perms) or nil
 end
 
---- A writer: a function, or anything with a `write` method (a file).
-function M.writer(w, default)
-  if w == nil then w = default end
-  if type(w) == "function" then return w end
-  return function(s) w:write(s) end
-end
-
---- A `getenv` function from `cli.main`'s `env` argument.
-function M.getenv_of(env)
-  if env == nil then return os.getenv end
-  if type(env) == "function" then return env end
-  if type(env) == "table" then return function(name) return env[name] end end
-  error(format("bad argument #2 to 'cachectl.cli.main' (function or table expected, got %s)", type(env)), 3)
+--- The first line of --key-file, or of stdin for "-" (a pipe, not a
+-- terminal); nil and a usage message when there is none. The path is never
+-- echoed in an error about opening it: someone may have given the key
+-- itself as the path.
+function M.key_file(ctx, path)
+  if path == "-" then
+    if ctx.sys.isatty(0) then
+      return nil, "--key-file -: standard input is a terminal; pipe the credential in instead"
+    end
+    ctx.stdin_used = true
+    local line = ctx.sys.read_line()
+    line = line and trim(line)
+    if not line or line == "" then return nil, "--key-file -: standard input holds no credential" end
+    return line
+  end
+  local f, oerr = io.open(path, "rb")
+  if not f then
+    local reason = tostring(oerr)
+    reason = reason:sub(1, #path + 2) == path .. ": " and reason:sub(#path + 3) or "cannot open it"
+    return nil, "cannot read the key file given to --key-file: " .. reason
+  end
+  local line = f:read("*l")
+  f:close()
+  line = line and trim(line)
+  if not line or line == "" then
+    return nil, "the key file given to --key-file is empty: put the credential on its first line"
+  end
+  local mode = ctx.sys.file_mode(path)
+  if mode and #mode >= 3 then
+    local g, o = mode:sub(-2, -2), mode:sub(-1)
+    if g:match("[4-7]") or o:match("[4-7]") then
+      ctx.note(format("cachectl: warning: the key file %s is readable by group or others (mode %s); "
+        .. "run: chmod 600 %s\n", escape(path), mode, escape(M.shell_quote(path))))
+    end
+  end
+  return line
 end
 
 return M
