@@ -26,7 +26,9 @@ local rawget, _G = rawget, _G
 local getenv = os.getenv
 local format = string.format
 local concat = table.concat
-local gettime = require("socket").gettime
+-- Seconds, for the caches of a model's policies and of a model found by
+-- name (60 s each): whole seconds are enough, and LuaSocket is not needed.
+local gettime = os.time
 
 -- Inside nginx, calls run in an nginx thread pool instead of blocking the
 -- worker (see cachectl.openresty); plain Lua never loads that module.
