@@ -10,6 +10,10 @@ local man = require "cachectl.cli.man"
 
 local PAGE = "docs/man/man1/cachectl.1"
 
+-- The shells and man run without LD_PRELOAD: under `make spec-asan`
+-- LeakSanitizer would report on them (they are not ours).
+local CLEAN = "env -u LD_PRELOAD "
+
 -- The flags of a help text's "Options:" section ("-v", "--verbose", "--model").
 local function help_flags(text)
   local flags, inside = {}, false
@@ -95,7 +99,7 @@ describe("the man page", function()
 
   it("reads as a man page", function()
     if not helpers.succeeds("command -v man >/dev/null") then return pending("man is not installed") end
-    local text = capture("MANWIDTH=100 man -l " .. helpers.sh_quote(PAGE) .. " 2>&1")
+    local text = capture(CLEAN .. "MANWIDTH=100 man -l " .. helpers.sh_quote(PAGE) .. " 2>&1")
     assert.matches("NAME%s+cachectl %- clear ModelsLab caches", text)
     assert.matches("EXIT STATUS", text, 1, true)
     assert.matches("75%s+a temporary failure", text)
@@ -114,8 +118,8 @@ describe("cachectl completion", function()
   it("bash: parses, and once sourced completes cachectl", function()
     local file = os.tmpname()
     helpers.write_file(file, script("bash"))
-    assert.is_true(helpers.succeeds("bash -n " .. helpers.sh_quote(file)))
-    local out = capture("bash -c 'source " .. file .. " && complete -p cachectl' 2>&1")
+    assert.is_true(helpers.succeeds(CLEAN .. "bash -n " .. helpers.sh_quote(file)))
+    local out = capture(CLEAN .. "bash -c 'source " .. file .. " && complete -p cachectl' 2>&1")
     os.remove(file)
     assert.equal("complete -o bashdefault -o default -F _cachectl cachectl\n", out)
   end)
@@ -129,7 +133,8 @@ describe("cachectl completion", function()
       if line:sub(-1) == " " then words[#words + 1] = "" end
       local quoted = {}
       for i, w in ipairs(words) do quoted[i] = helpers.sh_quote(w) end
-      return capture("bash -c 'source " .. file .. "; COMP_WORDS=(" .. table.concat(quoted, " "):gsub("'", "'\\''")
+      local array = table.concat(quoted, " "):gsub("'", "'\\''")
+      return capture(CLEAN .. "bash -c 'source " .. file .. "; COMP_WORDS=(" .. array
         .. "); COMP_CWORD=" .. (#words - 1) .. "; _cachectl; printf \"%s\\n\" \"${COMPREPLY[@]}\"'")
     end
     local services = complete("cachectl ")
@@ -153,7 +158,7 @@ describe("cachectl completion", function()
     if helpers.succeeds("command -v zsh >/dev/null") then
       local file = os.tmpname()
       helpers.write_file(file, zsh)
-      assert.is_true(helpers.succeeds("zsh -n " .. helpers.sh_quote(file)))
+      assert.is_true(helpers.succeeds(CLEAN .. "zsh -n " .. helpers.sh_quote(file)))
       os.remove(file)
     end
   end)

@@ -61,7 +61,7 @@ end
 
 -- What `luarocks --lua-version=5.4 path` would set, as nginx's environment.
 local function lua54_env(srv)
-  local p = assert(io.popen("luarocks --lua-version=5.4 path --no-bin"))
+  local p = assert(io.popen("env -u LD_PRELOAD luarocks --lua-version=5.4 path --no-bin"))
   local out = p:read("*a")
   p:close()
   local path, cpath = out:match("LUA_PATH='([^']*)'"), out:match("LUA_CPATH='([^']*)'")
