@@ -157,6 +157,24 @@ describe("cachectl, as a job sees it", function()
     end)
   end)
 
+  describe("--model NAME", function()
+    it("checks the other flags' values first: a bad one sends nothing, not even the lookup", function()
+      for _, argv in ipairs{ { "reset-cache", "--policy", "daily", "--reset-at", "soon" },
+                              { "reset-cache", "--policy", "..", "--no-check" },
+                              { "reset-cache", "--policy", "daily", "--reset-at", "2999-01-01T00:00:00Z" } } do
+        local args = { "omni", argv[1], "--model", "Sales", "--json" }
+        for i = 2, #argv do args[#args + 1] = argv[i] end
+        local status, out = run(args, env_of())
+        assert.equal(1, status)
+        local r = one_document(out).results[1]
+        assert.equal("invalid", r.error.kind)
+        assert.equal(0, r.error.attempts)
+        assert.is_nil(r.model_id)
+      end
+      assert.same({}, srv:requests())
+    end)
+  end)
+
   describe("--dry-run", function()
     it("sends nothing, on every action, and exits 0", function()
       local parser = require "cachectl.cli.parser"

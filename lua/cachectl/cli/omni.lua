@@ -32,10 +32,13 @@ local function permission_hint(ctx, items, model)
 end
 
 -- The model's UUID once a name given to --model was found (kept by the
--- client: no request), else what was given when it is a UUID.
+-- client: no request), else what was given when it is a UUID; nil when no
+-- lookup was made (the call failed before it).
 local function model_id_of(ctx)
   local given = ctx.args.model
   if given:match(UUID) then return given end
+  -- never a lookup of its own: only the one the call made, kept by the client
+  if not ctx.attempted.list_models then return nil end
   local client = ctx.client()
   local ok, model = pcall(client.find_model, client, given)
   return ok and type(model) == "table" and model.id or nil
