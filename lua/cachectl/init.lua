@@ -601,10 +601,20 @@ local function lookup_options(st, opts)
   return out
 end
 
+-- The error a call of `row` with these options would get before sending
+-- anything (with a stand-in model), or nil.
+local function refused(st, row, merged)
+  merged.model_id = NIL_UUID
+  local ok, bad = core.identity(st.svc.name, row.name, merged)
+  if not ok then return hint(st, bad) end
+end
+
 -- A method that takes a model (UUID or name) first, its options `at`
--- positions after it, made to resolve a name before it runs; `fixed` are the
--- call's other positional values for the check of its options, which
--- happens first, with a stand-in model: a bad value sends nothing.
+-- positions after it, made to resolve a name before it runs; `fixed` gives
+-- the call's other positional values. The call's options are checked
+-- first: a bad value sends nothing, not the lookup either. In a batch
+-- (`reset_caches`) each name is checked: the lookup goes out only when
+-- one of them would be sent.
 local function by_name(fn, row, where, at, fixed, batch)
   return function(self, model, ...)
     local st = state(self)
@@ -615,15 +625,19 @@ local function by_name(fn, row, where, at, fixed, batch)
       local names = ...
       if type(names) ~= "table" or #names == 0 then return fn(self, model, ...) end
       if type(opts) == "table" then opts = copy(opts, "concurrency") end
-    end
-    local merged = copy((call_options(st, row, opts, where)))
-    for k, v in pairs(fixed(...)) do merged[k] = v end
-    merged.model_id = NIL_UUID
-    local ok, bad = core.identity(st.svc.name, row.name, merged)
-    if not ok then
-      bad = hint(st, bad)
-      if batch then return all_failed(..., bad) end
-      return nil, bad
+      local merged, results, any = copy((call_options(st, row, opts, where))), {}, false
+      for i = 1, #names do
+        merged.policy = names[i]
+        local bad = refused(st, row, merged)
+        results[i] = { policy = names[i], err = bad }
+        any = any or not bad
+      end
+      if not any then return results end
+    else
+      local merged = copy((call_options(st, row, opts, where)))
+      for k, v in pairs(fixed(...)) do merged[k] = v end
+      local bad = refused(st, row, merged)
+      if bad then return nil, bad end
     end
     local found, err = find_model(self, model, lookup_options(st, opts))
     if not found then
@@ -697,8 +711,7 @@ do
   omni.find_model = find_model
   omni.reset_cache = by_name(omni.reset_cache, calls.reset_cache, "omni:reset_cache", 2,
     function(policy) return { policy = policy } end)
-  omni.reset_caches = by_name(omni.reset_caches, calls.reset_cache, "omni:reset_caches", 2,
-    function() return { policy = "p" } end, true)
+  omni.reset_caches = by_name(omni.reset_caches, calls.reset_cache, "omni:reset_caches", 2, none, true)
   omni.model_yaml = by_name(omni.model_yaml, calls.model_yaml, "omni:model_yaml", 1, none)
   local policies_of = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", 1, none)
   omni.cache_policies = function(self, model, opts)
