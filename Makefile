@@ -111,9 +111,18 @@ rock:
 pack-check:
 	bash .ci/pack-check
 
-# The API reference from the doc comments (config.ld), into build/docs/.
+# The API reference from the doc comments (config.ld), into build/docs/;
+# a warning of LDoc fails the target.
 docs:
-	ldoc .
+	@mkdir -p build
+	@ldoc . >build/ldoc.log 2>&1; status=$$?; cat build/ldoc.log; \
+	  if [ $$status -ne 0 ] || grep -qv -e '^reading configuration from ' -e '^output written to ' build/ldoc.log; \
+	  then echo "make docs: LDoc failed or warned (above)" >&2; exit 1; fi
+
+# The man page, cachectl(1), generated from the command's parser (each
+# command's --help text): spec/cli_man_spec.lua fails when it is stale.
+man: all
+	lua5.4 -e 'io.write(require("cachectl.cli.man").page())' >docs/man/man1/cachectl.1
 
 # Every ```lua and ```sh sample of README.md and docs/*.md, run against the mock.
 docs-check: all
@@ -134,4 +143,4 @@ bench-smoke: all
 fuzz:
 	$(MAKE) -C fuzz run
 
-.PHONY: lint spec docs-check spec-abis spec-asan spec-tsan spec-valgrind rock pack-check docs test demo bench bench-smoke fuzz
+.PHONY: lint spec docs-check spec-abis spec-asan spec-tsan spec-valgrind rock pack-check docs man test demo bench bench-smoke fuzz

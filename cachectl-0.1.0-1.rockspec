@@ -16,7 +16,10 @@ a command-line tool and a mock server for tests.
 Redis (rate_limit.redis, coalescing across processes) is reached from C
 through hiredis, linked like libcurl. Optional: lyaml (Debian lua-yaml), for
 omni:cache_policies and check_policy only; lua-resty-redis, for coalescing
-through Redis on nginx's main side only. Without them every other call works.
+through Redis on nginx's main side only; LuaSocket, for the milliseconds in
+the command's output only. Without them every other call works. The rock
+installs the man page of the command, cachectl(1), and the documentation
+(docs/, `luarocks doc cachectl`).
 ]],
   homepage = "https://github.com/cachectl/cachectl",
   license = "MIT",
@@ -24,9 +27,9 @@ through Redis on nginx's main side only. Without them every other call works.
 dependencies = {
   "lua >= 5.1",
   "lua-cjson >= 2.1",
-  "luasocket >= 3.0",
   "argparse >= 0.6",
-  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy)
+  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy),
+  -- "luasocket >= 3.0" (the command's times in milliseconds)
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -58,6 +61,11 @@ build = {
     ["cachectl.cli.run"] = "lua/cachectl/cli/run.lua",
     ["cachectl.cli.output"] = "lua/cachectl/cli/output.lua",
     ["cachectl.cli.sys"] = "lua/cachectl/cli/sys.lua",
+    ["cachectl.cli.man"] = "lua/cachectl/cli/man.lua",
+    ["cachectl.cli.omni"] = "lua/cachectl/cli/omni.lua",
+    ["cachectl.cli.dry"] = "lua/cachectl/cli/dry.lua",
+    ["cachectl.cli.cache"] = "lua/cachectl/cli/cache.lua",
+    ["cachectl.cli.json"] = "lua/cachectl/cli/json.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },
   install = {
@@ -65,4 +73,7 @@ build = {
       cachectl = "bin/cachectl",
     },
   },
+  -- into the rock's folder (luarocks show --rock-dir cachectl): the pages
+  -- --help names, and the man page, docs/man/man1/cachectl.1
+  copy_directories = { "docs" },
 }

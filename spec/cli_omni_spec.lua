@@ -1,6 +1,6 @@
 -- The cachectl command's Omni discovery against the mock's default models
 -- (docs/mock.md): `omni models`, `omni policies`, `--model NAME` resolved by
--- name (none or several: exit 2 with the candidates), the policy check of
+-- name (none or several: exit 1 with the candidates), the policy check of
 -- `reset-cache` (a typo refused with its suggestion and nothing reset, one
 -- YAML read per run, --no-check, a 403 on the YAML), --json shapes, and the
 -- token masked in success output that echoes it.
@@ -150,33 +150,41 @@ describe("cachectl omni discovery", function()
   end)
 
   describe("--model NAME", function()
-    it("is a usage error listing the candidates with their ids when several models have the name", function()
+    it("fails (exit 1) listing the candidates with their ids when several models have the name", function()
       for _, action in ipairs{ { "policies" }, { "reset-cache", "--policy", "daily" } } do
         local argv = { action[1], "--model", "Finance" }
         for i = 2, #action do argv[#argv + 1] = action[i] end
         local status, out, err = omni(argv)
-        assert.equal(2, status)
+        assert.equal(1, status)
         assert.equal("", out)
-        assert.matches("cachectl: error: several models are named Finance; give one of their ids with --model:",
-          err, 1, true)
-        assert.matches("  " .. L(FINANCE) .. "  SHARED +Finance\n", err)
-        assert.matches("  " .. L(FINANCE_BRANCH) .. "  BRANCH +Finance\n", err)
+        assert.matches("omni " .. action[1] .. " --model Finance: failed: cachectl: invalid: 2 models are named "
+          .. '"Finance"', err, 1, true)
+        assert.matches("\n  " .. L(FINANCE) .. "  SHARED +Finance\n", err)
+        assert.matches("\n  " .. L(FINANCE_BRANCH) .. "  BRANCH +Finance\n", err)
+        assert.matches("give one of these ids with --model", err, 1, true)
+        argv[#argv + 1] = "--json"
+        local _, doc = omni(argv)
+        local r = cjson.decode(doc).results[1]
+        assert.equal("find_model", r.call)
+        assert.equal("model", r.error.field)
+        assert.equal(2, #r.error.candidates)
       end
       assert.equal(0, resets())
       assert.equal(0, count("GET /api/v1/models/"))
     end)
 
-    it("is a usage error when no model has the name", function()
+    it("fails (exit 1) when no model has the name", function()
       local status, out, err = omni{ "reset-cache", "--model", "Sails", "--policy", "daily" }
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.equal("", out)
-      assert.matches("no model is named Sails ('cachectl omni models' lists them)", err, 1, true)
+      assert.matches('omni reset-cache --model Sails: failed: cachectl: invalid: no model is named "Sails"',
+        err, 1, true)
       assert.equal(0, resets())
     end)
 
-    it("fails with exit 1 when the model list cannot be read", function()
+    it("fails with exit 75 when the model list cannot be read for a temporary reason", function()
       local status, _, err = omni({ "policies", "--model", "Sales", "--retries", "0" }, secret("t", "fault=503"))
-      assert.equal(1, status)
+      assert.equal(75, status)
       assert.matches("omni policies --model Sales: failed: cachectl: http: ", err, 1, true)
     end)
   end)
@@ -193,9 +201,9 @@ describe("cachectl omni discovery", function()
       assert.equal("POST /api/v1/models/" .. SALES .. "/cache_reset/daily", w[3])
     end)
 
-    it("refuses a typo before sending, with the suggestion, exit 2", function()
+    it("refuses a typo before sending, with the suggestion, exit 1", function()
       local status, out, err = omni{ "reset-cache", "--model", "Sales", "--policy", "dialy" }
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.equal("", out)
       assert.matches("^omni reset%-cache dialy: refused: ", err)
       assert.matches("did you mean 'daily'", err, 1, true)
@@ -206,7 +214,7 @@ describe("cachectl omni discovery", function()
     it("reads the YAML once for a batch, and refuses only the unknown names", function()
       local status, out, err = omni{ "reset-cache", "--model", SALES, "--policy", "daily", "--policy", "hourly",
         "--policy", "weekly report", "--policy", "hourly2" }
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.equal(3, #lines(out))
       assert.matches('omni reset-cache "weekly report": reset', out, 1, true)
       assert.matches("omni reset-cache hourly2: refused: ", err, 1, true)
@@ -217,7 +225,7 @@ describe("cachectl omni discovery", function()
 
     it("refuses every name of a model that declares none", function()
       local status, _, err = omni{ "reset-cache", "--model", "Empty", "--policy", "daily" }
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.matches("refused: ", err, 1, true)
       assert.equal(0, resets())
     end)
@@ -243,7 +251,7 @@ describe("cachectl omni discovery", function()
 
     it("--json gives a refused name as an invalid error with field policy", function()
       local status, out = omni{ "reset-cache", "--model", "Sales", "--policy", "dialy", "--json" }
-      assert.equal(2, status)
+      assert.equal(1, status)
       local r = cjson.decode(out).results[1]
       assert.is_false(r.ok)
       assert.equal("dialy", r.policy)

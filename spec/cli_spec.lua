@@ -1,7 +1,9 @@
 -- The cachectl command: every command against the mock, in process through
 -- cli.main with captured output and as a real `lua5.4 bin/cachectl` process;
--- exit statuses, --json, --quiet, --key-file, and that the credential shows
--- neither in the output nor in the process's argument list.
+-- exit statuses (0, 1 to fix, 2 usage, 75 temporary, 130), --json, --quiet,
+-- --key-file, and that the credential shows neither in the output nor in
+-- the process's argument list. cli_run_spec.lua has --dry-run, --yes,
+-- --key-file -, completion and --json for every failure.
 local server = require "support.mock_server"
 local support = require "support.cli"
 local helpers = require "support.helpers"
@@ -125,9 +127,9 @@ describe("cachectl command", function()
       assert.is_nil(r.deploy_type)
     end)
 
-    it("refuses a bad slug before sending (exit 2, naming the option)", function()
+    it("refuses a bad slug before sending (exit 1, naming the option)", function()
       local status, out, err = ml{ "clear-queue", "--product", "Face Gen" }
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.equal("", out)
       assert.matches("product", err, 1, true)
       assert.equal(0, #srv:requests())
@@ -226,7 +228,7 @@ describe("cachectl command", function()
     it("builds the host from --instance (https only, so nothing reaches the mock)", function()
       local status, out, err = run({ "omni", "reset-cache", "--instance", "Not_A_Label", "--model", MODEL,
         "--policy", "daily", "--no-check" }, { OMNI_API_KEY = secret("t") })
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.equal("", out)
       assert.matches("instance", err)
       assert.equal(0, #srv:requests())
@@ -272,9 +274,9 @@ describe("cachectl command", function()
       assert.equal(cjson.null, r.error.field)
     end)
 
-    it("reports an HTML 500 as kind http", function()
+    it("reports an HTML 500 as kind http (exit 75: a 5xx is worth retrying later)", function()
       local status, out = ml({ "clear-cache", "--json", "--retries", "0" }, secret("k", "fault=500_html"))
-      assert.equal(1, status)
+      assert.equal(75, status)
       local e = cjson.decode(out).results[1].error
       assert.equal("http", e.kind)
       assert.equal(500, e.status)
@@ -284,7 +286,7 @@ describe("cachectl command", function()
       local token = secret("t", "fault=503 times=1")
       local status, out = omni({ "--model", MODEL, "--policy", "a", "--policy", "b", "--policy", "c",
         "--retries", "0", "--json" }, token)
-      assert.equal(1, status)
+      assert.equal(75, status)
       local doc = cjson.decode(out)
       assert.is_false(doc.ok)
       local failed = 0
@@ -311,25 +313,25 @@ describe("cachectl command", function()
       assert.matches("failed: cachectl: http: Model with id " .. MISSING .. " does not exist", err, 1, true)
     end)
 
-    it("is 1 for a connection failure to a closed port", function()
+    it("is 75 for a connection failure to a closed port", function()
       local status, out, err = run({ "modelslab", "clear-cache", "--retries", "0", "--timeout", "5",
         "--base-url", "http://127.0.0.1:" .. free_port() .. "/api" }, { MODELSLAB_API_KEY = secret() })
-      assert.equal(1, status)
+      assert.equal(75, status)
       assert.equal("", out)
       assert.matches("failed: cachectl: connect: ", err)
     end)
 
-    it("is 2 for a bad value caught before sending (the policy '..')", function()
+    it("is 1 for a bad value caught before sending (the policy '..')", function()
       local status, out, err = omni{ "--model", MODEL, "--policy", ".." }
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.equal("", out)
       assert.matches("failed: cachectl: invalid: ", err, 1, true)
       assert.equal(0, #srv:requests())
     end)
 
-    it("is 2 for a batch where one policy was refused and the others went out", function()
+    it("is 1 for a batch where one policy was refused and the others went out", function()
       local status, out, err = omni{ "--model", MODEL, "--policy", "daily", "--policy", ".." }
-      assert.equal(2, status)
+      assert.equal(1, status)
       assert.matches("^omni reset%-cache daily: reset", out)
       assert.matches("omni reset-cache ..: failed: cachectl: invalid: ", err, 1, true)
       assert.equal(1, #srv:requests())
@@ -347,7 +349,7 @@ describe("cachectl command", function()
       { "bad --timeout", { "modelslab", "clear-cache", "--timeout", "soon" } },
       { "negative --retries", { "modelslab", "clear-cache", "--retries", "-1" } },
       { "extra argument", { "modelslab", "clear-cache", "extra" } },
-      { "--json with --quiet", { "modelslab", "clear-cache", "--json", "--quiet" } },
+      { "--json with --quiet", { "modelslab", "clear-cache", "--json", "--quiet" }, "json" },
       { "--instance with --base-url", { "omni", "reset-cache", "--model", MODEL, "--policy", "d",
         "--instance", "acme", "--base-url", "http://127.0.0.1:1/api" } },
       { "--playground without --instance", { "omni", "reset-cache", "--model", MODEL, "--policy", "d",
@@ -366,10 +368,24 @@ describe("cachectl command", function()
                       OMNI_BASE_URL = srv.base }
         local status, out, err = run(case[2], env)
         assert.equal(2, status)
-        assert.equal("", out)
-        assert.matches("Usage: cachectl", err, 1, true)
-        assert.matches("cachectl: error: ", err, 1, true)
         assert.equal(0, #srv:requests())
+        if case[3] == "json" then      -- --json: the error is the document
+          assert.equal("usage", cjson.decode(out).error.kind)
+          assert.equal("", err)
+          return
+        end
+        assert.equal("", out)
+        -- one line and a hint naming a command that exists, not the usage text
+        local l = support.lines(err)
+        assert.equal(2, #l, err)
+        assert.matches("^cachectl: error: ", l[1])
+        local hint = l[2]:match("^Run 'cachectl(.-) %-%-help' for help%.$")
+        assert.is_truthy(hint, l[2])
+        local argv = {}
+        for w in hint:gmatch("%S+") do argv[#argv + 1] = w end
+        argv[#argv + 1] = "--help"
+        assert.equal(0, (run(argv, {})))
+        assert.is_nil(err:find("Usage:", 1, true))
       end)
     end
 
@@ -393,7 +409,7 @@ describe("cachectl command", function()
       end)
     end
 
-    it("is 1 for a batch with one refused policy and one failed at the service", function()
+    it("is 1 for a batch with one refused policy and one failed for a temporary reason", function()
       local token = secret("t", "fault=503 times=1")
       local status = omni({ "--model", MODEL, "--policy", "daily", "--policy", "..", "--retries", "0" }, token)
       assert.equal(1, status)
@@ -542,19 +558,17 @@ describe("cachectl command", function()
 
   describe("never shows the credential", function()
     -- The mock never echoes a ModelsLab key, so hand the command a service
-    -- that does (cli_omni_spec.lua has the same through the mock's models).
+    -- that does (cli_omni_spec.lua has the same through the mock's models):
+    -- a plain call goes straight to the core's function, replaced here.
     local function echoing(message)
-      return { modelslab = { new = function()
-        return { clear_cache = function() return { status = "success", message = message } end,
-                 close = function() end }
-      end } }
+      return function() return { status = "success", message = message } end
     end
 
     local function with_fake(fake, argv, env)
-      local real = package.loaded.cachectl
-      package.loaded.cachectl = fake
+      local real = core.modelslab.clear_cache
+      core.modelslab.clear_cache = fake
       local ok, status, out, err = pcall(run, argv, env)
-      package.loaded.cachectl = real
+      core.modelslab.clear_cache = real
       assert.is_true(ok, status)
       return status, out, err
     end
@@ -594,15 +608,10 @@ describe("cachectl command", function()
 
   describe("with an answer cjson cannot write back", function()
     it("still prints one valid JSON document", function()
-      local fake = {
-        modelslab = { new = function()
-          return { clear_cache = function() return { status = "success", n = 0 / 0 } end, close = function() end }
-        end },
-      }
-      local real = package.loaded.cachectl
-      package.loaded.cachectl = fake
+      local real = core.modelslab.clear_cache
+      core.modelslab.clear_cache = function() return { status = "success", n = 0 / 0 } end
       local ok, status, out = pcall(run, { "modelslab", "clear-cache", "--json" }, { MODELSLAB_API_KEY = secret() })
-      package.loaded.cachectl = real
+      core.modelslab.clear_cache = real
       assert.is_true(ok, status)
       assert.equal(0, status)
       local doc = cjson.decode(out)
@@ -671,10 +680,10 @@ describe("cachectl command", function()
       assert.matches("^Usage: cachectl", out)
     end)
 
-    it("exits 1 on a connection failure", function()
+    it("exits 75 on a connection failure", function()
       local status, _, err = exec({ "modelslab", "clear-cache", "--retries", "0",
         "--base-url", "http://127.0.0.1:" .. free_port() .. "/api" }, { MODELSLAB_API_KEY = secret() })
-      assert.equal(1, status)
+      assert.equal(75, status)
       assert.matches("connect", err, 1, true)
     end)
 

@@ -144,6 +144,79 @@ static int identity_l(lua_State *L)
     return 1;
 }
 
+/* The preview table of the parsed request at index 1 (light userdata),
+ * run protected so that the request is freed whatever happens. */
+static int push_preview(lua_State *L)
+{
+    const cc_req *r = (const cc_req *)lua_touserdata(L, 1);
+    const char *const fixed[] = { "Content-Type: application/json", "Accept: application/json" };
+    int n = 0;
+    size_t i;
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, r->method ? r->method : "POST");
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, r->url);
+    lua_setfield(L, -2, "url");
+    lua_createtable(L, 5, 0);
+    lua_pushfstring(L, "User-Agent: %s", r->user_agent);
+    lua_rawseti(L, -2, ++n);
+    for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        lua_pushstring(L, fixed[i]);
+        lua_rawseti(L, -2, ++n);
+    }
+    if (r->ep->svc->auth_header) {
+        lua_pushfstring(L, "%s%s", r->ep->svc->auth_header, r->secret);
+        lua_rawseti(L, -2, ++n);
+    }
+    if (r->body_len > 1024) {
+        lua_pushliteral(L, "Expect:");
+        lua_rawseti(L, -2, ++n);
+    }
+    lua_setfield(L, -2, "headers");
+    if (r->body) {
+        lua_pushlstring(L, r->body, r->body_len);
+        lua_setfield(L, -2, "body");
+    }
+    return 1;
+}
+
+/* core.preview(service, call, opts) -> { method, url, headers = { line, ... },
+ * body } of the request the call would send, "***" where the credential
+ * goes (the command's --dry-run); or nil, err for a bad value. The headers
+ * are the engine's (engine.c build_headers): User-Agent, Content-Type,
+ * Accept, the service's Authorization, Expect for a body over 1 KiB. */
+static int preview_l(lua_State *L)
+{
+    const cc_endpoint *ep = cc_endpoint_find(luaL_checkstring(L, 1), luaL_checkstring(L, 2));
+    cc_req r;
+    int status;
+    luaL_argcheck(L, ep != NULL, 2, "no such call");
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (!cc_req_parse(L, 3, ep, &r)) {
+        lua_pushnil(L);
+        cc_push_error(L, CC_INVALID, r.bad_msg, 0, NULL, -1, 0, r.bad_field, NULL);
+        return 2;
+    }
+    cc_req_free(&r);
+    /* again with "***" for the credential: the preview shows where it goes */
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+    lua_pushliteral(L, "***");
+    lua_setfield(L, -2, ep->svc->secret);
+    if (!cc_req_parse(L, -1, ep, &r)) return luaL_error(L, "cachectl: preview: %s", r.bad_msg);
+    lua_pushcfunction(L, push_preview);
+    lua_pushlightuserdata(L, &r);
+    status = lua_pcall(L, 1, 1, 0);
+    cc_req_free(&r);
+    if (status != 0) return lua_error(L);
+    return 1;
+}
+
 /* cjson's decode and encode, looked up once, kept in the registry. */
 static void require_cjson(lua_State *L)
 {
@@ -248,7 +321,8 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
-        { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { NULL, NULL }
+        { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l },
+        { NULL, NULL }
     };
     const curl_version_info_data *v;
     int module;

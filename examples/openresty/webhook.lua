@@ -102,7 +102,7 @@ end
 
 --- Builds a content handler.
 -- @tparam[opt] table opts `client`: options for `cachectl.omni.new` (default: token
--- from $OMNI_API_KEY, host from $OMNI_INSTANCE or $OMNI_BASE_URL, events to the
+-- from $OMNI_API_KEY, host from $OMNI_BASE_URL or $OMNI_INSTANCE, events to the
 -- error log at level info); `secret`: the
 -- Bearer token callers must send (default $WEBHOOK_SECRET; none: no check)
 -- @treturn function the handler, for content_by_lua*
@@ -113,9 +113,7 @@ function M.handler(opts)
   for k, v in pairs(opts.client or {}) do client_opts[k] = v end
   client_opts.token = client_opts.token or env("OMNI_API_KEY")
   client_opts.on_event = client_opts.on_event or log_event
-  if client_opts.base_url == nil and client_opts.instance == nil then
-    client_opts.instance = env("OMNI_INSTANCE")      -- else the Lua layer reads $OMNI_BASE_URL
-  end
+  -- the host: the Lua layer reads $OMNI_BASE_URL, else $OMNI_INSTANCE
   local secret = opts.secret or env("WEBHOOK_SECRET")
   local client                                       -- one per worker, made on first use
 

@@ -5,8 +5,10 @@
 -- the fleet's rate limit (cachectl.perform), Omni's models and cache
 -- policies (cachectl.policies). Every fact about a service and its calls
 -- comes from the core's rows (`core.services`): each client method is built
--- from a call's row; only `omni:models`, `omni:cache_policies` and
--- `omni:reset_caches` are written by hand. Options are checked by the core.
+-- from a call's row; only `omni:models`, `omni:cache_policies`,
+-- `omni:reset_caches` and `omni:find_model` are written by hand (and a
+-- model name is resolved wherever a model UUID is taken). Options are
+-- checked by the core.
 --
 --    local cachectl = require "cachectl"
 --    local omni = cachectl.omni.new{ instance = "acme" }   -- token from $OMNI_API_KEY
@@ -23,6 +25,7 @@ local error, pcall, pairs, ipairs, next, type, select, tostring, setmetatable, g
 local rawget, _G = rawget, _G
 local getenv = os.getenv
 local format = string.format
+local concat = table.concat
 local gettime = core.monotonic
 
 -- Inside nginx, calls run in an nginx thread pool instead of blocking the
@@ -45,9 +48,14 @@ local LAYER = {
 -- How a call names its host: naming one replaces the client's way.
 local HOST = { base_url = true, instance = true, playground = true }
 
-local POLICY_TTL = 60 -- seconds a model's policies are kept per client
+local POLICY_TTL = 60 -- seconds a model's policies (and a model found by name) are kept per client
 local PAGE_SIZE = 100 -- records asked for per page of omni:models, unless page_size says
 local TIMEOUT = 30    -- the core's default timeout, for the deadline of reading a model file
+
+-- The variable naming the instance of a service built from one (Omni's
+-- {instance}.omniapp.co), read when neither instance nor base_url is given
+-- and the base URL variable is unset.
+local INSTANCE_ENV = { omni = "OMNI_INSTANCE" }
 
 -- Client state lives here, not in the client table, so that no credential
 -- can be reached by printing or walking a client.
@@ -91,6 +99,7 @@ local function new_client(svc, opts)
   end
   if defaults.base_url == nil and defaults.instance == nil then
     defaults.base_url = nonempty_env(svc.env.base_url)
+    if defaults.base_url == nil and svc.host then defaults.instance = nonempty_env(INSTANCE_ENV[svc.name]) end
   end
   local self = setmetatable({}, classes[svc.name])
   -- plain[call]: the options of a call made without options of its own,
@@ -381,7 +390,8 @@ local function method(svc, row)
   end
 end
 
---- The methods built from the core's rows, one per call, each returning
+--- Client methods.
+-- The methods built from the core's rows, one per call, each returning
 -- `res` (the decoded answer) or `nil, err` (`kind`, `message`, `status`,
 -- `code`, `retry_after`, `attempts`, `field`). Positional arguments first,
 -- then an options table overriding the client's defaults; a nil positional
@@ -478,6 +488,7 @@ end
 -- `{ id = UUID, name = "Sales", modelKind = "SHARED", ... }`
 -- @treturn[2] table err (`decode` when a page's `records` is not a list)
 -- @usage local models, err = omni:models{ name = "Sales" }
+-- @function omni:models
 local function models(self, opts)
   local st = state(self)
   local limit = 1000
@@ -515,6 +526,7 @@ end
 -- when reading it outlasts the call's timeout
 -- @raise when lyaml (Debian lua-yaml) is not installed
 -- @usage local list, err = omni:cache_policies(model_id)
+-- @function omni:cache_policies
 local function cache_policies(self, model_id, opts)
   local st = state(self)
   local started = gettime()
@@ -598,6 +610,7 @@ end
 -- @treturn {table,...} one `{ policy = name, result = res, err = err }` per
 -- policy, in input order; identical ones are sent once
 -- @usage local results = omni:reset_caches(model_id, { "daily", "hourly" }, { concurrency = 8 })
+-- @function omni:reset_caches
 local function reset_caches(self, model_id, names, opts)
   local st = state(self)
   if type(names) ~= "table" then
@@ -610,6 +623,154 @@ local function reset_caches(self, model_id, names, opts)
   local window, bad = perform.window(layer.coalesce)
   if bad then return all_failed(names, bad) end
   return (within(st, reset_batch, st, names, base, model, layer, concurrency, window))
+end
+
+-- ------------------------------------------------------------ models by name
+
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+local NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+local function is_uuid(v)
+  return type(v) == "string" and v:find(UUID) ~= nil
+end
+
+-- A model record as a candidate: its id (a UUID) and kind (a word), never
+-- other text of the server's, which a message would carry to a terminal.
+local function candidate(r)
+  local kind = r.modelKind
+  return { id = r.id:lower(), name = r.name, modelKind = type(kind) == "string" and kind:find("^[%w_]+$") and kind
+    or nil }
+end
+
+local function id_list(list)
+  local out = {}
+  for i = 1, #list do
+    out[i] = list[i].id .. (list[i].modelKind and " (" .. list[i].modelKind .. ")" or "")
+  end
+  return concat(out, ", ")
+end
+
+-- The one record of `records` named exactly `name` (duplicates of one id
+-- count once), or nil and the `invalid` (none, several) or `decode` (a
+-- match without a UUID id) error.
+local function pick(records, name)
+  local found, seen, unusable, others = {}, {}, 0, {}
+  for _, r in ipairs(records) do
+    if type(r) == "table" and r.name == name then
+      if not is_uuid(r.id) then
+        unusable = unusable + 1
+      elseif not seen[r.id:lower()] then
+        seen[r.id:lower()] = true
+        found[#found + 1] = candidate(r)
+      end
+    elseif type(r) == "table" and is_uuid(r.id) and #others < 10 then
+      others[#others + 1] = candidate(r)
+    end
+  end
+  if #found == 1 then return found[1] end
+  if #found > 1 then
+    return nil, perform.new_error{ kind = "invalid", field = "model", candidates = found,
+      message = format("%d models are named %q: %s; give one of their ids", #found, name, id_list(found)) }
+  end
+  if unusable > 0 then
+    return nil, perform.new_error{ kind = "decode", field = "model", candidates = {},
+      message = format("the model list gives the model named %q no usable id (not a UUID)", name) }
+  end
+  return nil, perform.new_error{ kind = "invalid", field = "model", candidates = others,
+    message = format("no model is named %q", name) }
+end
+
+--- Finds the one Omni model named exactly `name`, with `omni:models{ name =
+-- name }`; a model found is kept per client (and host and credential) for
+-- 60 seconds, like a model's policies.
+-- @tparam string name the model's name, exactly
+-- @tparam[opt] table opts the options of `models` (`kind`, `include_deleted`,
+-- and the common options)
+-- @treturn table|nil `{ id = UUID (lower case), name = name, modelKind = "SHARED" }`
+-- @treturn[2] table err: `kind = "invalid"`, `field = "model"` when no model
+-- or several have that name (`err.candidates` lists them, `{ id, name,
+-- modelKind }`, and the message gives their ids); `decode` when the one match
+-- has no UUID id; or the error of the model list
+-- @usage local model, err = omni:find_model("Sales")
+-- @function omni:find_model
+local function find_model(self, name, opts)
+  local st = state(self)
+  if type(name) ~= "string" then
+    error(format("bad argument #1 to 'omni:find_model' (string expected, got %s)", type(name)), 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(format("bad argument #2 to 'omni:find_model' (table expected, got %s)", type(opts)), 2)
+  end
+  local lopts = copy(opts or {})
+  lopts.name = name
+  local key, bad = core.identity(st.svc.name, "list_models",
+    (call_options(st, st.svc.calls.list_models, copy(lopts, "limit"), "omni:find_model")))
+  if not key then return nil, hint(st, bad) end
+  st.names = st.names or {}
+  local now, kept = gettime(), st.names[key]
+  if kept and kept.expires > now then return copy(kept.model) end
+  local records, err = models(self, lopts)
+  if not records then return nil, err end
+  local model, why = pick(records, name)
+  if not model then return nil, why end
+  st.names[key] = { expires = now + POLICY_TTL, model = model }
+  return copy(model)
+end
+
+-- The options of a lookup for a call: the call's own that the model list takes.
+local function lookup_options(st, opts)
+  local takes, out = st.svc.calls.list_models.options, {}
+  for k, v in pairs(type(opts) == "table" and opts or {}) do
+    if takes[k] and k ~= "name" then out[k] = v end
+  end
+  return out
+end
+
+-- The error a call of `row` with these options would get before sending
+-- anything (with a stand-in model), or nil.
+local function refused(st, row, merged)
+  merged.model_id = NIL_UUID
+  local ok, bad = core.identity(st.svc.name, row.name, merged)
+  if not ok then return hint(st, bad) end
+end
+
+-- A method that takes a model (UUID or name) first, its options `at`
+-- positions after it, made to resolve a name before it runs; `fixed` gives
+-- the call's other positional values. The call's options are checked
+-- first: a bad value sends nothing, not the lookup either. In a batch
+-- (`reset_caches`) each name is checked: the lookup goes out only when
+-- one of them would be sent.
+local function by_name(fn, row, where, at, fixed, batch)
+  return function(self, model, ...)
+    local st = state(self)
+    if model == nil then model = st.defaults.model_id end
+    if type(model) ~= "string" or model == "" or is_uuid(model) then return fn(self, model, ...) end
+    local opts = (select(at, ...))
+    if batch then
+      local names = ...
+      if type(names) ~= "table" or #names == 0 then return fn(self, model, ...) end
+      if type(opts) == "table" then opts = copy(opts, "concurrency") end
+      local merged, results, any = copy((call_options(st, row, opts, where))), {}, false
+      for i = 1, #names do
+        merged.policy = names[i]
+        local bad = refused(st, row, merged)
+        results[i] = { policy = names[i], err = bad }
+        any = any or not bad
+      end
+      if not any then return results end
+    else
+      local merged = copy((call_options(st, row, opts, where)))
+      for k, v in pairs(fixed(...)) do merged[k] = v end
+      local bad = refused(st, row, merged)
+      if bad then return nil, bad end
+    end
+    local found, err = find_model(self, model, lookup_options(st, opts))
+    if not found then
+      if batch then return all_failed(..., err) end
+      return nil, err
+    end
+    return fn(self, found.id, ...)
+  end
 end
 
 --- Closes the client's connections. Closing twice does nothing; any other
@@ -680,5 +841,21 @@ end
 classes.omni.models = models
 classes.omni.cache_policies = cache_policies
 classes.omni.reset_caches = reset_caches
+
+-- A model name wherever a model UUID is taken (find_model resolves it).
+do
+  local omni, calls = classes.omni, core.services.omni.calls
+  local none = function() return {} end
+  omni.find_model = find_model
+  omni.reset_cache = by_name(omni.reset_cache, calls.reset_cache, "omni:reset_cache", 2,
+    function(policy) return { policy = policy } end)
+  omni.reset_caches = by_name(omni.reset_caches, calls.reset_cache, "omni:reset_caches", 2, none, true)
+  omni.model_yaml = by_name(omni.model_yaml, calls.model_yaml, "omni:model_yaml", 1, none)
+  local policies_of = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", 1, none)
+  omni.cache_policies = function(self, model, opts)
+    policies.need_yaml("omni:cache_policies")     -- before a lookup is sent
+    return policies_of(self, model, opts)
+  end
+end
 
 return M

@@ -1,21 +1,26 @@
---- What the `cachectl` command prints: one line per call (or one JSON
--- document), one line per event with --verbose, and the exit status. Every
--- line goes through the core's secret scrubber before it is written.
+--- What the `cachectl` command prints: one line per call, one line per
+-- event with --verbose, and the exit status (`cachectl.cli.json` writes
+-- the --json document). Every line goes through the core's secret scrubber
+-- before it is written, and text that came from a server (names, ids,
+-- messages) has its control characters escaped.
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli.output
 
-local getmetatable, ipairs, next, pairs, pcall, tonumber, tostring, type =
-  getmetatable, ipairs, next, pairs, pcall, tonumber, tostring, type
-local math, string = math, string
-local format = string.format
+local getmetatable, ipairs, pairs, pcall, tonumber, tostring, type =
+  getmetatable, ipairs, pairs, pcall, tonumber, tostring, type
+local string, table = string, table
+local format, concat = string.format, table.concat
 
 local cjson = require "cjson"
 local core = require "cachectl.core"
 
 local M = {}
 
-M.SUCCESS, M.FAILURE, M.USAGE, M.INTERRUPTED = 0, 1, 2, 130
+--- The exit statuses: 0 success, 1 a failure to fix, 2 usage, 75 a
+-- temporary failure worth retrying later (sysexits' EX_TEMPFAIL), 130
+-- interrupted.
+M.SUCCESS, M.FAILURE, M.USAGE, M.TEMPFAIL, M.INTERRUPTED = 0, 1, 2, 75, 130
 
 -- The one secret scrubber is the core's (every form of the secret, any 8
 -- characters of it in a row).
@@ -30,15 +35,17 @@ function M.scrub(text, secrets)
   return text
 end
 
--- A copy of `v` with every string (keys too) scrubbed: masking the encoded
--- JSON instead could cut an escape sequence in two.
-local function scrub_value(v, secrets)
-  if type(v) == "string" then return M.scrub(v, secrets) end
-  if type(v) ~= "table" then return v end
-  local copy = {}
-  for k, x in pairs(v) do copy[scrub_value(k, secrets)] = scrub_value(x, secrets) end
-  return copy
+local ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\27"] = "\\e" }
+
+--- `s` (any value, as by tostring) with its control characters escaped, so
+-- that text from a server can neither move the cursor, ring, recolour nor
+-- forge a line: C0 controls and DEL as `\n`, `\r`, `\t`, `\e` or `\xHH`,
+-- the C1 controls of UTF-8 (U+0080 to U+009F) as `\u0080`...
+function M.escape(s)
+  s = tostring(s):gsub("[%c\127]", function(c) return ESCAPES[c] or format("\\x%02x", c:byte()) end)
+  return (s:gsub("\194([\128-\159])", function(c) return format("\\u%04x", c:byte()) end))
 end
+local escape = M.escape
 
 --- Whether a raised error is the interpreter's answer to Ctrl-C.
 function M.interrupted(e)
@@ -48,31 +55,45 @@ end
 -- One line for an error value: its own tostring when it has one.
 local function err_line(err)
   local mt = getmetatable(err)
-  if type(err) == "table" and mt and mt.__tostring then return tostring(err) end
+  if type(err) == "table" and mt and mt.__tostring then return escape(tostring(err)) end
   if type(err) == "table" then
-    return format("cachectl: %s: %s", tostring(err.kind), tostring(err.message))
+    return format("cachectl: %s: %s", escape(err.kind), escape(err.message))
   end
-  return "cachectl: " .. tostring(err)
+  return "cachectl: " .. escape(err)
 end
+M.err_line = err_line
 
--- A policy or model name as printed: plain names as they are, others quoted.
+-- A policy or model name as printed: plain names as they are, others
+-- quoted, their quotes, backslashes and control characters escaped.
 local function show(name)
   if type(name) == "string" and name:match("^[%w%._%-:]+$") then return name end
-  return format("%q", tostring(name))
+  return '"' .. escape(tostring(name):gsub('[\\"]', "\\%0")) .. '"'
 end
 M.show = show
+
+--- One line per model: id, kind, name (all escaped; a record without an
+-- id says so).
+function M.model_lines(models)
+  local lines = {}
+  for _, m in ipairs(models) do
+    local id = m.id == nil and "(no id)" or escape(m.id)
+    lines[#lines + 1] = format("  %-36s  %-16s %s", id, m.modelKind == nil and "" or escape(m.modelKind),
+      show(m.name))
+  end
+  return concat(lines, "\n")
+end
 
 -- What a successful answer says, in words.
 local function describe_answer(res)
   if type(res) == "table" and type(res.cache_reset) == "table" then
     local at = res.cache_reset.reset_at
-    return at and at ~= cjson.null and ("reset, as of " .. tostring(at)) or "reset"
+    return at and at ~= cjson.null and ("reset, as of " .. escape(at)) or "reset"
   end
   local text = type(res) == "table" and (res.message or res.messege) or nil
-  text = type(text) == "string" and text or "done"
+  text = type(text) == "string" and escape(text) or "done"
   if type(res) == "table" and type(res.details) == "table" then
     local ok, encoded = pcall(cjson.encode, res.details)
-    if ok then text = text .. ": " .. encoded end
+    if ok then text = text .. ": " .. escape(encoded) end
   end
   return text
 end
@@ -84,7 +105,8 @@ local function describe_success(item)
   return describe_answer(res) .. shared
 end
 
---- The human line of one result item.
+--- The human line of one result item (more lines for a listing, or for
+-- the candidates of a model name).
 function M.human_line(item)
   local ms = format("(%.0f ms)", item.ms)
   if item.ok then
@@ -95,91 +117,58 @@ function M.human_line(item)
   local e = item.err
   if type(e) == "table" and e.kind == "invalid" and e.field == "policy" and item.checked then
     return format("%s: refused: %s (--no-check resets without the check) %s\n", item.label,
-      tostring(e.message), ms)
+      escape(e.message), ms)
   end
-  return format("%s: failed: %s %s\n", item.label, err_line(e), ms)
+  local more = ""
+  if type(e) == "table" and e.field == "model" and type(e.candidates) == "table" and #e.candidates > 0 then
+    more = "\n" .. M.model_lines(e.candidates) .. "\n  give one of these ids with --model"
+  end
+  return format("%s: failed: %s %s%s\n", item.label, err_line(e), ms, more)
 end
 
 local REASONS = { backoff = "backoff", retry_after = "the service's Retry-After", rate_limit = "rate limit" }
 
 --- The --verbose line of one event.
 function M.event_line(ev)
-  local who = format("cachectl: %s %s", tostring(ev.service), tostring(ev.call))
+  local who = format("cachectl: %s %s", escape(ev.service), escape(ev.call))
   if ev.type == "attempt" then
-    local outcome = ev.status and tostring(ev.status) or "no answer"
-    if ev.kind then outcome = outcome .. " " .. tostring(ev.kind) end
-    return format("%s attempt %s: %s %s -> %s (%.0f ms)\n", who, tostring(ev.attempt), tostring(ev.method),
-      tostring(ev.url), outcome, tonumber(ev.ms) or 0)
+    local outcome = ev.status and escape(ev.status) or "no answer"
+    if ev.kind then outcome = outcome .. " " .. escape(ev.kind) end
+    return format("%s attempt %s: %s %s -> %s (%.0f ms)\n", who, escape(ev.attempt), escape(ev.method),
+      escape(ev.url), outcome, tonumber(ev.ms) or 0)
   elseif ev.type == "wait" then
-    return format("%s waits %.3f s (%s)\n", who, tonumber(ev.wait) or 0, REASONS[ev.reason] or tostring(ev.reason))
+    return format("%s waits %.3f s (%s)\n", who, tonumber(ev.wait) or 0,
+      REASONS[ev.reason] or escape(ev.reason))
   elseif ev.type == "coalesced" then
     return format("%s shares the outcome of an identical call (--coalesce)\n", who)
   elseif ev.type == "redis_fallback" then
     return format("%s: Redis unreachable, the rate limit falls back to this process's own: %s\n", who,
-      tostring(ev.message))
+      escape(ev.message))
   end
-  return format("%s %s\n", who, tostring(ev.type))
+  return format("%s %s\n", who, escape(ev.type))
 end
 
-local function json_error(err)
-  if type(err) ~= "table" then err = { kind = "internal", message = tostring(err) } end
-  local out = {}
-  for _, k in ipairs{ "kind", "message", "status", "code", "retry_after", "attempts", "field" } do
-    local v = err[k]
-    if v == nil then v = cjson.null end
-    out[k] = v
-  end
-  return out
+--- Whether an error is worth retrying later as it is: a rate limit, a
+-- timeout, no connection, or a 5xx that outlasted the retries.
+function M.temporary(err)
+  if type(err) ~= "table" then return false end
+  local kind = err.kind
+  return kind == "rate_limited" or kind == "timeout" or kind == "connect"
+    or (kind == "http" and type(err.status) == "number" and err.status >= 500)
 end
 
--- cjson writes an empty table as {}: lists that may be empty are marked
--- with a string no answer holds, replaced by [] after encoding.
-local EMPTY = "\1cachectl-empty-list\1"
-
-local function list(t)
-  if type(t) == "table" and next(t) == nil then return EMPTY end
-  return t
-end
-M.list = list
-
---- The --json document, every string in it scrubbed of `secrets`.
-function M.json_doc(items, command, secrets)
-  local doc_items, all_ok = {}, true
-  for i, item in ipairs(items) do
-    local d = { call = item.call, ok = item.ok, ms = math.floor(item.ms * 10 + 0.5) / 10 }
-    for k, v in pairs(item.fields or {}) do d[k] = v end
-    if item.ok then d.result = item.json and item.json(item.result) or item.result
-    else d.error = json_error(item.err); all_ok = false end
-    doc_items[i] = d
-  end
-  local doc = scrub_value({ ok = all_ok, command = command, results = doc_items }, secrets)
-  local encoded, text = pcall(cjson.encode, doc)
-  if not encoded then
-    -- An answer cjson cannot write back (it decoded it, so this is rare):
-    -- keep the document valid and say why the results are missing.
-    text = cjson.encode({ ok = all_ok, command = command, results = cjson.null,
-      error = { kind = "internal", message = "cannot encode the results: " .. tostring(text) } })
-  end
-  local quoted = cjson.encode(EMPTY)
-  local plain = quoted:gsub("%p", "%%%0")
-  return (text:gsub(plain, "[]")) .. "\n"
-end
-
---- 0 when every call succeeded; 1 when any failed at the service or the
--- network; 2 when the others succeeded but some were refused before
--- sending (`invalid`: a bad value, an unknown policy).
+--- 0 when every call succeeded; 1 when any failed in a way that retrying
+-- will not fix (a 4xx, invalid, api, decode, a refused policy, ...); else
+-- 75 when some failed for a temporary reason (`M.temporary`).
 function M.exit_status(items)
-  local invalid = false
+  local temporary = false
   for _, item in ipairs(items) do
     if not item.ok then
-      if type(item.err) == "table" and item.err.kind == "invalid" then
-        invalid = true
-      else
-        return M.FAILURE
-      end
+      if not M.temporary(item.err) then return M.FAILURE end
+      temporary = true
     end
   end
-  return invalid and M.USAGE or M.SUCCESS
+  return temporary and M.TEMPFAIL or M.SUCCESS
 end
 
 return M

@@ -3,6 +3,9 @@
 -- `action` name is an action, with the flags of the options its row takes;
 -- `omni models` and `omni policies` are the two actions of Lua-layer methods.
 -- Nothing here lists the calls or the environment variables again.
+-- A run builds only the parser it needs (the chosen action's flags); help,
+-- completion scripts and the man page (`cachectl.cli.man`) come from the
+-- same definitions.
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli.parser
@@ -22,6 +25,21 @@ M.STOP = "cachectl.cli: stop"
 
 --- The variable holding the default of --redis.
 M.REDIS_ENV = "CACHECTL_REDIS_URL"
+
+--- The variable naming the instance of a service built from one (Omni),
+-- read when neither --instance nor --base-url is given and the base URL
+-- variable is unset (as the Lua layer does).
+M.INSTANCE_ENV = { omni = "OMNI_INSTANCE" }
+
+--- The exit statuses, for --help, the man page and docs/cli.md.
+M.EXIT = {
+  { 0, "success" },
+  { 1, "a failure to fix: a 4xx answer, invalid input, an api or decode error, a refused policy, "
+    .. "a model name matching no model or several, a refused confirmation" },
+  { 2, "usage: an unknown action or flag, a bad or missing flag value, no credential, an unreadable key file" },
+  { 75, "a temporary failure worth retrying later: rate_limited, timeout, connect, a 5xx after the retries" },
+  { 130, "interrupted (Ctrl-C)" },
+}
 
 -- Flag converters: a value, or nil and a message naming the flag.
 local function positive_number(name)
@@ -56,7 +74,7 @@ end
 local FLAGS = {
   { option = "model_id", example = "--model Sales", add = function(cmd)
     cmd:option("--model", "The model: its UUID, or its name (resolved with the model list; "
-      .. "no match or several is a usage error listing the candidates)."):argname("<uuid|name>")
+      .. "no match or several fails, listing the candidates)."):argname("<uuid|name>")
       :count(1):overwrite(false)
   end },
   { option = "policy", example = "--policy daily", add = function(cmd)
@@ -113,7 +131,9 @@ local function row_action(svc, row)
     if row.options[f.option] then takes[#takes + 1] = f.option end
   end
   local what = format("%s: %s {base}%s.", humanize(row.name), row.method, row.path)
-  if not row.idempotent then what = what .. " Never retried." end
+  if not row.idempotent then
+    what = what .. " Never retried; asks for confirmation when stdin is a terminal (--yes skips it)."
+  end
   if row.options.policy then
     what = what .. " Several policies are reset concurrently; the names are checked against the "
       .. "model's declared policies first (one read of its YAML), unless --no-check."
@@ -122,25 +142,32 @@ local function row_action(svc, row)
            run = row.options.policy and "reset" or "call", what = what }
 end
 
+-- The actions of one service, in name order; with `only`, the action of
+-- that name alone (or none).
+local function service_actions(sname, only)
+  local svc, mine = core.services[sname], {}
+  for _, cname in ipairs(sorted_keys(svc.calls)) do
+    local row = svc.calls[cname]
+    if row.action and (not only or row.action == only) then mine[#mine + 1] = row_action(svc, row) end
+  end
+  for _, a in ipairs(LUA_ACTIONS[sname] or {}) do
+    if not only or a.name == only then
+      local row = svc.calls[a.on] or error("cachectl.cli: no row " .. sname .. "." .. a.on)
+      mine[#mine + 1] = { service = sname, name = a.name, call = a.on, row = row, takes = a.takes,
+                          run = a.run, what = a.what }
+    end
+  end
+  sort(mine, function(x, y) return x.name < y.name end)
+  return mine
+end
+
 --- Every action of the command, by service then name:
 -- `{ service, name, call, row, takes = { option names }, run, what }`.
 -- @treturn {table,...} the actions
 function M.actions()
   local list = {}
   for _, sname in ipairs(sorted_keys(core.services)) do
-    local svc = core.services[sname]
-    local mine = {}
-    for _, cname in ipairs(sorted_keys(svc.calls)) do
-      local row = svc.calls[cname]
-      if row.action then mine[#mine + 1] = row_action(svc, row) end
-    end
-    for _, a in ipairs(LUA_ACTIONS[sname] or {}) do
-      local row = svc.calls[a.on] or error("cachectl.cli: no row " .. sname .. "." .. a.on)
-      mine[#mine + 1] = { service = sname, name = a.name, call = a.on, row = row, takes = a.takes,
-                          run = a.run, what = a.what }
-    end
-    sort(mine, function(x, y) return x.name < y.name end)
-    for _, a in ipairs(mine) do list[#list + 1] = a end
+    for _, a in ipairs(service_actions(sname)) do list[#list + 1] = a end
   end
   return list
 end
@@ -164,7 +191,7 @@ local function common_flags(cmd, svc, row)
     :argname("<seconds>"):convert(positive_number("--timeout"))
   cmd:option("--retries", "Extra attempts for retryable failures (default 2)."):argname("<n>"):convert(retries_count)
   cmd:option("--key-file", "Read the credential from the first line of this file instead of $"
-    .. svc.env[svc.secret] .. "."):argname("<path>")
+    .. svc.env[svc.secret] .. " (- reads standard input)."):argname("<path>")
   local limit = svc.rate_limit
   cmd:option("--rate-limit", "At most REQUESTS calls start in any SECONDS (default: "
     .. (limit and format("%d/%d", limit.requests, limit.per) or "none") .. ")."):argname("<n/s>"):convert(rate)
@@ -172,7 +199,11 @@ local function common_flags(cmd, svc, row)
     .. "(default: $" .. M.REDIS_ENV .. ")."):argname("<url>")
   cmd:option("--coalesce", "Identical calls starting within this many seconds share one request.")
     :argname("<seconds>"):convert(positive_number("--coalesce"))
-  cmd:flag("--json", "Print one JSON document for scripts.")
+  cmd:flag("--dry-run", "Print each request that would be sent (credentials masked) and send nothing.")
+  if not row.idempotent then
+    cmd:flag("-y --yes", "Do not ask for confirmation (asked only when stdin is a terminal).")
+  end
+  cmd:flag("--json", "Print one JSON document for scripts, whatever the outcome.")
   cmd:flag("--quiet", "Print nothing on success (failures still go to stderr).")
   cmd:flag("-v --verbose", "Print each attempt and wait on stderr.")
 end
@@ -189,65 +220,118 @@ local function example(svc, action)
   return format("cachectl %s %s%s%s", svc.name, action.name, host, concat(own))
 end
 
-local TAIL = "Exit status: 0 success, 1 failure from the service or the network, 2 usage, 130 interrupted."
+local function tail()
+  local parts = {}
+  for _, e in ipairs(M.EXIT) do parts[#parts + 1] = e[1] .. " " .. e[2]:match("^[^:]*") end
+  return "Exit status: " .. concat(parts, ", ") .. ".\nManual: man cachectl, or docs/cli.md (installed with the "
+    .. "rock: luarocks doc cachectl)."
+end
 
 local function action_epilog(svc, line)
   return format("Examples:\n  %s=... %s\n  %s \\\n      --key-file ~/.%s-key --json -v\n\n"
-    .. "Credentials: $%s, or the first line of --key-file PATH (never an argument).\n%s",
-    svc.env[svc.secret], line, line, svc.name, svc.env[svc.secret], TAIL)
+    .. "Credentials: $%s, or the first line of --key-file PATH (- reads standard input; never an argument).\n%s",
+    svc.env[svc.secret], line, line, svc.name, svc.env[svc.secret], tail())
 end
 
-local function add_action(state, parent, action)
+-- The action's command under `parent`; with its flags unless `bare` (a
+-- bare command only names the action, for a list or an error message).
+local function add_action(state, parent, action, bare)
   local svc = core.services[action.service]
   local cmd = help_flag(state, parent:command(action.name, action.what))
+  local key = action.service .. " " .. action.name
+  state.actions[key], state.parsers[key] = action, cmd
+  if bare then return end
   for _, f in ipairs(FLAGS) do
     for _, o in ipairs(action.takes) do
       if f.option == o then f.add(cmd, svc) end
     end
   end
   common_flags(cmd, svc, action.row)
-  local line = example(svc, action)
-  cmd:epilog(action_epilog(svc, line))
-  local key = action.service .. " " .. action.name
-  state.actions[key], state.parsers[key] = action, cmd
-  return line
+  cmd:epilog(action_epilog(svc, example(svc, action)))
 end
+
+-- The actions of one service, in name order.
+local function actions_of(every, sname)
+  local mine = {}
+  for _, a in ipairs(every) do
+    if a.service == sname then mine[#mine + 1] = a end
+  end
+  return mine
+end
+
+-- A service's command under `parser`, with its actions as `build` needs
+-- them; its examples go to `all` (for cachectl's own help).
+local function add_service(state, parser, every, sname, words, chosen, all)
+  local full = words == nil
+  local svc = core.services[sname]
+  local cmd = parser:command(svc.name, format("Calls to %s (credential: $%s).", svc.name, svc.env[svc.secret]))
+  if not (chosen and words.first) then help_flag(state, cmd) else cmd:add_help(false) end
+  cmd:command_target("action")
+  state.parsers[svc.name] = cmd
+  local mine = actions_of(every, sname)
+  if full or words[1] == sname then
+    for _, a in ipairs(mine) do
+      if full or not chosen or a == chosen then add_action(state, cmd, a, not full and not chosen) end
+    end
+  end
+  if not chosen then            -- the helps of the service and of cachectl: their examples
+    local lines = {}
+    for i, a in ipairs(mine) do lines[i] = format("  %s=... %s", svc.env[svc.secret], example(svc, a)) end
+    all[#all + 1] = lines[1]
+    cmd:epilog("Examples:\n" .. concat(lines, "\n")
+      .. format("\nRun 'cachectl %s <action> --help' for an action's flags.", sname))
+  end
+end
+
+--- The shells `cachectl completion` writes a script for.
+M.SHELLS = { "bash", "zsh", "fish" }
 
 --- Builds the parser; fills `state.parsers` (by "", "service" and
 -- "service action") and `state.actions` (by "service action").
+-- Only what `words` needs: the flags of the action `words[2]` of the
+-- service `words[1]` when both name one, else the names of that service's
+-- actions (or of the services); with `words == nil`, everything (help of
+-- every action, completion scripts, the man page).
 -- @tparam table state `{ parsers = {}, actions = {} }`; --help and --version
 --   set `state.stop` and raise `M.STOP`
+-- @tparam[opt] {string,...} words the service and action named on the
+--   command line; `words.first` when they are its first two arguments
 -- @return the argparse parser
-function M.build(state)
-  local parser = help_flag(state, argparse("cachectl", "Clear ModelsLab caches and queues and reset Omni caches."))
+function M.build(state, words)
+  local full = words == nil
+  words = words or {}
+  -- the one action the words name: then nothing else is needed, not even
+  -- the flags before the action when none is given there (`words.first`)
+  local chosen = not full and core.services[words[1] or ""] and words[2] and service_actions(words[1], words[2])[1]
+  local parser = argparse("cachectl", "Clear ModelsLab caches and queues and reset Omni caches.")
   state.parsers[""] = parser
-  parser:flag("--version", "Show the version and exit.")
-    :action(function() state.stop = "version"; error(M.STOP, 0) end)
-  -- its own target: the action's -v (unset) would overwrite a shared one
-  parser:flag("-v --verbose", "Print each attempt and wait on stderr (also taken after the action).")
-    :target("verbose_first")
+  if chosen and words.first then
+    parser:add_help(false)
+  else
+    help_flag(state, parser)
+    parser:flag("--version", "Show the version and exit.")
+      :action(function() state.stop = "version"; error(M.STOP, 0) end)
+    -- its own target: the action's -v (unset) would overwrite a shared one
+    parser:flag("-v --verbose", "Print each attempt and wait on stderr (also taken after the action).")
+      :target("verbose_first")
+  end
   parser:command_target("service")
   parser:help_max_width(100)
-  local all, per = {}, {}
-  for _, action in ipairs(M.actions()) do
-    local svc = core.services[action.service]
-    local cmd = state.parsers[action.service]
-    if not cmd then
-      cmd = help_flag(state, parser:command(svc.name, format("Calls to %s (credential: $%s).",
-        svc.name, svc.env[svc.secret])))
-      cmd:command_target("action")
-      state.parsers[svc.name], per[svc.name] = cmd, {}
+  local all, every = {}, chosen and { chosen } or M.actions()
+  for _, sname in ipairs(sorted_keys(core.services)) do
+    -- with an action chosen, nothing is parsed in the other services
+    if not chosen or chosen.service == sname then
+      add_service(state, parser, every, sname, not full and words or nil, chosen, all)
     end
-    local line = format("  %s=... %s", svc.env[svc.secret], add_action(state, cmd, action))
-    per[svc.name][#per[svc.name] + 1] = line
-    if #per[svc.name] == 1 then all[#all + 1] = line end
   end
-  for name, lines in pairs(per) do
-    state.parsers[name]:epilog("Examples:\n" .. concat(lines, "\n")
-      .. format("\nRun 'cachectl %s <action> --help' for an action's flags.", name))
+  if not chosen then
+    local comp = help_flag(state, parser:command("completion", "Print a completion script for the shell "
+      .. "(bash, zsh or fish): source <(cachectl completion bash)."))
+    comp:argument("shell", "The shell: bash, zsh or fish."):choices(M.SHELLS)
+    state.parsers.completion = comp
+    parser:epilog("Examples:\n" .. concat(all, "\n") .. "\n  source <(cachectl completion bash)\n"
+      .. "Run 'cachectl <service> <action> --help' for an action's flags.\n" .. tail())
   end
-  parser:epilog("Examples:\n" .. concat(all, "\n") .. "\nRun 'cachectl <service> <action> --help' for an "
-    .. "action's flags (docs/cli.md describes them all).\n" .. TAIL)
   return parser
 end
 

@@ -1,26 +1,38 @@
---- The outside world of the `cachectl` command: clock, terminal, file modes,
--- output streams and the environment, each replaceable by `cli.main`'s `sys`
--- and `env` arguments (which is how the specs run the command in process).
+--- The outside world of the `cachectl` command: clock, terminal, stdin,
+-- file modes and the key file, each replaceable by `cli.main`'s `sys`
+-- argument (which is how the specs run the command in process). Loaded
+-- only when one of them is needed (a plain call needs none).
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT), POSIX shell utilities only.
 -- @module cachectl.cli.sys
 
-local error, pcall, require, type, tostring = error, pcall, require, type, tostring
+local pcall, require, type, tostring = pcall, require, type, tostring
 local io, os, string = io, os, string
 local format = string.format
 
+local escape = require("cachectl.cli.output").escape
+
 local M = {}
+
+local function trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
 
 --- `s` quoted for sh.
 function M.shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
---- Seconds, as precisely as LuaSocket gives them (else whole seconds).
+local gettime
+
+--- Seconds, as precisely as LuaSocket's C part gives them when it is
+-- installed (an optional library: else whole seconds).
 function M.clock()
-  local ok, socket = pcall(require, "socket")
-  if ok and type(socket) == "table" and socket.gettime then return socket.gettime() end
-  return os.time()
+  if gettime == nil then
+    local ok, socket = pcall(require, "socket.core")
+    gettime = ok and type(socket) == "table" and socket.gettime or os.time
+  end
+  return gettime()
 end
 
 -- Whether a shell command exited 0, whatever the interpreter: Lua 5.1 and
@@ -32,13 +44,22 @@ local function succeeds(cmd)
   return ok == true
 end
 
---- Whether stdout is a terminal.
+--- Whether stdout (`fd` 1, the default) or stdin (0) is a terminal.
 -- Plain Lua cannot ask isatty(3), and the libraries that can (luaposix,
 -- luasystem >= 0.3, lua-term) are not dependencies of the rock; the POSIX
--- `test -t 1` utility can, in a child that inherits our stdout. It is only run
--- when the answer matters (a batch printed in the human format with $TERM set).
-function M.isatty()
-  return succeeds("test -t 1")
+-- `test -t` utility can, in a child that inherits our descriptors. It is
+-- only run when the answer matters (a batch printed in the human format
+-- with $TERM set, a confirmation, a key read from stdin).
+function M.isatty(fd)
+  return succeeds("test -t " .. (fd == 0 and "0" or "1"))
+end
+
+--- A line of standard input without its newline, or nil at its end (or
+-- when it is closed).
+function M.read_line()
+  local ok, line = pcall(io.read, "*l")
+  if ok then return line end
+  return nil
 end
 
 -- "rwxr-x---" -> "750": x, s and t count as executable, S and T do not.
@@ -65,19 +86,42 @@ function M.file_mode(path)
   return perms and octal(perms) or nil
 end
 
---- A writer: a function, or anything with a `write` method (a file).
-function M.writer(w, default)
-  if w == nil then w = default end
-  if type(w) == "function" then return w end
-  return function(s) w:write(s) end
-end
-
---- A `getenv` function from `cli.main`'s `env` argument.
-function M.getenv_of(env)
-  if env == nil then return os.getenv end
-  if type(env) == "function" then return env end
-  if type(env) == "table" then return function(name) return env[name] end end
-  error(format("bad argument #2 to 'cachectl.cli.main' (function or table expected, got %s)", type(env)), 3)
+--- The first line of --key-file, or of stdin for "-" (a pipe, not a
+-- terminal); nil and a usage message when there is none. The path is never
+-- echoed in an error about opening it: someone may have given the key
+-- itself as the path.
+function M.key_file(ctx, path)
+  if path == "-" then
+    if ctx.sys.isatty(0) then
+      return nil, "--key-file -: standard input is a terminal; pipe the credential in instead"
+    end
+    ctx.stdin_used = true
+    local line = ctx.sys.read_line()
+    line = line and trim(line)
+    if not line or line == "" then return nil, "--key-file -: standard input holds no credential" end
+    return line
+  end
+  local f, oerr = io.open(path, "rb")
+  if not f then
+    local reason = tostring(oerr)
+    reason = reason:sub(1, #path + 2) == path .. ": " and reason:sub(#path + 3) or "cannot open it"
+    return nil, "cannot read the key file given to --key-file: " .. reason
+  end
+  local line = f:read("*l")
+  f:close()
+  line = line and trim(line)
+  if not line or line == "" then
+    return nil, "the key file given to --key-file is empty: put the credential on its first line"
+  end
+  local mode = ctx.sys.file_mode(path)
+  if mode and #mode >= 3 then
+    local g, o = mode:sub(-2, -2), mode:sub(-1)
+    if g:match("[4-7]") or o:match("[4-7]") then
+      ctx.note(format("cachectl: warning: the key file %s is readable by group or others (mode %s); "
+        .. "run: chmod 600 %s\n", escape(path), mode, escape(M.shell_quote(path))))
+    end
+  end
+  return line
 end
 
 return M
