@@ -440,6 +440,7 @@ local function add_records(st, opts, records, page, out, ids, limit)
     local why = (type(id) ~= "string" or id == "") and "no_id" or ids[id] and "duplicate" or nil
     if why and opts.on_event then
       opts.on_event{ type = "skipped", service = st.svc.name, call = "list_models", reason = why,
+        name = type(r) == "table" and type(r.name) == "string" and r.name or nil,
         message = format("page %d, record %d: %s", page, i,
           why == "no_id" and "no id (a non-empty string)" or "the id of an earlier record") }
     elseif not why then
@@ -653,8 +654,8 @@ end
 -- The one record of `records` named exactly `name` (duplicates of one id
 -- count once), or nil and the `invalid` (none, several) or `decode` (a
 -- match without a UUID id) error.
-local function pick(records, name)
-  local found, seen, unusable, others = {}, {}, 0, {}
+local function pick(records, name, skipped)
+  local found, seen, unusable, others = {}, {}, skipped, {}
   for _, r in ipairs(records) do
     if type(r) == "table" and r.name == name then
       if not is_uuid(r.id) then
@@ -709,9 +710,16 @@ local function find_model(self, name, opts)
   st.names = st.names or {}
   local now, kept = gettime(), st.names[key]
   if kept and kept.expires > now then return copy(kept.model) end
+  -- the records models() skipped (no string id) but named `name` count as
+  -- matches without a usable id
+  local skipped, theirs = 0, lopts.on_event or st.defaults.on_event
+  lopts.on_event = function(ev)
+    if ev.type == "skipped" and ev.reason == "no_id" and ev.name == name then skipped = skipped + 1 end
+    if theirs then return theirs(ev) end
+  end
   local records, err = models(self, lopts)
   if not records then return nil, err end
-  local model, why = pick(records, name)
+  local model, why = pick(records, name, skipped)
   if not model then return nil, why end
   st.names[key] = { expires = now + POLICY_TTL, model = model }
   return copy(model)
