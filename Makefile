@@ -60,26 +60,33 @@ lint:
 	@test "$$(grep -o 'src/[a-z_]*\.c' cachectl-*-1.rockspec | sort | tr '\n' ' ')" = \
 	  "$$(echo $(SRC) | tr ' ' '\n' | sort | tr '\n' ' ')" || \
 	  { echo "lint: the rockspec's C sources differ from src/sources.mk"; exit 1; }
+	$(BUSTED) --lua=lua5.4 --run=lint
 
+# The passes below run busted's tasks (.busted): the specs are tagged by what
+# they need (#nginx, #redis, #proxy, #signals, #slow; #lint and #docs run in
+# make lint and make docs-check). Plain `busted` runs the fast set.
+# Lua 5.4: the whole behaviour suite.
 spec: all
-	$(BUSTED) --lua=lua5.4
+	$(BUSTED) --lua=lua5.4 --run=suite
 
-# The whole suite again under Lua 5.1, 5.3 and LuaJIT, each with its own build.
+# The suite again under Lua 5.1, 5.3 and LuaJIT, each with its own build,
+# without the nginx specs (nginx runs its own LuaJIT build whatever Lua runs
+# busted) and the Redis ones (run under 5.4 and ASan).
 ABIS = 5.1 5.3 luajit
 spec-abis:
 	@set -e; for abi in $(ABIS); do \
 	  $(MAKE) --no-print-directory LUA=$$abi; \
 	  lua=lua$$abi; [ $$abi = luajit ] && lua=luajit; \
 	  echo "== busted under $$lua"; \
-	  $(BUSTED) --lua=$$lua --cpath="build/$$abi/?.so"; \
+	  $(BUSTED) --lua=$$lua --cpath="build/$$abi/?.so" --run=abi; \
 	done
 
-# The whole suite with the module built under AddressSanitizer (LeakSanitizer
-# included); every process of the run gets the runtime.
+# The suite with the module built under AddressSanitizer (LeakSanitizer
+# included), without the nginx specs; every process of the run gets the runtime.
 spec-asan:
 	$(MAKE) SANITIZE=address
 	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=1 \
-	  $(BUSTED) --lua=lua5.4 --cpath="build/5.4-address/?.so" -o TAP
+	  $(BUSTED) --lua=lua5.4 --cpath="build/5.4-address/?.so" --run=asan -o TAP
 
 # ThreadSanitizer: the module built with -fsanitize=thread, loaded by 16
 # threads at once, each with its own lua_State, each making its first call
@@ -91,10 +98,11 @@ spec-tsan:
 	  -o build/tsan/harness spec/tsan/harness.c -llua$(LUA) -lpthread -ldl
 	lua$(LUA) spec/tsan/run.lua build/tsan/harness "build/$(LUA)-thread/?.so"
 
-# The whole suite under valgrind: no errors, no definite leaks.
+# The fast set (plain `busted`) under valgrind: no errors, no definite leaks.
+# Specs that wait on real time are left out: valgrind's slowdown makes them flaky.
 spec-valgrind: all
 	CACHECTL_SPEC_SLACK=0.5 valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=9 \
-	  lua5.4 $(shell command -v busted) --ignore-lua -o TAP
+	  lua5.4 $(shell command -v busted) --ignore-lua --run=default -o TAP
 
 # A local install with luarocks into a throw-away tree (the library's rock,
 # then the mock's, which depends on it), then a require of each.
@@ -124,9 +132,11 @@ docs:
 man: all
 	lua5.4 -e 'io.write(require("cachectl.cli.man").page())' >docs/man/man1/cachectl.1
 
-# Every ```lua and ```sh sample of README.md and docs/*.md, run against the mock.
+# The documentation's checks (the #docs specs): every ```lua and ```sh sample
+# of README.md and docs/*.md, run against the mock; docs/cli.md against the
+# command's --help; docs/mock.md's example; the LDoc reference (make docs).
 docs-check: all
-	$(BUSTED) --lua=lua5.4 spec/docs_spec.lua
+	$(BUSTED) --lua=lua5.4 --run=docs
 
 test: all lint spec docs-check spec-abis spec-asan spec-tsan spec-valgrind rock pack-check bench-smoke
 

@@ -61,7 +61,7 @@ local function sorted(set)
   return list
 end
 
-describe("docs/cli.md", function()
+describe("docs/cli.md #docs", function()
   local sections = doc_sections(assert(helpers.read_file("docs/cli.md")))
 
   it("has a section per action and none for an action that does not exist", function()

@@ -12,7 +12,7 @@ local MODEL = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
 local secret, run, lines, literal = support.secret, support.run, support.lines, helpers.literal
 
-describe("cachectl events and fleet flags", function()
+describe("cachectl events and fleet flags #redis", function()
   local srv = server.use()
 
   local function reset(argv, env, secrets)

@@ -11,7 +11,7 @@ local cjson = require "cjson"
 
 local secret, sh_quote, read_file = support.secret, helpers.sh_quote, helpers.read_file
 
-describe("cachectl on a terminal", function()
+describe("cachectl on a terminal #signals", function()
   local srv = server.use()
   local tmp, runner
 

@@ -249,7 +249,7 @@ local function indent(text)
   return "    " .. (text or ""):gsub("\n", "\n    ")
 end
 
-describe("the documentation's samples", function()
+describe("the documentation's samples #docs", function()
   assert(_VERSION == "Lua 5.4", "docs_spec compiles samples as Lua 5.4: run it with busted --lua=lua5.4")
   local srv, env
   setup(function()
@@ -287,7 +287,7 @@ describe("the documentation's samples", function()
   end
 end)
 
-describe("the docs' pages", function()
+describe("the docs' pages #docs", function()
   it("are all linked from README.md", function()
     local readme = read_file("README.md")
     for name in capture("ls docs/*.md 2>/dev/null"):gmatch("%S+") do
@@ -318,7 +318,7 @@ describe("the docs' pages", function()
   end)
 end)
 
-describe("the output comparison", function()
+describe("the output comparison #docs", function()
   it("ignores trailing spaces and blank lines around, and nothing else", function()
     assert.is_true(output_matches("a\nb\n", "\na  \nb\n\n"))
     assert.is_false(output_matches("a\nb\n", "a\nc\n"))
@@ -349,7 +349,7 @@ describe("the output comparison", function()
   end)
 end)
 
-describe("the heading anchors", function()
+describe("the heading anchors #docs", function()
   it("are made the way GitHub makes them", function()
     local a = anchors_of("# A b\ntext # not a heading\n## The reference (LDoc)\n### `cachectl` omni models\n"
       .. "## A b\n```sh\n# a comment, not a heading\n```\n")

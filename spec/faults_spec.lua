@@ -80,7 +80,7 @@ local function assert_error(kind, cred, res, err)
   return err
 end
 
-describe("faults", function()
+describe("faults #slow", function()
   local srv = server.use()
 
   -- A first call leaves a kept-alive connection to the mock, as any call but

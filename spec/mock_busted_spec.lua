@@ -53,7 +53,7 @@ local function run(cmd)
   return out
 end
 
-describe("cachectl.mock.busted", function()
+describe("cachectl.mock.busted #slow", function()
   before_each(function()
     dir = os.tmpname()
     os.remove(dir)

@@ -3,7 +3,7 @@
 -- checkout and against installed rocks).
 local helpers = require "support.helpers"
 
-describe("docs/mock.md's complete example", function()
+describe("docs/mock.md's complete example #docs", function()
   it("is examples/mock_usage_spec.lua, line for line", function()
     local page = assert(helpers.read_file("docs/mock.md"))
     local shown = page:match("\n### The example\n.-\n```lua norun\n(.-)```\n")

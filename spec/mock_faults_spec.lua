@@ -46,7 +46,7 @@ local function add_rule(srv, rule)
   return call(srv, "POST", "/_mock/faults", type(rule) == "string" and rule or cjson.encode(rule))
 end
 
-describe("mock fault rules", function()
+describe("mock fault rules #slow", function()
   local srv = server.use()
 
   describe("through the control API", function()

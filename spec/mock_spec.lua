@@ -109,7 +109,7 @@ local function process_alive(pid)
   return succeeds("kill -0 " .. pid .. " 2>/dev/null")
 end
 
-describe("cachectl.mock", function()
+describe("cachectl.mock #slow", function()
   local srv
 
   setup(function()

@@ -31,7 +31,7 @@ local function burst(n, label, prefix)
   return fds0, fds1
 end
 
-describe("nginx bursts", function()
+describe("nginx bursts #nginx", function()
   local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
   local TOKEN = uid("tok-burst") .. ";hold=0.2"
   local srv

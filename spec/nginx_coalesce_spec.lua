@@ -46,7 +46,7 @@ http {
   end
 end
 
-describe("coalesce inside nginx", function()
+describe("coalesce inside nginx #nginx", function()
   local srv, nginx
 
   setup(function()

@@ -69,7 +69,7 @@ local function lua54_env(srv)
   return { LUA_PATH = path, LUA_CPATH = cpath, OMNI_API_KEY = helpers.uid("tok"), OMNI_BASE_URL = srv.base }
 end
 
-describe("the nginx recipe of docs/nginx.md", function()
+describe("the nginx recipe of docs/nginx.md #nginx", function()
   local srv = server.use()
   local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
   setup(function() nginx_server.prepare(root) end)

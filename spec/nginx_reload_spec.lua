@@ -14,7 +14,7 @@ local request = nginx_server.request
 
 local THREADS = 16
 
-describe("nginx reload and quit (graceful shutdown)", function()
+describe("nginx reload and quit (graceful shutdown) #nginx", function()
   local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
   local TOKEN = uid("tok-reload") .. ";hold=1"
   local srv, n
@@ -86,7 +86,7 @@ describe("nginx reload and quit (graceful shutdown)", function()
   end)
 end)
 
-describe("nginx quit (graceful shutdown)", function()
+describe("nginx quit (graceful shutdown) #nginx", function()
   local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
   local TOKEN = uid("tok-quit") .. ";hold=1"
   local srv, n

@@ -289,7 +289,7 @@ local function types(events)
   return out
 end
 
-describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
+describe("cachectl in nginx (lua-nginx-module, LuaJIT) #nginx #redis", function()
   local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
   local TOKEN = uid("tok-nginx")
   local SLOW = uid("tok-slow") .. ";hold=" .. HOLD
@@ -566,7 +566,7 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT)", function()
   end)
 end)
 
-describe("cachectl outside nginx", function()
+describe("cachectl outside nginx #slow", function()
   local srv = server.use()
 
   it("takes the nginx options, never loads cachectl.openresty, and keeps the window in the process", function()

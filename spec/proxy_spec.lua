@@ -57,7 +57,7 @@ local function port_of(srv)
   return tonumber(srv.url:match(":(%d+)$"))
 end
 
-describe("proxies", function()
+describe("proxies #proxy", function()
   local srv = server.use()
   local proxy
 

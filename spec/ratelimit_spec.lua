@@ -49,7 +49,7 @@ local function waits_for(list, reason)
   return n
 end
 
-describe("the rate limit", function()
+describe("the rate limit #slow", function()
   local srv = server.use()
 
   local function ml(key, over)

@@ -20,7 +20,7 @@ local function page(name)
   return (html:gsub("<[^>]+>", " "):gsub("&quot;", '"'):gsub("&amp;", "&"))
 end
 
-describe("the LDoc reference", function()
+describe("the LDoc reference #docs", function()
   local log, built
   -- LD_PRELOAD goes: under `make spec-asan` LeakSanitizer would report on ldoc's interpreter
   setup(function() log, built = capture("env -u LD_PRELOAD make -s docs 2>&1") end)

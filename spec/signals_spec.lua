@@ -51,7 +51,7 @@ local function interrupt(pid, p, errfile, script, ready)
   return ended, out, err
 end
 
-describe("SIGINT to the standalone interpreter", function()
+describe("SIGINT to the standalone interpreter #signals", function()
   local srv = server.use()
 
   it("ends a call waiting for its answer, and the interpreter says interrupted!", function()

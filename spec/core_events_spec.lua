@@ -8,7 +8,7 @@ local core = require "cachectl.core"
 
 local uid, UUID, shape = helpers.uid, helpers.UUID, helpers.shape
 
-describe("on_event", function()
+describe("on_event #slow", function()
   local srv = server.use()
 
   local function ml(events, over)

@@ -16,7 +16,7 @@ local collector, of_type, with_env = helpers.collector, helpers.of_type, helpers
 -- The interpreter running this spec, for the child processes.
 local LUA = type(rawget(_G, "jit")) == "table" and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
 
-describe("clients with rate_limit.redis and coalesce", function()
+describe("clients with rate_limit.redis and coalesce #redis", function()
   local srv = server.use()
   local redis, dead
 
