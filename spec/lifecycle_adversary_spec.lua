@@ -86,7 +86,7 @@ local function threads_helper(dir)
     "cannot compile the threads helper")
 end
 
-describe("lifecycle adversary: fork", function()
+describe("lifecycle adversary: fork #slow", function()
   local srv = server.use()
   local cpath, remove_helper
 
@@ -151,7 +151,7 @@ end)
 
 -- ---------------------------------------------------------- descriptors
 
-describe("lifecycle adversary: descriptors", function()
+describe("lifecycle adversary: descriptors #slow", function()
   local srv = server.use()
 
   -- Contract: "sessions and clients dropped without close() never exhaust
@@ -229,7 +229,7 @@ end)
 
 -- ---------------------------------------------------------------- Ctrl-C
 
-describe("lifecycle adversary: Ctrl-C and ended waits", function()
+describe("lifecycle adversary: Ctrl-C and ended waits #redis #signals", function()
   local srv = server.use()
   local redis
 
@@ -375,7 +375,7 @@ local function start_nginx(root, o, token, base)
   return n
 end
 
-describe("lifecycle adversary: nginx", function()
+describe("lifecycle adversary: nginx #nginx", function()
   local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
   local srv
 
