@@ -44,7 +44,7 @@ build = {
         "src/core.c", "src/session.c", "src/handles.c", "src/engine.c", "src/transfer.c", "src/events.c",
         "src/options.c", "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
         "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
-        "src/limiter.c", "src/redis.c", "src/scrub.c", "src/urls.c",
+        "src/limiter.c", "src/redis.c", "src/scrub.c", "src/urls.c", "src/prepared.c",
       },
       defines = { "_GNU_SOURCE" },
       incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)", "$(HIREDIS_INCDIR)" },

@@ -65,6 +65,11 @@ function M.keys()
   ngx.say(cjson.encode(ngx.shared.cachectl_limits:get_keys(0)))
 end
 
+-- the options tables this worker's module has read (its thread VMs' included)
+function M.parsed()
+  ngx.say(require("cachectl.core").parsed())
+end
+
 local function fields(err)
   if not err then return nil end
   return { kind = err.kind, message = err.message, field = err.field, retry_after = err.retry_after,
@@ -190,6 +195,7 @@ http {
             content_by_lua_block { require("nginx_spec_hooks").retry_redis() }
         }
         location = /limit-keys { content_by_lua_block { require("nginx_spec_hooks").keys() } }
+        location = /parsed { content_by_lua_block { require("nginx_spec_hooks").parsed() } }
         location = /call { content_by_lua_block { require("nginx_spec_hooks").call() } }
         location = /misuse { content_by_lua_block { require("nginx_spec_hooks").misuse() } }
         location = /set-phase {
@@ -458,6 +464,13 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT) #nginx #redis", function(
     assert.is_true(err.retry_after > 1 and err.retry_after <= 30, tostring(err.retry_after))
     assert.matches("shared dict 'cachectl_limits'", err.message, 1, true)
     assert.equal(1, #calls_with(srv, token))
+  end)
+
+  it("reads each call's options once (in the pool thread; the worker reads none)", function()
+    local before = tonumber(request(one.port, "GET", "/parsed").body)
+    local out = call(one, { token = uid("tok-parsed"), policies = { "a", "b", "c" } })
+    for i = 1, 3 do assert.is_true(out.results[i].ok) end
+    assert.equal(3, tonumber(request(one.port, "GET", "/parsed").body) - before)
   end)
 
   it("replays the thread's events on the main side, in order", function()

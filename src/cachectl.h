@@ -113,6 +113,7 @@ typedef struct cc_req {
  * mistakes; returns 0 and fills r->bad_field/bad_msg on a bad value (r then
  * holds nothing to free). cc_req_free is idempotent. */
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
+unsigned long cc_req_parsed(void);      /* options tables read so far, process-wide */
 void cc_req_free(cc_req *r);
 /* options.c */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
@@ -129,6 +130,17 @@ const char *cc_check_base_url(const char *s, size_t n);
 /* Where a request's turns are taken (limiter.c): nowhere, the process
  * window (ratelimit.c), Redis (redis.c), or an nginx shared dict. */
 enum cc_lim { LIM_OFF = 0, LIM_PROCESS, LIM_REDIS, LIM_DICT };
+/* prepared.c: request objects (core.prepare). cc_prepared_take moves the
+ * request of the prepared object at idx into out, when it is one for ep
+ * (raises when it is one for another call, or sent already): returns 0 (not
+ * a prepared request), 1, or 2 with its on_event function pushed. */
+int cc_prepare_l(lua_State *L);
+void cc_prepared_init(lua_State *L);
+int cc_prepared_take(lua_State *L, int idx, const cc_endpoint *ep, cc_req *out);
+/* The SHA-256 of what makes two calls the same request (service, call,
+ * credential, URL, body) as hex; 0 when SHA-256 failed. */
+int cc_identity(const cc_endpoint *ep, const cc_req *r, char hex[65]);
+
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
 

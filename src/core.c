@@ -124,7 +124,6 @@ static int identity_l(lua_State *L)
     const cc_endpoint *ep = cc_endpoint_find(luaL_checkstring(L, 1), luaL_checkstring(L, 2));
     cc_req r;
     char hex[65];
-    cc_digest *d;
     int ok;
     luaL_argcheck(L, ep != NULL, 2, "no such call");
     luaL_checktype(L, 3, LUA_TTABLE);
@@ -133,11 +132,7 @@ static int identity_l(lua_State *L)
         cc_push_error(L, CC_INVALID, r.bad_msg, 0, NULL, -1, 0, r.bad_field, NULL);
         return 2;
     }
-    ok = (d = cc_digest_new()) != NULL && cc_digest_add(d, ep->service, strlen(ep->service) + 1) &&
-         cc_digest_add(d, ep->name, strlen(ep->name) + 1) && cc_digest_add(d, r.secret, r.secret_len) &&
-         cc_digest_add(d, "", 1) && cc_digest_add(d, r.url, strlen(r.url) + 1) &&
-         cc_digest_add(d, r.body ? r.body : "", r.body ? r.body_len : 0);
-    ok = d && cc_digest_hex(d, hex) && ok;
+    ok = cc_identity(ep, &r, hex);
     cc_req_free(&r);
     if (!ok) return luaL_error(L, "cachectl: SHA-256 failed");
     lua_pushstring(L, hex);
@@ -297,6 +292,14 @@ static int scrub_l(lua_State *L)
     return 1;
 }
 
+/* core.parsed() -> how many options tables the module has read into
+ * requests so far (every thread of the process): a call reads its own once */
+static int parsed_l(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)cc_req_parsed());
+    return 1;
+}
+
 /* core.monotonic() -> seconds on the monotonic clock (waits, deadlines) */
 static int monotonic_l(lua_State *L)
 {
@@ -321,7 +324,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
-        { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l },
+        { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l }, { "prepare", cc_prepare_l }, { "parsed", parsed_l },
         { NULL, NULL }
     };
     const curl_version_info_data *v;
@@ -333,6 +336,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     if (!(v->features & CURL_VERSION_SSL)) luaL_error(L, "cachectl.core: libcurl lacks TLS support");
     require_cjson(L);
     cc_errors_init(L);
+    cc_prepared_init(L);
     lua_newtable(L);
     module = lua_gettop(L);
     cc_session_init(L);

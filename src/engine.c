@@ -563,6 +563,16 @@ typedef struct run_args {
 
 /* Keeps the request's on_event function, as given when the call started,
  * in the run's event table (created on the first). */
+static void keep_event(lua_State *L, run *r, xfer *x)
+{
+    if (lua_isnil(L, r->events)) {
+        lua_newtable(L);
+        lua_replace(L, r->events);
+    }
+    lua_rawseti(L, r->events, (int)(x - r->x) + 1);
+    x->event = 1;
+}
+
 static void keep_on_event(lua_State *L, run *r, xfer *x, int idx)
 {
     lua_pushliteral(L, "on_event");
@@ -608,13 +618,18 @@ static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double
     x->state = X_DONE;
     if (!a->single) {
         lua_rawgeti(L, 1, (int)i + 1);
-        if (!lua_istable(L, -1))
+        if (!lua_istable(L, -1) && lua_type(L, -1) != LUA_TUSERDATA)
             luaL_error(L, "%s.%s batch: item %d is not an options table (got %s)", a->ep->service,
                        a->ep->name, (int)i + 1, luaL_typename(L, -1));
         idx = top + 1;
     }
-    ok = cc_req_parse(L, idx, a->ep, &x->req);
-    if (ok) keep_on_event(L, r, x, idx);
+    if ((ok = cc_prepared_take(L, idx, a->ep, &x->req)) != 0) {
+        if (ok == 2) keep_event(L, r, x);       /* parsed once, by core.prepare */
+    } else if (!lua_istable(L, idx)) {
+        luaL_error(L, "%s.%s: options table expected (got %s)", a->ep->service, a->ep->name, luaL_typename(L, idx));
+    } else if ((ok = cc_req_parse(L, idx, a->ep, &x->req)) != 0) {
+        keep_on_event(L, r, x, idx);
+    }
     lua_settop(L, top);
     /* the header lines copy the credential and User-Agent at once: Lua code
      * that runs before the first attempt cannot change them */

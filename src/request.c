@@ -198,6 +198,14 @@ static int build(cc_req *r, const cc_slot *v, const char *reset_at)
     return 1;
 }
 
+/* How many options tables were read into requests, process-wide (core.parsed). */
+static unsigned long parsed;
+
+unsigned long cc_req_parsed(void)
+{
+    return __atomic_load_n(&parsed, __ATOMIC_RELAXED);
+}
+
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
 {
     cc_slot v[O_COUNT];
@@ -207,6 +215,7 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
     memset(r, 0, sizeof *r);
     r->ep = ep;
     idx = cc_absindex(L, idx);
+    __atomic_fetch_add(&parsed, 1, __ATOMIC_RELAXED);
     cc_opts_read(L, idx, ep, v);
     if (v[O_BODY].set) hold_body(L, idx);
     if (!own_strings(r, v)) return luaL_error(L, "not enough memory");

@@ -148,7 +148,7 @@ static int session_call(lua_State *L)
 {
     cc_session *s = cc_session_check(L, 1);
     const cc_endpoint *ep = endpoint_arg(L, 2);
-    luaL_checktype(L, 4, LUA_TTABLE);
+    if (lua_type(L, 4) != LUA_TUSERDATA) luaL_checktype(L, 4, LUA_TTABLE);    /* or core.prepare's */
     session_ready(L, s);
     return cc_run(L, s, ep, 4, 1, 1);
 }

@@ -38,12 +38,14 @@ local M = {
   omni = core.omni,
 }
 
--- The options this layer reads itself (the core type-checks them as client
--- options), and which calls take them besides their row's own.
+-- The options this layer reads itself, and which calls take them besides
+-- their row's own; and their types, checked here (the core reads only its
+-- own options, once, when the call is made).
 local LAYER = {
   coalesce = function(row) return row.name ~= "request" end,
   check_policy = function(row) return row.options.policy ~= nil end,
 }
+local LAYER_TYPE = { coalesce = "number", check_policy = "boolean" }
 
 -- How a call names its host: naming one replaces the client's way.
 local HOST = { base_url = true, instance = true, playground = true }
@@ -118,7 +120,7 @@ end
 
 -- A call's options apart: the core's (checked by the core for this call)
 -- and this layer's (checked by the core as client options).
-local function split(st, row, opts, where)
+local function split(_, row, opts, where)
   local core_opts, own = opts, nil
   for k, v in pairs(opts) do
     local takes = LAYER[k]
@@ -127,8 +129,13 @@ local function split(st, row, opts, where)
       own[k], core_opts[k] = v, nil
     end
   end
-  check(st.svc.name, core_opts, row.name, where)
-  if own then check(st.svc.name, own, nil, where) end
+  for k, v in pairs(own or {}) do
+    if type(v) ~= LAYER_TYPE[k] then
+      error(format("%s: option '%s' must be a %s, got %s", where, k, LAYER_TYPE[k], type(v)), 4)
+    elseif k == "coalesce" and v > 1e6 then
+      error(format("%s: option 'coalesce' must be a number of seconds >= 0 and at most 1000000", where), 4)
+    end
+  end
   return core_opts, own or {}
 end
 

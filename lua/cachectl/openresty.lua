@@ -392,7 +392,6 @@ end
 -- thread's events, replayed in order. An error raised by on_event propagates.
 local function dispatch(service, call, opts, pool)
   local c = { service = service, call = call, opts = opts, on_event = opts.on_event }
-  core.check_options(service, opts, call, service .. "." .. call)
   if pool == false then
     -- Blocks this worker for the whole call: for comparisons and tests only.
     return core[service][call](opts)

@@ -63,11 +63,23 @@ end
 -- @tparam table opts the core's options
 -- @treturn table|nil res
 -- @treturn[2] table err
-function M.send(ctx, opts)
+-- @tparam[opt] userdata prep the call prepared once (core.prepare), sent instead of opts
+function M.send(ctx, opts, prep)
   if ctx.nginx then
     return require("cachectl.openresty").call(ctx.service.name, ctx.call, opts, ctx.pool)
   end
-  return ctx.session:call(ctx.service.name, ctx.call, opts)
+  return ctx.session:call(ctx.service.name, ctx.call, prep or opts)
+end
+
+-- The call's identity (what makes two calls the same request) and, outside
+-- nginx, its request prepared once (core.prepare): the options table is
+-- parsed once, whatever follows. Inside nginx the table goes to a pool
+-- thread's VM, where it is parsed. nil, err for a bad value.
+local function identify(ctx, opts)
+  if ctx.nginx then return core.identity(ctx.service.name, ctx.call, opts) end
+  local prep, bad = core.prepare(ctx.service.name, ctx.call, opts)
+  if not prep then return nil, bad end
+  return prep:identity(), nil, prep
 end
 
 local function send_batch(ctx, list, concurrency)
@@ -82,10 +94,13 @@ local function names_redis(opts)
   return type(opts.rate_limit) == "table" and opts.rate_limit.redis ~= nil
 end
 
--- opts with what is left of its timeout, `started` seconds ago.
-local function rest_of(opts, started)
+-- opts (or its prepared request) with what is left of its timeout,
+-- `started` seconds ago.
+local function rest_of(opts, started, prep)
+  local left = max((opts.timeout or 30) - (gettime() - started), 0.001)
+  if prep then return prep:timeout(left) end
   local out = copy(opts)
-  out.timeout = max((opts.timeout or 30) - (gettime() - started), 0.001)
+  out.timeout = left
   return out
 end
 
@@ -145,13 +160,16 @@ end
 -- A call through fleet.coalesce: one outcome per identical call across
 -- every process using the Redis. Redis away: this call goes by itself (the
 -- core's turn then falls back, or fails under redis_required).
-local function across_fleet(ctx, opts, digest, window)
+local function across_fleet(ctx, opts, digest, window, prep)
   local started = gettime()
-  local res, err, shared = fleet().coalesce(opts.rate_limit.redis, digest, window, opts.timeout or 30,
-    function() return M.send(ctx, rest_of(opts, started)) end,
+  local function send()
+    if prep then return M.send(ctx, opts, rest_of(opts, started, prep)) end
+    return M.send(ctx, rest_of(opts, started))
+  end
+  local res, err, shared = fleet().coalesce(opts.rate_limit.redis, digest, window, opts.timeout or 30, send,
     { connect_timeout = opts.connect_timeout, label = ctx.service.name .. "." .. ctx.call,
       secrets = { opts[ctx.service.secret] }, session = not ctx.nginx and ctx.session or nil })
-  if type(err) == "string" then return M.send(ctx, rest_of(opts, started)) end
+  if type(err) == "string" then return send() end
   if shared then emit(opts, { type = "coalesced", service = ctx.service.name, call = ctx.call }) end
   return res, err
 end
@@ -185,9 +203,9 @@ local function await(ctx, opts, digest, mark)
   if o and not o.pending then return o end
 end
 
-local function go(ctx, opts, digest, window)
-  if names_redis(opts) then return across_fleet(ctx, opts, digest, window) end
-  return M.send(ctx, opts)
+local function go(ctx, opts, digest, window, prep)
+  if names_redis(opts) then return across_fleet(ctx, opts, digest, window, prep) end
+  return M.send(ctx, opts, prep)
 end
 
 -- Runs the first of identical calls inside nginx, marked as in flight for
@@ -210,7 +228,7 @@ end
 -- @treturn[2] table err
 function M.one(ctx, opts, window)
   if not window then return M.send(ctx, opts) end
-  local digest, bad = core.identity(ctx.service.name, ctx.call, opts)
+  local digest, bad, prep = identify(ctx, opts)
   if not digest then return nil, bad end
   local now = gettime()
   local o = lookup(digest, now)
@@ -224,7 +242,7 @@ function M.one(ctx, opts, window)
   if ctx.nginx then
     res, err = go_marked(ctx, opts, digest, window, now)
   else
-    res, err = go(ctx, opts, digest, window)
+    res, err = go(ctx, opts, digest, window, prep)
   end
   keep(digest, now, window, res, err)
   return res, err
@@ -235,11 +253,11 @@ end
 -- The batch's items before sending: identical ones found (dup[i] = the
 -- first of them), stored outcomes shared; `todo` the items to send.
 local function plan(ctx, list, window, items)
-  local todo, dup, digests, seen = {}, {}, {}, {}
+  local todo, dup, digests, seen, preps = {}, {}, {}, {}, {}
   local now = gettime()
   for i = 1, #list do
     local digest, bad
-    if window then digest, bad = core.identity(ctx.service.name, ctx.call, list[i]) end
+    if window then digest, bad, preps[i] = identify(ctx, list[i]) end
     local o = digest and lookup(digest, now)
     if o and o.pending then o = nil end       -- in flight elsewhere in the worker: send our own
     if bad then
@@ -255,7 +273,7 @@ local function plan(ctx, list, window, items)
       digests[i] = digest
     end
   end
-  return todo, dup, digests, now
+  return todo, dup, digests, now, preps
 end
 
 -- The items to send in a batch with their fleet claims taken: an item
@@ -280,17 +298,17 @@ end
 
 -- Sends the items `index` of list at once (up to concurrency), each with
 -- what is left of its timeout; results into items.
-local function send_items(ctx, list, index, concurrency, started, items)
+local function send_items(ctx, list, index, concurrency, started, items, preps)
   if not next(index) then return end
   local send = {}
-  for k, i in ipairs(index) do send[k] = rest_of(list[i], started) end
+  for k, i in ipairs(index) do send[k] = rest_of(list[i], started, preps[i]) end
   local sent = send_batch(ctx, send, concurrency)
   for k, i in ipairs(index) do items[i] = sent[k] end
 end
 
 -- The waiters of a fleet batch: the outcome another process stored, or, when
 -- its claim went without one (or Redis failed), the item goes by itself.
-local function await_theirs(ctx, list, theirs, digests, concurrency, started, items)
+local function await_theirs(ctx, list, theirs, digests, concurrency, started, items, preps)
   local again = {}
   for _, w in ipairs(theirs) do
     local i = w.i
@@ -306,7 +324,7 @@ local function await_theirs(ctx, list, theirs, digests, concurrency, started, it
         list[i].timeout or 30) } }
     end
   end
-  send_items(ctx, list, again, concurrency, started, items)
+  send_items(ctx, list, again, concurrency, started, items, preps)
 end
 
 --- Several calls of one endpoint, concurrently (up to `concurrency`), with
@@ -320,14 +338,14 @@ end
 -- @treturn {table,...} one `{ result = res, err = err }` per call, in order
 function M.batch(ctx, list, concurrency, window)
   local items = {}
-  local todo, dup, digests, started = plan(ctx, list, window, items)
+  local todo, dup, digests, started, preps = plan(ctx, list, window, items)
   local now_items, mine, theirs = claims(ctx, list, todo, digests, window)
-  send_items(ctx, list, now_items, concurrency, started, items)
+  send_items(ctx, list, now_items, concurrency, started, items, preps)
   for i, m in pairs(mine) do
     fleet().settle(m.link, digests[i], m.token, window, items[i].result, items[i].err,
       { list[i][ctx.service.secret] })
   end
-  await_theirs(ctx, list, theirs, digests, concurrency, started, items)
+  await_theirs(ctx, list, theirs, digests, concurrency, started, items, preps)
   for _, i in ipairs(todo) do
     if window then keep(digests[i], started, window, items[i].result, items[i].err) end
   end

@@ -1,0 +1,68 @@
+-- An options table is read once per call (issue 22): whatever the Lua layer
+-- does with a call (a plain call, a call with options of its own, a batch
+-- item, a coalesced call, a coalesced batch), the core reads its options
+-- once. core.parsed() counts the tables read into requests.
+local assert, ipairs, require = assert, ipairs, require
+
+local core = require "cachectl.core"
+local cachectl = require "cachectl"
+local server = require "support.mock_server"
+
+local MODEL = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+
+describe("one parse per call", function()
+  local srv = server.use()
+
+  local function client(opts)
+    opts = opts or {}
+    opts.token, opts.base_url = "tok-parse-once-0123", srv.url .. "/api"
+    return cachectl.omni.new(opts)
+  end
+
+  -- How many options tables `fn` made the core read.
+  local function parses(fn)
+    local before = core.parsed()
+    fn()
+    return core.parsed() - before
+  end
+
+  it("a plain call, and one with options of its own", function()
+    local c = client()
+    assert.equal(1, parses(function() assert(c:reset_cache(MODEL, "daily")) end))
+    assert.equal(1, parses(function() assert(c:reset_cache(MODEL, "daily", { timeout = 5, retries = 1 })) end))
+    local ml = cachectl.modelslab.new{ key = "key-parse-once-0123", base_url = srv.url .. "/api" }
+    assert.equal(1, parses(function() assert(ml:clear_queue{ product = "face_gen" }) end))
+  end)
+
+  it("each item of a batch", function()
+    local c = client()
+    assert.equal(3, parses(function()
+      for _, r in ipairs(c:reset_caches(MODEL, { "a", "b", "c" })) do assert(r.result, r.err) end
+    end))
+  end)
+
+  it("a coalesced call, and a coalesced batch (identity and request from one reading)", function()
+    local c = client{ coalesce = 5 }
+    assert.equal(1, parses(function() assert(c:reset_cache(MODEL, "one")) end))
+    -- the second is shared from the first's outcome: read once to know it is the same
+    assert.equal(1, parses(function() assert(c:reset_cache(MODEL, "one").coalesced) end))
+    assert.equal(2, parses(function()
+      for _, r in ipairs(c:reset_caches(MODEL, { "x", "y" })) do assert(r.result, r.err) end
+    end))
+    assert.equal(3, #srv:requests())
+  end)
+
+  it("a prepared request is sent once, and only as the call it was prepared for", function()
+    local s = core.session()
+    local p = assert(core.prepare("omni", "reset_cache", { token = "tok-parse-once-0123",
+      base_url = srv.url .. "/api", model_id = MODEL, policy = "daily" }))
+    assert.matches("^%x+$", p:identity())
+    assert.error_matches(function() s:call("omni", "list_models", p) end, "prepared for omni.reset_cache")
+    assert(s:call("omni", "reset_cache", p))
+    assert.error_matches(function() s:call("omni", "reset_cache", p) end, "sent already")
+    local _, err = core.prepare("omni", "reset_cache", { token = "t", base_url = srv.url .. "/api",
+      model_id = "nope", policy = "daily" })
+    assert.same({ "invalid", "model_id" }, { err.kind, err.field })
+    s:close()
+  end)
+end)
