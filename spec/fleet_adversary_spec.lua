@@ -158,8 +158,9 @@ local function raw(b)
   return l .. "\r\n"
 end
 local function turns(k, elem)
-  local parts = { "*" .. k .. "\r\n" }
+  local parts = { "*" .. (k + 1) .. "\r\n" }
   for i = 1, k do parts[i + 1] = elem end
+  parts[k + 2] = ":0\r\n" -- the server's clock, last
   return table.concat(parts)
 end
 while true do

@@ -57,6 +57,17 @@ static void run_release(run *r)
 {
     size_t i;
     if (!r->s) return;
+    /* starts reserved for attempts that never began (the run ended by an
+     * error or a signal) go back to their window */
+    for (i = 0; i < r->n && r->x; i++) {
+        xfer *x = &r->x[i];
+        if (!x->turn || x->state == X_RUN) continue;
+        if (x->turn_from == LIM_REDIS) cc_redis_give_back(r->s, x);
+        /* the process window's own reservation, or its note of Redis's */
+        if (x->turn_from == LIM_PROCESS || (x->turn_from == LIM_REDIS && x->fallback == LIM_PROCESS))
+            cc_limit_give_back(x->req.limit_key, x->next_start);
+        x->turn = 0;
+    }
     cc_redis_settle(r->s);      /* asks in flight write to the items: answered first */
     for (i = 0; i < r->n && r->x; i++) xfer_release(r->s, &r->x[i]);
     if (r->x != r->one) free(r->x);
@@ -87,7 +98,7 @@ static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
 {
     const char *why = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
     curl_off_t connect_us = 0;
-    const char *shortage;
+    const char *shortage = NULL;
     curl_easy_getinfo(x->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
     if (x->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
         o->kind = CC_TOO_LARGE;
@@ -103,10 +114,10 @@ static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
         } else {
             snprintf(o->msg, sizeof o->msg, "no complete answer within timeout (%gs)", x->req.timeout);
         }
-    } else if (is_tls_error(rc)) {
+    } else if (is_tls_error(rc) && (shortage = cc_fd_probe()) == NULL) {
         o->kind = CC_TLS;
         snprintf(o->msg, sizeof o->msg, "TLS failure: %s", why);
-    } else if ((shortage = cc_fd_shortage(x->started)) != NULL) {
+    } else if (shortage || (shortage = cc_fd_shortage(x->started)) != NULL) {
         /* libcurl says "Couldn't connect": the socket was never made */
         o->kind = CC_CONNECT;
         o->retryable = 1;
@@ -222,6 +233,7 @@ static int turn_said(lua_State *L, run *r, xfer *x, int out, int rc, double wait
     if (rc > 0) {
         if (wait <= 0) return 1;
         x->turn = 1;
+        x->turn_from = lim;
         x->next_start = now + wait;
         cc_emit_wait(L, r, x, wait, "rate_limit");
         return 0;
@@ -331,7 +343,7 @@ static void turn_answers(lua_State *L, run *r, int out, double now, size_t *done
             turn_said(L, r, x, out, 0, x->rwait, now, done);
         } else if (rs == RS_GRANTED) {
             note_start(L, r, x, now, now + x->rwait);
-            if (turn_said(L, r, x, out, 1, x->rwait, now, done)) x->turn = 1;
+            if (turn_said(L, r, x, out, 1, x->rwait, now, done)) x->turn = 1, x->turn_from = LIM_REDIS;
         } else if (rs == RS_LATE) {
             turn_said(L, r, x, out, 0, x->rwait, now, done);
         } else if (rs == RS_FAILED) {

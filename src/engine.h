@@ -43,6 +43,8 @@ typedef struct xfer {
     int fell_back;          /* Redis failed: the fallback limiter takes its turns */
     int fallback;           /* LIM_DICT with a shared dict, else LIM_PROCESS */
     double rwait;           /* the Redis reply's wait, seconds */
+    long long rstart;       /* the start Redis reserved, µs on its clock (0: none) */
+    int turn_from;          /* the limiter that reserved the start at next_start (x->turn) */
     int event;              /* on_event given: it sits in the run's event table */
     double deadline, next_start, started;
     char retry_after[64];
@@ -117,6 +119,7 @@ long cc_open_sessions(void);     /* sessions with handles open, process-wide */
  * ENFILE, in words) in this thread at or after `since` (cc_mono's clock),
  * or NULL. */
 const char *cc_fd_shortage(double since);
+const char *cc_fd_probe(void);
 
 /* handles.c: the callbacks every pooled handle is set up with */
 size_t cc_on_body(char *p, size_t size, size_t nmemb, void *ud);
@@ -150,6 +153,7 @@ double cc_redis_due(const cc_session *s);
 void cc_redis_io(cc_session *s, const struct curl_waitfd *fds, int n, double now);
 void cc_redis_settle(cc_session *s);
 void cc_redis_close_all(cc_session *s);
+void cc_redis_give_back(cc_session *s, const xfer *x);
 int cc_redis_command(lua_State *L, cc_session *s);     /* session:redis (session.c) */
 
 /* limiter.c: an nginx shared dict's turns */

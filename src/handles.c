@@ -175,6 +175,24 @@ int cc_on_send(void *ud, char *ip, char *local_ip, int port, int local_port)
 static __thread double shortage_at = -1;
 static __thread int shortage_errno;
 
+/* Whether the process is (about) out of descriptors now: a few opened and
+ * closed again. For failures libcurl reports as something else (a CA file
+ * it could not open). */
+const char *cc_fd_probe(void)
+{
+    int fds[4], i, n = 0, err = 0;
+    for (i = 0; i < 4; i++) {
+        if ((fds[n] = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+            err = errno;
+            break;
+        }
+        n++;
+    }
+    while (n > 0) close(fds[--n]);
+    return err == EMFILE ? "EMFILE: the process is at its limit, see ulimit -n"
+         : err == ENFILE ? "ENFILE: the system is at its limit" : NULL;
+}
+
 const char *cc_fd_shortage(double since)
 {
     if (shortage_at < since) return NULL;

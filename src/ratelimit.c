@@ -21,6 +21,7 @@
 typedef struct window {
     uint64_t key;
     double per, last;
+    double dropped;         /* the start the newest one replaced in a full ring */
     double *start;          /* ring of the last `count` starts, oldest at `head` when full */
     size_t n, count, cap, head;
 } window;
@@ -154,8 +155,9 @@ int cc_limit_take(uint64_t key, double requests, double per, double now, double 
     int rc = -1;
     pthread_mutex_lock(&lock);
     if ((w = find(key, requests, per, now)) != NULL && room(w)) {
+        double oldest = w->count == w->n ? w->start[w->head] : 0;
         rc = cc_ring_take(w->start, w->n, &w->count, &w->head, per, now, budget, wait);
-        if (rc) w->last = now + *wait;
+        if (rc) w->last = now + *wait, w->dropped = oldest;
     }
     pthread_mutex_unlock(&lock);
     return rc;
@@ -176,6 +178,29 @@ int cc_limit_plan(uint64_t key, double requests, double per, double now, size_t 
     for (i = 0; i < k; i++) cc_ring_take(copy, n, &count, &head, per, now, HUGE_VAL, &wait[i]);
     free(copy);
     return 1;
+}
+
+/* A reserved start at t that was never used goes, when it is still the
+ * newest of the window (a later one may depend on it otherwise). */
+void cc_limit_give_back(uint64_t key, double t)
+{
+    window **at;
+    pthread_mutex_lock(&lock);
+    if (table_cap && (at = slot_of(table, table_cap, key)) && *at && (*at)->count > 0) {
+        window *w = *at;
+        size_t newest = w->count < w->n ? w->count - 1 : (w->head + w->n - 1) % w->n;
+        int same = fabs(w->start[newest] - t) < 1e-6;
+        if (same && w->count < w->n) {
+            w->count--;
+            w->last = w->count ? w->start[w->count - 1] : 0;
+        } else if (same) {
+            /* a full ring: the start it replaced comes back, the oldest again */
+            w->start[newest] = w->dropped;
+            w->head = newest;
+            w->last = w->start[(newest + w->n - 1) % w->n];
+        }
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 /* A start at t taken elsewhere goes in as it is: the ring keeps the last n

@@ -24,5 +24,7 @@ int cc_ring_take(double *start, size_t n, size_t *count, size_t *head, double pe
  * recorded: what a start reserved elsewhere (Redis) must not come before.
  * 0 when out of memory. */
 int cc_limit_plan(uint64_t key, double requests, double per, double now, size_t k, double *wait);
+/* Gives back a reserved start at t never used (still the newest). */
+void cc_limit_give_back(uint64_t key, double t);
 
 #endif

@@ -401,7 +401,8 @@ void cc_redis_io(cc_session *s, const struct curl_waitfd *fds, int n, double now
  * the starts it made while Redis was away). At most n starts in any `per`
  * microseconds, the list the last n of them (server clock, newest first).
  * Each reply element: the wait in µs (reserved), or -(wait + 1) when it lies
- * past that item's budget (nothing reserved). */
+ * past that item's budget (nothing reserved); then the server's now (µs),
+ * from which a reserved start can be named to give it back (LREM). */
 static const char turn_script[] =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
     "local key, n, per = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])\n"
@@ -422,6 +423,7 @@ static const char turn_script[] =
     "    out[#out + 1] = wait\n"
     "  end\n"
     "end\n"
+    "out[#out + 1] = now\n"
     "return out\n";
 static char turn_sha[41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
@@ -457,11 +459,13 @@ static void op_tell(turn_op *op, int state)
     for (i = 0; i < op->k; i++) op->x[i]->rstate = state;
 }
 
-/* Every element a wait in µs: an integer within a day either way. */
+/* Every element a wait in µs: an integer within a day either way; then
+ * the server's clock. */
 static int sane(const redisReply *rep)
 {
     size_t i;
-    for (i = 0; i < rep->elements; i++)
+    if (rep->element[rep->elements - 1]->type != REDIS_REPLY_INTEGER) return 0;
+    for (i = 0; i + 1 < rep->elements; i++)
         if (rep->element[i]->type != REDIS_REPLY_INTEGER || rep->element[i]->integer > 86400000000LL ||
             rep->element[i]->integer < -86400000001LL)
             return 0;
@@ -504,17 +508,19 @@ static void on_turn(redisAsyncContext *ac, void *reply, void *priv)
         snprintf(c->why, sizeof c->why, "%s: the turn script failed: %s", c->where, rep->str);
         scrub_why(c, c->why);
         op_tell(op, RS_FAILED);
-    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)op->k) {
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)op->k + 1) {
         fail(c, "unexpected reply to the turn script", NULL);
         op_tell(op, RS_FAILED);
     } else if (!sane(rep)) {
         fail(c, "unexpected reply to the turn script", NULL);
         op_tell(op, RS_FAILED);
     } else {
+        long long now = rep->element[op->k]->integer;
         for (i = 0; i < op->k; i++) {
             long long v = rep->element[i]->integer;
             op->x[i]->rstate = v >= 0 ? RS_GRANTED : RS_LATE;
             op->x[i]->rwait = (v >= 0 ? (double)v : (double)(-v - 1)) / 1e6;
+            op->x[i]->rstart = v >= 0 ? now + v : 0;
         }
     }
     op_free(op);
@@ -765,4 +771,22 @@ int cc_redis_command(lua_State *L, cc_session *s)
     }
     creply_free(&out);
     return 3;
+}
+
+/* Gives back a start Redis reserved for x that x never used (its call
+ * ended before: an error from on_event, Ctrl-C): the list entry goes, sent
+ * now on a connected socket (no answer awaited; a connection that is not
+ * up keeps the slot, which only makes the window stricter). */
+void cc_redis_give_back(cc_session *s, const xfer *x)
+{
+    cc_redis *c;
+    char start[32];
+    const char *argv[4];
+    size_t len[4];
+    for (c = s->redis; c && strcmp(c->url, x->req.redis_url) != 0; c = c->next) {}
+    if (!c || !c->ac || c->drop || c->opened <= 0 || x->rstart <= 0) return;
+    snprintf(start, sizeof start, "%lld", x->rstart);
+    argv[0] = "LREM", argv[1] = x->req.lim_name, argv[2] = "1", argv[3] = start;
+    len[0] = 4, len[1] = strlen(x->req.lim_name), len[2] = 1, len[3] = strlen(start);
+    if (redisAsyncCommandArgv(c->ac, NULL, NULL, 4, argv, len) == REDIS_OK) handle_write(c->ac);
 }

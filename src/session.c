@@ -69,7 +69,10 @@ static long headroom(void)
 {
     struct rlimit rl;
     rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-    return n == RLIM_INFINITY || n / 16 > 256 ? 256 : n / 16 < 8 ? 8 : (long)(n / 16);
+    /* a session may hold its wakeup pair and POOL_MAX kept connections:
+     * room for twice that per open session before the collector is asked */
+    rlim_t each = 2 * (POOL_MAX + 2);
+    return n == RLIM_INFINITY || n / each > 256 ? 256 : n / each < 4 ? 4 : (long)(n / each);
 }
 
 static void make_room(lua_State *L)

@@ -102,7 +102,8 @@ local session
 -- opens its libcurl handles on its first call); called by `M.warm`.
 -- @treturn boolean true
 function M.thread_warm()
-  if not session then session = core.session() end
+  if session then return false end      -- this VM was ready already
+  session = core.session()
   return true
 end
 
@@ -234,9 +235,11 @@ end
 -- (ngx.thread.kill), and would keep that request open.
 local KEEP_STEP = 0.5
 local keeping = false
+local kept_at = 0          -- when (ngx.now) the keeper last ticked, or was started
 
 local function keep_while_busy()
   while slots:count() < settings.vms do
+    kept_at = now()
     ngx.sleep(KEEP_STEP)
     -- the slots of calls whose light threads were killed come back through
     -- the collector; an idle worker may not run it by itself
@@ -299,9 +302,12 @@ end
 -- in_vm, with the worker kept alive meanwhile.
 local function hand_over(pool, func, opts, ...)
   local state, thread
-  if not keeping then
+  -- a keeper that stopped ticking was never run (nginx refuses a timer at
+  -- lua_max_running_timers): another is started
+  if not keeping or now() - kept_at > 3 * KEEP_STEP then
     vm_slots()
     keeping = ngx.timer.at(0, keep_worker) ~= nil
+    kept_at = now()
     if not keeping then
       state = {}
       thread = ngx.thread.spawn(keep_call, state, (budget_of(opts and opts.timeout)))
@@ -334,10 +340,10 @@ function M.warm(pool, threads)
   pool = pool or M.default_pool
   local n = min(count_of(threads or 16, "cachectl.openresty.warm", "threads"), settings.vms)
   local function one()
-    local ok, why = hand_over(pool, "thread_warm", nil)
+    local ok, fresh = hand_over(pool, "thread_warm", nil)
     if ok == nil then return nil, "no worker-thread Lua VM came free within 30 s" end
-    if not ok then return nil, why end
-    return true
+    if not ok then return nil, fresh end
+    return true, fresh
   end
   local started, err = ngx.timer.at(0, function(premature)
     if premature then return end
@@ -346,7 +352,7 @@ function M.warm(pool, threads)
     for i = 1, n do
       local ran, ok, why = ngx.thread.wait(tasks[i])
       if ran and ok then
-        warmed = warmed + 1
+        if why then warmed = warmed + 1 end    -- a VM readied now, not one a task found ready
       else
         ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", tostring(ran and why or ok))
       end
@@ -368,6 +374,12 @@ end
 local function in_thread(c, opts, pool)
   opts.on_event = nil
   local timeout = opts.timeout
+  if vm_slots():count() <= 0 then
+    -- every VM is taken: a bad value is said now, not after the wait (a call
+    -- that gets a VM at once is read only there, once)
+    local _, bad = core.identity(c.service, c.call, opts)
+    if bad then return nil, bad end
+  end
   local ok, res, err, events = hand_over(pool, "thread_call", opts, c.service, c.call, opts, c.on_event ~= nil)
   if ok == nil then
     return nil, setmetatable({ kind = "timeout", attempts = 0,
