@@ -7,8 +7,9 @@
 -- comes from the core's rows (`core.services`): each client method is built
 -- from a call's row; only `omni:models`, `omni:cache_policies`,
 -- `omni:reset_caches` and `omni:find_model` are written by hand (and a
--- model name is resolved wherever a model UUID is taken). Options are
--- checked by the core.
+-- model name is resolved wherever a model UUID is taken: the lookup is part
+-- of the call, within its timeout and guard). Options are checked by the
+-- core.
 --
 --    local cachectl = require "cachectl"
 --    local omni = cachectl.omni.new{ instance = "acme" }   -- token from $OMNI_API_KEY
@@ -23,6 +24,7 @@ local policies = require "cachectl.policies"
 local error, pcall, pairs, ipairs, next, type, select, tostring, setmetatable, getmetatable =
   error, pcall, pairs, ipairs, next, type, select, tostring, setmetatable, getmetatable
 local rawget, _G = rawget, _G
+local running, status = coroutine.running, coroutine.status
 local getenv = os.getenv
 local format = string.format
 local concat = table.concat
@@ -75,6 +77,13 @@ local function copy(t, without)
   return out
 end
 
+-- The items 1..#t of a list.
+local function copy_list(t)
+  local out = {}
+  for i = 1, #t do out[i] = t[i] end
+  return out
+end
+
 local function nonempty_env(name)
   local v = name and getenv(name)
   if v ~= nil and v ~= "" then return v end
@@ -106,8 +115,11 @@ local function new_client(svc, opts)
   local self = setmetatable({}, classes[svc.name])
   -- plain[call]: the options of a call made without options of its own,
   -- built once; policies: a model's policies by request identity
-  private[self] = { svc = svc, defaults = defaults, session = core.session(), plain = {}, ctx = {}, depth = 0,
-                    policies = {}, redis = nonempty_env("CACHECTL_REDIS_URL") }
+  -- calls: the calls in progress per coroutine (weak: a coroutine abandoned
+  -- inside a call and collected holds nothing)
+  private[self] = { svc = svc, defaults = defaults, session = core.session(), plain = {}, ctx = {},
+                    calls = setmetatable({}, { __mode = "k" }), policies = {},
+                    redis = nonempty_env("CACHECTL_REDIS_URL") }
   return self
 end
 
@@ -225,13 +237,64 @@ local function one(st, call, opts, window)
   return res, hint(st, err)
 end
 
+-- The byte length of the valid UTF-8 sequence at i of s, or nil.
+local function utf8_at(s, i)
+  local c = s:byte(i)
+  local n = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
+    or (c >= 0xF0 and c <= 0xF4) and 4 or nil
+  if not n then return nil end
+  local lo = (c == 0xE0 and 0xA0) or (c == 0xF0 and 0x90) or 0x80
+  local hi = (c == 0xED and 0x9F) or (c == 0xF4 and 0x8F) or 0xBF
+  for k = 1, n - 1 do
+    local b = s:byte(i + k)
+    if not b or b < (k == 1 and lo or 0x80) or b > (k == 1 and hi or 0xBF) then return nil end
+  end
+  return n
+end
+
+-- Whether the UTF-8 character of `len` bytes at i of s breaks a line or
+-- reorders text: a C1 control (U+0080 to U+009F), U+2028, U+2029, or a bidi
+-- control (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069).
+local function unruly(s, i, len)
+  local a, b, c = s:byte(i, i + 2)
+  if len == 2 then return (a == 0xC2 and b <= 0x9F) or (a == 0xD8 and b == 0x9C) end
+  if len ~= 3 or a ~= 0xE2 then return false end
+  return (b == 0x80 and (c == 0x8E or c == 0x8F or (c >= 0xA8 and c <= 0xAE)))
+    or (b == 0x81 and c >= 0xA6 and c <= 0xA9)
+end
+
+-- `text` on one line: control characters (C0, DEL, C1, raw or UTF-8), the
+-- line and paragraph separators and bidi controls as spaces.
+local function one_line(text)
+  text = text:gsub("%c", " ")
+  if not text:find("[\128-\255]") then return text end
+  local out, i, n = {}, 1, #text
+  while i <= n do
+    local len = utf8_at(text, i)
+    if not len then
+      local b = text:byte(i)
+      out[#out + 1] = b <= 0x9F and " " or text:sub(i, i)      -- a raw C1 control, or a Latin-1 letter
+      len = 1
+    elseif unruly(text, i, len) then
+      out[#out + 1] = " "
+    else
+      out[#out + 1] = text:sub(i, i + len - 1)
+    end
+    i = i + len
+  end
+  return concat(out)
+end
+
 -- The one way this layer words its own errors: the message on one line
--- (control characters as spaces, as the core does) and scrubbed of the
--- call's secret by the core's scrubber, as given, percent-encoded or
--- JSON-escaped (names and ids in a message come from a server).
+-- (control characters as spaces, as the core does, and C1 controls, line
+-- separators and bidi controls too) and scrubbed of the call's secret by
+-- the core's scrubber, as given, percent-encoded or JSON-escaped (names and
+-- ids in a message come from a server).
 local function lua_error(st, opts, fields)
   if fields.message then
-    fields.message = core.scrub((fields.message:gsub("%c", " ")), opts[st.svc.secret])
+    local secret = opts and opts[st.svc.secret]
+    if secret == nil then secret = st.defaults[st.svc.secret] end
+    fields.message = core.scrub(one_line(fields.message), secret)
   end
   return perform.new_error(fields)
 end
@@ -247,14 +310,31 @@ local function counted(opts)
   return out, sent
 end
 
+-- The key of the main thread in st.calls where coroutine.running() gives
+-- nil there (Lua 5.1).
+local MAIN = {}
+
+-- Whether a call of the client is in progress: one that runs, or waits in a
+-- coroutine that yielded inside it (from on_event). A coroutine abandoned
+-- there no longer counts once it is dead or collected (st.calls is weak).
+local function busy(st)
+  for co, n in pairs(st.calls) do
+    if n > 0 and (co == MAIN or status(co) ~= "dead") then return true end
+  end
+  return false
+end
+
 -- Runs fn(...) as a call of the client: `close()` refuses while it runs and
--- `__close` waits for its end (st.depth counts the calls in progress, also
--- when one raises).
+-- `__close` waits for its end. The calls in progress are counted per
+-- coroutine (also when one raises), so that one abandoned in the middle of
+-- a call cannot keep the client from closing for good.
 local function within(st, fn, ...)
-  st.depth = st.depth + 1
+  local co, calls = running() or MAIN, st.calls
+  calls[co] = (calls[co] or 0) + 1
   local ok, res, err = pcall(fn, ...)
-  st.depth = st.depth - 1
-  if st.depth == 0 and st.close_pending then
+  local n = (calls[co] or 1) - 1
+  if n > 0 then calls[co] = n else calls[co] = nil end
+  if st.close_pending and not busy(st) then
     st.close_pending, st.closed = nil, true
     getmetatable(st.session).__close(st.session)    -- the session defers it while its own call runs
   end
@@ -341,11 +421,21 @@ end
 -- ------------------------------------------------------------ methods
 
 -- The options of a call whose timeout began at `started` (the policy
--- guard's read came first): what is left of it.
+-- guard's read came first): what is left of it; nil when nothing is (no
+-- request starts after the deadline).
 local function time_left(opts, started)
+  local left = (opts.timeout or TIMEOUT) - (gettime() - started)
+  if left <= 0 then return nil end
   local out = copy(opts)
-  out.timeout = math.max((opts.timeout or TIMEOUT) - (gettime() - started), 0.001)
+  out.timeout = left
   return out
+end
+
+-- The `timeout` of a call whose time ran out before its request went out
+-- (`sent` requests were sent for it before: the guard's read, a lookup).
+local function no_time_left(st, opts, what, sent)
+  return lua_error(st, opts, { kind = "timeout", attempts = sent,
+    message = format("no time left for the request after %s (timeout %g s)", what, opts.timeout or TIMEOUT) })
 end
 
 -- Runs one call of a row-built method: this layer's options, then the call.
@@ -362,7 +452,9 @@ local function run(st, row, opts, layer)
     if not known then return nil, err end
     local refused = refusal(st, opts, opts.policy, known, sent)
     if refused then return nil, refused end
-    opts = time_left(opts, started)
+    local rest = time_left(opts, started)
+    if not rest then return nil, no_time_left(st, opts, "reading the model's policies", sent) end
+    opts = rest
   end
   return one(st, row.name, opts, window)
 end
@@ -388,7 +480,7 @@ local function method(svc, row)
     local opts, layer = call_options(st, row, last, where)
     if nargs > 0 then
       -- a call from inside another's event must not change the options that one reads
-      if st.depth > 0 then opts = copy(opts) end
+      if next(st.calls) ~= nil then opts = copy(opts) end
       for i = 1, nargs do
         opts[args[i]] = arg_or_default(st, (select(i, ...)), args[i])
       end
@@ -436,47 +528,79 @@ local function is_list(t)
   return true
 end
 
--- The records of one page added to `out`: one per id, up to `limit`; a
--- record without a string id, or with the id of an earlier one, is skipped
--- with a `skipped` event.
+-- The records of one page added to `out`: one per id (compared in lower
+-- case: a UUID in either case is one model), up to `limit`; a record
+-- without a string id, or with the id of an earlier one, is skipped with a
+-- `skipped` event. Returns how many were added.
 local function add_records(st, opts, records, page, out, ids, limit)
+  local added = 0
   for i = 1, #records do
-    if #out >= limit then return end
+    if #out >= limit then break end
     local r = records[i]
     local id = type(r) == "table" and r.id or nil
-    local why = (type(id) ~= "string" or id == "") and "no_id" or ids[id] and "duplicate" or nil
+    local key = type(id) == "string" and id ~= "" and id:lower() or nil
+    local why = not key and "no_id" or ids[key] and "duplicate" or nil
     if why and opts.on_event then
       opts.on_event{ type = "skipped", service = st.svc.name, call = "list_models", reason = why,
         name = type(r) == "table" and type(r.name) == "string" and r.name or nil,
         message = format("page %d, record %d: %s", page, i,
           why == "no_id" and "no id (a non-empty string)" or "the id of an earlier record") }
     elseif not why then
-      ids[id] = true
+      ids[key] = true
       out[#out + 1] = r
+      added = added + 1
     end
   end
+  return added
 end
 
--- Every page of the list, within `limit` records; a cursor that comes back
--- (A -> B -> A) ends the paging.
-local function list_pages(st, base, limit, window)
+-- The error of a page that failed, for the whole list: `before` requests
+-- were sent for the earlier pages. A cursor the core refuses to send (over
+-- 64 KiB) came from the server: `decode`, not the caller's `invalid`.
+local function page_error(st, opts, err, page, before)
+  if page > 0 and err.kind == "invalid" then
+    return lua_error(st, opts, { kind = "decode", attempts = before, message = format(
+      "page %d of the model list gives a next cursor that cannot be sent (%s)", page, tostring(err.message)) })
+  end
+  err.attempts = before + (err.attempts or 0)
+  return err
+end
+
+-- Every page of the list, within `limit` records and the call's timeout
+-- (from `started`: each page gets what is left); paging ends on a page that
+-- adds no record (empty, or only records skipped) and on a cursor that
+-- comes back (A -> B -> A).
+local function list_pages(st, base, limit, window, started)
   local opts, sent = counted(base)
   if opts.page_size == nil then opts.page_size = PAGE_SIZE end
+  local budget = opts.timeout == nil and TIMEOUT or opts.timeout
+  -- a timeout that is no number of seconds > 0 is the core's to refuse
+  local timed = type(budget) == "number" and budget > 0
   local out, ids, seen, page = {}, {}, {}, 0
   if opts.cursor ~= nil then seen[opts.cursor] = true end
   while true do
-    local res, err = one(st, "list_models", copy(opts), window)
-    if not res then return nil, err end
+    local popts = copy(opts)
+    if timed then
+      local left = budget - (gettime() - started)
+      if left <= 0 then
+        return nil, lua_error(st, opts, { kind = "timeout", attempts = sent[1], message = format(
+          "the model list took longer than the call's timeout (%g s): %d pages read", budget, page) })
+      end
+      popts.timeout = left
+    end
+    local before = sent[1]
+    local res, err = one(st, "list_models", popts, window)
+    if not res then return nil, page_error(st, opts, err, page, before) end
     page = page + 1
     if not is_list(res.records) then
       local what = res.records == nil and "no records" or "records that are not a list"
       return nil, lua_error(st, opts, { kind = "decode", attempts = sent[1],
         message = format("page %d of the model list holds %s", page, what) })
     end
-    add_records(st, base, res.records, page, out, ids, limit)
+    local added = add_records(st, base, res.records, page, out, ids, limit)
     local info = type(res.pageInfo) == "table" and res.pageInfo or {}
     local cursor = info.nextCursor
-    if #res.records == 0 or #out >= limit or info.hasNextPage ~= true or type(cursor) ~= "string" or cursor == ""
+    if added == 0 or #out >= limit or info.hasNextPage ~= true or type(cursor) ~= "string" or cursor == ""
       or seen[cursor] then
       return out
     end
@@ -486,19 +610,24 @@ end
 
 --- Lists Omni models, following every page (`pageInfo.nextCursor`) up to
 -- `limit` records, asking for pages of 100 unless `page_size` says
--- otherwise; paging stops early when a page is empty or a cursor comes back
--- that was already seen (a server bug must not loop). One record per id: a
--- record without a string id, or with the id of an earlier one, is skipped
--- with a `skipped` event.
+-- otherwise; paging stops early when a page adds no record (empty, or
+-- only records skipped) or a cursor comes back that was already seen (a
+-- server bug must not loop), and the call's `timeout` covers every page.
+-- One record per id (compared in lower case): a record without a string
+-- id, or with the id of an earlier one, is skipped with a `skipped` event.
+-- `attempts` of an error counts every page sent.
 -- @tparam[opt] table opts `name`, `kind` (modelKind), `include_deleted`,
 -- `page_size`, `limit` (default 1000), and the common options
 -- @treturn {table,...}|nil the records as decoded, in order:
 -- `{ id = UUID, name = "Sales", modelKind = "SHARED", ... }`
--- @treturn[2] table err (`decode` when a page's `records` is not a list)
+-- @treturn[2] table err (`decode` when a page's `records` is not a list, or
+-- its next cursor cannot be sent; `timeout` when the pages outlast the call's
+-- timeout)
 -- @usage local models, err = omni:models{ name = "Sales" }
 -- @function omni:models
 local function models(self, opts)
   local st = state(self)
+  local started = gettime()
   local limit = 1000
   if type(opts) == "table" and opts.limit ~= nil then
     limit = opts.limit
@@ -514,7 +643,7 @@ local function models(self, opts)
   end
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
-  return within(st, list_pages, st, base, limit, window)
+  return within(st, list_pages, st, base, limit, window, started)
 end
 
 --- The cache policies an Omni model declares in its model file (read fully
@@ -573,6 +702,13 @@ local function all_failed(names, err)
   return results
 end
 
+-- Every item's outcome its own failure (errs[i]), nothing sent.
+local function all_failed_each(names, errs)
+  local results = {}
+  for i = 1, #names do results[i] = { policy = names[i], err = errs[i] } end
+  return results
+end
+
 -- The items of a batch (the policies named), sent; with check_policy,
 -- every item's options are checked first, then the policies are read (when
 -- any item is left), then the names the model does not declare refused.
@@ -593,10 +729,12 @@ local function reset_batch(st, names, base, model, layer, concurrency, window)
     local left = {}
     for _, t in ipairs(todo) do
       local refused = not known and err or checkable(names[t[1]]) and refusal(st, t[2], names[t[1]], known, sent)
+      local rest = not refused and time_left(t[2], started)
+      if not refused and not rest then refused = no_time_left(st, t[2], "reading the model's policies", sent) end
       if refused then
         results[t[1]] = { policy = names[t[1]], err = refused }
       else
-        left[#left + 1] = { t[1], time_left(t[2], started) }
+        left[#left + 1] = { t[1], rest }
       end
     end
     todo = left
@@ -628,6 +766,7 @@ local function reset_caches(self, model_id, names, opts)
   concurrency, opts = concurrency_of(st, opts)
   local base, layer = call_options(st, st.svc.calls.reset_cache, opts, "omni:reset_caches")
   local model = arg_or_default(st, model_id, "model_id")
+  names = copy_list(names)                 -- the list as it was when the call started
   local window, bad = perform.window(layer.coalesce)
   if bad then return all_failed(names, bad) end
   return (within(st, reset_batch, st, names, base, model, layer, concurrency, window))
@@ -660,8 +799,8 @@ end
 
 -- The one record of `records` named exactly `name` (duplicates of one id
 -- count once), or nil and the `invalid` (none, several) or `decode` (a
--- match without a UUID id) error.
-local function pick(records, name, skipped)
+-- match without a UUID id) error, `sent` requests sent for the list.
+local function pick(st, opts, records, name, skipped, sent)
   local found, seen, unusable, others = {}, {}, skipped, {}
   for _, r in ipairs(records) do
     if type(r) == "table" and r.name == name then
@@ -677,15 +816,38 @@ local function pick(records, name, skipped)
   end
   if #found == 1 then return found[1] end
   if #found > 1 then
-    return nil, perform.new_error{ kind = "invalid", field = "model", candidates = found,
-      message = format("%d models are named %q: %s; give one of their ids", #found, name, id_list(found)) }
+    return nil, lua_error(st, opts, { kind = "invalid", field = "model", candidates = found, attempts = sent,
+      message = format("%d models are named %q: %s; give one of their ids", #found, name, id_list(found)) })
   end
   if unusable > 0 then
-    return nil, perform.new_error{ kind = "decode", field = "model", candidates = {},
-      message = format("the model list gives the model named %q no usable id (not a UUID)", name) }
+    return nil, lua_error(st, opts, { kind = "decode", field = "model", candidates = {}, attempts = sent,
+      message = format("the model list gives the model named %q no usable id (not a UUID)", name) })
   end
-  return nil, perform.new_error{ kind = "invalid", field = "model", candidates = others,
-    message = format("no model is named %q", name) }
+  return nil, lua_error(st, opts, { kind = "invalid", field = "model", candidates = others, attempts = sent,
+    message = format("no model is named %q", name) })
+end
+
+-- The lookup of a model by name, inside the client's call guard: the model
+-- kept under `key`, or the one of `models{ name = name }` (lopts: its
+-- options); nil, err; and the requests sent (0 when the model was kept).
+local function search(self, st, name, lopts, key)
+  local now = gettime()
+  local kept = st.names[key]
+  if kept and kept.expires > now then return copy(kept.model), nil, 0 end
+  -- the records models() skipped (no string id) but named `name` count as
+  -- matches without a usable id
+  local skipped, sent, theirs = 0, 0, lopts.on_event or st.defaults.on_event
+  lopts.on_event = function(ev)
+    if ev.type == "attempt" then sent = sent + 1 end
+    if ev.type == "skipped" and ev.reason == "no_id" and ev.name == name then skipped = skipped + 1 end
+    if theirs then return theirs(ev) end
+  end
+  local records, err = models(self, lopts)
+  if not records then return nil, err, err.attempts or sent end
+  local model, why = pick(st, lopts, records, name, skipped, sent)
+  if not model then return nil, why, sent end
+  st.names[key] = { expires = now + POLICY_TTL, model = model }
+  return copy(model), nil, sent
 end
 
 --- Finds the one Omni model named exactly `name`, with `omni:models{ name =
@@ -715,29 +877,18 @@ local function find_model(self, name, opts)
     (call_options(st, st.svc.calls.list_models, copy(lopts, "limit"), "omni:find_model")))
   if not key then return nil, hint(st, bad) end
   st.names = st.names or {}
-  local now, kept = gettime(), st.names[key]
-  if kept and kept.expires > now then return copy(kept.model) end
-  -- the records models() skipped (no string id) but named `name` count as
-  -- matches without a usable id
-  local skipped, theirs = 0, lopts.on_event or st.defaults.on_event
-  lopts.on_event = function(ev)
-    if ev.type == "skipped" and ev.reason == "no_id" and ev.name == name then skipped = skipped + 1 end
-    if theirs then return theirs(ev) end
-  end
-  local records, err = models(self, lopts)
-  if not records then return nil, err end
-  local model, why = pick(records, name, skipped)
-  if not model then return nil, why end
-  st.names[key] = { expires = now + POLICY_TTL, model = model }
-  return copy(model)
+  local model, err = within(st, search, self, st, name, lopts, key)
+  return model, err
 end
 
--- The options of a lookup for a call: the call's own that the model list takes.
-local function lookup_options(st, opts)
+-- The options of a lookup for a call: the call's own that the model list
+-- takes, and the call's whole timeout (the lookup's pages share it).
+local function lookup_options(st, opts, timeout)
   local takes, out = st.svc.calls.list_models.options, {}
   for k, v in pairs(type(opts) == "table" and opts or {}) do
     if takes[k] and k ~= "name" then out[k] = v end
   end
+  out.timeout = timeout
   return out
 end
 
@@ -749,42 +900,127 @@ local function refused(st, row, merged)
   if not ok then return hint(st, bad) end
 end
 
--- A method that takes a model (UUID or name) first, its options `at`
--- positions after it, made to resolve a name before it runs; `fixed` gives
--- the call's other positional values. The call's options are checked
--- first: a bad value sends nothing, not the lookup either. In a batch
--- (`reset_caches`) each name is checked: the lookup goes out only when
--- one of them would be sent.
-local function by_name(fn, row, where, at, fixed, batch)
+-- What a call's options table holds when the call starts: a copy (its
+-- rate_limit too), so that nothing done to the caller's table while the
+-- call runs (an on_event, during the lookup) changes the call.
+local function snapshot(opts)
+  if type(opts) ~= "table" then return opts end
+  local out = copy(opts)
+  if type(out.rate_limit) == "table" then out.rate_limit = copy(out.rate_limit) end
+  return out
+end
+
+-- The requests a lookup sent, added to what an error of the call counts
+-- (once per error table: a batch's items may share one).
+local function count_lookup(err, sent, counted_already)
+  if err and sent > 0 and not counted_already[err] then
+    counted_already[err] = true
+    err.attempts = (err.attempts or 0) + sent
+  end
+  return err
+end
+
+-- A call by model name, inside the client's call guard (c: the call as
+-- by_name prepared it): the lookup, then the call with what is left of the
+-- timeout; `attempts` counts the lookup's requests too. A batch's items
+-- refused before the lookup (c.pre) keep their error.
+local function named(self, st, fn, c)
+  local found, err, sent = search(self, st, c.model, c.lopts, c.key)
+  if found then
+    local left = c.timeout - (gettime() - c.started)
+    if left > 0 then
+      local opts = copy(c.opts or {})
+      opts.timeout = left
+      local counted_already = {}
+      if c.shape == "batch" then
+        local good, at = {}, {}
+        for i = 1, #c.names do
+          if not c.pre[i] then good[#good + 1], at[#at + 1] = c.names[i], i end
+        end
+        local out, results = fn(self, found.id, good, opts), {}
+        for i = 1, #c.names do results[i] = { policy = c.names[i], err = c.pre[i] } end
+        for k, i in ipairs(at) do
+          results[i] = out[k]
+          count_lookup(out[k].err, sent, counted_already)
+        end
+        return results
+      end
+      local res
+      if c.shape == "policy" then
+        res, err = fn(self, found.id, c.policy, opts)
+      else
+        res, err = fn(self, found.id, opts)
+      end
+      if res ~= nil then return res end
+      return nil, count_lookup(err, sent, counted_already)
+    end
+    err = no_time_left(st, c.merged, format("looking up the model named %q", c.model), sent)
+  end
+  if c.shape == "batch" then
+    local results = {}
+    for i = 1, #c.names do results[i] = { policy = c.names[i], err = c.pre[i] or err } end
+    return results
+  end
+  return nil, err
+end
+
+-- A method that takes a model (UUID or name) first, made to resolve a name
+-- before it runs. `shape`: how its other arguments go: "policy" (policy,
+-- opts), "batch" (names, opts) or "opts" (opts). The whole call runs on a
+-- copy of its options (and names) taken when it starts, inside the client's
+-- call guard, within one timeout; every option is checked first: a bad value
+-- sends nothing, not the lookup either. In a batch (`reset_caches`) each
+-- name is checked: the lookup goes out only when one of them would be sent.
+local function by_name(fn, row, where, shape)
   return function(self, model, ...)
     local st = state(self)
     if model == nil then model = st.defaults.model_id end
     if type(model) ~= "string" or model == "" or is_uuid(model) then return fn(self, model, ...) end
-    local opts = (select(at, ...))
-    if batch then
-      local names = ...
-      if type(names) ~= "table" or #names == 0 then return fn(self, model, ...) end
-      if type(opts) == "table" then opts = copy(opts, "concurrency") end
-      local merged, results, any = copy((call_options(st, row, opts, where))), {}, false
+    local started = gettime()
+    local policy, opts
+    if shape == "opts" then opts = ... else policy, opts = ... end
+    -- not a table: the method raises, before anything is sent
+    if opts ~= nil and type(opts) ~= "table" then return fn(self, model, ...) end
+    opts = snapshot(opts)
+    local names, checked = nil, opts
+    if shape == "batch" then
+      -- not a list, or an empty one: the method raises, or returns {}
+      if type(policy) ~= "table" or #policy == 0 then return fn(self, model, ...) end
+      names, policy = copy_list(policy), nil
+      checked = select(2, concurrency_of(st, opts))    -- a mistake raises here, nothing sent
+    end
+    local merged, layer = call_options(st, row, checked, where)
+    merged = copy(merged)
+    local _, bad = perform.window(layer.coalesce)
+    local pre = {}
+    if shape == "batch" then
+      local any = false
       for i = 1, #names do
         merged.policy = names[i]
-        local bad = refused(st, row, merged)
-        results[i] = { policy = names[i], err = bad }
-        any = any or not bad
+        pre[i] = bad or refused(st, row, merged)
+        any = any or not pre[i]
       end
-      if not any then return results end
+      if not any then return all_failed_each(names, pre) end
     else
-      local merged = copy((call_options(st, row, opts, where)))
-      for k, v in pairs(fixed(...)) do merged[k] = v end
-      local bad = refused(st, row, merged)
+      if bad then return nil, bad end
+      if policy ~= nil then merged.policy = policy end     -- nil: the client's default policy
+      bad = refused(st, row, merged)
       if bad then return nil, bad end
     end
-    local found, err = find_model(self, model, lookup_options(st, opts))
-    if not found then
-      if batch then return all_failed(..., err) end
-      return nil, err
+    local timeout = merged.timeout or TIMEOUT
+    local lopts = lookup_options(st, checked, timeout)
+    lopts.name = model
+    local key
+    key, bad = core.identity(st.svc.name, "list_models",
+      (call_options(st, st.svc.calls.list_models, copy(lopts), where)))
+    if not key then
+      bad = hint(st, bad)
+      if shape == "batch" then return all_failed(names, bad) end
+      return nil, bad
     end
-    return fn(self, found.id, ...)
+    st.names = st.names or {}
+    return within(st, named, self, st, fn, { shape = shape, model = model, policy = policy, names = names,
+      pre = pre, opts = opts, lopts = lopts, key = key, timeout = timeout, started = started, merged = merged })
   end
 end
 
@@ -796,7 +1032,7 @@ end
 function Client:close()
   local st = private[self]
   if not st or st.closed then return end
-  if st.depth > 0 then error("cachectl: cannot close a client while one of its calls runs", 2) end
+  if busy(st) then error("cachectl: cannot close a client while one of its calls runs", 2) end
   st.session:close()          -- raises, changing nothing, inside the session's own call
   st.closed = true
 end
@@ -806,7 +1042,7 @@ end
 function Client.__close(self)
   local st = private[self]
   if not st or st.closed then return end
-  if st.depth > 0 then
+  if busy(st) then
     st.close_pending = true
   else
     st.closed = true
@@ -860,13 +1096,11 @@ classes.omni.reset_caches = reset_caches
 -- A model name wherever a model UUID is taken (find_model resolves it).
 do
   local omni, calls = classes.omni, core.services.omni.calls
-  local none = function() return {} end
   omni.find_model = find_model
-  omni.reset_cache = by_name(omni.reset_cache, calls.reset_cache, "omni:reset_cache", 2,
-    function(policy) return { policy = policy } end)
-  omni.reset_caches = by_name(omni.reset_caches, calls.reset_cache, "omni:reset_caches", 2, none, true)
-  omni.model_yaml = by_name(omni.model_yaml, calls.model_yaml, "omni:model_yaml", 1, none)
-  local policies_of = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", 1, none)
+  omni.reset_cache = by_name(omni.reset_cache, calls.reset_cache, "omni:reset_cache", "policy")
+  omni.reset_caches = by_name(omni.reset_caches, calls.reset_cache, "omni:reset_caches", "batch")
+  omni.model_yaml = by_name(omni.model_yaml, calls.model_yaml, "omni:model_yaml", "opts")
+  local policies_of = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", "opts")
   omni.cache_policies = function(self, model, opts)
     policies.need_yaml("omni:cache_policies")     -- before a lookup is sent
     return policies_of(self, model, opts)

@@ -12,7 +12,9 @@
 --
 -- Scalars are resolved like lyaml does (its `lyaml.implicit` and
 -- `lyaml.explicit` rules: `true`, `1`, `1.5`, `~` ...), except that a value
--- that is not a finite number stays text. The document is built of
+-- that is not a finite number stays text, and so does a plain scalar on
+-- which one of lyaml's rules raises (`01_`, `0b1_`); a tagged one (`!!int
+-- 01_`) is refused as not what its tag says. The document is built of
 -- private nodes, read with the functions below; nothing in it is cyclic.
 --
 -- @module cachectl.yaml
@@ -44,7 +46,7 @@ local parser, implicit, explicit, lyaml_null
 local function load_lyaml()
   if parser then return end
   local functional, imp, exp = require "lyaml.functional", require "lyaml.implicit", require "lyaml.explicit"
-  implicit = functional.anyof{ imp.null, imp.octal, imp.decimal, imp.float, imp.bool, imp.inf, imp.nan,
+  implicit = { imp.null, imp.octal, imp.decimal, imp.float, imp.bool, imp.inf, imp.nan,
     imp.hexadecimal, imp.binary, imp.sexagesimal, imp.sexfloat }
   explicit = { [TAG .. "bool"] = exp.bool, [TAG .. "float"] = exp.float, [TAG .. "int"] = exp.int,
     [TAG .. "null"] = exp.null, [TAG .. "str"] = exp.str }
@@ -158,16 +160,32 @@ local function merge(map, limits, value)
   end
 end
 
--- A scalar event's value, resolved like lyaml does.
+-- A rule of lyaml's applied to a scalar's text: its value, or nil when the
+-- rule does not take the text. Some of lyaml's rules raise on texts they
+-- half match (`01_`, `0b1_`, `-` and 400 digits, `1:00:` and 400 digits:
+-- arithmetic on a nil): that is no value either. Running out of memory is
+-- raised on (`load` reports it).
+local function apply(rule, text)
+  local ok, v = pcall(rule, text)
+  if ok then return v end
+  if tostring(v):find("not enough memory", 1, true) then error(v, 0) end
+  return nil
+end
+
+-- A scalar event's value, resolved like lyaml does; a plain scalar no rule
+-- takes stays text.
 local function scalar(ev)
   local text, tag = ev.value, ev.tag
   local rule = tag and explicit[tag]
   local v
   if rule then
-    v = rule(text)
+    v = apply(rule, text)
     if v == nil then refuse("shape", "a scalar tagged %s that is not one", tag:sub(#TAG + 1)) end
   elseif ev.style == "PLAIN" then
-    v = implicit(text)
+    for i = 1, #implicit do             -- the first rule that takes it (lyaml's anyof)
+      v = apply(implicit[i], text)
+      if v ~= nil then break end
+    end
     if v == nil then v = text end
   else
     v = text

@@ -1,7 +1,8 @@
 --- The `cachectl` command's --json document: exactly one, whatever
 -- happens, every string in it scrubbed of the credentials, and safe to print
--- and to parse whatever a server sent (the C1 controls of UTF-8 and bytes
--- that are not UTF-8 as \u escapes). Loaded only with --json.
+-- and to parse whatever a server sent (the C1 controls of UTF-8, line
+-- separators, bidi controls and bytes that are not UTF-8 as \u escapes).
+-- Loaded only with --json.
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli.json
@@ -47,35 +48,23 @@ local function list(t)
 end
 M.list = list
 
--- The byte length of the valid UTF-8 sequence at i of s, or nil.
-local function utf8_at(s, i)
-  local c = s:byte(i)
-  local n = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
-    or (c >= 0xF0 and c <= 0xF4) and 4 or nil
-  if not n then return nil end
-  local lo = (c == 0xE0 and 0xA0) or (c == 0xF0 and 0x90) or 0x80
-  local hi = (c == 0xED and 0x9F) or (c == 0xF4 and 0x8F) or 0xBF
-  for k = 1, n - 1 do
-    local b = s:byte(i + k)
-    if not b or b < (k == 1 and lo or 0x80) or b > (k == 1 and hi or 0xBF) then return nil end
-  end
-  return n
-end
+local utf8_at, unruly = output.utf8_at, output.unruly
 
--- Encoded JSON made safe to print and to parse: the C1 controls of UTF-8
--- as \u escapes, and any byte that is not UTF-8 as the \u escape of its
--- Latin-1 character (a server may send either; cjson passes them on).
+-- Encoded JSON made safe to print and to parse: the C1 controls of UTF-8,
+-- U+2028, U+2029 and the bidi controls (output.unruly) as \u escapes, and
+-- any byte that is not UTF-8 as the \u escape of its Latin-1 character (a
+-- server may send either; cjson passes them on).
 local function json_safe(text)
   if not text:find("[\128-\255]") then return text end
   local out, i, n = {}, 1, #text
   while i <= n do
     local len = utf8_at(text, i)
-    local b = text:byte(i)
-    if len and not (b == 0xC2 and text:byte(i + 1) <= 0x9F) then
+    local cp = len and unruly(text, i, len)
+    if len and not cp then
       out[#out + 1] = text:sub(i, i + len - 1)
       i = i + len
     else
-      out[#out + 1] = format("\\u%04x", len and text:byte(i + 1) or b)
+      out[#out + 1] = format("\\u%04x", cp or text:byte(i))
       i = i + (len or 1)
     end
   end

@@ -2,7 +2,8 @@
 -- event with --verbose, and the exit status (`cachectl.cli.json` writes
 -- the --json document). Every line goes through the core's secret scrubber
 -- before it is written, and text that came from a server (names, ids,
--- messages) has its control characters escaped.
+-- messages) has its control characters (and bytes that are not UTF-8, line
+-- separators and bidi controls) escaped.
 --
 -- Portable Lua (5.1 to 5.4, LuaJIT).
 -- @module cachectl.cli.output
@@ -37,13 +38,63 @@ end
 
 local ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\27"] = "\\e" }
 
+--- The byte length of the valid UTF-8 sequence at i of s, or nil.
+function M.utf8_at(s, i)
+  local c = s:byte(i)
+  local n = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
+    or (c >= 0xF0 and c <= 0xF4) and 4 or nil
+  if not n then return nil end
+  local lo = (c == 0xE0 and 0xA0) or (c == 0xF0 and 0x90) or 0x80
+  local hi = (c == 0xED and 0x9F) or (c == 0xF4 and 0x8F) or 0xBF
+  for k = 1, n - 1 do
+    local b = s:byte(i + k)
+    if not b or b < (k == 1 and lo or 0x80) or b > (k == 1 and hi or 0xBF) then return nil end
+  end
+  return n
+end
+local utf8_at = M.utf8_at
+
+--- The code point of the UTF-8 character of `len` bytes at i of s when it
+-- is one a terminal must not get raw: a C1 control (U+0080 to U+009F), the
+-- line and paragraph separators (U+2028, U+2029) or a bidi control (U+061C,
+-- U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), which would show
+-- text reordered; else nil.
+function M.unruly(s, i, len)
+  local a, b, c = s:byte(i, i + 2)
+  if len == 2 then
+    if (a == 0xC2 and b <= 0x9F) or (a == 0xD8 and b == 0x9C) then return (a % 32) * 64 + b % 64 end
+  elseif len == 3 and a == 0xE2 and ((b == 0x80 and (c == 0x8E or c == 0x8F or (c >= 0xA8 and c <= 0xAE)))
+      or (b == 0x81 and c >= 0xA6 and c <= 0xA9)) then
+    return (a % 16) * 4096 + (b % 64) * 64 + c % 64
+  end
+  return nil
+end
+local unruly = M.unruly
+
 --- `s` (any value, as by tostring) with its control characters escaped, so
--- that text from a server can neither move the cursor, ring, recolour nor
--- forge a line: C0 controls and DEL as `\n`, `\r`, `\t`, `\e` or `\xHH`,
--- the C1 controls of UTF-8 (U+0080 to U+009F) as `\u0080`...
+-- that text from a server can neither move the cursor, ring, recolour,
+-- forge a line nor show reordered: C0 controls and DEL as `\n`, `\r`, `\t`,
+-- `\e` or `\xHH`; a byte that is not UTF-8 (a raw C1 control such as 0x9B,
+-- CSI to an 8-bit terminal) as `\xHH`; the C1 controls of UTF-8 (U+0080 to
+-- U+009F), U+2028, U+2029 and the bidi controls (`M.unruly`) as `\u0080`...
 function M.escape(s)
   s = tostring(s):gsub("[%c\127]", function(c) return ESCAPES[c] or format("\\x%02x", c:byte()) end)
-  return (s:gsub("\194([\128-\159])", function(c) return format("\\u%04x", c:byte()) end))
+  if not s:find("[\128-\255]") then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local len = utf8_at(s, i)
+    local cp = len and unruly(s, i, len)
+    if not len then
+      out[#out + 1] = format("\\x%02x", s:byte(i))
+      len = 1
+    elseif cp then
+      out[#out + 1] = format("\\u%04x", cp)
+    else
+      out[#out + 1] = s:sub(i, i + len - 1)
+    end
+    i = i + len
+  end
+  return concat(out)
 end
 local escape = M.escape
 
