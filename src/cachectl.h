@@ -22,6 +22,12 @@
 
 #define CC_VERSION "0.1.0"
 
+/* The defaults of the options every call takes (core.defaults tells Lua). */
+#define CC_DEFAULT_TIMEOUT 30
+#define CC_DEFAULT_CONNECT_TIMEOUT 10
+#define CC_DEFAULT_RETRIES 2
+#define CC_DEFAULT_MAX_BYTES (1024 * 1024)
+
 /* Error kinds, in the order of cc_kind_names[]. */
 enum cc_kind {
     CC_INVALID = 0, CC_CONNECT, CC_TIMEOUT, CC_TLS, CC_HTTP, CC_API,

@@ -300,6 +300,41 @@ static int parsed_l(lua_State *L)
     return 1;
 }
 
+/* core.error(fields) -> fields as an error of the module: its metatable
+ * (one readable line, the secret scrubbed where the module builds it);
+ * `kind` must be one of the kinds, `message` a string. The one constructor
+ * of the Lua layer's own errors. */
+static int error_l(lua_State *L)
+{
+    int i, known = 0;
+    const char *kind;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "kind");
+    kind = lua_tostring(L, -1);
+    for (i = 0; kind && i <= CC_TOO_LARGE; i++) known |= strcmp(kind, cc_kind_names[i]) == 0;
+    luaL_argcheck(L, known, 1, "kind must be an error kind of cachectl");
+    lua_getfield(L, 1, "message");
+    luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1, "message must be a string");
+    lua_getfield(L, 1, "attempts");
+    if (lua_isnil(L, -1)) {
+        lua_pushinteger(L, 0);
+        lua_setfield(L, 1, "attempts");
+    }
+    lua_settop(L, 1);
+    luaL_getmetatable(L, "cachectl.error");
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* core.is_uuid(s) -> whether s is a model UUID (8-4-4-4-12 hex digits) */
+static int is_uuid_l(lua_State *L)
+{
+    size_t n = 0;
+    const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+    lua_pushboolean(L, s && cc_is_uuid(s, n));
+    return 1;
+}
+
 /* core.monotonic() -> seconds on the monotonic clock (waits, deadlines) */
 static int monotonic_l(lua_State *L)
 {
@@ -324,7 +359,8 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
-        { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l }, { "prepare", cc_prepare_l }, { "parsed", parsed_l },
+        { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l }, { "prepare", cc_prepare_l }, { "parsed", parsed_l }, { "error", error_l },
+        { "is_uuid", is_uuid_l },
         { NULL, NULL }
     };
     const curl_version_info_data *v;
@@ -349,6 +385,17 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     lua_setfield(L, -2, "version");
     luaL_getmetatable(L, "cachectl.error");     /* every error's, for the Lua layer's own */
     lua_setfield(L, -2, "error_mt");
+    /* the defaults of the options every call takes: the Lua layer asks */
+    lua_createtable(L, 0, 4);
+    lua_pushnumber(L, CC_DEFAULT_TIMEOUT);
+    lua_setfield(L, -2, "timeout");
+    lua_pushnumber(L, CC_DEFAULT_CONNECT_TIMEOUT);
+    lua_setfield(L, -2, "connect_timeout");
+    lua_pushinteger(L, CC_DEFAULT_RETRIES);
+    lua_setfield(L, -2, "retries");
+    lua_pushinteger(L, CC_DEFAULT_MAX_BYTES);
+    lua_setfield(L, -2, "max_response_bytes");
+    lua_setfield(L, -2, "defaults");
     lua_pushstring(L, v->version);
     lua_setfield(L, -2, "curl_version");
     return 1;

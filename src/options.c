@@ -404,10 +404,10 @@ static int check_numbers(cc_req *r, const cc_slot *v)
         return bad(r, "retries", "must be a whole number from 0 to 100");
     if (v[O_MAX_BYTES].set && !whole(v[O_MAX_BYTES].n, 1, 1e15))
         return bad(r, "max_response_bytes", "must be a whole number > 0");
-    r->timeout = v[O_TIMEOUT].set ? v[O_TIMEOUT].n : 30;
-    r->connect_timeout = v[O_CONNECT_TIMEOUT].set ? v[O_CONNECT_TIMEOUT].n : 10;
-    r->retries = v[O_RETRIES].set ? (long)v[O_RETRIES].n : 2;
-    r->max_bytes = v[O_MAX_BYTES].set ? (curl_off_t)v[O_MAX_BYTES].n : 1024 * 1024;
+    r->timeout = v[O_TIMEOUT].set ? v[O_TIMEOUT].n : CC_DEFAULT_TIMEOUT;
+    r->connect_timeout = v[O_CONNECT_TIMEOUT].set ? v[O_CONNECT_TIMEOUT].n : CC_DEFAULT_CONNECT_TIMEOUT;
+    r->retries = v[O_RETRIES].set ? (long)v[O_RETRIES].n : CC_DEFAULT_RETRIES;
+    r->max_bytes = v[O_MAX_BYTES].set ? (curl_off_t)v[O_MAX_BYTES].n : CC_DEFAULT_MAX_BYTES;
     r->verify_tls = v[O_VERIFY_TLS].set ? v[O_VERIFY_TLS].b : 1;
     return 1;
 }

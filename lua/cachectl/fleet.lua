@@ -28,7 +28,7 @@ local M = {}
 
 local URL_FORM = "redis://[[user]:password@]host[:port][/db]"
 local MISSING_RESTY = "rate_limit.redis inside nginx needs lua-resty-redis (Debian package lua-nginx-redis)"
-local DEFAULT_CONNECT_TIMEOUT = 10
+local DEFAULT_CONNECT_TIMEOUT = core.defaults.connect_timeout
 local POLL_FIRST, POLL_MAX = 0.02, 0.05 -- seconds between looks for a coalesced outcome
 local GRACE_MS = 1000 -- how long an outcome stays when its claim expired during the run
 local PENDING = "pending:" -- a claim's value until the outcome replaces it
@@ -409,7 +409,7 @@ local function decode_outcome(text)
   if type(res) == "table" then res.coalesced = true end
   if type(err) == "table" then
     err.coalesced = true
-    setmetatable(err, core.error_mt)
+    setmetatable(err, core.error_mt)     -- as stored: the first caller's error
   end
   return { res = res, err = err }
 end
@@ -552,9 +552,9 @@ function M.coalesce(url, digest, window, budget, run, opts)
         local res, err = run(left)
         return res, err, false
       end
-      return nil, setmetatable({ kind = "timeout", attempts = 0,
+      return nil, core.error({ kind = "timeout", attempts = 0,
         message = format("coalesced call %s: no outcome from the first caller within %g s",
-          opts.label or "(" .. digest .. ")", budget) }, core.error_mt), false
+          opts.label or "(" .. digest .. ")", budget) }), false
     end
     mine, token = M.claim(link, digest, window) -- the claim went without an outcome
     if mine ~= "mine" then

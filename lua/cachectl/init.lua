@@ -54,7 +54,7 @@ local HOST = { base_url = true, instance = true, playground = true }
 
 local POLICY_TTL = 60 -- seconds a model's policies (and a model found by name) are kept per client
 local PAGE_SIZE = 100 -- records asked for per page of omni:models, unless page_size says
-local TIMEOUT = 30    -- the core's default timeout, for the deadline of reading a model file
+local TIMEOUT = core.defaults.timeout    -- for the deadline of reading a model file
 
 -- The variable naming the instance of a service built from one (Omni's
 -- {instance}.omniapp.co), read when neither instance nor base_url is given
@@ -774,12 +774,9 @@ end
 
 -- ------------------------------------------------------------ models by name
 
-local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 local NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
-local function is_uuid(v)
-  return type(v) == "string" and v:find(UUID) ~= nil
-end
+local is_uuid = core.is_uuid     -- the core's check: one place says what a model id is
 
 -- A model record as a candidate: its id (a UUID) and kind (a word), never
 -- other text of the server's, which a message would carry to a terminal.

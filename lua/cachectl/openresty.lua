@@ -74,17 +74,6 @@ local yieldable = {
 
 -- ---------------------------------------------------------------- errors
 
-local error_mt
-
--- The core's own error metatable (its __tostring is src/errors.c's), taken
--- from an error the core returns without sending anything.
-local function core_error_mt()
-  if not error_mt then
-    local _, err = core.modelslab.clear_cache{ key = "" }
-    error_mt = getmetatable(err)
-  end
-  return error_mt
-end
 
 -- A shallow copy of a table (an error, an event, options), without metatable.
 local function copy(t)
@@ -382,10 +371,10 @@ local function in_thread(c, opts, pool)
   end
   local ok, res, err, events = hand_over(pool, "thread_call", opts, c.service, c.call, opts, c.on_event ~= nil)
   if ok == nil then
-    return nil, setmetatable({ kind = "timeout", attempts = 0,
+    return nil, core.error({ kind = "timeout", attempts = 0,
       message = format("no worker-thread Lua VM came free within "
       .. "the timeout (%gs): this worker's calls hold all %d (cachectl.openresty.configure{ vms = n }, "
-      .. "lua_worker_thread_vm_pool_size)", budget_of(timeout), settings.vms) }, core.error_mt)
+      .. "lua_worker_thread_vm_pool_size)", budget_of(timeout), settings.vms) })
   end
   if not ok then
     if type(res) == "string" and res:find("^thread pool .* not found$") then
@@ -396,7 +385,7 @@ local function in_thread(c, opts, pool)
     -- the position LuaJIT gives it (a line of thread_call, of no use).
     error((tostring(res):gsub("^[^\n]-openresty%.lua:%d+: ", "")), 0)
   end
-  if type(err) == "table" then setmetatable(err, core_error_mt()) end
+  if type(err) == "table" then setmetatable(err, core.error_mt) end
   return res, err, events
 end
 

@@ -17,15 +17,14 @@ local rawget, _G = rawget, _G
 local format = string.format
 local max = math.max
 local gettime = core.monotonic
+local TIMEOUT = core.defaults.timeout
 
 local M = {}
 
 --- An error table like the core's.
 -- @tparam table fields kind, message, attempts, and any of field, status, code, retry_after
 -- @treturn table the error, with the core's `__tostring`
-function M.new_error(fields)
-  return setmetatable(fields, core.error_mt)
-end
+M.new_error = core.error
 
 local fleet_module
 
@@ -97,7 +96,7 @@ end
 -- opts (or its prepared request) with what is left of its timeout,
 -- `started` seconds ago.
 local function rest_of(opts, started, prep)
-  local left = max((opts.timeout or 30) - (gettime() - started), 0.001)
+  local left = max((opts.timeout or TIMEOUT) - (gettime() - started), 0.001)
   if prep then return prep:timeout(left) end
   local out = copy(opts)
   out.timeout = left
@@ -153,7 +152,7 @@ end
 
 -- A link to the call's Redis for coalescing, its budget the call's timeout.
 local function link_of(ctx, opts)
-  return fleet().link(opts.rate_limit.redis, opts.timeout or 30,
+  return fleet().link(opts.rate_limit.redis, opts.timeout or TIMEOUT,
     { connect_timeout = opts.connect_timeout, session = not ctx.nginx and ctx.session or nil })
 end
 
@@ -166,7 +165,7 @@ local function across_fleet(ctx, opts, digest, window, prep)
     if prep then return M.send(ctx, opts, rest_of(opts, started, prep)) end
     return M.send(ctx, rest_of(opts, started))
   end
-  local res, err, shared = fleet().coalesce(opts.rate_limit.redis, digest, window, opts.timeout or 30, send,
+  local res, err, shared = fleet().coalesce(opts.rate_limit.redis, digest, window, opts.timeout or TIMEOUT, send,
     { connect_timeout = opts.connect_timeout, label = ctx.service.name .. "." .. ctx.call,
       secrets = { opts[ctx.service.secret] }, session = not ctx.nginx and ctx.session or nil })
   if type(err) == "string" then return send() end
@@ -192,7 +191,7 @@ end
 -- outcome; none kept (the first sent nothing, or raised) -> nil: it goes
 -- itself; none within the timeout -> nil, a timeout error.
 local function await(ctx, opts, digest, mark)
-  local sleep, budget = rawget(_G, "ngx").sleep, opts.timeout or 30
+  local sleep, budget = rawget(_G, "ngx").sleep, opts.timeout or TIMEOUT
   local deadline = gettime() + budget
   while outcomes[digest] == mark and gettime() < deadline do sleep(0.005) end
   local o = outcomes[digest]
@@ -316,12 +315,12 @@ local function await_theirs(ctx, list, theirs, digests, concurrency, started, it
     if o then
       local res, err = M.share(ctx, list[i], o.res, o.err)
       items[i] = { result = res, err = err }
-    elseif gettime() - started < (list[i].timeout or 30) then
+    elseif gettime() - started < (list[i].timeout or TIMEOUT) then
       again[#again + 1] = i
     else
       items[i] = { err = M.new_error{ kind = "timeout", attempts = 0, message = format(
         "coalesced call %s.%s: no outcome from the first caller within %g s", ctx.service.name, ctx.call,
-        list[i].timeout or 30) } }
+        list[i].timeout or TIMEOUT) } }
     end
   end
   send_items(ctx, list, again, concurrency, started, items, preps)

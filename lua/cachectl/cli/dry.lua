@@ -14,7 +14,7 @@ local output = require "cachectl.cli.output"
 local run = require "cachectl.cli.run"
 
 local show, escape = output.show, output.escape
-local call_options, call_label, UUID = run.call_options, run.call_label, run.UUID
+local call_options, call_label, is_uuid = run.call_options, run.call_label, run.is_uuid
 local NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 local M = {}
@@ -34,7 +34,7 @@ end
 -- stop it (nothing would be sent for it). A model given by name shows as
 -- `<id of model NAME>` in the URL.
 local function preview(ctx, call, label, own, note)
-  local name = own.model_id and not own.model_id:match(UUID) and own.model_id
+  local name = own.model_id and not is_uuid(own.model_id) and own.model_id
   if name then own.model_id = NIL_UUID end
   local req, err = core.preview(ctx.action.service, call, core_options(ctx, call, own))
   if req and name then
@@ -46,7 +46,7 @@ end
 
 local function dry_reset(ctx)
   local args, per, steps = ctx.args, call_options(ctx), {}
-  if not args.model:match(UUID) then
+  if not is_uuid(args.model) then
     steps[1] = preview(ctx, "list_models", "the model named " .. show(args.model), { name = args.model },
       "and one more request per further page of the model list")
   end
@@ -73,7 +73,7 @@ local DRY = {
   end,
   policies = function(ctx)
     local steps = {}
-    if not ctx.args.model:match(UUID) then
+    if not is_uuid(ctx.args.model) then
       steps[1] = preview(ctx, "list_models", "the model named " .. show(ctx.args.model), { name = ctx.args.model },
         "and one more request per further page of the model list")
     end

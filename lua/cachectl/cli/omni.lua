@@ -15,7 +15,7 @@ local json = require "cachectl.cli.json"
 local run = require "cachectl.cli.run"
 
 local show, escape, list = output.show, output.escape, json.list
-local timed, item, call_options, UUID = run.timed, run.item, run.call_options, run.UUID
+local timed, item, call_options, is_uuid = run.timed, run.item, run.call_options, run.is_uuid
 
 local M = {}
 
@@ -36,7 +36,7 @@ end
 -- lookup was made (the call failed before it).
 local function model_id_of(ctx)
   local given = ctx.args.model
-  if given:match(UUID) then return given end
+  if is_uuid(given) then return given end
   -- never a lookup of its own: only the one the call made, kept by the client
   if not ctx.attempted.list_models then return nil end
   local client = ctx.client()
@@ -49,7 +49,7 @@ end
 -- nothing was sent after it (`ctx.attempted`, from the events).
 local function lookup_failure(ctx, results, ms)
   local first = results[1] and results[1].err
-  if ctx.args.model:match(UUID) or type(first) ~= "table" then return nil end
+  if is_uuid(ctx.args.model) or type(first) ~= "table" then return nil end
   local attempted = ctx.attempted
   if not (first.field == "model" or (attempted.list_models and not attempted.model_yaml
                                      and not attempted.reset_cache)) then

@@ -25,7 +25,7 @@ local show = output.show
 local M = {}
 
 --- A model UUID, 8-4-4-4-12 hex digits (a pattern).
-M.UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+M.is_uuid = core.is_uuid     -- the core says what a model id is
 
 --- Calls fn(...) and times it; a raised error (a bug) becomes an error
 -- value, except Ctrl-C, which goes on up.
