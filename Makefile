@@ -47,7 +47,8 @@ check-curl:
 unexport http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
 export NO_PROXY = 127.0.0.1,localhost,::1
 export no_proxy = $(NO_PROXY)
-export LUA_PATH_5_4 = lua/?.lua;lua/?/init.lua;;
+# lua/: the library (the cachectl rock); mock/lua/: the mock server (the cachectl-mock rock)
+export LUA_PATH_5_4 = lua/?.lua;lua/?/init.lua;mock/lua/?.lua;mock/lua/?/init.lua;;
 export LUA_CPATH_5_4 = build/5.4/?.so;;
 
 BUSTED = busted
@@ -105,10 +106,15 @@ spec-valgrind: all
 	  lua5.4 $(shell command -v busted) --ignore-lua --run=default -o TAP
 
 # A local install with luarocks into a throw-away tree (the library's rock,
-# then the mock's, which depends on it), then a require of each.
+# then the mock's, which depends on it), then a require of each. The library's
+# rock alone holds no module of the mock (the mock's sources are in mock/lua/,
+# out of the lua/ that luarocks' builtin build copies whole).
 rock:
 	rm -rf build/tree
 	luarocks --lua-version=5.4 --tree build/tree make --deps-mode=none $(wildcard cachectl-[0-9]*.rockspec) >/dev/null
+	@if luarocks --lua-version=5.4 --tree build/tree show cachectl | grep -q 'cachectl\.mock' \
+	  || [ -e build/tree/share/lua/5.4/cachectl/mock ]; then \
+	  echo "make rock: the cachectl rock installs modules of the mock"; exit 1; fi
 	luarocks --lua-version=5.4 --tree build/tree make --deps-mode=none $(wildcard cachectl-mock-*.rockspec) >/dev/null
 	test -x build/tree/bin/cachectl-mock
 	cd /tmp && LUA_PATH_5_4="$(CURDIR)/build/tree/share/lua/5.4/?.lua;$(CURDIR)/build/tree/share/lua/5.4/?/init.lua;;" \

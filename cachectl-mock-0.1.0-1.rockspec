@@ -29,44 +29,45 @@ dependencies = {
   -- optional, not installed by default: "lyaml >= 6.2" (--models FILE.yaml), "luasec" (HTTPS),
   -- "busted" (cachectl.mock.busted)
 }
--- Plain Lua and data files, installed as listed: the "builtin" type would also
--- copy everything under lua/, the library included. (The cachectl rock is
--- "builtin", so luarocks copies lua/cachectl/mock/ into it as well, although
--- its module list no longer names them; beside it, this rock's copies of the
--- same files are deployed under versioned names.)
+-- Plain Lua and data files, installed as listed. They live in mock/lua/, not
+-- lua/: the cachectl rock is "builtin", and luarocks' builtin build copies
+-- everything under lua/ into the rock it builds, so a mock there would be
+-- installed by the cachectl rock too.
 build = {
   type = "none",
   install = {
     lua = {
-      ["cachectl.mock.init"] = "lua/cachectl/mock/init.lua",
-      ["cachectl.mock.busted"] = "lua/cachectl/mock/busted.lua",
-      ["cachectl.mock.cli"] = "lua/cachectl/mock/cli.lua",
-      ["cachectl.mock.conn"] = "lua/cachectl/mock/conn.lua",
-      ["cachectl.mock.control"] = "lua/cachectl/mock/control.lua",
-      ["cachectl.mock.faults"] = "lua/cachectl/mock/faults.lua",
-      ["cachectl.mock.http"] = "lua/cachectl/mock/http.lua",
-      ["cachectl.mock.json"] = "lua/cachectl/mock/json.lua",
-      ["cachectl.mock.launcher"] = "lua/cachectl/mock/launcher.lua",
-      ["cachectl.mock.loop"] = "lua/cachectl/mock/loop.lua",
-      ["cachectl.mock.models"] = "lua/cachectl/mock/models.lua",
-      ["cachectl.mock.modelsfile"] = "lua/cachectl/mock/modelsfile.lua",
-      ["cachectl.mock.modelslab"] = "lua/cachectl/mock/modelslab.lua",
-      ["cachectl.mock.omni"] = "lua/cachectl/mock/omni.lua",
-      ["cachectl.mock.openapi"] = "lua/cachectl/mock/openapi.lua",
-      ["cachectl.mock.ratelimit"] = "lua/cachectl/mock/ratelimit.lua",
-      ["cachectl.mock.rules"] = "lua/cachectl/mock/rules.lua",
-      ["cachectl.mock.server"] = "lua/cachectl/mock/server.lua",
-      ["cachectl.mock.util"] = "lua/cachectl/mock/util.lua",
+      ["cachectl.mock.init"] = "mock/lua/cachectl/mock/init.lua",
+      ["cachectl.mock.busted"] = "mock/lua/cachectl/mock/busted.lua",
+      ["cachectl.mock.cli"] = "mock/lua/cachectl/mock/cli.lua",
+      ["cachectl.mock.conn"] = "mock/lua/cachectl/mock/conn.lua",
+      ["cachectl.mock.control"] = "mock/lua/cachectl/mock/control.lua",
+      ["cachectl.mock.faults"] = "mock/lua/cachectl/mock/faults.lua",
+      ["cachectl.mock.http"] = "mock/lua/cachectl/mock/http.lua",
+      ["cachectl.mock.json"] = "mock/lua/cachectl/mock/json.lua",
+      ["cachectl.mock.launcher"] = "mock/lua/cachectl/mock/launcher.lua",
+      ["cachectl.mock.log"] = "mock/lua/cachectl/mock/log.lua",
+      ["cachectl.mock.loop"] = "mock/lua/cachectl/mock/loop.lua",
+      ["cachectl.mock.match"] = "mock/lua/cachectl/mock/match.lua",
+      ["cachectl.mock.models"] = "mock/lua/cachectl/mock/models.lua",
+      ["cachectl.mock.modelsfile"] = "mock/lua/cachectl/mock/modelsfile.lua",
+      ["cachectl.mock.modelslab"] = "mock/lua/cachectl/mock/modelslab.lua",
+      ["cachectl.mock.omni"] = "mock/lua/cachectl/mock/omni.lua",
+      ["cachectl.mock.openapi"] = "mock/lua/cachectl/mock/openapi.lua",
+      ["cachectl.mock.ratelimit"] = "mock/lua/cachectl/mock/ratelimit.lua",
+      ["cachectl.mock.rules"] = "mock/lua/cachectl/mock/rules.lua",
+      ["cachectl.mock.server"] = "mock/lua/cachectl/mock/server.lua",
+      ["cachectl.mock.util"] = "mock/lua/cachectl/mock/util.lua",
       -- the vendors' OpenAPI documents, beside cachectl/mock/openapi.lua
-      ["cachectl.mock.openapi.omni"] = "lua/cachectl/mock/openapi/omni.json",
-      ["cachectl.mock.openapi.modelslab.3d-api"] = "lua/cachectl/mock/openapi/modelslab/3d-api.json",
-      ["cachectl.mock.openapi.modelslab.face-gen"] = "lua/cachectl/mock/openapi/modelslab/face-gen.json",
-      ["cachectl.mock.openapi.modelslab.flux-2-dev"] = "lua/cachectl/mock/openapi/modelslab/flux-2-dev.json",
-      ["cachectl.mock.openapi.modelslab.flux-klein"] = "lua/cachectl/mock/openapi/modelslab/flux-klein.json",
-      ["cachectl.mock.openapi.modelslab.image-editing"] = "lua/cachectl/mock/openapi/modelslab/image-editing.json",
+      ["cachectl.mock.openapi.omni"] = "mock/lua/cachectl/mock/openapi/omni.json",
+      ["cachectl.mock.openapi.modelslab.3d-api"] = "mock/lua/cachectl/mock/openapi/modelslab/3d-api.json",
+      ["cachectl.mock.openapi.modelslab.face-gen"] = "mock/lua/cachectl/mock/openapi/modelslab/face-gen.json",
+      ["cachectl.mock.openapi.modelslab.flux-2-dev"] = "mock/lua/cachectl/mock/openapi/modelslab/flux-2-dev.json",
+      ["cachectl.mock.openapi.modelslab.flux-klein"] = "mock/lua/cachectl/mock/openapi/modelslab/flux-klein.json",
+      ["cachectl.mock.openapi.modelslab.image-editing"] = "mock/lua/cachectl/mock/openapi/modelslab/image-editing.json",
       ["cachectl.mock.openapi.modelslab.image-to-video-ultra"] =
-        "lua/cachectl/mock/openapi/modelslab/image-to-video-ultra.json",
-      ["cachectl.mock.openapi.modelslab.text-to-image"] = "lua/cachectl/mock/openapi/modelslab/text-to-image.json",
+        "mock/lua/cachectl/mock/openapi/modelslab/image-to-video-ultra.json",
+      ["cachectl.mock.openapi.modelslab.text-to-image"] = "mock/lua/cachectl/mock/openapi/modelslab/text-to-image.json",
     },
     bin = {
       ["cachectl-mock"] = "bin/cachectl-mock",

@@ -208,7 +208,8 @@ end
 -- ---- the cachectl mock ---------------------------------------------------
 
 local function mock_start()
-  package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
+  package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/mock/lua/?.lua;" .. ROOT
+    .. "/mock/lua/?/init.lua;" .. package.path
   local mock = require "cachectl.mock"
   local m = mock.start{ lua = PIN .. LUA }
   m.base = m.url .. "/api"

@@ -162,7 +162,8 @@ end
 
 -- The environment of a runnable block, as `env` arguments.
 local function environment(srv)
-  local lpath = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"
+  local lpath = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/mock/lua/?.lua;" .. ROOT
+    .. "/mock/lua/?/init.lua;;"
   local cpath = ROOT .. "/build/5.4/?.so;;"
   local vars = {
     MODELSLAB_API_KEY = "demo-modelslab-key", OMNI_API_KEY = "demo-omni-token",

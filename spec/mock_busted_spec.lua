@@ -37,7 +37,8 @@ local dir
 -- that runs them in `dir` with this checkout's modules.
 local function child(files)
   for name, code in pairs(files) do helpers.write_file(dir .. "/" .. name, PRELUDE .. code) end
-  local lpath = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"
+  local lpath = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/mock/lua/?.lua;" .. ROOT
+    .. "/mock/lua/?/init.lua;;"
   return "cd " .. sh_quote(dir) .. " && env NOTES=" .. sh_quote(dir .. "/notes") .. " LUA_PATH=" .. sh_quote(lpath)
     .. " LUA_PATH_5_4=" .. sh_quote(lpath) .. " busted --lua=lua5.4 -o TAP ."
 end

@@ -1,5 +1,5 @@
 -- Requests checked against the vendors' OpenAPI documents (shipped in
--- lua/cachectl/mock/openapi/): what a document would reject gets the
+-- mock/lua/cachectl/mock/openapi/): what a document would reject gets the
 -- vendor's 4xx, in the vendor's error shape, naming the field.
 local cjson = require "cjson"
 local http = require "socket.http"
@@ -149,7 +149,7 @@ describe("mock validation against the vendors' OpenAPI documents", function()
     it("are needed: a mock without them does not start, and says why", function()
       local dir = os.tmpname()
       os.remove(dir)
-      assert(helpers.succeeds("mkdir -p " .. dir .. "/cachectl/mock && cp lua/cachectl/mock/*.lua " .. dir
+      assert(helpers.succeeds("mkdir -p " .. dir .. "/cachectl/mock && cp mock/lua/cachectl/mock/*.lua " .. dir
         .. "/cachectl/mock/"))
       local lpath = dir .. "/?.lua;" .. dir .. "/?/init.lua;;"
       local p = io.popen("LUA_PATH_5_4='" .. lpath .. "' lua5.4 -e 'require(\"cachectl.mock\").main({})' 2>&1; "

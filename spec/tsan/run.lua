@@ -3,7 +3,7 @@
 -- thread's call succeeded and ThreadSanitizer reported nothing.
 local arg, io, os = arg, io, os
 
-package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
+package.path = "lua/?.lua;lua/?/init.lua;mock/lua/?.lua;mock/lua/?/init.lua;spec/?.lua;" .. package.path
 local server = require "support.mock_server"
 local helpers = require "support.helpers"
 

@@ -13,11 +13,12 @@
 -- @module cachectl.mock.omni
 
 local ipairs, pairs, tonumber, tostring, type = ipairs, pairs, tonumber, tostring, type
-local math, pcall, string, table = math, pcall, string, table
+local math = math
 
 local socket = require "socket"
 local http = require "cachectl.mock.http"
 local json = require "cachectl.mock.json"
+local match = require "cachectl.mock.match"
 local openapi = require "cachectl.mock.openapi"
 local ratelimit = require "cachectl.mock.ratelimit"
 local util = require "cachectl.mock.util"
@@ -167,28 +168,8 @@ local function list(srv, req)
   return http.json(200, page)
 end
 
--- A simple regular expression (., *, +, ?, ^, $, [...], \x) as a Lua
--- pattern; nil for what a Lua pattern cannot say (|, groups, counts).
-local function lua_pattern(re)
-  if re:find("[|(){}]") then return nil end
-  local out, in_class, i = {}, false, 1
-  while i <= #re do
-    local ch = re:sub(i, i)
-    if ch == "\\" and i < #re then
-      i = i + 1
-      out[#out + 1] = "%" .. re:sub(i, i)
-    elseif ch == "%" or (ch == "-" and not in_class) then
-      out[#out + 1] = "%" .. ch
-    else
-      if ch == "[" then in_class = true elseif ch == "]" then in_class = false end
-      out[#out + 1] = ch
-    end
-    i = i + 1
-  end
-  return table.concat(out)
-end
-
--- The files named by fileName: that name, else the names the expression matches.
+-- The files named by fileName: that name, else the names the simple regular
+-- expression matches (matched without backtracking: cachectl.mock.match).
 local function select_files(files, file_name)
   local out = {}
   if not file_name or files[file_name] then
@@ -197,10 +178,9 @@ local function select_files(files, file_name)
     end
     return out
   end
-  local pattern = lua_pattern(file_name)
-  for name, text in pairs(pattern and files or {}) do
-    local ok, found = pcall(string.find, name, pattern)
-    if ok and found then out[name] = text end
+  local matches = match.regex(file_name)
+  for name, text in pairs(matches and files or {}) do
+    if matches(name) then out[name] = text end
   end
   return out
 end

@@ -2,14 +2,15 @@
 -- recording, routes of both vendors, faults) and the life of a connection.
 -- @module cachectl.mock.server
 
-local coroutine, math = coroutine, math
-local assert, error, ipairs, setmetatable, tostring, type, require =
-  assert, error, ipairs, setmetatable, tostring, type, require
+local coroutine, math, table = coroutine, math, table
+local assert, error, ipairs, pairs, setmetatable, tostring, type, require =
+  assert, error, ipairs, pairs, setmetatable, tostring, type, require
 
 local socket = require "socket"
 local control = require "cachectl.mock.control"
 local faults = require "cachectl.mock.faults"
 local http = require "cachectl.mock.http"
+local log = require "cachectl.mock.log"
 local loop = require "cachectl.mock.loop"
 local models = require "cachectl.mock.models"
 local modelsfile = require "cachectl.mock.modelsfile"
@@ -50,16 +51,13 @@ State.__index = State
 -- restores the models of the start.
 function State:reset()
   rules.clear(self.rules or {})
-  self.log, self.seen, self.seen_count, self.fault_counts, self.rules = {}, {}, 0, {}, {}
+  self.log, self.seen, self.seen_count, self.fault_counts, self.rules = log.new(), {}, 0, {}, {}
   if self.rate then self.rate:clear() end
   self.models:reset()
 end
 
 function State:record(c, req)
-  self.log[#self.log + 1] = {
-    method = req.method, path = req.target, headers = req.headers,
-    body = req.body, connection = c.id, at = req.at,
-  }
+  self.log:add(req, c.id)
   if not self.seen[c.id] then
     self.seen[c.id] = true
     self.seen_count = self.seen_count + 1
@@ -124,27 +122,86 @@ local function serve_connection(srv, c)
 end
 
 local function positive_integer(v)
-  return type(v) == "number" and v >= 1 and v == math.floor(v)
+  return type(v) == "number" and v >= 1 and v < math.huge and v == math.floor(v)
 end
 
---- Raises an error naming the first bad option of serve().
+-- The options, and where each may be given ("start": mock.start and the busted
+-- helper; "serve": mock.serve), with a check of the value: nil or a message.
+local OPTIONS = {
+  host = { function(v)
+    if type(v) ~= "string" or not v:match("^[^%s%c]+$") then
+      return "host must be an address or a host name such as \"127.0.0.1\""
+    end
+  end },
+  port = { function(v)
+    if type(v) ~= "number" or v ~= math.floor(v) or v < 0 or v > 65535 then
+      return "port must be an integer from 0 to 65535 (0: any free port)"
+    end
+  end },
+  omni_rate_limit = { function(v)
+    if not positive_integer(v) then return "omni_rate_limit must be a positive integer" end
+  end },
+  omni_rate_limit_per = { function(v)
+    if type(v) ~= "number" or not (v > 0 and v < math.huge) then
+      return "omni_rate_limit_per must be a number of seconds > 0"
+    end
+  end },
+  page_size = { function(v) if not positive_integer(v) then return "page_size must be a positive integer" end end },
+  omni_error_shape = { function(v)
+    if v ~= "detail" and v ~= "error" then return "omni_error_shape must be \"detail\" or \"error\"" end
+  end },
+  max_body = { function(v) if not positive_integer(v) then return "max_body must be a positive integer" end end },
+  max_connections = { function(v)
+    if not positive_integer(v) or v > 1000 then return "max_connections must be an integer from 1 to 1000" end
+  end },
+  tls = { function(v)
+    if type(v) ~= "table" or type(v.certificate) ~= "string" or type(v.key) ~= "string" then
+      return "tls must be a table { certificate = PATH, key = PATH }"
+    end
+  end },
+  models = { function(v)
+    if type(v) ~= "string" then return "models must be the path of a .json, .yaml or .yml file" end
+  end },
+  lua = { function(v)
+    if type(v) ~= "string" or v == "" then return "lua must be the command of a Lua interpreter" end
+  end, only = "start" },
+  on_listen = { function(v)
+    if type(v) ~= "function" then return "on_listen must be a function" end
+  end, only = "serve" },
+  exit_with_parent = { function(v)
+    if type(v) ~= "boolean" then return "exit_with_parent must be true or false" end
+  end, only = "serve" },
+}
+
+local function known(kind)
+  local names = {}
+  for name, o in pairs(OPTIONS) do
+    if not o.only or o.only == kind then names[#names + 1] = name end
+  end
+  table.sort(names)
+  return table.concat(names, ", ")
+end
+
+--- Raises an error naming the first bad option of serve() or start().
+-- @param opts the options
+-- @param kind "start" (mock.start, the busted helper; the default) or "serve"
 -- @return the models file's definitions (`cachectl.mock.modelsfile`), or nil
-function server.check(opts)
+function server.check(opts, kind)
+  kind = kind or "start"
   local function need(ok, message)
     if not ok then error("cachectl.mock: " .. message, 4) end
   end
-  need(opts.omni_rate_limit == nil or positive_integer(opts.omni_rate_limit),
-    "omni_rate_limit must be a positive integer")
-  need(opts.omni_rate_limit_per == nil or (type(opts.omni_rate_limit_per) == "number" and opts.omni_rate_limit_per > 0),
-    "omni_rate_limit_per must be a number of seconds > 0")
-  need(opts.page_size == nil or positive_integer(opts.page_size), "page_size must be a positive integer")
-  need(opts.omni_error_shape == nil or opts.omni_error_shape == "detail" or opts.omni_error_shape == "error",
-    "omni_error_shape must be \"detail\" or \"error\"")
-  need(opts.max_body == nil or positive_integer(opts.max_body), "max_body must be a positive integer")
-  need(opts.max_connections == nil or (positive_integer(opts.max_connections) and opts.max_connections <= 1000),
-    "max_connections must be an integer from 1 to 1000")
+  need(type(opts) == "table", "the options must be a table")
+  local names = {}
+  for name in pairs(opts) do names[#names + 1] = tostring(name) end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local o = OPTIONS[name]
+    need(o and (not o.only or o.only == kind), "unknown option '" .. name .. "' (known: " .. known(kind) .. ")")
+    local problem = o[1](opts[name])
+    need(not problem, problem)
+  end
   if opts.models ~= nil then
-    need(type(opts.models) == "string", "models must be the path of a .json, .yaml or .yml file")
     local initial, err = modelsfile.load(opts.models)
     need(initial, "models: " .. tostring(err))
     return initial
@@ -158,7 +215,7 @@ local function new_state(opts, url, initial)
     omni_error_shape = opts.omni_error_shape, max_body = opts.max_body or http.MAX_BODY,
   }, State)
   if opts.omni_rate_limit then
-    srv.rate = ratelimit.new(opts.omni_rate_limit, opts.omni_rate_limit_per, opts.omni_rate_limit_grace)
+    srv.rate = ratelimit.new(opts.omni_rate_limit, opts.omni_rate_limit_per)
   end
   if opts.tls then
     local ssl = require "ssl"
@@ -174,7 +231,7 @@ end
 --- Runs the mock server in this process until it is killed (see `cachectl.mock.serve`).
 function server.serve(opts)
   opts = opts or {}
-  local initial = server.check(opts)
+  local initial = server.check(opts, "serve")
   local listener = assert(socket.bind(opts.host or "127.0.0.1", opts.port or 0, 512))
   listener:settimeout(0)
   local ip, port = listener:getsockname()

@@ -13,14 +13,33 @@ http.MAX_LINE = 16 * 1024
 http.MAX_HEADERS = 100
 http.MAX_BODY = 64 * 1024 * 1024   -- default bound of a request body, bytes
 
+-- The reason phrases of RFC 9110 (and 429, 431 of RFC 6585).
 local REASONS = {
-  [100] = "Continue", [200] = "OK", [302] = "Found", [400] = "Bad Request",
-  [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found", [405] = "Method Not Allowed",
-  [409] = "Conflict", [413] = "Content Too Large", [422] = "Unprocessable Content",
-  [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
+  [100] = "Continue", [101] = "Switching Protocols",
+  [200] = "OK", [201] = "Created", [202] = "Accepted", [203] = "Non-Authoritative Information",
+  [204] = "No Content", [205] = "Reset Content", [206] = "Partial Content",
+  [300] = "Multiple Choices", [301] = "Moved Permanently", [302] = "Found", [303] = "See Other",
+  [304] = "Not Modified", [305] = "Use Proxy", [307] = "Temporary Redirect", [308] = "Permanent Redirect",
+  [400] = "Bad Request", [401] = "Unauthorized", [402] = "Payment Required", [403] = "Forbidden",
+  [404] = "Not Found", [405] = "Method Not Allowed", [406] = "Not Acceptable",
+  [407] = "Proxy Authentication Required", [408] = "Request Timeout", [409] = "Conflict", [410] = "Gone",
+  [411] = "Length Required", [412] = "Precondition Failed", [413] = "Content Too Large",
+  [414] = "URI Too Long", [415] = "Unsupported Media Type", [416] = "Range Not Satisfiable",
+  [417] = "Expectation Failed", [421] = "Misdirected Request", [422] = "Unprocessable Content",
+  [426] = "Upgrade Required", [428] = "Precondition Required", [429] = "Too Many Requests",
+  [431] = "Request Header Fields Too Large", [451] = "Unavailable For Legal Reasons",
   [500] = "Internal Server Error", [501] = "Not Implemented", [502] = "Bad Gateway",
-  [503] = "Service Unavailable", [504] = "Gateway Timeout",
+  [503] = "Service Unavailable", [504] = "Gateway Timeout", [505] = "HTTP Version Not Supported",
+  [511] = "Network Authentication Required",
 }
+
+-- Statuses whose answer has no body (RFC 9110 6.4.1): sent without one, and without Content-Length.
+local NO_BODY = { [204] = true, [304] = true }
+
+--- Whether an answer of this status carries no body (204, 304).
+function http.no_body(status)
+  return NO_BODY[status] == true
+end
 
 --- A response table.
 function http.response(status, content_type, body, headers)
@@ -37,6 +56,7 @@ end
 --- Status line and headers of a response.
 function http.format_head(status, headers, length, keep, http10)
   local lines = { "HTTP/1.1 " .. status .. " " .. (REASONS[status] or "Unknown") }
+  if NO_BODY[status] then length = nil end
   for name, value in pairs(headers or {}) do lines[#lines + 1] = name .. ": " .. value end
   lines[#lines + 1] = "Server: cachectl-mock"
   if length then lines[#lines + 1] = "Content-Length: " .. length end
@@ -54,7 +74,7 @@ end
 function http.send(c, req, res, keep)
   local body = res.body or ""
   local head = http.format_head(res.status, res.headers, #body, keep, req and req.http10)
-  if req and req.method == "HEAD" then body = "" end
+  if (req and req.method == "HEAD") or NO_BODY[res.status] then body = "" end
   return c:send_all(head .. body)
 end
 

@@ -12,8 +12,10 @@
 -- (state and dispatch), `.modelslab` and `.omni` (the vendors' routes),
 -- `.models` (the Omni models), `.modelsfile` (`--models FILE`), `.openapi` (requests
 -- checked against the vendors' OpenAPI documents), `.ratelimit`, `.faults`,
--- `.rules` (fault rules), `.control`, `.cli` (the command line), `.launcher`
--- (`start` and its handle), `.busted` (one mock per spec file), `.json`, `.util`.
+-- `.rules` (fault rules), `.log` (the bounded request log), `.control`, `.cli`
+-- (the command line), `.launcher` (`start` and its handle), `.busted` (one mock
+-- per spec file), `.json` (strict JSON), `.match` (globs and expressions matched
+-- without backtracking), `.util`.
 --
 -- Portable Lua: runs under Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT.
 -- @module cachectl.mock
@@ -36,7 +38,7 @@ local mock = {}
 --   `tls` `{ certificate = PATH, key = PATH }` to serve HTTPS,
 --   `models` the path of a .json or .yaml/.yml file of Omni models (the body of POST /_mock/models),
 --   `exit_with_parent` exit when stdout (a pipe) loses its reader
--- @return never returns; raises an error on a bad option or if it cannot listen
+-- @return never returns; raises an error naming a bad or unknown option, or if it cannot listen
 mock.serve = server.serve
 
 --- Command-line entry point of `cachectl-mock`.
@@ -49,7 +51,7 @@ mock.main = cli.main
 --- Starts a mock server in a separate process (for tests).
 -- @function start
 -- @param opts table (optional): the options of `serve` but `on_listen` and `exit_with_parent`,
---   and `lua` (interpreter command, default "lua5.4")
+--   and `lua` (interpreter command, default "lua5.4"); a bad or unknown option raises, naming it
 -- @return handle with fields `url`, `pid` and methods `requests(filter)`, `count(filter)`,
 --   `fault(rule)`, `faults()`, `stats()`, `reset()`, `define_models(list, replace)`, `stop()`
 mock.start = launcher.start

@@ -7,9 +7,11 @@
 -- or more; when the process runs out of descriptors first (`ulimit -n`), it
 -- lowers that number to what it holds. When it is full, a new connection takes
 -- the place of the one that has waited longest for its client to send
--- anything; so a client that opens thousands of idle connections never locks
--- the others out. An error in the loop itself is logged (at most once a
--- second) and never spins.
+-- anything; when none waits so, of the one held longest (by a hold, or
+-- waiting for its client to read); so a client that opens thousands of idle
+-- connections, or has hundreds of requests held, never locks the others (the
+-- control API included) out. An error in the loop itself is logged (at most
+-- once a second) and never spins.
 -- @module cachectl.mock.loop
 
 local coroutine, debug, os = coroutine, debug, os
@@ -36,7 +38,7 @@ function loop.new(server, handler, opts)
   return setmetatable({
     server = server, handler = handler, watch = opts.watch,
     max_open = opts.max_connections or loop.MAX_CONNECTIONS,
-    reading = {}, writing = {}, sleepers = {}, ready = {},
+    reading = {}, writing = {}, sleepers = {}, ready = {}, conns = {},
     open = 0, next_id = 0, refused = 0, evicted = 0, accept_after = 0,
     last_log = 0, quiet = 0,
   }, Loop)
@@ -54,9 +56,21 @@ function Loop:_complain(message)
   self.last_log, self.quiet = now, 0
 end
 
+-- Stops watching what `c` waits for.
+local function unwatch(c)
+  if c.waits and c.waits[c.sock] == c then c.waits[c.sock] = nil end
+  c.waits, c.sock = nil, nil
+  if c.sleep then
+    c.sleep.cancelled = true
+    c.sleep = nil
+  end
+end
+
 function Loop:_close(c)
   if c.closed then return end
   c.closed = true
+  unwatch(c)
+  self.conns[c] = nil
   c.conn:close()
   self.open = self.open - 1
 end
@@ -70,36 +84,35 @@ function Loop:_resume(c, why)
   if what == "sleep" then
     c.sleep = { at = c.since + arg, c = c, sock = sock }
     self.sleepers[#self.sleepers + 1] = c.sleep
-    if sock then self.reading[sock] = c end
+    if sock then c.waits, c.sock = self.reading, sock end
   elseif what == "ready" then
     self.ready[#self.ready + 1] = c
   elseif what == "write" then
-    self.writing[arg] = c
+    c.waits, c.sock = self.writing, arg
   else
-    self.reading[arg] = c
+    c.waits, c.sock, c.idle = self.reading, arg, true
   end
+  if c.waits then c.waits[c.sock] = c end
 end
 
 function Loop:_wake(c, why)
   if c.closed then return end
-  if c.sleep then
-    if c.sleep.sock then self.reading[c.sleep.sock] = nil end
-    c.sleep.cancelled = true
-    c.sleep = nil
-  end
+  unwatch(c)
+  c.idle = nil
   self:_resume(c, why)
 end
 
--- Closes the connection that has waited longest for its client; false when
--- no connection waits for its client.
+-- Closes a connection to make room: the one that has waited longest for its
+-- client to send anything; else the one held longest (a hold, a client that
+-- does not read); false when there is none.
 function Loop:_evict()
-  local oldest, key
-  for sock, c in pairs(self.reading) do
-    if not c.sleep and (not oldest or c.since < oldest.since) then oldest, key = c, sock end
+  local victim, rank
+  for c in pairs(self.conns) do
+    local r = c.idle and 1 or 2
+    if not victim or r < rank or (r == rank and c.since < victim.since) then victim, rank = c, r end
   end
-  if not oldest then return false end
-  self.reading[key] = nil
-  self:_close(oldest)
+  if not victim then return false end
+  self:_close(victim)
   self.evicted = self.evicted + 1
   return true
 end
@@ -116,6 +129,7 @@ function Loop:_admit(client)
   self.next_id = self.next_id + 1
   self.open = self.open + 1
   local c = { conn = conn.new(client, self.next_id) }
+  self.conns[c] = true
   c.co = coroutine.create(function() self.handler(c.conn) end)
   self:_resume(c)
 end

@@ -169,7 +169,8 @@ local function has_type(v, t)
   local lt = type(v)
   if t == "integer" then return lt == "number" and v == math.floor(v) and v - v == 0 end
   if t == "number" then return lt == "number" and v == v end
-  if t == "object" then return lt == "table" and (next(v) == nil or not is_array(v)) end
+  -- an empty JSON array decodes marked (json.array); an unmarked empty table may be either
+  if t == "object" then return lt == "table" and not json.is_array(v) and (next(v) == nil or not is_array(v)) end
   if t == "array" then return lt == "table" and is_array(v) end
   return lt == t
 end

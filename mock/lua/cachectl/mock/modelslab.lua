@@ -49,9 +49,15 @@ function modelslab.retry_after_body()
   return http.json(429, { status = "error", message = "Rate limit exceeded", retry_after = 1 })
 end
 
+-- The request's body as a JSON object, or nil; decoded once per request.
+local function body_of(req)
+  if req.decoded == nil then req.decoded = json.object(req.body) or false end
+  return req.decoded or nil
+end
+
 --- The key of a request, read from its JSON body, or nil.
 function modelslab.credential(req)
-  local body = json.object(req.body)
+  local body = body_of(req)
   if body and type(body.key) == "string" then return body.key end
 end
 
@@ -77,7 +83,7 @@ local function check(req, bad_key_response, found)
   if media ~= "application/json" then
     return ml_error(400, "Content-Type must be application/json", "invalid_content_type")
   end
-  local body = json.object(req.body)
+  local body = body_of(req)
   if not body then
     return ml_error(400, "The request body must be a JSON object.", "invalid_body")
   end

@@ -103,18 +103,27 @@ function models.new(initial)
   return store
 end
 
+-- Holds exactly `list` (ids lower-case and distinct), indexed by id.
+function Store:_hold(list)
+  self.list, self.index = list, {}
+  for i, m in ipairs(list) do self.index[m.id] = i end
+end
+
 --- Restores the models of the start: the default set, then `initial`.
 function Store:reset()
-  self.list = default_set()
+  self:_hold(default_set())
   if self.initial then assert(self:define(self.initial.models, self.initial.replace)) end
 end
 
 --- The model of an id (either case), or nil.
 function Store:get(id)
-  id = id:lower()
-  for _, m in ipairs(self.list) do
-    if m.id == id then return m end
-  end
+  local at = self.index[id:lower()]
+  return at and self.list[at]
+end
+
+--- How many models the store holds.
+function Store:size()
+  return #self.list
 end
 
 local FIELD_TYPES = {
@@ -141,8 +150,8 @@ local function invalid(d, where)
       return where .. ".files must map file names to YAML text"
     end
   end
-  if d.version and (d.version < 0 or d.version ~= math.floor(d.version)) then
-    return where .. ".version must be a whole number"
+  if d.version and not (d.version >= 0 and d.version < 2 ^ 53 and d.version == math.floor(d.version)) then
+    return where .. ".version must be a whole number from 0 to 2^53"   -- not NaN, not an infinity
   end
 end
 
@@ -180,13 +189,11 @@ function Store:define(list, replace)
     if message then return nil, message end
     defined[i] = from_definition(d)
   end
-  if replace then self.list = {} end
+  if replace then self:_hold({}) end
   for _, m in ipairs(defined) do
-    local at = #self.list + 1
-    for j, old in ipairs(self.list) do
-      if old.id == m.id then at = j end
-    end
+    local at = self.index[m.id] or #self.list + 1
     self.list[at] = m
+    self.index[m.id] = at
   end
   return true
 end

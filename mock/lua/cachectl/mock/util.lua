@@ -1,9 +1,11 @@
---- Small helpers of the mock server: logging, dates, UUIDs, percent-encoding
--- and query strings. No I/O but the log line on stderr.
+--- Small helpers of the mock server: logging, dates, UUIDs, percent-encoding,
+-- query strings, UTF-8 checks. No I/O but the log line on stderr.
 -- @module cachectl.mock.util
 
 local io, math, os, string, table = io, math, os, string, table
-local tonumber, type = tonumber, type
+local tonumber, type, utf8, _VERSION = tonumber, type, rawget(_G, "utf8"), _VERSION
+
+local match = require "cachectl.mock.match"
 
 local util = {}
 
@@ -102,22 +104,69 @@ function util.percent_decode(s)
   return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
 end
 
---- A matcher of a path glob against the end of a path: the glob starts with
--- `/` and has N segments; it matches when the last N segments of the path
--- match it, `*` standing for any run of characters but `/`, everything else
--- for itself. So "/v1/models" matches "/api/v1/models", not "/api/xv1/models".
--- The match is anchored at one place, so it takes time linear in the path,
--- whatever the path holds.
--- @return function(path) -> boolean
-function util.path_glob(glob)
-  local _, segments = glob:gsub("/", "")
-  local pattern = "^" .. glob:gsub("[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0"):gsub("%*", "[^/]*") .. "$"
-  return function(path)
-    local starts = {}
-    for at in path:gmatch("()/") do starts[#starts + 1] = at end
-    local from = starts[#starts - segments + 1]
-    return from ~= nil and path:find(pattern, from) == from
+--- A matcher of a path glob against the end of a path, in time linear in
+-- the path (`cachectl.mock.match.path_glob`).
+util.path_glob = match.path_glob
+
+-- The length of the valid UTF-8 sequence at s[i] (a byte >= 0x80), or 0.
+local function sequence(s, i)
+  local a, b, c, d = s:byte(i, i + 3)
+  local function cont(x) return x and x >= 0x80 and x <= 0xBF end
+  if a >= 0xC2 and a <= 0xDF then return cont(b) and 2 or 0 end
+  if a >= 0xE0 and a <= 0xEF then
+    local low, high = 0x80, 0xBF
+    if a == 0xE0 then low = 0xA0 elseif a == 0xED then high = 0x9F end   -- no overlongs, no surrogates
+    return (b and b >= low and b <= high and cont(c)) and 3 or 0
   end
+  if a >= 0xF0 and a <= 0xF4 then
+    local low, high = 0x80, 0xBF
+    if a == 0xF0 then low = 0x90 elseif a == 0xF4 then high = 0x8F end   -- U+10000 to U+10FFFF
+    return (b and b >= low and b <= high and cont(c) and cont(d)) and 4 or 0
+  end
+  return 0
+end
+
+-- Lua 5.4's utf8.len is strict (no surrogates, no overlongs, nothing past U+10FFFF), as is `sequence`.
+local utf8_len = _VERSION == "Lua 5.4" and utf8 and utf8.len
+
+--- Whether `s` is valid UTF-8.
+-- @return true, or false and the index of the first bad byte
+function util.utf8_valid(s)
+  if utf8_len then
+    local n, bad = utf8_len(s)
+    if n then return true end
+    return false, bad
+  end
+  local pos = 1
+  while true do
+    local at = s:find("[\128-\255]", pos)
+    if not at then return true end
+    local n = sequence(s, at)
+    if n == 0 then return false, at end
+    pos = at + n
+  end
+end
+
+--- `s` with every byte that is not part of valid UTF-8 replaced by U+FFFD.
+-- @return the text (`s` itself when it is valid), and true when something was replaced
+function util.utf8_repair(s)
+  local ok, first = util.utf8_valid(s)
+  if ok then return s, false end
+  local out, last, pos = {}, 1, first
+  while true do
+    local at = s:find("[\128-\255]", pos)
+    if not at then break end
+    local n = sequence(s, at)
+    if n == 0 then
+      out[#out + 1] = s:sub(last, at - 1)
+      out[#out + 1] = "\239\191\189"
+      last, pos = at + 1, at + 1
+    else
+      pos = at + n
+    end
+  end
+  out[#out + 1] = s:sub(last)
+  return table.concat(out), true
 end
 
 --- The path of a request target (without its query).

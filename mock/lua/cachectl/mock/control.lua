@@ -3,8 +3,8 @@
 -- models and the fault rules.
 -- @module cachectl.mock.control
 
-local ipairs, pairs, tonumber, type = ipairs, pairs, tonumber, type
-local math, table = math, table
+local pairs, tonumber, tostring, type = pairs, tonumber, tostring, type
+local coroutine, math, table = coroutine, math, table
 
 local http = require "cachectl.mock.http"
 local json = require "cachectl.mock.json"
@@ -13,8 +13,9 @@ local util = require "cachectl.mock.util"
 
 local control = {}
 
+-- A 400 naming the problem (which may quote what the client sent: kept UTF-8).
 local function bad(message)
-  return http.json(400, { error = "400", message = message })
+  return http.json(400, { error = "400", message = (util.utf8_repair(message)) })
 end
 
 local FILTERS = { method = true, path = true, since = true }
@@ -46,22 +47,42 @@ local function filter_of(target)
   return f
 end
 
-local function requests(srv, req)
-  local f, err = filter_of(req.target)
-  if not f then return bad(err) end
-  local list = json.array()
-  for _, entry in ipairs(srv.log) do
-    if (not f.method or entry.method == f.method) and (not f.since or entry.at >= f.since)
-      and (not f.match_path or f.match_path(util.path_of(entry.path))) then
-      list[#list + 1] = entry
-    end
+-- The filter of a query as a function of a log entry, or nil and a message.
+local function entry_filter(target)
+  local f, err = filter_of(target)
+  if not f then return nil, err end
+  return function(e)
+    return (not f.method or e.method == f.method) and (not f.since or e.at >= f.since)
+      and (not f.match_path or f.match_path(util.path_of(e.target)))
   end
-  return http.json(200, list)
+end
+
+-- What the log dropped, as headers of its answers.
+local function dropped_headers(srv)
+  return { ["X-Mock-Dropped"] = tostring(srv.log.dropped),
+           ["X-Mock-Bodies-Dropped"] = tostring(srv.log.bodies_dropped) }
+end
+
+local function pause()
+  coroutine.yield("ready")
+end
+
+local function requests(srv, req)
+  local f, err = entry_filter(req.target)
+  if not f then return bad(err) end
+  return http.response(200, "application/json", srv.log:json(f, pause), dropped_headers(srv))
+end
+
+local function count(srv, req)
+  local f, err = entry_filter(req.target)
+  if not f then return bad(err) end
+  return http.json(200, { count = srv.log:count(f), dropped = srv.log.dropped }, dropped_headers(srv))
 end
 
 local function stats(srv)
   -- The connection asking is not counted as open.
-  return http.json(200, { connections = srv.seen_count, requests = #srv.log, open = srv.loop.open - 1 })
+  return http.json(200, { connections = srv.seen_count, requests = srv.log.total, open = srv.loop.open - 1,
+                          dropped = srv.log.dropped, bodies_dropped = srv.log.bodies_dropped })
 end
 
 local function reset(srv)
@@ -70,14 +91,17 @@ local function reset(srv)
 end
 
 local function define_models(srv, req)
-  local body = json.object(req.body)
-  if not body then return bad('the body must be a JSON object {"models": [...], "replace": false}') end
+  local body, err = json.object(req.body)
+  if not body then
+    local message = 'the body must be a JSON object {"models": [...], "replace": false}'
+    return bad(err == "not a JSON object" and message or (message .. ": " .. err))
+  end
   local replace = body.replace
   if replace == json.null then replace = nil end
   if replace ~= nil and type(replace) ~= "boolean" then return bad("replace must be true or false") end
-  local ok, err = srv.models:define(body.models, replace)
-  if not ok then return bad(err) end
-  return http.json(200, { ok = true, models = #srv.models.list })
+  local ok, problem = srv.models:define(body.models, replace)
+  if not ok then return bad(problem) end
+  return http.json(200, { ok = true, models = srv.models:size() })
 end
 
 local function list_faults(srv)
@@ -85,8 +109,10 @@ local function list_faults(srv)
 end
 
 local function add_fault(srv, req)
-  local d = json.object(req.body)
-  local rule, err = rules.parse(d)
+  local d, err = json.object(req.body)
+  if not d then return bad(rules.not_an_object(err)) end
+  local rule
+  rule, err = rules.parse(d)
   if not rule then return bad(err) end
   if #srv.rules >= rules.MAX_RULES then
     return bad("too many rules (at most " .. rules.MAX_RULES .. "); a reset or DELETE /_mock/faults clears them")
@@ -103,6 +129,7 @@ end
 
 local CALLS = {
   ["/_mock/requests"] = { GET = requests },
+  ["/_mock/requests/count"] = { GET = count },
   ["/_mock/stats"] = { GET = stats },
   ["/_mock/reset"] = { POST = reset },
   ["/_mock/models"] = { POST = define_models },

@@ -7,7 +7,7 @@
 -- @module cachectl.mock.rules
 
 local math, table = math, table
-local ipairs, pairs, tostring, type = ipairs, pairs, tostring, type
+local ipairs, pairs, pcall, tostring, type = ipairs, pairs, pcall, tostring, type
 
 local faults = require "cachectl.mock.faults"
 local http = require "cachectl.mock.http"
@@ -30,7 +30,9 @@ local function whole(v, low, high)
 end
 
 local function check_headers(h)
-  if type(h) ~= "table" or h[1] ~= nil then return "headers must be an object of names to values" end
+  if type(h) ~= "table" or h[1] ~= nil or json.is_array(h) then
+    return "headers must be an object of names to values"
+  end
   for name, value in pairs(h) do
     if type(name) ~= "string" or not name:match("^[%w!#%$%%&'%*%+%.%^_`|~%-]+$") then
       return "headers: '" .. tostring(name) .. "' is not a header name"
@@ -83,16 +85,26 @@ local function problem(r)
     return "give fault, or status/body/headers, not both: a fault answers in its own way"
   end
   if r.headers ~= nil and not answers then return "headers go with status or body" end
-  if r.status ~= nil and r.status < 400 and r.body == nil then return "a status below 400 needs a body" end
+  if r.status ~= nil and http.no_body(r.status) then
+    if r.body ~= nil then return "body: a " .. math.floor(r.status) .. " answer carries no body (leave body out)" end
+  elseif r.status ~= nil and r.status < 400 and r.body == nil then
+    return "a status below 400 needs a body"
+  end
   if r.fault == nil and r.hold == nil and not answers then return "a rule needs fault, hold, status or body" end
+end
+
+--- The message for a body that is not a rule's JSON object.
+-- @param why what is wrong with the text (json.object's message), or nil
+function rules.not_an_object(why)
+  local message = "the body must be a JSON object {" .. FIELD_LIST .. "}"
+  if why and why ~= "not a JSON object" then message = message .. ": " .. why end
+  return message
 end
 
 --- A checked rule from its decoded JSON definition (null fields count as absent).
 -- @return the rule, or nil and a message naming what is wrong
 function rules.parse(d)
-  if type(d) ~= "table" or d[1] ~= nil then
-    return nil, "the body must be a JSON object {" .. FIELD_LIST .. "}"
-  end
+  if type(d) ~= "table" or d[1] ~= nil or json.is_array(d) then return nil, rules.not_an_object() end
   local def = {}
   for k, v in pairs(d) do
     if v ~= json.null then def[k] = v end
@@ -103,7 +115,16 @@ function rules.parse(d)
   -- whole numbers as integers (lua-cjson may decode 503 as 503.0)
   if def.status then def.status = math.floor(def.status) end
   if def.times then def.times = math.floor(def.times) end
-  return { def = def, uses = 0, match_path = def.path and util.path_glob(def.path) }
+  local rule = { def = def, uses = 0, match_path = def.path and util.path_glob(def.path) }
+  -- the answer's body as sent, encoded once: what cannot be sent is refused here
+  if def.body ~= nil and type(def.body) ~= "string" then
+    local ok, text = pcall(json.encode, def.body)
+    if not ok then return nil, "body cannot be sent as JSON: " .. tostring(text) end
+    rule.body = text
+  else
+    rule.body = def.body
+  end
+  return rule
 end
 
 --- Whether a rule matches a method and a request path (without its query).
@@ -128,14 +149,13 @@ local function answer(r, req, vendor)
   for name, value in pairs(r.def.headers or {}) do
     if name:lower() == "content-type" then content_type = value else headers[name] = value end
   end
-  local body = r.def.body
-  if body == nil then
+  if http.no_body(r.def.status) then return http.response(r.def.status, content_type, "", headers) end
+  if r.body == nil then
     local res = vendor.status_error(req, r.def.status, headers)
     if content_type then res.headers["Content-Type"] = content_type end
     return res
   end
-  if type(body) ~= "string" then body = json.encode(body) end
-  return http.response(r.def.status or 200, content_type or "application/json", body, headers)
+  return http.response(r.def.status or 200, content_type or "application/json", r.body, headers)
 end
 
 --- Applies the first matching rule with uses left to a request of a vendor's route.

@@ -3,7 +3,7 @@
 -- LuaSec for HTTPS), not cachectl.
 -- @module cachectl.mock.launcher
 
-local debug, io, os, string, table = debug, io, os, string, table
+local debug, io, math, os, string, table = debug, io, math, os, string, table
 local assert, error, ipairs, pairs, pcall, setmetatable, tonumber, tostring, type, require =
   assert, error, ipairs, pairs, pcall, setmetatable, tonumber, tostring, type, require
 
@@ -110,11 +110,12 @@ function Handle:requests(filter)
   return self:_control("GET", "/_mock/requests" .. filter_query(filter))
 end
 
---- How many recorded requests pass a filter (as in `requests`).
+--- How many recorded requests pass a filter (as in `requests`), counted by
+-- the server (`GET /_mock/requests/count`): no request is fetched.
 -- @param filter table (optional): `method`, `path`, `since`
 -- @return a number
 function Handle:count(filter)
-  return #self:_control("GET", "/_mock/requests" .. filter_query(filter))
+  return math.floor(self:_control("GET", "/_mock/requests/count" .. filter_query(filter)).count)   -- an integer
 end
 
 --- Adds a fault rule (see docs/mock.md, "Fault rules").
@@ -153,6 +154,12 @@ end
 -- @param replace true to drop every other model (the default set included)
 -- @return the number of models the server now holds; raises on a bad definition
 function Handle:define_models(list, replace)
+  if type(list) ~= "table" then
+    error("cachectl.mock: define_models(list [, replace]): list must be an array of models, got " .. type(list), 2)
+  end
+  if replace ~= nil and type(replace) ~= "boolean" then
+    error("cachectl.mock: define_models(list [, replace]): replace must be true, false or nil", 2)
+  end
   local models = json.array()
   for i, m in ipairs(list) do models[i] = m end
   return self:_control("POST", "/_mock/models", json.encode({ models = models, replace = replace == true })).models
