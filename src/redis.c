@@ -710,18 +710,63 @@ static int wait_reply(cc_redis *c, creply *out, double due, lua_State *L, lua_St
  * its reply as Lua values (nil for none; a table for an array), or false,
  * "unreachable" | "error" | "invalid", message. The reply must come within
  * min(connect_timeout, budget) seconds. Not while a call runs on the session. */
+/* Sends one command on c and waits for its reply within min(ct, budget),
+ * asking once more on a fresh connection when a kept one broke. Returns 1
+ * when the connection failed meanwhile (a refused login or SELECT). */
+static int ask(cc_redis *c, creply *out, int argc, const char **argv, const size_t *len, double budget,
+               double ct, lua_State *L, lua_State *m)
+{
+    int tries, failed = 0;
+    for (tries = 0; tries < 2 && (tries == 0 || out->again); tries++) {
+        double now = cc_mono(), due = now + (ct < budget ? ct : budget);
+        memset(out, 0, sizeof *out);
+        if (!ensure(c, now, due)) break;
+        out->sent = now;
+        if (redisAsyncCommandArgv(c->ac, on_command, out, argc, argv, len) != REDIS_OK) {
+            fail(c, "cannot send a command", c->ac->errstr);
+            drop_now(c);
+            break;
+        }
+        c->pending++;
+        c->asked = now;
+        c->due = due;
+        failed = wait_reply(c, out, due, L, m);
+        if (!out->done) drop_now(c);      /* its callback sees out before it goes */
+    }
+    return failed;
+}
+
+/* true, reply; or false, "error" | "unreachable", message */
+static int push_outcome(lua_State *L, cc_redis *c, creply *out)
+{
+    char msg[700];
+    if (out->done && out->type >= 0 && out->type != REDIS_REPLY_ERROR) {
+        lua_pushboolean(L, 1);
+        push_reply(L, out);
+        return 2;
+    }
+    lua_pushboolean(L, 0);
+    if (out->type == REDIS_REPLY_ERROR) {
+        lua_pushliteral(L, "error");
+        snprintf(msg, sizeof msg, "%s: %s", c->where, out->str ? out->str : "error");
+        scrub_why(c, msg);
+        lua_pushstring(L, msg);
+    } else {
+        lua_pushstring(L, out->type == -2 ? "error" : "unreachable");
+        lua_pushstring(L, out->type == -2 ? "not enough memory" : cc_redis_why(c));
+    }
+    return 3;
+}
+
 int cc_redis_command(lua_State *L, cc_session *s)
 {
-    size_t ulen, i;
-    const char *url = luaL_checklstring(L, 2, &ulen), *why;
+    size_t ulen, i, *len;
+    const char *url = luaL_checklstring(L, 2, &ulen), *why, **argv;
     double budget = luaL_checknumber(L, 3), ct = luaL_optnumber(L, 4, 10);
-    int argc = lua_gettop(L) - 4, ok;
-    const char **argv;
-    size_t *len;
+    int argc = lua_gettop(L) - 4, n;
     cc_redis *c;
     creply out;
     cc_redis_url parts;
-    int failed = 0, tries;
     luaL_argcheck(L, argc >= 1 && argc <= 64, 5, "a Redis command");
     if (s->active) return luaL_error(L, "cachectl: session:redis while a call runs on the session");
     if ((why = cc_redis_url_parse(url, ulen, &parts)) != NULL) {
@@ -735,42 +780,10 @@ int cc_redis_command(lua_State *L, cc_session *s)
     for (i = 0; i < (size_t)argc; i++) argv[i] = luaL_checklstring(L, (int)i + 5, &len[i]);
     if (!(c = cc_redis_get(s, url))) return luaL_error(L, "not enough memory");
     memset(&out, 0, sizeof out);
-    for (tries = 0; tries < 2 && (tries == 0 || out.again); tries++) {
-        double now = cc_mono(), due = now + (ct < budget ? ct : budget);
-        memset(&out, 0, sizeof out);
-        if (!(ok = ensure(c, now, due))) break;
-        out.sent = now;
-        if (redisAsyncCommandArgv(c->ac, on_command, &out, argc, argv, len) != REDIS_OK) {
-            fail(c, "cannot send a command", c->ac->errstr);
-            drop_now(c);
-            break;
-        }
-        c->pending++;
-        c->asked = now;
-        c->due = due;
-        failed = wait_reply(c, &out, due, L, s->main);
-        if (!out.done) drop_now(c);      /* its callback sees out before it goes */
-    }
-    if (failed) out.type = -1;      /* a refused login or SELECT: whatever the command got, it is that */
-    if (out.done && out.type >= 0 && out.type != REDIS_REPLY_ERROR) {
-        lua_pushboolean(L, 1);
-        push_reply(L, &out);
-        creply_free(&out);
-        return 2;
-    }
-    lua_pushboolean(L, 0);
-    if (out.type == REDIS_REPLY_ERROR) {
-        lua_pushliteral(L, "error");
-        char msg[700];
-        snprintf(msg, sizeof msg, "%s: %s", c->where, out.str ? out.str : "error");
-        scrub_why(c, msg);
-        lua_pushstring(L, msg);
-    } else {
-        lua_pushstring(L, out.type == -2 ? "error" : "unreachable");
-        lua_pushstring(L, out.type == -2 ? "not enough memory" : cc_redis_why(c));
-    }
+    if (ask(c, &out, argc, argv, len, budget, ct, L, s->main)) out.type = -1;  /* the login's failure tells */
+    n = push_outcome(L, c, &out);
     creply_free(&out);
-    return 3;
+    return n;
 }
 
 /* Gives back a start Redis reserved for x that x never used (its call
