@@ -95,6 +95,71 @@ describe("the compile cache", function()
       local fn = cache.searcher("/proc/cachectl-no-such/c", function() return true end)("cachetest")
       assert.equal("source", fn().from)
     end)
+
+    -- Bytecode is code: an entry is read only from a folder no one else can write.
+    describe("only where no one else can write", function()
+      local OTHER = string.dump((loadstring or load)("return { from = 'cache' }"), true)
+      local function plant(folder)
+        os.execute("mkdir -p " .. sh_quote(folder))
+        write_file(folder .. "/cachetest.luac", #SOURCE .. "\n" .. SOURCE .. OTHER)
+      end
+      local function from(folder, make_base)
+        local fn = cache.searcher(folder, function(name) return name == "cachetest" end, nil, make_base)("cachetest")
+        return fn().from
+      end
+      local function mode(path)
+        local p = assert(io.popen("stat -c %a " .. sh_quote(path)))
+        local m = p:read("*l")
+        p:close()
+        return m
+      end
+
+      it("reads a planted entry of its own folder (the test of the tests)", function()
+        plant(dir .. "/c")
+        os.execute("chmod 700 " .. sh_quote(dir .. "/c"))
+        assert.equal("cache", from(dir .. "/c"))
+      end)
+
+      it("not through a symbolic link, nor in a folder group or others may use (set back to 700, emptied)", function()
+        plant(dir .. "/real/c")
+        os.execute("chmod 700 " .. sh_quote(dir .. "/real/c") .. " && ln -s real " .. sh_quote(dir .. "/link"))
+        assert.equal("source", from(dir .. "/link/c"))
+        assert.equal(#SOURCE .. "\n" .. SOURCE .. OTHER, read_file(dir .. "/real/c/cachetest.luac"))  -- nor written
+        plant(dir .. "/open")
+        os.execute("chmod 777 " .. sh_quote(dir .. "/open"))
+        assert.equal("source", from(dir .. "/open"))
+        assert.equal("700", mode(dir .. "/open"))
+        assert.equal("source", from(dir .. "/open"))     -- the entry written again is the source's
+      end)
+
+      it("not in a folder others may write (not sticky), nor in a missing $HOME", function()
+        os.execute("mkdir -m 777 " .. sh_quote(dir .. "/shared"))
+        plant(dir .. "/shared/cachectl/c")
+        os.execute("chmod 700 " .. sh_quote(dir .. "/shared/cachectl") .. " " .. sh_quote(dir .. "/shared/cachectl/c"))
+        assert.equal("source", from(dir .. "/shared/cachectl/c"))
+        local folder, in_home = cache.folder(env{ HOME = dir .. "/nohome" })
+        assert.is_true(in_home)
+        assert.equal("source", from(folder, in_home))
+        assert.is_nil(io.open(dir .. "/nohome"))
+        -- an existing $HOME gets its .cache, mode 700
+        os.execute("mkdir " .. sh_quote(dir .. "/home"))
+        folder, in_home = cache.folder(env{ HOME = dir .. "/home" })
+        assert.equal("source", from(folder, in_home))
+        assert.equal("700", mode(dir .. "/home/.cache"))
+        assert.truthy(read_file(folder .. "/cachetest.luac"))
+      end)
+
+      it("an entry that is a folder, a FIFO or has an absurd length line is compiled as usual", function()
+        os.execute("mkdir -p -m 700 " .. sh_quote(dir .. "/c/cachetest.luac"))
+        assert.equal("source", from(dir .. "/c"))
+        os.execute("rmdir " .. sh_quote(dir .. "/c/cachetest.luac") .. " && mkfifo "
+          .. sh_quote(dir .. "/c/cachetest.luac"))
+        assert.equal("source", from(dir .. "/c"))
+        os.execute("rm -f " .. sh_quote(dir .. "/c/cachetest.luac"))
+        write_file(dir .. "/c/cachetest.luac", "99999999999999999999\n" .. SOURCE .. OTHER)
+        assert.equal("source", from(dir .. "/c"))
+      end)
+    end)
   end)
 
   describe("in the command", function()

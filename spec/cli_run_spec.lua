@@ -208,7 +208,8 @@ describe("cachectl, as a job sees it", function()
       local reqs = one_document(out).requests
       assert.equal(3, #reqs)
       assert.same({ "list_models", "model_yaml", "reset_cache" }, { reqs[1].call, reqs[2].call, reqs[3].call })
-      assert.equal(srv.base .. "/v1/models?name=Sales", reqs[1].url)
+      -- the URL as the library sends it (pages of 100; spec/cli_adversary_spec.lua)
+      assert.equal(srv.base .. "/v1/models?name=Sales&pageSize=100", reqs[1].url)
       assert.equal(srv.base .. '/v1/models/<id of model Sales>/cache_reset/daily', reqs[3].url)
       for _, r in ipairs(reqs) do
         local auth

@@ -607,16 +607,35 @@ describe("cachectl command", function()
   end)
 
   describe("with an answer cjson cannot write back", function()
-    it("still prints one valid JSON document", function()
+    -- The documented shape, results a list (spec/cli_adversary_spec.lua, 1e400):
+    -- a number JSON cannot hold is written as null; before, the results were
+    -- dropped for an "internal" error with exit status 0.
+    it("still prints one valid JSON document, of the documented shape", function()
       local real = core.modelslab.clear_cache
-      core.modelslab.clear_cache = function() return { status = "success", n = 0 / 0 } end
+      core.modelslab.clear_cache = function() return { status = "success", n = 0 / 0, m = -1 / 0 } end
       local ok, status, out = pcall(run, { "modelslab", "clear-cache", "--json" }, { MODELSLAB_API_KEY = secret() })
       core.modelslab.clear_cache = real
       assert.is_true(ok, status)
       assert.equal(0, status)
       local doc = cjson.decode(out)
-      assert.equal(cjson.null, doc.results)
-      assert.equal("internal", doc.error.kind)
+      assert.is_nil(doc.error)
+      assert.equal(1, #doc.results)
+      assert.same({ status = "success", n = cjson.null, m = cjson.null }, doc.results[1].result)
+    end)
+
+    it("an answer nested deeper than cjson writes is that call's decode error (exit 1)", function()
+      local real = core.modelslab.clear_cache
+      local deep = { status = "success" }
+      local t = deep
+      for _ = 1, 1100 do t.x = {}; t = t.x end
+      core.modelslab.clear_cache = function() return deep end
+      local ok, status, out = pcall(run, { "modelslab", "clear-cache", "--json" }, { MODELSLAB_API_KEY = secret() })
+      core.modelslab.clear_cache = real
+      assert.is_true(ok, status)
+      assert.equal(1, status)
+      local doc = cjson.decode(out)
+      assert.is_false(doc.ok)
+      assert.equal("decode", doc.results[1].error.kind)
     end)
   end)
 

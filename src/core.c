@@ -1,10 +1,13 @@
 /* core.c — the module entry point: luaopen_cachectl_core builds the tables
  * modelslab and omni from the endpoint table, each function a call bound to
  * the module's default session and its endpoint row (session.c). */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include "cachectl.h"
 #include "digest.h"
 
@@ -355,12 +358,36 @@ static int sleep_l(lua_State *L)
     return 0;
 }
 
+/* core.file_info(path [, follow]) -> kind, mode, owner | nil, message, errno
+ * What lstat(2) (stat(2) with follow) says of a path, for the command's
+ * compile cache and key file: kind "directory", "file", "link" or "other";
+ * the permission bits (mode & 07777); owner "self" (the effective user),
+ * "root" or "other". */
+static int file_info_l(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    int rc = lua_toboolean(L, 2) ? stat(path, &st) : lstat(path, &st);
+    if (rc != 0) {
+        int e = errno;
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(e));
+        lua_pushinteger(L, e);
+        return 3;
+    }
+    lua_pushstring(L, S_ISDIR(st.st_mode) ? "directory" : S_ISREG(st.st_mode) ? "file"
+                      : S_ISLNK(st.st_mode) ? "link" : "other");
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    lua_pushstring(L, st.st_uid == geteuid() ? "self" : st.st_uid == 0 ? "root" : "other");
+    return 3;
+}
+
 CC_EXPORT int luaopen_cachectl_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
         { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l }, { "prepare", cc_prepare_l }, { "parsed", parsed_l }, { "error", error_l },
-        { "is_uuid", is_uuid_l },
+        { "is_uuid", is_uuid_l }, { "file_info", file_info_l },
         { NULL, NULL }
     };
     const curl_version_info_data *v;

@@ -121,7 +121,7 @@ end
 -- JSON document.
 local function failure(ctx, status, kind, msg, hint)
   if ctx.json then
-    ctx.out(json().failure(command_name(ctx), kind, msg, ctx.secrets))
+    ctx.doc(json().failure(command_name(ctx), kind, msg, ctx.secrets))
   else
     ctx.note("cachectl: error: " .. escape(msg) .. "\n" .. (hint and hint .. "\n" or ""))
   end
@@ -243,22 +243,24 @@ local function parse(ctx)
   local state = ctx.state
   if state.stop == "help" then
     local text = state.help_for:get_help() .. "\n"
-    ctx.out(ctx.json and json().encode({ ok = true, command = command_name(ctx), help = text }, ctx.secrets) or text)
+    if ctx.json then ctx.doc(json().encode({ ok = true, command = command_name(ctx), help = text }, ctx.secrets))
+    else ctx.out(text) end
     return nil, SUCCESS
   elseif state.stop == "version" then
     local text = "cachectl " .. tostring(core.version) .. "\n"
-    ctx.out(ctx.json and json().encode({ ok = true, version = core.version }, ctx.secrets) or text)
+    if ctx.json then ctx.doc(json().encode({ ok = true, version = core.version }, ctx.secrets))
+    else ctx.out(text) end
     return nil, SUCCESS
   end
   if not called then error(ok, 0) end
-  if not ok then return nil, usage_error(ctx, args) end
+  if not ok then return nil, usage_error(ctx, parser_mod.negative_value(ctx.argv) or args) end
   return args
 end
 
 local function print_results(ctx, items)
   local args = ctx.args
   if args.json then
-    ctx.out(json().doc(items, ctx.action.service .. " " .. ctx.action.name, ctx.secrets))
+    ctx.doc(json().doc(items, ctx.action.service .. " " .. ctx.action.name, ctx.secrets))
     return
   end
   for _, item in ipairs(items) do
@@ -279,7 +281,7 @@ local function confirmed(ctx)
   local step = require("cachectl.cli.dry").steps(ctx)[1]
   local where = step.request and (step.request.method .. " " .. escape(step.request.url)) or ctx.action.name
   ctx.note(format("cachectl: %s %s: %s; go ahead? [y/N] ", ctx.action.service, ctx.action.name, where))
-  local line = ctx.sys.read_line()
+  local line = ctx.sys.read_line(64)
   return line ~= nil and (line:match("^%s*[yY]%s*$") or line:match("^%s*[yY][eE][sS]%s*$")) ~= nil
 end
 
@@ -289,7 +291,7 @@ local function dry_run(ctx)
   local ok = true
   for _, s in ipairs(steps) do ok = ok and s.request ~= nil end
   if ctx.args.json then
-    ctx.out(json().encode({ ok = ok, command = command_name(ctx), dry_run = true,
+    ctx.doc(json().encode({ ok = ok, command = command_name(ctx), dry_run = true,
       requests = dry.json(steps), results = json().list({}) }, ctx.secrets))
   elseif ok then
     ctx.out(dry.text(steps))
@@ -301,8 +303,7 @@ end
 
 -- `cachectl completion bash|zsh|fish`: the script, from every action's parser.
 local function completion(ctx, shell)
-  local parser = ctx.parser_mod.build({ parsers = {}, actions = {} })
-  ctx.out(parser["get_" .. shell .. "_complete"](parser))
+  ctx.out(ctx.parser_mod.completion(shell))
   return SUCCESS
 end
 
@@ -356,11 +357,24 @@ local function getenv_of(env)
   error(format("bad argument #2 to 'cachectl.cli.main' (function or table expected, got %s)", type(env)), 3)
 end
 
--- A writer: a function, or anything with a `write` method (a file).
-local function writer(w, default)
+-- A writer: a function (which may return false and a message when it
+-- fails), or anything with a `write` method (a file, then flushed at the
+-- end); `failed(message)` is called on the first failure.
+local function writer(w, default, failed)
   if w == nil then w = default end
-  if type(w) == "function" then return w end
-  return function(s) w:write(s) end
+  if type(w) == "function" then
+    return function(s)
+      local ok, e = w(s)
+      if ok == false then failed(e) end
+    end
+  end
+  return function(s)
+    local ok, e = w:write(s)
+    if not ok then failed(e) end
+  end, function()
+    local ok, e = w:flush()
+    if not ok then failed(e) end
+  end
 end
 
 -- The function `name` of cachectl.cli.sys, loaded when first called.
@@ -378,38 +392,53 @@ end
 -- @tparam[opt] table sys the outside world, for tests: `stdout`, `stderr`
 --   (functions taking a string, or files; default `io.stdout`, `io.stderr`),
 --   `isatty(fd)` (whether stdout, fd 1, or stdin, fd 0, is a terminal),
---   `read_line()` (a line of stdin, or nil), `clock()` (seconds),
---   `file_mode(path)` (octal permission string)
--- @treturn integer the exit status: 0 success, 1 a failure to fix, 2 usage,
---   75 a temporary failure worth retrying later, 130 interrupted
+--   `read_line(max)` (a line of stdin, or nil; at most `max` + 1 bytes),
+--   `clock()` (seconds), `file_mode(path)` (octal permission string); a
+--   `stdout` function may return `false, message` when it cannot write
+-- @treturn integer the exit status: 0 success, 1 a failure to fix (or an
+--   output that could not be written), 2 usage, 75 a temporary failure worth
+--   retrying later, 130 interrupted
 -- @usage os.exit(require("cachectl.cli").main(arg, os.getenv))
 function M.main(argv, env, sys)
   local getenv = getenv_of(env)
   sys = sys or {}
-  local raw_out = writer(sys.stdout, io.stdout)
-  local raw_err = writer(sys.stderr, io.stderr)
+  local write_error
+  local raw_out, flush = writer(sys.stdout, io.stdout, function(e) write_error = write_error or tostring(e) end)
+  local raw_err = writer(sys.stderr, io.stderr, function() end)
   local ctx = {
     getenv = getenv, secrets = env_secrets(getenv), argv = {}, state = { parsers = {}, actions = {} },
     sys = { clock = sys.clock or from_sys("clock"), isatty = sys.isatty or from_sys("isatty"),
             file_mode = sys.file_mode or from_sys("file_mode"), read_line = sys.read_line or from_sys("read_line") },
   }
   ctx.out = function(s) raw_out(output.scrub(s, ctx.secrets)) end
+  -- a --json document: its strings were masked before it was encoded
+  -- (masking the text could cut its syntax apart)
+  ctx.doc = raw_out
   ctx.note = function(s) raw_err(output.scrub(s, ctx.secrets)) end
   for i = 1, #(argv or {}) do ctx.argv[i] = tostring(argv[i]) end
   ctx.words, ctx.json = scan(ctx.argv)
   local ok, status = pcall(command, ctx)
-  if ok then return status end
-  local interrupted = output.interrupted(status)
-  if ctx.json then
-    ctx.out(json().failure(command_name(ctx), interrupted and "interrupted" or "internal",
-      interrupted and "interrupted" or tostring(status), ctx.secrets))
+  if not ok then
+    local interrupted = output.interrupted(status)
+    if ctx.json then
+      ctx.doc(json().failure(command_name(ctx), interrupted and "interrupted" or "internal",
+        interrupted and "interrupted" or tostring(status), ctx.secrets))
+    end
+    if interrupted then
+      ctx.note("cachectl: interrupted\n")
+      status = output.INTERRUPTED
+    else
+      ctx.note("cachectl: internal error: " .. escape(status) .. "\n")
+      status = FAILURE
+    end
   end
-  if interrupted then
-    ctx.note("cachectl: interrupted\n")
-    return output.INTERRUPTED
+  -- what could not be written is no success (a full disk, a closed stdout)
+  if flush then flush() end
+  if write_error then
+    ctx.note("cachectl: error: cannot write the output: " .. escape(write_error) .. "\n")
+    if status == SUCCESS then status = FAILURE end
   end
-  ctx.note("cachectl: internal error: " .. escape(status) .. "\n")
-  return FAILURE
+  return status
 end
 
 return M

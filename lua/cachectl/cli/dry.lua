@@ -16,6 +16,9 @@ local run = require "cachectl.cli.run"
 local show, escape = output.show, output.escape
 local call_options, call_label, is_uuid = run.call_options, run.call_label, run.is_uuid
 local NIL_UUID = "00000000-0000-0000-0000-000000000000"
+-- The page size the Lua layer asks the model list for (omni:models and
+-- find_model, `PAGE_SIZE` in cachectl/init.lua): the URL shown is the one sent.
+local PAGE_SIZE = 100
 
 local M = {}
 
@@ -47,7 +50,8 @@ end
 local function dry_reset(ctx)
   local args, per, steps = ctx.args, call_options(ctx), {}
   if not is_uuid(args.model) then
-    steps[1] = preview(ctx, "list_models", "the model named " .. show(args.model), { name = args.model },
+    steps[1] = preview(ctx, "list_models", "the model named " .. show(args.model),
+      { name = args.model, page_size = PAGE_SIZE },
       "and one more request per further page of the model list")
   end
   if not args.no_check then
@@ -68,13 +72,14 @@ local DRY = {
   end,
   reset = dry_reset,
   models = function(ctx)
-    return { preview(ctx, "list_models", "omni models", { name = ctx.args.name },
+    return { preview(ctx, "list_models", "omni models", { name = ctx.args.name, page_size = PAGE_SIZE },
       "and one more request per further page") }
   end,
   policies = function(ctx)
     local steps = {}
     if not is_uuid(ctx.args.model) then
-      steps[1] = preview(ctx, "list_models", "the model named " .. show(ctx.args.model), { name = ctx.args.model },
+      steps[1] = preview(ctx, "list_models", "the model named " .. show(ctx.args.model),
+        { name = ctx.args.model, page_size = PAGE_SIZE },
         "and one more request per further page of the model list")
     end
     steps[#steps + 1] = preview(ctx, "model_yaml", "omni policies " .. show(ctx.args.model),

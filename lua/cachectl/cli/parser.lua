@@ -69,6 +69,28 @@ local function rate(s)
   return { requests = n, per = per }
 end
 
+-- The flags taking a number, by name: argparse takes a negative value
+-- ("--coalesce -1") for an unknown flag "-1"; `M.negative_value` says what
+-- the flag's converter would.
+local NUMERIC = { ["--timeout"] = positive_number("--timeout"), ["--coalesce"] = positive_number("--coalesce"),
+                  ["--retries"] = retries_count, ["--rate-limit"] = rate }
+
+--- The message for a negative number given to a flag of numbers
+-- (`--coalesce -1`), or nil.
+-- @tparam {string,...} argv
+-- @treturn string|nil
+function M.negative_value(argv)
+  for i = 1, #argv - 1 do
+    local a, v = argv[i], argv[i + 1]
+    if a == "--" then return nil end
+    if NUMERIC[a] and v:match("^%-%.?%d") then
+      local _, msg = NUMERIC[a](v)
+      return msg
+    end
+  end
+  return nil
+end
+
 -- The flags of a call's own options, by option name, in the order shown;
 -- `example` goes into the action's --help examples.
 local FLAGS = {
@@ -333,6 +355,39 @@ function M.build(state, words)
       .. "Run 'cachectl <service> <action> --help' for an action's flags.\n" .. tail())
   end
   return parser
+end
+
+--- The completion script for `shell` (one of `M.SHELLS`), made by argparse
+-- from the whole parser, then corrected where argparse offers what the
+-- command refuses: argparse's scripts add a command's flags to those of
+-- the commands above it, but a flag of `cachectl` (`--version`) or of a
+-- service is refused after an action, and `-h` would be offered twice;
+-- here each command offers its own flags only. `completion` offers the
+-- shells.
+-- @tparam string shell
+-- @treturn string the script
+function M.completion(shell)
+  local parser = M.build({ parsers = {}, actions = {} })
+  local script = parser["get_" .. shell .. "_complete"](parser)
+  local shells = concat(M.SHELLS, " ")
+  local n
+  if shell == "bash" then
+    script = script:gsub('(\n%s*opts=")%$opts ', "%1")
+    script, n = script:gsub('(\n    esac\n\n    if %[%[ "%$cur" = %-%* %]%]; then)',
+      "\n        'completion')\n            COMPREPLY=($(compgen -W \"" .. shells .. "\" -- \"$cur\"))\n"
+      .. "            ;;%1")
+  elseif shell == "zsh" then
+    script = script:gsub("(\n%s*options=%(\n)%s*%$options\n", "%1")
+    n = 1                                   -- argparse's zsh script offers the choices
+  else
+    script = script:gsub("%-n '__fish_cachectl_seen_command ", "-n '__fish_cachectl_using_command ")
+    script = script:gsub("\ncomplete %-c cachectl %-s", "\ncomplete -c cachectl -n '__fish_cachectl_using_command' -s")
+      :gsub("\ncomplete %-c cachectl %-l", "\ncomplete -c cachectl -n '__fish_cachectl_using_command' -l")
+    script, n = script .. format("complete -c cachectl -n '__fish_cachectl_using_command completion' -xa '%s'\n",
+      shells), 1
+  end
+  if n ~= 1 then error("cachectl.cli.parser: argparse's " .. shell .. " script has changed; cannot correct it") end
+  return script
 end
 
 return M
