@@ -58,7 +58,7 @@ lint:
 	luacheck .
 	for r in cachectl-*.rockspec; do luarocks --lua-version=5.4 lint $$r || exit 1; done
 	@# the rockspec builds the C files of src/sources.mk, no more, no fewer
-	@test "$$(grep -o 'src/[a-z_]*\.c' cachectl-*-1.rockspec | sort | tr '\n' ' ')" = \
+	@test "$$(grep -ho 'src/[a-z_]*\.c' cachectl-[0-9]*.rockspec | sort | tr '\n' ' ')" = \
 	  "$$(echo $(SRC) | tr ' ' '\n' | sort | tr '\n' ' ')" || \
 	  { echo "lint: the rockspec's C sources differ from src/sources.mk"; exit 1; }
 	$(BUSTED) --lua=lua5.4 --run=lint
