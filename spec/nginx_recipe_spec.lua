@@ -64,7 +64,8 @@ local function lua54_env(srv)
   local p = assert(io.popen("env -u LD_PRELOAD luarocks --lua-version=5.4 path --no-bin"))
   local out = p:read("*a")
   p:close()
-  local path, cpath = out:match("LUA_PATH='([^']*)'"), out:match("LUA_CPATH='([^']*)'")
+  -- LUA_PATH, or LUA_PATH_5_4 when the environment has that one (make exports it)
+  local path, cpath = out:match("LUA_PATH[_%d]*='([^']*)'"), out:match("LUA_CPATH[_%d]*='([^']*)'")
   assert(cpath and cpath:find("/lua/5.4/?.so", 1, true), out)
   return { LUA_PATH = path, LUA_CPATH = cpath, OMNI_API_KEY = helpers.uid("tok"), OMNI_BASE_URL = srv.base }
 end
