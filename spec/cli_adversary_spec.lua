@@ -142,7 +142,9 @@ describe("cachectl, an operator's adversarial pass #signals", function()
     -- delivered yet is waiting, and Ctrl-C there is not an empty stdin.
     it("Ctrl-C while --key-file - waits on standard input exits 130 (--json: interrupted)", function()
       if not have("timeout") then pending("needs timeout(1)") return end
-      local cmd = "sleep 5 | timeout --preserve-status -s INT 1 sh -c "
+      -- the signal comes once the command waits on stdin (3 s: its start-up
+      -- may take a second on a loaded machine, before Lua handles SIGINT)
+      local cmd = "sleep 8 | timeout --preserve-status -s INT 3 sh -c "
         .. sh_quote(runner.command(ml("clear-cache", "--json", "--key-file", "-"), env{}))
         .. " >" .. sh_quote(tmp .. ".out") .. " 2>/dev/null; echo $?"
       local p = assert(io.popen(cmd))
