@@ -125,7 +125,7 @@ describe("cachectl, an operator's adversarial pass #signals", function()
     -- interruption, not a "no".
     it("Ctrl-C at the confirmation question exits 130 (--json: interrupted)", function()
       if not have("script") then pending("needs script(1)") return end
-      local cmd = "(sleep 1; printf '\\003'; sleep 1) | env -u LD_PRELOAD script -qec "
+      local cmd = "(sleep 3; printf '\\003'; sleep 1) | env -u LD_PRELOAD script -qec "
         .. sh_quote(runner.command(ml("restart-server", "--json"), env{ MODELSLAB_API_KEY = KEY }))
         .. " /dev/null >" .. sh_quote(tmp .. ".out") .. " 2>&1; echo $?"
       local p = assert(io.popen(cmd))
@@ -488,7 +488,7 @@ describe("cachectl, an operator's adversarial pass #signals", function()
 
     it("Ctrl-C during a call: 130 and one document", function()
       if not have("timeout") then pending("needs timeout(1)") return end
-      local cmd = "timeout --preserve-status -s INT 1 sh -c "
+      local cmd = "timeout --preserve-status -s INT 3 sh -c "
         .. sh_quote(runner.command(ml("clear-cache", "--json", "--timeout", "20"),
           env{ MODELSLAB_API_KEY = KEY .. " fault=stall" }))
         .. " >" .. sh_quote(tmp .. ".out") .. " 2>/dev/null; echo $?"
