@@ -51,7 +51,9 @@ export no_proxy = $(NO_PROXY)
 export LUA_PATH_5_4 = lua/?.lua;lua/?/init.lua;mock/lua/?.lua;mock/lua/?/init.lua;;
 export LUA_CPATH_5_4 = build/5.4/?.so;;
 
-BUSTED = busted
+# busted without make's flags: a spec that runs make (nginx's LuaJIT build,
+# make docs) runs it on its own, not as a job of this make.
+BUSTED = MAKEFLAGS= busted
 ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 
 lint:
@@ -73,14 +75,13 @@ spec: all
 # The suite again under Lua 5.1, 5.3 and LuaJIT, each with its own build,
 # without the nginx specs (nginx runs its own LuaJIT build whatever Lua runs
 # busted) and the Redis ones (run under 5.4 and ASan).
+# One ABI alone: make spec-5.1, spec-5.3, spec-luajit.
 ABIS = 5.1 5.3 luajit
-spec-abis:
-	@set -e; for abi in $(ABIS); do \
-	  $(MAKE) --no-print-directory LUA=$$abi; \
-	  lua=lua$$abi; [ $$abi = luajit ] && lua=luajit; \
-	  echo "== busted under $$lua"; \
-	  $(BUSTED) --lua=$$lua --cpath="build/$$abi/?.so" --run=abi; \
-	done
+spec-abis: $(addprefix spec-,$(ABIS))
+$(addprefix spec-,$(ABIS)): spec-%:
+	@$(MAKE) --no-print-directory LUA=$*
+	@echo "== busted under $(if $(filter luajit,$*),luajit,lua$*)"
+	$(BUSTED) --lua=$(if $(filter luajit,$*),luajit,lua$*) --cpath="build/$*/?.so" --run=abi
 
 # The suite with the module built under AddressSanitizer (LeakSanitizer
 # included), without the nginx specs; every process of the run gets the runtime.
@@ -102,7 +103,7 @@ spec-tsan:
 # The fast set (plain `busted`) under valgrind: no errors, no definite leaks.
 # Specs that wait on real time are left out: valgrind's slowdown makes them flaky.
 spec-valgrind: all
-	CACHECTL_SPEC_SLACK=0.5 valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=9 \
+	MAKEFLAGS= CACHECTL_SPEC_SLACK=0.5 valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=9 \
 	  lua5.4 $(shell command -v busted) --ignore-lua --run=default -o TAP
 
 # A local install with luarocks into a throw-away tree (the library's rock,
@@ -144,7 +145,19 @@ man: all
 docs-check: all
 	$(BUSTED) --lua=lua5.4 --run=docs
 
-test: all lint spec docs-check spec-abis spec-asan spec-tsan spec-valgrind rock pack-check bench-smoke
+# Everything, as CI runs it. The builds first, then the passes side by side,
+# TEST_JOBS at a time (make test TEST_JOBS=1: one after the other), each
+# pass's output printed whole when it ends: a busted pass spends most of its
+# time waiting (servers, timeouts, rate-limit windows), not computing. The
+# longest passes start first. LuaJIT's build is made before: the nginx specs
+# make it too.
+TEST_JOBS ?= 3
+TEST_PASSES = lint spec spec-asan spec-valgrind $(addprefix spec-,$(ABIS)) docs-check spec-tsan \
+  bench-smoke pack-check rock
+test:
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory LUA=luajit
+	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target $(TEST_PASSES)
 
 demo: all
 	bash examples/demo.sh
@@ -159,4 +172,4 @@ bench-smoke: all
 fuzz:
 	$(MAKE) -C fuzz run
 
-.PHONY: lint spec docs-check spec-abis spec-asan spec-tsan spec-valgrind rock pack-check docs man test demo bench bench-smoke fuzz
+.PHONY: lint spec docs-check spec-abis $(addprefix spec-,$(ABIS)) spec-asan spec-tsan spec-valgrind rock pack-check docs man test demo bench bench-smoke fuzz
