@@ -45,7 +45,7 @@ local function answer(path)
 end
 local conns = {}
 while true do
-  local ready = socket.select({ server, table.unpack(conns) }, nil, nil)
+  local ready = socket.select({ server, (table.unpack or unpack)(conns) }, nil, nil)
   for _, s in ipairs(ready) do
     if s == server then
       local c = server:accept()
@@ -407,6 +407,10 @@ describe("#slow the adversary's pass (hostile input, callbacks)", function()
     -- while one of its calls runs"), while its other calls still work. The
     -- events the core emits refuse the yield (held, below).
     it("a yield from a skipped event: the abandoned call does not keep the client from closing", function()
+      if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+        pending("Lua 5.1 cannot yield across pcall: no call is ever abandoned in a yield there")
+        return
+      end
       srv:script{ pages = { [""] = { records = { { name = "no id" }, { id = UUID, name = "Sales" } },
         pageInfo = { hasNextPage = false } } } }
       local c = client{ on_event = function(ev) if ev.type == "skipped" then coroutine.yield("inside") end end }

@@ -145,7 +145,7 @@ print(string.format("second %%s after %%.2fs", res and "ok" or tostring(err), so
 ]]):format(redis.pid, uid("tok-sigint-redis"), srv.base, redis:url(), UUID, UUID, UUID))
     helpers.succeeds("kill -CONT " .. redis.pid .. " 2>/dev/null")
     assert.is_true(ok, out)
-    assert.matches("first false interrupted!", out, 1, true)
+    assert.matches("first false [^\n]-interrupted!", out)   -- LuaJIT puts a position in front
     assert.equal("ok", out:match("second (%S+)"), out)
   end)
 
@@ -192,7 +192,7 @@ assert(c:reset_cache(%q, "third"))
 print(string.format("third at %%.2f", socket.gettime() - t0))
 ]]):format(uid("tok-turn-sigint"), srv.base, UUID, UUID, UUID))
     assert.is_true(ok, out)
-    assert.matches("second interrupted!", out, 1, true)
+    assert.matches("second [^\n]-interrupted!", out)
     assert.is_true(tonumber(out:match("third at ([%d.]+)")) < 3,
       "the third call waited for the interrupted call's turn:\n" .. out)
   end)

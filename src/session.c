@@ -83,7 +83,13 @@ static void make_room(lua_State *L)
     limit = open_limit;
     pthread_mutex_unlock(&limit_lock);
     if (cc_open_sessions() < limit) return;
-    lua_gc(L, LUA_GCCOLLECT, 0);          /* finalizes the dropped ones */
+    /* finalizes the dropped ones; twice: before Lua 5.2 a weak-keyed
+     * table's values are marked like any (no ephemerons), so a dropped
+     * client's session is reached once more and goes only in the next */
+    lua_gc(L, LUA_GCCOLLECT, 0);
+#if LUA_VERSION_NUM < 502
+    lua_gc(L, LUA_GCCOLLECT, 0);
+#endif
     pthread_mutex_lock(&limit_lock);
     open_limit = cc_open_sessions() + headroom();
     pthread_mutex_unlock(&limit_lock);
