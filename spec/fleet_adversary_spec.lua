@@ -599,7 +599,9 @@ local t0 = core.monotonic()
 local res, err = s:call("omni", "reset_cache", { token = "tok-dns", base_url = %q, model_id = %q, policy = "d",
   timeout = 1, connect_timeout = 0.5, rate_limit = { requests = 100, per = 1, redis = "redis://slow-dns.test:%d" } })
 print(("TOOK %%.3f"):format(core.monotonic() - t0), res and "ok" or tostring(err))
-]]):format(m.url .. "/api", UUID, r.port), "LD_PRELOAD=" .. sh_quote(dir .. "/slowdns.so"))
+]]):format(m.url .. "/api", UUID, r.port),
+        -- after what is preloaded already (ASan's runtime must come first)
+        "LD_PRELOAD=" .. sh_quote(((os.getenv("LD_PRELOAD") or "") .. " " .. dir .. "/slowdns.so"):gsub("^ ", "")))
       helpers.succeeds("rm -rf " .. sh_quote(dir))
       local took = tonumber(out:match("TOOK ([%d.]+)"))
       assert.truthy(took, out)
