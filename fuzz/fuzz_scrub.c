@@ -1,5 +1,6 @@
-/* fuzz_scrub.c — cc_scrub (errors.c), the one scrubber of secrets: in error
- * messages and codes, and behind core.scrub for the command's output.
+/* fuzz_scrub.c — cc_scrub (scrub.c), the one scrubber of secrets: in error
+ * messages and codes, and behind core.scrub for the command's output; and
+ * cc_one_line, which puts every error message on one line.
  *
  * Input: byte 0 gives the secret's length (4-32), its bytes follow; then
  * two bytes pick a piece of it (at least 8 bytes, or all of it when
@@ -119,6 +120,24 @@ static void check(const char *text, size_t n, const char *secret, size_t sn, int
     free(dec);
 }
 
+/* cc_one_line on the text: no longer, no C0 or DEL byte left, and
+ * idempotent (a second pass changes nothing). */
+static void check_one_line(const char *text, size_t n)
+{
+    char *a = malloc(n + 1), *b = malloc(n + 1);
+    size_t la, lb, i;
+    CHECK(a != NULL && b != NULL);
+    memcpy(a, text, n);
+    la = cc_one_line(a, n);
+    CHECK(la <= n);
+    for (i = 0; i < la; i++) CHECK((unsigned char)a[i] >= 0x20 && a[i] != 0x7f);
+    memcpy(b, a, la);
+    lb = cc_one_line(b, la);
+    CHECK(lb == la && memcmp(a, b, la) == 0);
+    free(a);
+    free(b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     size_t sn, ws, wl, i, rest, half, len = 0;
@@ -152,6 +171,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     len += rest - half;
     check(buf, len, secret, sn, plain);
     check(text, rest, secret, sn, plain);
+    check_one_line(text, rest);
     free(buf);
     return 0;
 }

@@ -50,6 +50,18 @@ describe("core errors", function()
     end)
   end)
 
+  describe("core.error", function()
+    it("makes the Lua layer's errors: one line, the secret masked, attempts 0 by default", function()
+      local secret = uid("secret-key")
+      local err = core.error({ kind = "decode", message = "x\226\128\168y\194\155z " .. secret .. "\n" }, secret)
+      assert.equal("x y z *** ", err.message)
+      assert.equal(0, err.attempts)
+      assert.equal(getmetatable(select(2, reset_cache(uid("tok"), { model_id = "nope" }))), getmetatable(err))
+      assert.has_error(function() core.error{ kind = "nonsense", message = "m" } end)
+      assert.has_error(function() core.error{ kind = "decode" } end)
+    end)
+  end)
+
   describe("connect", function()
     it("is returned for a closed port, without status", function()
       local port = helpers.free_port()
@@ -99,6 +111,16 @@ describe("core errors", function()
       assert.equal("Service unavailable", err.message)
       assert.equal("http_503", err.code)
       assert.equal(1, err.attempts)
+    end)
+
+    -- A server's message on one line: C0 and DEL, C1 controls (U+0085 as
+    -- UTF-8, a raw 0x9B), U+2028 and a bidi override (U+202E) become spaces;
+    -- other UTF-8 (é) stays.
+    it("puts a server's message on one line, C1, separators and bidi controls too", function()
+      srv:fault{ path = "/v5/clear_cache", status = 400,
+        body = '{"status":"error","message":"a\\nb\\u0085c\\u2028d\\u202ee\\u00e9"}' }
+      local err = assert_error("http", clear_cache(uid("key")))
+      assert.equal("a b c d e\195\169", err.message)
     end)
 
     it("has a message naming the status when the body is not JSON", function()

@@ -171,6 +171,7 @@ void cc_push_error(lua_State *L, enum cc_kind kind, const char *message,
                    long status, const char *code, double retry_after,
                    int attempts, const char *field, const cc_req *r);
 void cc_errors_init(lua_State *L);
+void cc_push_line(lua_State *L, const char *s, size_t n, const char *secret, size_t sn);
 
 /* session.c, engine.c */
 typedef struct cc_session cc_session;

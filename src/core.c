@@ -303,14 +303,15 @@ static int parsed_l(lua_State *L)
     return 1;
 }
 
-/* core.error(fields) -> fields as an error of the module: its metatable
- * (one readable line, the secret scrubbed where the module builds it);
- * `kind` must be one of the kinds, `message` a string. The one constructor
- * of the Lua layer's own errors. */
+/* core.error(fields [, secret]) -> fields as an error of the module: its
+ * metatable, and its message on one line (cc_one_line) with the secret
+ * masked, as in the errors of calls; `kind` must be one of the kinds,
+ * `message` a string. The one constructor of the Lua layer's own errors. */
 static int error_l(lua_State *L)
 {
     int i, known = 0;
-    const char *kind;
+    size_t n, sn = 0;
+    const char *kind, *text, *secret = luaL_optlstring(L, 2, NULL, &sn);
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_getfield(L, 1, "kind");
     kind = lua_tostring(L, -1);
@@ -318,6 +319,9 @@ static int error_l(lua_State *L)
     luaL_argcheck(L, known, 1, "kind must be an error kind of cachectl");
     lua_getfield(L, 1, "message");
     luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1, "message must be a string");
+    text = lua_tolstring(L, -1, &n);
+    cc_push_line(L, text, n, secret, sn);
+    lua_setfield(L, 1, "message");
     lua_getfield(L, 1, "attempts");
     if (lua_isnil(L, -1)) {
         lua_pushinteger(L, 0);

@@ -13,18 +13,19 @@ const char *const cc_kind_names[] = {
     "invalid", "connect", "timeout", "tls", "http", "api", "rate_limited", "decode", "too_large"
 };
 
-/* Pushes s as one line (control characters become spaces) with the
- * request's secret masked. */
+/* Pushes s (n bytes) on one line (cc_one_line) with the secret masked. */
+void cc_push_line(lua_State *L, const char *s, size_t n, const char *secret, size_t sn)
+{
+    char *t = cc_newuserdata(L, n + 1);       /* scratch the GC frees */
+    memcpy(t, s, n);
+    lua_pushlstring(L, t, cc_scrub(t, cc_one_line(t, n), secret, sn));
+    cc_wipe(t, n);
+    lua_remove(L, -2);
+}
+
 static void push_scrubbed(lua_State *L, const char *s, const cc_req *r)
 {
-    size_t i, n = strlen(s);
-    char *t = cc_newuserdata(L, n + 1);       /* scratch the GC frees */
-    for (i = 0; i < n; i++)
-        t[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? ' ' : s[i];
-    if (r) n = cc_scrub(t, n, r->secret, r->secret_len);
-    lua_pushlstring(L, t, n);
-    cc_wipe(t, strlen(s));                    /* what is left past n */
-    lua_remove(L, -2);
+    cc_push_line(L, s, strlen(s), r ? r->secret : NULL, r ? r->secret_len : 0);
 }
 
 /* The error table, its message one line without the request's secret. */

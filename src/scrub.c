@@ -1,6 +1,7 @@
 /* scrub.c — the one scrubber: a credential masked in a text as given,
- * percent-encoded or JSON-escaped. A leaf: plain C over bytes, fuzzed
- * (fuzz/fuzz_scrub.c); errors.c, the events and core.scrub use it. */
+ * percent-encoded or JSON-escaped; and a text put on one line. A leaf:
+ * plain C over bytes, fuzzed (fuzz/fuzz_scrub.c); errors.c (every error's
+ * message, core.error's too), the events and core.scrub use it. */
 #include <stddef.h>
 #include <string.h>
 #include "scrub.h"
@@ -132,3 +133,53 @@ size_t cc_scrub(char *t, size_t n, const char *secret, size_t sn)
     return n;
 }
 
+
+/* The length of the valid UTF-8 sequence at t (n bytes left), or 0. */
+static size_t utf8_len(const unsigned char *t, size_t n)
+{
+    unsigned c = t[0], lo = 0x80, hi = 0xBF;
+    size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4 : 0, k;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xED) hi = 0x9F;
+    if (c == 0xF4) hi = 0x8F;
+    if (len > n) return 0;
+    for (k = 1; k < len; k++) {
+        if (t[k] < (k == 1 ? lo : 0x80) || t[k] > (k == 1 ? hi : 0xBF)) return 0;
+    }
+    return len;
+}
+
+/* Whether the UTF-8 sequence at t (len bytes) breaks a line or reorders
+ * text: U+0080 to U+009F, U+061C, U+200E, U+200F, U+2028 to U+202E,
+ * U+2066 to U+2069. */
+static int unruly(const unsigned char *t, size_t len)
+{
+    if (len == 2) return (t[0] == 0xC2 && t[1] <= 0x9F) || (t[0] == 0xD8 && t[1] == 0x9C);
+    if (len != 3 || t[0] != 0xE2) return 0;
+    return (t[1] == 0x80 && (t[2] == 0x8E || t[2] == 0x8F || (t[2] >= 0xA8 && t[2] <= 0xAE)))
+        || (t[1] == 0x81 && t[2] >= 0xA6 && t[2] <= 0xA9);
+}
+
+size_t cc_one_line(char *t, size_t n)
+{
+    unsigned char *u = (unsigned char *)t;
+    size_t in = 0, out = 0, len;
+    while (in < n) {
+        len = utf8_len(u + in, n - in);
+        if (len == 1) {                       /* ASCII: C0 and DEL become spaces */
+            u[out++] = u[in] < 0x20 || u[in] == 0x7F ? ' ' : u[in];
+        } else if (len == 0) {                /* not UTF-8: a raw C1 control, or a Latin-1 byte */
+            u[out++] = u[in] <= 0x9F ? ' ' : u[in];
+            len = 1;
+        } else if (unruly(u + in, len)) {
+            u[out++] = ' ';
+        } else {
+            memmove(u + out, u + in, len);
+            out += len;
+        }
+        in += len;
+    }
+    return out;
+}

@@ -237,66 +237,13 @@ local function one(st, call, opts, window)
   return res, hint(st, err)
 end
 
--- The byte length of the valid UTF-8 sequence at i of s, or nil.
-local function utf8_at(s, i)
-  local c = s:byte(i)
-  local n = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
-    or (c >= 0xF0 and c <= 0xF4) and 4 or nil
-  if not n then return nil end
-  local lo = (c == 0xE0 and 0xA0) or (c == 0xF0 and 0x90) or 0x80
-  local hi = (c == 0xED and 0x9F) or (c == 0xF4 and 0x8F) or 0xBF
-  for k = 1, n - 1 do
-    local b = s:byte(i + k)
-    if not b or b < (k == 1 and lo or 0x80) or b > (k == 1 and hi or 0xBF) then return nil end
-  end
-  return n
-end
-
--- Whether the UTF-8 character of `len` bytes at i of s breaks a line or
--- reorders text: a C1 control (U+0080 to U+009F), U+2028, U+2029, or a bidi
--- control (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069).
-local function unruly(s, i, len)
-  local a, b, c = s:byte(i, i + 2)
-  if len == 2 then return (a == 0xC2 and b <= 0x9F) or (a == 0xD8 and b == 0x9C) end
-  if len ~= 3 or a ~= 0xE2 then return false end
-  return (b == 0x80 and (c == 0x8E or c == 0x8F or (c >= 0xA8 and c <= 0xAE)))
-    or (b == 0x81 and c >= 0xA6 and c <= 0xA9)
-end
-
--- `text` on one line: control characters (C0, DEL, C1, raw or UTF-8), the
--- line and paragraph separators and bidi controls as spaces.
-local function one_line(text)
-  text = text:gsub("%c", " ")
-  if not text:find("[\128-\255]") then return text end
-  local out, i, n = {}, 1, #text
-  while i <= n do
-    local len = utf8_at(text, i)
-    if not len then
-      local b = text:byte(i)
-      out[#out + 1] = b <= 0x9F and " " or text:sub(i, i)      -- a raw C1 control, or a Latin-1 letter
-      len = 1
-    elseif unruly(text, i, len) then
-      out[#out + 1] = " "
-    else
-      out[#out + 1] = text:sub(i, i + len - 1)
-    end
-    i = i + len
-  end
-  return concat(out)
-end
-
--- The one way this layer words its own errors: the message on one line
--- (control characters as spaces, as the core does, and C1 controls, line
--- separators and bidi controls too) and scrubbed of the call's secret by
--- the core's scrubber, as given, percent-encoded or JSON-escaped (names and
--- ids in a message come from a server).
+-- The one way this layer words its own errors (names and ids in a message
+-- come from a server): core.error puts the message on one line and masks
+-- the call's secret, as in the core's own errors.
 local function lua_error(st, opts, fields)
-  if fields.message then
-    local secret = opts and opts[st.svc.secret]
-    if secret == nil then secret = st.defaults[st.svc.secret] end
-    fields.message = core.scrub(one_line(fields.message), secret)
-  end
-  return perform.new_error(fields)
+  local secret = opts and opts[st.svc.secret]
+  if secret == nil then secret = st.defaults[st.svc.secret] end
+  return core.error(fields, type(secret) == "string" and secret or nil)
 end
 
 -- A call's options with its attempts counted (`sent[1]`): on_event sees
@@ -638,7 +585,7 @@ local function models(self, opts)
   end
   local base, layer = call_options(st, st.svc.calls.list_models, opts, "omni:models")
   if not (limit >= 1 and limit % 1 == 0 and limit < 1 / 0) then
-    return nil, perform.new_error{ kind = "invalid", field = "limit", attempts = 0,
+    return nil, core.error{ kind = "invalid", field = "limit", attempts = 0,
       message = "limit must be a whole number >= 1" }
   end
   local window, bad = perform.window(layer.coalesce)
