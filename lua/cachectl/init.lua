@@ -649,13 +649,6 @@ local function all_failed(names, err)
   return results
 end
 
--- Every item's outcome its own failure (errs[i]), nothing sent.
-local function all_failed_each(names, errs)
-  local results = {}
-  for i = 1, #names do results[i] = { policy = names[i], err = errs[i] } end
-  return results
-end
-
 -- The items of a batch (the policies named), sent; with check_policy,
 -- every item's options are checked first, then the policies are read (when
 -- any item is left), then the names the model does not declare refused.
@@ -864,107 +857,81 @@ local function count_lookup(err, sent, counted_already)
   return err
 end
 
--- A call by model name, inside the client's call guard (c: the call as
--- by_name prepared it): the lookup, then the call with what is left of the
--- timeout; `attempts` counts the lookup's requests too. A batch's items
--- refused before the lookup (c.pre) keep their error.
-local function named(self, st, fn, c)
-  local found, err, sent = search(self, st, c.model, c.lopts, c.key)
-  if found then
-    local left = c.timeout - (gettime() - c.started)
-    if left > 0 then
-      local opts = copy(c.opts or {})
-      opts.timeout = left
-      local counted_already = {}
-      if c.shape == "batch" then
-        local good, at = {}, {}
-        for i = 1, #c.names do
-          if not c.pre[i] then good[#good + 1], at[#at + 1] = c.names[i], i end
-        end
-        local out, results = fn(self, found.id, good, opts), {}
-        for i = 1, #c.names do results[i] = { policy = c.names[i], err = c.pre[i] } end
-        for k, i in ipairs(at) do
-          results[i] = out[k]
-          count_lookup(out[k].err, sent, counted_already)
-        end
-        return results
-      end
-      local res
-      if c.shape == "policy" then
-        res, err = fn(self, found.id, c.policy, opts)
-      else
-        res, err = fn(self, found.id, opts)
-      end
-      if res ~= nil then return res end
-      return nil, count_lookup(err, sent, counted_already)
-    end
-    err = no_time_left(st, c.merged, format("looking up the model named %q", c.model), sent)
-  end
-  if c.shape == "batch" then
-    local results = {}
-    for i = 1, #c.names do results[i] = { policy = c.names[i], err = c.pre[i] or err } end
-    return results
-  end
-  return nil, err
-end
-
 -- A method that takes a model (UUID or name) first, made to resolve a name
 -- before it runs. `shape`: how its other arguments go: "policy" (policy,
 -- opts), "batch" (names, opts) or "opts" (opts). The whole call runs on a
 -- copy of its options (and names) taken when it starts, inside the client's
--- call guard, within one timeout; every option is checked first: a bad value
--- sends nothing, not the lookup either. In a batch (`reset_caches`) each
--- name is checked: the lookup goes out only when one of them would be sent.
+-- call guard, within one timeout, and `attempts` counts the lookup's
+-- requests too. Every option is checked first, with a stand-in model: a bad
+-- value sends nothing, not the lookup either; in a batch (`reset_caches`)
+-- each item is, and the lookup goes out only when one of them would be sent.
 local function by_name(fn, row, where, shape)
   return function(self, model, ...)
     local st = state(self)
     if model == nil then model = st.defaults.model_id end
-    if type(model) ~= "string" or model == "" or is_uuid(model) then return fn(self, model, ...) end
-    local started = gettime()
-    local policy, opts
-    if shape == "opts" then opts = ... else policy, opts = ... end
-    -- not a table: the method raises, before anything is sent
-    if opts ~= nil and type(opts) ~= "table" then return fn(self, model, ...) end
-    opts = snapshot(opts)
-    local names, checked = nil, opts
-    if shape == "batch" then
-      -- not a list, or an empty one: the method raises, or returns {}
-      if type(policy) ~= "table" or #policy == 0 then return fn(self, model, ...) end
-      names, policy = copy_list(policy), nil
-      checked = select(2, concurrency_of(st, opts))    -- a mistake raises here, nothing sent
+    local arg, opts = ...
+    if shape == "opts" then arg, opts = nil, arg end
+    -- not a name, options that are not a table, names that are not a list
+    -- (or an empty one): the method itself raises, or returns
+    if type(model) ~= "string" or model == "" or is_uuid(model) or (opts ~= nil and type(opts) ~= "table")
+        or (shape == "batch" and (type(arg) ~= "table" or #arg == 0)) then
+      return fn(self, model, ...)
     end
+    local started = gettime()
+    opts = snapshot(opts)
+    local names = shape == "batch" and copy_list(arg) or nil
+    local checked = names and select(2, concurrency_of(st, opts)) or opts   -- a mistake raises, nothing sent
     local merged, layer = call_options(st, row, checked, where)
     merged = copy(merged)
     local _, bad = perform.window(layer.coalesce)
-    local pre = {}
-    if shape == "batch" then
-      local any = false
-      for i = 1, #names do
-        merged.policy = names[i]
-        pre[i] = bad or refused(st, row, merged)
-        any = any or not pre[i]
-      end
-      if not any then return all_failed_each(names, pre) end
-    else
-      if bad then return nil, bad end
-      if policy ~= nil then merged.policy = policy end     -- nil: the client's default policy
-      bad = refused(st, row, merged)
-      if bad then return nil, bad end
+    local pre, any = {}, false
+    for i = 1, names and #names or 1 do
+      if names then merged.policy = names[i] elseif arg ~= nil then merged.policy = arg end
+      pre[i] = bad or refused(st, row, merged)
+      any = any or not pre[i]
     end
+    -- the call failing with err (a batch's items refused before: their own)
+    local function fail(err)
+      if not names then return nil, err end
+      local results = {}
+      for i = 1, #names do results[i] = { policy = names[i], err = pre[i] or err } end
+      return results
+    end
+    if not any then return fail(pre[1]) end
     local timeout = merged.timeout or TIMEOUT
     local lopts = lookup_options(st, checked, timeout)
     lopts.name = model
     local key
     key, bad = core.identity(st.svc.name, "list_models",
       (call_options(st, st.svc.calls.list_models, copy(lopts), where)))
-    if not key then
-      bad = hint(st, bad)
-      if shape == "batch" then return all_failed(names, bad) end
-      return nil, bad
-    end
+    if not key then return fail(hint(st, bad)) end
     st.names = st.names or {}
-    return within(st, named, self, st, fn, { shape = shape, model = model, policy = policy, names = names,
-      pre = pre, opts = opts, lopts = lopts, key = key, timeout = timeout, started = started, merged = merged })
+    return within(st, function()
+      local found, err, sent = search(self, st, model, lopts, key)
+      local left = found and timeout - (gettime() - started)
+      if found and left <= 0 then
+        err = no_time_left(st, merged, format("looking up the model named %q", model), sent)
+      end
+      if not found or left <= 0 then return fail(err) end
+      local o, counted_already = copy(opts or {}), {}
+      o.timeout = left
+      if not names then
+        local res
+        if shape == "opts" then res, err = fn(self, found.id, o) else res, err = fn(self, found.id, arg, o) end
+        if res ~= nil then return res end
+        return nil, count_lookup(err, sent, counted_already)
+      end
+      local good, at = {}, {}
+      for i = 1, #names do
+        if not pre[i] then good[#good + 1], at[#at + 1] = names[i], i end
+      end
+      local out, results = fn(self, found.id, good, o), fail(nil)
+      for k, i in ipairs(at) do
+        results[i] = out[k]
+        count_lookup(out[k].err, sent, counted_already)
+      end
+      return results
+    end)
   end
 end
 
