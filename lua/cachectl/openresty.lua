@@ -87,32 +87,26 @@ end
 
 local session
 
---- Loads cachectl in a worker-thread Lua VM and makes its session (which
--- opens its libcurl handles on its first call); called by `M.warm`.
--- @treturn boolean true
-function M.thread_warm()
-  if session then return false end      -- this VM was ready already
-  session = core.session()
-  return true
-end
-
---- Runs one core call; called in a worker-thread Lua VM.
+--- Runs one core call in a worker-thread Lua VM; without arguments, only
+-- readies the VM (`M.warm`).
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint, e.g. "reset_cache"
 -- @tparam table opts the call's options (plain values only)
 -- @tparam[opt] boolean collect collect the call's events (the main side replays them)
--- @treturn table|nil the decoded answer
--- @treturn[2] table err, as a plain table (no metatable)
+-- @treturn table|nil the decoded answer (without arguments: whether the VM was made ready now)
+-- @treturn[2] table err (its metatable stays behind: only its fields cross)
 -- @treturn table|nil the events, as plain tables in order, when `collect`
 function M.thread_call(service, call, opts, collect)
-  if not session then session = core.session() end
+  local fresh = session == nil
+  session = session or core.session()
+  if service == nil then return fresh end
   local events
   if collect then
     events = {}
-    opts.on_event = function(ev) events[#events + 1] = copy(ev) end
+    opts.on_event = function(ev) events[#events + 1] = ev end   -- a new table each time
   end
   local res, err = session:call(service, call, opts)
-  return res, copy(err), events
+  return res, err, events
 end
 
 -- ---------------------------------------------------------- the nginx side
@@ -329,7 +323,7 @@ function M.warm(pool, threads)
   pool = pool or M.default_pool
   local n = min(count_of(threads or 16, "cachectl.openresty.warm", "threads"), settings.vms)
   local function one()
-    local ok, fresh = hand_over(pool, "thread_warm", nil)
+    local ok, fresh = hand_over(pool, "thread_call", nil)
     if ok == nil then return nil, "no worker-thread Lua VM came free within 30 s" end
     if not ok then return nil, fresh end
     return true, fresh
