@@ -1,118 +1,71 @@
 --- cachectl.openresty: cachectl inside nginx (OpenResty, lua-nginx-module).
 --
--- `cachectl.core` makes blocking libcurl calls. Inside an nginx worker a
--- blocking call would stall every other request of that worker, so the Lua
--- layer (`require "cachectl"`) hands each call to an nginx thread pool with
--- `ngx.run_worker_thread` whenever it runs inside nginx; this module is how.
--- Plain Lua never loads it. docs/nginx.md is the user's guide.
---
---    # nginx.conf, main section
---    thread_pool cachectl threads=16;
---    # http section
---    lua_shared_dict cachectl_limits 1m;      # only for rate_limit.shared_dict
---
---    local omni = cachectl.omni.new{ instance = "acme", thread_pool = "cachectl",
---      rate_limit = { requests = 60, per = 60, shared_dict = "cachectl_limits" } }
---    local res, err = omni:reset_cache(model_id, "daily")  -- the worker keeps serving meanwhile
+-- `cachectl.core` makes blocking libcurl calls; inside an nginx worker one
+-- would stall every request of the worker. So the Lua layer (`require
+-- "cachectl"`) hands each call to an nginx thread pool through this module
+-- whenever it runs in a worker; plain Lua never loads it. docs/nginx.md is the
+-- user's guide (configuration, reload, phases, shared limits, events).
 --
 -- How it works:
 --
--- * The call runs in a thread of the pool, in a Lua VM of the worker's
---   worker-thread VM pool (`lua_worker_thread_vm_pool_size`, default 100),
---   which loads this module by name and calls `thread_call`. A VM lives as
---   long as the worker and keeps its `core.session()`, so its connections
---   are reused by later calls; a call holds its VM from the moment it is
---   handed over until it returns, waiting in the pool's queue included.
---   Only plain values cross between the VMs; the main side puts the core's
---   error metatable back on errors.
--- * At most `vms` calls of a worker hold a VM at once (`M.configure`,
---   default 100): more wait for one, within their timeout, on a semaphore of
---   the worker, instead of failing with nginx's "no available Lua vm".
--- * While calls of a worker are in worker threads, a timer of the worker
+-- * A call runs in a worker-thread Lua VM (`lua_worker_thread_vm_pool_size`),
+--   which loads this module by name and runs `thread_call`. A VM lives as
+--   long as the worker and keeps its `core.session()` (kept-alive
+--   connections). Only plain values cross between the VMs: options without
+--   `on_event`, answers, errors (the main side gives them back the core's
+--   error metatable) and the events the thread collected, which the main
+--   side replays in order once the call returns.
+-- * At most `vms` calls of a worker hold a VM at once, waiting in the pool's
+--   queue included (`M.configure`); more wait for a slot within their
+--   timeout instead of failing with nginx's "no available Lua vm".
+-- * While calls of a worker hold or wait for a VM, a timer of the worker
 --   sleeps in steps: nginx's graceful shutdown (reload, quit) waits for
---   pending timers, not for worker-thread tasks, and would close the
---   connection of a request that only waits for its thread.
--- * Phases: calls may run where nginx lets a request yield (rewrite, access,
---   content, timer, ssl_cert, ssl_session_fetch, ssl_client_hello). Anywhere
---   else (init, init_worker, set, header_filter, body_filter, log, balancer,
---   ...) a call raises an error that says so; start a timer there instead:
---   `ngx.timer.at(0, function() omni:reset_cache(...) end)`.
--- * Rate limits: the core takes every request's turn in the pool thread,
---   when the request starts (a retry too): from the worker process's window,
---   from `rate_limit.shared_dict` (the thread VM's `ngx.shared`, shared by
---   every worker) or from `rate_limit.redis` (hiredis, in the thread). A wait
---   for a turn holds that pool thread, never the worker. docs/nginx.md says
---   why the turns are taken there.
--- * Events: `on_event` cannot cross into a thread's VM. The thread collects
---   the core's events as plain tables and the main side replays them, in
---   order, once the call returns.
+--   pending timers, not for worker-thread tasks.
+-- * Rate-limit turns are taken by the core in the pool thread, when each
+--   request starts (docs/nginx.md says why).
 --
 -- @module cachectl.openresty
 
 local ngx = ngx
-local error, pairs, pcall, type, tostring, getmetatable, setmetatable, require, newproxy, collectgarbage =
-  error, pairs, pcall, type, tostring, getmetatable, setmetatable, require, newproxy, collectgarbage
+local error, pairs, pcall, type, tostring, getmetatable, require, newproxy, collectgarbage =
+  error, pairs, pcall, type, tostring, getmetatable, require, newproxy, collectgarbage
 local format = string.format
 local min, max = math.min, math.max
 
 local core = require "cachectl.core"
+local now = core.monotonic
 
 local M = {}
 
 --- The thread pool used when the client does not name one (`thread_pool` option).
 M.default_pool = "cachectl"
 
--- The module name the worker threads load; they call M.thread_call in it.
-local MODULE = "cachectl.openresty"
-
--- Phases in which a request (or timer) may yield, so that
--- ngx.run_worker_thread and ngx.sleep are allowed.
-local yieldable = {
-  rewrite = true, access = true, content = true, timer = true,
-  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
-}
-
--- ---------------------------------------------------------------- errors
-
-
--- A shallow copy of a table (an error, an event, options), without metatable.
-local function copy(t)
-  if type(t) ~= "table" then return t end
-  local out = {}
-  for k, v in pairs(t) do out[k] = v end
-  return out
-end
+local MODULE = "cachectl.openresty"   -- what the worker threads load
 
 -- -------------------------------------------------------- the thread side
 
 local session
 
---- Loads cachectl in a worker-thread Lua VM and makes its session (which
--- opens its libcurl handles on its first call); called by `M.warm`.
--- @treturn boolean true
-function M.thread_warm()
-  if session then return false end      -- this VM was ready already
-  session = core.session()
-  return true
-end
-
---- Runs one core call; called in a worker-thread Lua VM.
+--- Runs one core call in a worker-thread Lua VM; without arguments, only
+-- readies the VM (`M.warm`).
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint, e.g. "reset_cache"
 -- @tparam table opts the call's options (plain values only)
 -- @tparam[opt] boolean collect collect the call's events (the main side replays them)
--- @treturn table|nil the decoded answer
--- @treturn[2] table err, as a plain table (no metatable)
+-- @treturn table|nil the decoded answer (without arguments: whether the VM was made ready now)
+-- @treturn[2] table err (its metatable stays behind: only its fields cross)
 -- @treturn table|nil the events, as plain tables in order, when `collect`
 function M.thread_call(service, call, opts, collect)
-  if not session then session = core.session() end
+  local fresh = session == nil
+  session = session or core.session()
+  if service == nil then return fresh end
   local events
   if collect then
     events = {}
-    opts.on_event = function(ev) events[#events + 1] = copy(ev) end
+    opts.on_event = function(ev) events[#events + 1] = ev end   -- a new table each time
   end
   local res, err = session:call(service, call, opts)
-  return res, copy(err), events
+  return res, err, events
 end
 
 -- ---------------------------------------------------------- the nginx side
@@ -126,6 +79,13 @@ function M.active()
   return type(ngx) == "table" and type(ngx.run_worker_thread) == "function"
 end
 
+-- Phases in which a request (or timer) may yield: ngx.run_worker_thread and
+-- ngx.sleep are allowed there.
+local yieldable = {
+  rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
+}
+
 local function check_phase()
   local phase = ngx.get_phase()
   if not yieldable[phase] then
@@ -134,15 +94,8 @@ local function check_phase()
   end
 end
 
-local function now()
-  ngx.update_time()
-  return ngx.now()
-end
-
--- ------------------------------------------------ the worker-thread VMs
-
-local settings = { vms = 100 }
-local slots          -- the worker's semaphore of VMs, made on its first use
+local vms = 100       -- M.configure's
+local slots           -- the worker's semaphore of `vms` slots, made on its first call
 
 -- A count of VMs, or of threads to warm: a whole number from 1 to 100000.
 local function count_of(n, where, name)
@@ -169,181 +122,122 @@ function M.configure(opts)
   if opts.vms ~= nil then
     count_of(opts.vms, where, "vms")
     if slots then error(where .. ": set vms before the worker's first call (in init_worker_by_lua)", 2) end
-    settings.vms = opts.vms
+    vms = opts.vms
   end
 end
 
-local function vm_slots()
-  if not slots then slots = assert(require("ngx.semaphore").new(settings.vms)) end
-  return slots
-end
+local collected = 0   -- when the collector was last asked for slots
 
-local SLICE = 1             -- seconds a call waits for a slot before the collector is asked
-local collected = 0         -- when (ngx.now) it was last asked
-
--- Waits up to `budget` seconds for a slot. A slot whose light thread was
--- killed (a client abort, ngx.exit in another light thread) comes back
--- only when the collector finalizes its guard (take_slot): a worker whose
--- calls wait for a second runs a full collection, at most once a second.
-local function wait_slot(sem, budget)
-  local t0 = now()
+-- A slot within `budget` seconds, or nil. It comes back through
+-- `getmetatable(slot).__gc()`, or through the collector should the light
+-- thread holding it be killed (a client abort, ngx.exit in another light
+-- thread): a worker whose calls wait runs a full collection at most once a
+-- second.
+local function take_slot(budget)
+  local deadline = now() + budget
   while true do
-    local left = budget - (now() - t0)
-    if sem:wait(max(min(left, SLICE), 0)) then return true end
-    if left <= SLICE then return false end
-    if now() - collected >= SLICE then
+    local left = deadline - now()
+    if slots:wait(max(min(left, 1), 0)) then break end
+    if left <= 1 then return nil end
+    if now() - collected >= 1 then
       collected = now()
       collectgarbage()
     end
   end
+  local held, slot = true, newproxy(true)
+  getmetatable(slot).__gc = function()
+    if held then held = false; slots:post(1) end
+  end
+  return slot
 end
 
--- A slot of the semaphore within `budget` seconds, given back by calling
--- the function returned, or by the collector should the light thread
--- holding it be killed first; nil when none came in time.
-local function take_slot(budget)
-  local sem = vm_slots()
-  if not wait_slot(sem, budget) then return nil end
-  local held = true
-  local guard = newproxy(true)
-  getmetatable(guard).__gc = function()
-    if held then held = false; sem:post(1) end
-  end
-  return function()
-    if held then held = false; sem:post(1) end
-    return guard          -- keeps the guard alive until released
-  end
-end
-
--- nginx's graceful shutdown (reload, quit) ends a worker once no timer is
--- pending in it, and a request waiting only for its worker-thread task has
--- none: its connection would be closed unanswered. So while any call of the
--- worker holds or waits for a VM, a timer of the worker sleeps in steps
--- (ngx.sleep sets a timer). A timer rather than a light thread of each
--- caller: a light thread outlives a caller killed by its parent
+-- nginx ends a gracefully shutting worker once no timer is pending in it, and
+-- a request waiting only for its worker-thread task has none: it would be
+-- closed unanswered. So while any slot is taken, a timer of the worker sleeps
+-- in steps (ngx.sleep sets a timer). A timer rather than a light thread of
+-- each caller: a light thread outlives a caller killed by its parent
 -- (ngx.thread.kill), and would keep that request open.
 local KEEP_STEP = 0.5
-local keeping = false
-local kept_at = 0          -- when (ngx.now) the keeper last ticked, or was started
-
-local function keep_while_busy()
-  while slots:count() < settings.vms do
-    kept_at = now()
-    ngx.sleep(KEEP_STEP)
-    -- the slots of calls whose light threads were killed come back through
-    -- the collector; an idle worker may not run it by itself
-    if ngx.worker.exiting() then collectgarbage() end
-  end
-end
+local kept_at = 0     -- when the keeper last ticked; 0 once it has ended
 
 local function keep_worker()
-  local ok, err = pcall(keep_while_busy)
-  keeping = false
-  if not ok then ngx.log(ngx.WARN, "cachectl: keeping the worker while calls run: ", tostring(err)) end
+  while slots:count() < vms do
+    kept_at = now()
+    ngx.sleep(KEEP_STEP)
+    -- killed callers' slots come back through the collector, which an idle
+    -- worker may not run by itself
+    if ngx.worker.exiting() then collectgarbage() end
+  end
+  kept_at = 0
 end
 
--- The worker can make no timer (it is exiting, or at lua_max_pending_timers):
--- a light thread of the caller sleeps beside the call instead, until the
--- call is done, or for the call's budget and a minute at most should the
--- caller be killed.
-local function keep_call(state, budget)
-  local limit = now() + budget + 60
-  while not state.done and now() < limit do ngx.sleep(KEEP_STEP) end
+-- Starts the keeper unless it ticks: one that stopped ticking was never run
+-- (nginx refuses a timer at lua_max_running_timers) or failed. When the worker
+-- can make no timer (it is exiting, or at lua_max_pending_timers), a light
+-- thread of the caller sleeps beside the call instead, for the call's budget
+-- and a minute at most should the caller be killed; it is returned, to be
+-- killed once the call ends.
+local function keep_alive(budget)
+  if now() - kept_at <= 3 * KEEP_STEP then return nil end
+  if ngx.timer.at(0, keep_worker) then
+    kept_at = now()
+    return nil
+  end
+  return ngx.thread.spawn(function() ngx.sleep(budget + 60) end)
 end
 
-local VM_RETRY = 0.01      -- seconds between two tries when nginx has no VM free
+local VM_RETRY = 0.01 -- seconds between two tries when nginx has no VM free
 
--- The call's budget for waiting for a VM: its timeout, and whether it is
--- invalid (the core will say so; it waits as long as the default).
-local function budget_of(timeout)
-  if timeout == nil then return 30 end
-  if type(timeout) == "number" and timeout > 0 and timeout <= 1e6 then return timeout end
-  return 30, true
-end
-
--- `func` of this module in a worker-thread VM of `pool`, once a VM is free:
--- ok and what it returned (false and the message when nginx refused it), or
--- nil when no VM came within the timeout of `opts` (the call's options, or
--- nil: 30 s). The wait counts against the call's timeout: `opts.timeout`
--- is what is left of it when the call goes.
-local function in_vm(pool, func, opts, ...)
-  local t0 = now()
-  local budget, invalid = budget_of(opts and opts.timeout)
-  local release = take_slot(budget)
-  if not release then return nil end
+-- `M[func](...)` in a worker-thread VM of `pool`, once a slot and a VM are
+-- free within `budget` seconds, the worker kept alive meanwhile: what
+-- ngx.run_worker_thread returned (false and a message when nginx refused),
+-- or nil when no VM came in time. `opts` (the call's options, among `...`)
+-- gets what is left of the budget as its timeout.
+local function hand_over(pool, budget, opts, func, ...)
+  slots = slots or assert(require("ngx.semaphore").new(vms))
+  local deadline = now() + budget
+  local keeper = keep_alive(budget)
+  local slot = take_slot(budget)
   local ok, r1, r2, r3
-  while true do
-    if opts and not invalid then opts.timeout = max(budget - (now() - t0), 0.001) end
+  while slot do
+    if opts then opts.timeout = max(deadline - now(), 0.001) end
     ok, r1, r2, r3 = ngx.run_worker_thread(pool, MODULE, func, ...)
     -- nginx made lua_worker_thread_vm_pool_size VMs and other code of the
     -- worker holds the ones vms leaves free: wait for one
     if ok or r1 ~= "no available Lua vm" then break end
-    if now() - t0 + VM_RETRY >= budget then
-      ok = nil
-      break
-    end
+    if deadline - now() <= VM_RETRY then ok = nil; break end
     ngx.sleep(VM_RETRY)
   end
-  release()
+  if slot then getmetatable(slot).__gc() end
+  if keeper then ngx.thread.kill(keeper) end
   return ok, r1, r2, r3
 end
 
--- in_vm, with the worker kept alive meanwhile.
-local function hand_over(pool, func, opts, ...)
-  local state, thread
-  -- a keeper that stopped ticking was never run (nginx refuses a timer at
-  -- lua_max_running_timers): another is started
-  if not keeping or now() - kept_at > 3 * KEEP_STEP then
-    vm_slots()
-    keeping = ngx.timer.at(0, keep_worker) ~= nil
-    kept_at = now()
-    if not keeping then
-      state = {}
-      thread = ngx.thread.spawn(keep_call, state, (budget_of(opts and opts.timeout)))
-    end
-  end
-  local ok, r1, r2, r3, r4 = pcall(in_vm, pool, func, opts, ...)
-  if thread then
-    state.done = true
-    ngx.thread.kill(thread)
-  end
-  if not ok then error(r1, 0) end
-  return r1, r2, r3, r4
-end
-
--- ---------------------------------------------------------- warming up
-
---- Readies worker-thread VMs ahead of the first calls: a VM is made, and
--- loads cachectl, the first time a call needs one, which costs a few
--- milliseconds (tens on a busy machine) that would otherwise delay the
--- first calls after nginx starts, and make the starts of a burst uneven
--- under a shared rate limit. Call it from `init_worker_by_lua*`: it starts a
--- timer that hands `threads` small tasks (at most `vms`) to the pool at
--- once, so that as many VMs are made, each with cachectl loaded and its
--- session made. A failure is logged (warn) in the error log. Once done,
--- `M.warmed` is how many VMs it readied.
+--- Readies worker-thread VMs ahead of the first calls (a VM and cachectl's
+-- loading take a few milliseconds, tens on a busy machine, that would delay
+-- the first calls and make a burst's starts uneven under a shared limit).
+-- Call it from `init_worker_by_lua*`: a timer hands `threads` small tasks (at
+-- most `vms`) to the pool at once, so that as many VMs are made, each with
+-- cachectl loaded and its session made. A failure is logged (warn). Once
+-- done, `M.warmed` is how many VMs it readied.
 -- @tparam[opt] string pool the thread pool (default `M.default_pool`)
 -- @tparam[opt] number threads how many VMs to ready: the pool's `threads=` (default 16)
 -- @usage init_worker_by_lua_block { require("cachectl.openresty").warm("cachectl", 16) }
 function M.warm(pool, threads)
   pool = pool or M.default_pool
-  local n = min(count_of(threads or 16, "cachectl.openresty.warm", "threads"), settings.vms)
-  local function one()
-    local ok, fresh = hand_over(pool, "thread_warm", nil)
-    if ok == nil then return nil, "no worker-thread Lua VM came free within 30 s" end
-    if not ok then return nil, fresh end
-    return true, fresh
-  end
+  local n = min(count_of(threads or 16, "cachectl.openresty.warm", "threads"), vms)
+  local budget = core.defaults.timeout
   local started, err = ngx.timer.at(0, function(premature)
     if premature then return end
     local tasks, warmed = {}, 0
-    for i = 1, n do tasks[i] = ngx.thread.spawn(one) end
+    for i = 1, n do tasks[i] = ngx.thread.spawn(hand_over, pool, budget, nil, "thread_call") end
     for i = 1, n do
-      local ran, ok, why = ngx.thread.wait(tasks[i])
+      local ran, ok, fresh = ngx.thread.wait(tasks[i])
       if ran and ok then
-        if why then warmed = warmed + 1 end    -- a VM readied now, not one a task found ready
-      else
-        ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", tostring(ran and why or ok))
+        if fresh then warmed = warmed + 1 end    -- a VM readied now, not one a task found ready
+      else                                       -- what the task raised, what nginx said, or no VM
+        ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", tostring(not ran and ok or fresh
+          or format("no worker-thread Lua VM came free within %g s", budget)))
       end
     end
     M.warmed = warmed
@@ -351,56 +245,10 @@ function M.warm(pool, threads)
   if not started then ngx.log(ngx.WARN, "cachectl: warming thread pool ", pool, ": ", err) end
 end
 
--- -------------------------------------------------------------- the calls
-
-local function pool_name(pool)
-  if pool == nil or pool == true then return M.default_pool end
-  return pool
-end
-
--- The call in a thread of `pool`; its events come back as a list. Time
--- spent waiting for a VM counts against the call's timeout.
-local function in_thread(c, opts, pool)
-  opts.on_event = nil
-  local timeout = opts.timeout
-  if vm_slots():count() <= 0 then
-    -- every VM is taken: a bad value is said now, not after the wait (a call
-    -- that gets a VM at once is read only there, once)
-    local _, bad = core.identity(c.service, c.call, opts)
-    if bad then return nil, bad end
-  end
-  local ok, res, err, events = hand_over(pool, "thread_call", opts, c.service, c.call, opts, c.on_event ~= nil)
-  if ok == nil then
-    return nil, core.error({ kind = "timeout", attempts = 0,
-      message = format("no worker-thread Lua VM came free within "
-      .. "the timeout (%gs): this worker's calls hold all %d (cachectl.openresty.configure{ vms = n }, "
-      .. "lua_worker_thread_vm_pool_size)", budget_of(timeout), settings.vms) })
-  end
-  if not ok then
-    if type(res) == "string" and res:find("^thread pool .* not found$") then
-      error(format("cachectl: nginx %s: add 'thread_pool %s threads=16;' to the main section of nginx.conf "
-        .. "(or give the client option thread_pool)", res, pool), 0)
-    end
-    -- A mistake the core raised in the thread: raise it here too, without
-    -- the position LuaJIT gives it (a line of thread_call, of no use).
-    error((tostring(res):gsub("^[^\n]-openresty%.lua:%d+: ", "")), 0)
-  end
-  if type(err) == "table" then setmetatable(err, core.error_mt) end
-  return res, err, events
-end
-
--- One call in the pool's thread or (pool == false) right here; then the
--- thread's events, replayed in order. An error raised by on_event propagates.
-local function dispatch(service, call, opts, pool)
-  local c = { service = service, call = call, opts = opts, on_event = opts.on_event }
-  if pool == false then
-    -- Blocks this worker for the whole call: for comparisons and tests only.
-    return core[service][call](opts)
-  end
-  local res, err, events
-  res, err, events = in_thread(c, copy(opts), pool)
-  for i = 1, events and #events or 0 do c.on_event(events[i]) end
-  return res, err
+-- Raises a mistake the core raised (here or in the thread) without the
+-- position LuaJIT gives it: a line of this file, of no use to the caller.
+local function raise(msg)
+  error((tostring(msg):gsub("^[^\n]-openresty%.lua:%d+: ", "")), 0)
 end
 
 --- Runs one core call without blocking the nginx worker.
@@ -409,7 +257,8 @@ end
 -- and with what `on_event` raises.
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint, e.g. "reset_cache"
--- @tparam table opts the call's options; `on_event` gets the call's events here
+-- @tparam table opts the call's options (left as they are); `on_event` gets
+-- the call's events here, once the call has returned
 -- @tparam[opt] string|boolean pool the thread pool (default `M.default_pool`);
 -- `false` runs the call in the worker itself, blocking it: for comparisons and tests only
 -- @treturn table|nil the decoded answer
@@ -417,16 +266,41 @@ end
 -- @usage local res, err = openresty.call("omni", "reset_cache", opts, "cachectl")
 function M.call(service, call, opts, pool)
   check_phase()
-  return dispatch(service, call, opts, pool_name(pool))
+  if pool == false then return core[service][call](opts) end
+  if pool == nil or pool == true then pool = M.default_pool end
+  local mine = {}
+  for k, v in pairs(opts) do mine[k] = v end
+  mine.on_event = nil
+  local budget = opts.timeout or core.defaults.timeout
+  if not (type(budget) == "number" and budget > 0 and budget <= 1e6) or (slots and slots:count() <= 0) then
+    -- a bad value (the timeout the core refuses among them) is said now, not
+    -- after a wait for a VM; a call that gets one at once is read only there
+    local fine, id, bad = pcall(core.identity, service, call, mine)
+    if not fine then raise(id) end
+    if bad then return nil, bad end
+  end
+  local ok, res, err, events = hand_over(pool, budget, mine, "thread_call", service, call, mine, opts.on_event ~= nil)
+  if ok == nil then
+    return nil, core.error{ kind = "timeout", message = format("no worker-thread Lua VM came free within "
+      .. "the timeout (%gs): this worker's calls hold all %d (cachectl.openresty.configure{ vms = n }, "
+      .. "lua_worker_thread_vm_pool_size)", budget, vms) }
+  elseif not ok and tostring(res):find("^thread pool .* not found$") then
+    error(format("cachectl: nginx %s: add 'thread_pool %s threads=16;' to the main section of nginx.conf "
+      .. "(or give the client option thread_pool)", res, pool), 0)
+  elseif not ok then
+    raise(res)
+  end
+  if err then err = core.error(err) end
+  for i = 1, events and #events or 0 do opts.on_event(events[i]) end
+  return res, err
 end
 
 --- Runs several calls of one endpoint concurrently, without blocking the
 -- worker: up to `concurrency` light threads (`ngx.thread.spawn`), each
--- taking the next call of the list and running it as `M.call` does (its own
--- rate-limit turn, then one worker-thread call). Calls run at once only as
--- far as the pool has threads (`threads=N`); the rest queue in the pool.
--- When a call raises (on_event, misuse), no further call starts, and the
--- error is raised once the running ones have ended.
+-- taking the next call of the list and running it as `M.call` does. Calls
+-- run at once only as far as the pool has threads (`threads=N`); the rest
+-- queue in the pool. When a call raises (on_event, misuse), no further call
+-- starts, and the error is raised once the running ones have ended.
 -- @tparam string service "omni" or "modelslab"
 -- @tparam string call the endpoint
 -- @tparam {table,...} list one options table per call
@@ -435,14 +309,13 @@ end
 -- @treturn {table,...} one `{ result = res, err = err }` per call, in input order
 function M.batch(service, call, list, concurrency, pool)
   check_phase()
-  pool = pool_name(pool)
   local n, items, next_i = #list, {}, 0
   local failed, failure = false, nil
   local function worker()
     while next_i < n and not failed do
       next_i = next_i + 1
       local i = next_i
-      local ok, res, err = pcall(dispatch, service, call, list[i], pool)
+      local ok, res, err = pcall(M.call, service, call, list[i], pool)
       if not ok then
         if not failed then failed, failure = true, res end
         return
