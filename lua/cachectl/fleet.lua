@@ -62,18 +62,6 @@ return 0
 -- @treturn[2] string what is wrong
 M.parse_url = core.redis_url
 
--- `s` with `secret` masked by the core's one scrubber; a secret too short
--- for it (under 4 bytes: a Redis password can be) masked as given.
-local function scrub(s, secret)
-  if #secret >= 4 then return core.scrub(s, secret) end
-  local i, j = s:find(secret, 1, true)
-  while i and secret ~= "" do
-    s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
-    i, j = s:find(secret, i + 3, true)
-  end
-  return s
-end
-
 -- ------------------------------------------------------------ the backends
 
 local yieldable = {
@@ -180,24 +168,11 @@ local function command(link, cmd, ...)
   if not load_resty() then error(MISSING_RESTY, 0) end
   local ok, v, broken = resty_command(ngx, link, min(left / 2, link.ct), cmd, ...)
   if ok then return true, v end
-  local pw = link.cfg.password
-  v = tostring(v)
-  return false, link.cfg.where .. ": " .. (pw and scrub(v, pw) or v), broken
+  -- the password masked however short (it may be)
+  return false, link.cfg.where .. ": " .. core.scrub(tostring(v), link.cfg.password, true), broken
 end
 
 -- --------------------------------------------------------------- outcomes
-
--- A copy of `v` with every secret form scrubbed from its strings (keys too).
-local function scrubbed(v, secrets)
-  if type(v) == "string" then
-    for _, secret in pairs(secrets) do v = scrub(v, secret) end
-    return v
-  end
-  if type(v) ~= "table" then return v end
-  local t = {}
-  for k, x in pairs(v) do t[scrubbed(k, secrets)] = scrubbed(x, secrets) end
-  return t
-end
 
 local function json()
   if cjson == nil then
@@ -290,8 +265,8 @@ end
 function M.settle(link, digest, token, window, res, err, secrets)
   local key = KEY .. digest:lower()
   if res ~= nil or (type(err) == "table" and (err.attempts or 0) > 0) then
-    secrets = secrets or {}
-    local text = json().encode({ res = scrubbed(res, secrets), err = scrubbed(err, secrets) })
+    -- every form of every secret masked, however short (core.scrub copies)
+    local text = json().encode({ res = core.scrub(res, secrets, true), err = core.scrub(err, secrets, true) })
     local grace = format("%d", min(GRACE_MS, floor(window * 1000) + 1))
     if text and command(link, "eval", STORE, 1, key, token, text, grace) then
       return true
