@@ -203,6 +203,37 @@ local function send_items(ctx, list, reqs, index, concurrency, started, items)
   for k, i in ipairs(index) do items[i] = sent[k] end
 end
 
+-- A batch item's claim when its rate limit names Redis: "mine" or
+-- "theirs", its link and token; nil when there is no Redis or it cannot be
+-- used (the item goes now).
+local function claim(ctx, opts, digest, window)
+  local url = redis_of(opts)
+  local link = url and fleet.link(url, opts.timeout or TIMEOUT, fleet_opts(ctx, opts))
+  if not link then return nil end
+  local state, token = fleet.claim(link, digest, window)
+  return state, link, token
+end
+
+-- The waiters of a batch: the outcome another process stored; the items
+-- whose claim went without one (or whose Redis failed) are returned, to go
+-- by themselves.
+local function await_theirs(ctx, list, theirs, digests, started, items)
+  local again = {}
+  for _, w in ipairs(theirs) do
+    local i, budget = w.i, list[w.i].timeout or TIMEOUT
+    local o = fleet.await(w.link, { digests[i] })[digests[i]]
+    if o then
+      local res, err = share(ctx, list[i], o.res, o.err)
+      items[i] = { result = res, err = err }
+    elseif gettime() - started < budget then
+      again[#again + 1] = i
+    else
+      items[i] = { err = fleet.no_outcome(ctx.service.name .. "." .. ctx.call, budget) }
+    end
+  end
+  return again
+end
+
 --- Several calls of one endpoint, concurrently (up to `concurrency`), with
 -- identical ones sent once and shared when a coalesce window is given
 -- (across the fleet when their rate limit names Redis: the claims first,
@@ -214,7 +245,7 @@ end
 -- @treturn {table,...} one `{ result = res, err = err }` per call, in order
 function M.batch(ctx, list, concurrency, window)
   local items, reqs, digests, dup, seen = {}, {}, {}, {}, {}
-  local now_items, mine, theirs, again = {}, {}, {}, {}
+  local now_items, mine, theirs = {}, {}, {}
   local started = gettime()
   -- identical items found (dup[i] = the first of them), kept outcomes shared
   -- (one in flight elsewhere in the worker: the item sends its own), the
@@ -233,9 +264,8 @@ function M.batch(ctx, list, concurrency, window)
     else
       digests[i] = digest
       if digest then seen[digest] = i end
-      local url, link, state, token = digest and redis_of(opts)
-      if url then link = fleet.link(url, opts.timeout or TIMEOUT, fleet_opts(ctx, opts)) end
-      if link then state, token = fleet.claim(link, digest, window) end
+      local state, link, token
+      if digest then state, link, token = claim(ctx, opts, digest, window) end
       if state == "theirs" then
         theirs[#theirs + 1] = { i = i, link = link }
       else
@@ -252,21 +282,7 @@ function M.batch(ctx, list, concurrency, window)
     fleet.settle(m.link, digests[i], m.token, window, it.result, it.err, { list[i][ctx.service.secret] })
   end
   if not ok then error(why, 0) end
-  -- the waiters: another process's outcome, or, when its claim went without
-  -- one (or Redis failed), the item goes by itself
-  for _, w in ipairs(theirs) do
-    local i, budget = w.i, list[w.i].timeout or TIMEOUT
-    local o = fleet.await(w.link, { digests[i] })[digests[i]]
-    if o then
-      local res, err = share(ctx, list[i], o.res, o.err)
-      items[i] = { result = res, err = err }
-    elseif gettime() - started < budget then
-      again[#again + 1] = i
-    else
-      items[i] = { err = fleet.no_outcome(ctx.service.name .. "." .. ctx.call, budget) }
-    end
-  end
-  send_items(ctx, list, reqs, again, concurrency, started, items)
+  send_items(ctx, list, reqs, await_theirs(ctx, list, theirs, digests, started, items), concurrency, started, items)
   for i, d in pairs(digests) do keep(d, started, window, items[i].result, items[i].err) end
   for i = 1, #list do
     local first = dup[i]
