@@ -262,5 +262,30 @@ describe("secrets", function()
       assert.equal("abc abc", scrub("abc abc", "abc"))
       assert.equal("*** ***", scrub("abcd abcd", "abcd"))
     end)
+
+    it("masks a short secret as given when asked (a Redis password), NUL bytes kept", function()
+      assert.equal("*** b *** \0 a", scrub("pw b pw \0 a", "pw", true))
+      assert.equal("x***y", scrub("x\0\1y", "\0\1", true))
+      assert.equal("abc", scrub("abc", "", true))
+    end)
+
+    it("copies a table with every string in it masked, keys too, at any depth; other values kept", function()
+      local secret, other = odd_secret(), "pw"
+      local mt = {}
+      local v = setmetatable({ ["k " .. secret] = { "v " .. other, 5, true, { deep = secret .. " " .. other } },
+        n = 1.5 }, mt)
+      local out = scrub(v, { secret, other }, true)
+      assert.same({ ["k ***"] = { "v ***", 5, true, { deep = "*** ***" } }, n = 1.5 }, out)
+      assert.is_nil(getmetatable(out))
+      assert.equal(mt, getmetatable(v))                         -- the value itself untouched
+      assert.equal("v " .. other, v["k " .. secret][1])
+      assert.same({ "v pw" }, scrub({ "v pw" }, { other }))     -- short: left alone unless asked
+      assert.equal(42, scrub(42, secret))
+      assert.is_nil(scrub(nil, secret))
+      local deep = {}
+      local at = deep
+      for _ = 1, 1001 do at.x = {} at = at.x end
+      assert.matches("nested deeper than 1000", select(2, pcall(scrub, deep, secret)))
+    end)
   end)
 end)

@@ -147,6 +147,9 @@ int cc_prepared_take(lua_State *L, int idx, const cc_endpoint *ep, cc_req *out);
  * credential, URL, body) as hex; 0 when SHA-256 failed. */
 int cc_identity(const cc_endpoint *ep, const cc_req *r, char hex[65]);
 
+/* redis.c: core.redis_url, a Redis URL read as the turns read it. */
+int cc_redis_url_l(lua_State *L);
+
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
 

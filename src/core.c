@@ -276,22 +276,95 @@ static void set_rows(lua_State *L, int module)
     lua_setfield(L, module, "endpoints");
 }
 
-/* core.scrub(text, secret) -> text with the secret masked as in errors;
- * the text as it is when secret is nil or under 4 bytes. */
+/* The text on the stack top, replaced by itself with `secret` (sn bytes)
+ * masked by the one scrubber; a secret under 4 bytes is left alone (it
+ * would match ordinary words) unless `short_too` (a Redis password): then
+ * it is masked as given. */
+static void scrub_top(lua_State *L, const char *secret, size_t sn, int short_too)
+{
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n), *at;
+    if (sn >= 4) {
+        char *t = cc_newuserdata(L, n ? n : 1);
+        memcpy(t, s, n);
+        lua_pushlstring(L, t, cc_scrub(t, n, secret, sn));
+        cc_wipe(t, n);
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+    } else if (short_too && sn > 0 && memmem(s, n, secret, sn)) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        while ((at = memmem(s, n, secret, sn)) != NULL) {
+            luaL_addlstring(&b, s, (size_t)(at - s));
+            luaL_addlstring(&b, "***", 3);
+            n -= (size_t)(at - s) + sn;
+            s = at + sn;
+        }
+        luaL_addlstring(&b, s, n);
+        luaL_pushresult(&b);
+        lua_replace(L, -2);
+    }
+}
+
+/* Pushes the value at v with the secrets at index `secrets` (one, or a
+ * list) masked: a string scrubbed, a table copied with its keys and values
+ * scrubbed at any depth (up to 1000), anything else as it is. */
+static void push_scrubbed(lua_State *L, int v, int secrets, int short_too, int depth)
+{
+    int i;
+    luaL_checkstack(L, 8, "cachectl.core.scrub");
+    if (lua_type(L, v) == LUA_TTABLE) {
+        int copy;
+        if (depth >= 1000) luaL_error(L, "cachectl.core.scrub: a table nested deeper than 1000");
+        lua_newtable(L);
+        copy = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, v)) {
+            push_scrubbed(L, copy + 1, secrets, short_too, depth + 1);
+            push_scrubbed(L, copy + 2, secrets, short_too, depth + 1);
+            lua_rawset(L, copy);
+            lua_pop(L, 1);
+        }
+        return;
+    }
+    lua_pushvalue(L, v);
+    if (lua_type(L, v) != LUA_TSTRING) return;
+    if (lua_type(L, secrets) != LUA_TTABLE) {
+        size_t sn = 0;
+        const char *secret = lua_isstring(L, secrets) ? lua_tolstring(L, secrets, &sn) : NULL;
+        if (secret) scrub_top(L, secret, sn, short_too);
+        return;
+    }
+    for (i = 1;; i++) {
+        size_t sn;
+        const char *secret;
+        lua_rawgeti(L, secrets, i);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            return;
+        }
+        lua_insert(L, -2);      /* the secret under the text, alive while used */
+        if (lua_isstring(L, -2)) {
+            secret = lua_tolstring(L, -2, &sn);
+            scrub_top(L, secret, sn, short_too);
+        }
+        lua_remove(L, -2);
+    }
+}
+
+/* core.scrub(v, secret [, short_too]) -> v with the secret masked as in
+ * errors (as given, percent-encoded or JSON-escaped): a string, or a table
+ * copied with every string in it (keys too) masked; any other value as it
+ * is. `secret` may be a list of secrets; the text as it is when secret is
+ * nil or under 4 bytes, unless short_too (a Redis password), which masks a
+ * short one as given. */
 static int scrub_l(lua_State *L)
 {
-    size_t n, sn = 0;
-    const char *s = luaL_checklstring(L, 1, &n);
-    const char *secret = luaL_optlstring(L, 2, NULL, &sn);
-    char *t;
-    if (!secret || sn < 4) {
-        lua_settop(L, 1);
-        return 1;
-    }
-    t = cc_newuserdata(L, n ? n : 1);
-    memcpy(t, s, n);
-    lua_pushlstring(L, t, cc_scrub(t, n, secret, sn));
-    cc_wipe(t, n);
+    luaL_checkany(L, 1);
+    luaL_argcheck(L, lua_isnoneornil(L, 2) || lua_isstring(L, 2) || lua_istable(L, 2), 2,
+                  "a secret or a list of secrets");
+    lua_settop(L, 3);
+    push_scrubbed(L, 1, 2, lua_toboolean(L, 3), 0);
     return 1;
 }
 
@@ -391,7 +464,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     static const luaL_Reg funcs[] = {
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
         { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l }, { "prepare", cc_prepare_l }, { "parsed", parsed_l }, { "error", error_l },
-        { "is_uuid", is_uuid_l }, { "file_info", file_info_l },
+        { "is_uuid", is_uuid_l }, { "file_info", file_info_l }, { "redis_url", cc_redis_url_l },
         { NULL, NULL }
     };
     const curl_version_info_data *v;

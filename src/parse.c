@@ -203,7 +203,7 @@ int cc_format_epoch(double t, char *out, size_t outsz)
 
 /* ---- Redis URLs: redis://[[user]:password@]host[:port][/db] ---------- */
 
-#define URL_FORM "redis://[[user]:password@]host[:port][/db]"
+#define URL_FORM CC_REDIS_URL_FORM
 
 static int unhex(int c)
 {
@@ -222,11 +222,10 @@ static int pct_ok(const char *s, size_t n)
     return 1;
 }
 
-char *cc_pct_decode(const char *s, size_t n)
+size_t cc_pct_decode_to(char *out, const char *s, size_t n)
 {
-    char *out = malloc(n + 1), *o = out;
+    char *o = out;
     size_t i;
-    if (!out) return NULL;
     for (i = 0; i < n; i++) {
         if (s[i] == '%' && i + 2 < n) {
             *o++ = (char)(unhex((unsigned char)s[i + 1]) * 16 + unhex((unsigned char)s[i + 2]));
@@ -235,7 +234,13 @@ char *cc_pct_decode(const char *s, size_t n)
             *o++ = s[i];
         }
     }
-    *o = '\0';
+    return (size_t)(o - out);
+}
+
+char *cc_pct_decode(const char *s, size_t n)
+{
+    char *out = malloc(n + 1);
+    if (out) out[cc_pct_decode_to(out, s, n)] = '\0';
     return out;
 }
 

@@ -20,6 +20,7 @@ int cc_format_epoch(double t, char *out, size_t outsz);
  * into it): NULL, or why it is not one (a static message quoting nothing
  * of the URL). user and pass are still %-encoded; cc_pct_decode decodes
  * (malloc'd; NULL when out of memory). */
+#define CC_REDIS_URL_FORM "redis://[[user]:password@]host[:port][/db]"
 typedef struct cc_redis_url {
     const char *user, *pass, *host;
     size_t user_len, pass_len, host_len;
@@ -27,5 +28,6 @@ typedef struct cc_redis_url {
 } cc_redis_url;
 const char *cc_redis_url_parse(const char *url, size_t n, cc_redis_url *p);
 char *cc_pct_decode(const char *s, size_t n);
+size_t cc_pct_decode_to(char *out, const char *s, size_t n);   /* out: n bytes; returns its length */
 
 #endif

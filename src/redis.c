@@ -59,6 +59,15 @@ static void conn_free(cc_redis *c)
     free(c);
 }
 
+/* "Redis at host:port[/db]", an IPv6 address in brackets: how messages
+ * name the server (nothing else of the URL is ever quoted). */
+static void where_of(char *out, size_t sz, const char *host, int port, int db)
+{
+    int v6 = strchr(host, ':') != NULL, n;
+    n = snprintf(out, sz, "Redis at %s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    if (db && n > 0 && (size_t)n < sz) snprintf(out + n, sz - (size_t)n, "/%d", db);
+}
+
 /* A connection record for url (not connected yet); NULL when out of
  * memory. The URL was checked when the request was read. */
 static cc_redis *conn_new(const char *url)
@@ -77,10 +86,54 @@ static cc_redis *conn_new(const char *url)
         conn_free(c);
         return NULL;
     }
-    snprintf(c->where, sizeof c->where, "Redis at %s%s%s:%d", memchr(c->host, ':', strlen(c->host)) ? "[" : "",
-             c->host, memchr(c->host, ':', strlen(c->host)) ? "]" : "", c->port);
-    if (c->db) snprintf(c->where + strlen(c->where), sizeof c->where - strlen(c->where), "/%d", c->db);
+    where_of(c->where, sizeof c->where, c->host, c->port, c->db);
     return c;
+}
+
+/* core.redis_url(url) -> { host, port, db, user, password, ipv6, where } or
+ * nil, message: the URL as the turns read it, for the Lua layer's
+ * lua-resty-redis side (user and password percent-decoded, host without
+ * brackets; `where` names the server in messages). The message quotes
+ * nothing of the URL. */
+int cc_redis_url_l(lua_State *L)
+{
+    size_t n;
+    const char *url = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+    const char *why = url ? NULL : "invalid Redis URL (" CC_REDIS_URL_FORM "): not a string";
+    char *text, where[300];
+    cc_redis_url p;
+    if (!why) why = cc_redis_url_parse(url, n, &p);
+    if (why) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    text = cc_newuserdata(L, p.host_len + p.user_len + p.pass_len + 1);  /* raises before anything is held */
+    lua_createtable(L, 0, 7);
+    lua_pushlstring(L, p.host, p.host_len);
+    lua_setfield(L, -2, "host");
+    lua_pushinteger(L, (lua_Integer)p.port);
+    lua_setfield(L, -2, "port");
+    lua_pushinteger(L, (lua_Integer)p.db);
+    lua_setfield(L, -2, "db");
+    lua_pushboolean(L, p.host > url && p.host[-1] == '[');
+    lua_setfield(L, -2, "ipv6");
+    memcpy(text, p.host, p.host_len);
+    text[p.host_len] = '\0';
+    where_of(where, sizeof where, text, (int)p.port, (int)p.db);
+    lua_pushstring(L, where);
+    lua_setfield(L, -2, "where");
+    if (p.pass && p.user_len) {
+        lua_pushlstring(L, text, cc_pct_decode_to(text, p.user, p.user_len));
+        lua_setfield(L, -2, "user");
+    }
+    if (p.pass) {
+        size_t len = cc_pct_decode_to(text, p.pass, p.pass_len);
+        lua_pushlstring(L, text, len);
+        cc_wipe(text, len);
+        lua_setfield(L, -2, "password");
+    }
+    return 1;
 }
 
 /* ---- failing ----------------------------------------------------------- */

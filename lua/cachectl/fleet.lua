@@ -15,10 +15,10 @@
 --
 -- @module cachectl.fleet
 
-local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, select =
-  require, pcall, error, type, tostring, tonumber, pairs, setmetatable, rawget, select
-local format, char = string.format, string.char
-local floor, min, random = math.floor, math.min, math.random
+local require, pcall, error, type, tostring, pairs, setmetatable, rawget =
+  require, pcall, error, type, tostring, pairs, setmetatable, rawget
+local format = string.format
+local floor, min, max, random = math.floor, math.min, math.max, math.random
 local tointeger = math.tointeger -- nil before Lua 5.3
 local G = _G
 
@@ -26,20 +26,17 @@ local core = require "cachectl.core"
 
 local M = {}
 
-local URL_FORM = "redis://[[user]:password@]host[:port][/db]"
 local MISSING_RESTY = "rate_limit.redis inside nginx needs lua-resty-redis (Debian package lua-nginx-redis)"
-local DEFAULT_CONNECT_TIMEOUT = core.defaults.connect_timeout
 local POLL_FIRST, POLL_MAX = 0.02, 0.05 -- seconds between looks for a coalesced outcome
 local GRACE_MS = 1000 -- how long an outcome stays when its claim expired during the run
 local PENDING = "pending:" -- a claim's value until the outcome replaces it
-
--- ------------------------------------------------------------------ scripts
+local KEY = "cachectl:co:" -- then the call's digest
 
 -- Stores a coalesced call's outcome under its claim. KEYS[1]: the claim;
 -- ARGV: the claim's value, the outcome (JSON), a TTL (ms) for when the claim
 -- expired meanwhile. Keeps the claim's own expiry; never overwrites a newer
 -- caller's claim.
-local STORE = { src = [[
+local STORE = [[
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
   local ttl = redis.call('PTTL', KEYS[1])
@@ -47,115 +44,23 @@ if v == ARGV[1] then
 end
 if not v then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 2 end
 return 0
-]] }
+]]
 
 -- Drops a claim that is still ours (the run raised).
-local RELEASE = { src = [[
+local RELEASE = [[
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-]] }
+]]
 
--- ----------------------------------------------------------------- the URL
-
-local function unescape(s)
-  return (s:gsub("%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
-end
-
-local function bad_url(what)
-  return nil, format("invalid Redis URL (%s): %s", URL_FORM, what)
-end
-
--- host[:port][/db], after the userinfo.
-local function parse_hostpart(cfg, rest)
-  local host, tail = rest:match("^%[([%x:.]+)%](.*)$")
-  if host then
-    cfg.ipv6 = true
-  else
-    host, tail = rest:match("^([%w.-]+)(.*)$")
-  end
-  if not host then return bad_url("no host name or address") end
-  cfg.host = host
-  local port = tail:match("^:(%d+)")
-  if port then
-    cfg.port = tonumber(port)
-    if cfg.port < 1 or cfg.port > 65535 then return bad_url("the port must be 1 to 65535") end
-    tail = tail:sub(#port + 2)
-  end
-  local db = tail:match("^/(%d*)$")
-  if tail ~= "" and not db then
-    return bad_url("after the host only :port and /db may follow")
-  end
-  if db and db ~= "" then cfg.db = tonumber(db) end
-  return cfg
-end
-
---- Reads a Redis URL. Nothing from the URL is quoted in the message.
+--- Reads a Redis URL as the core does (`core.redis_url`): nothing of the URL
+-- is quoted in the message.
+-- @function parse_url
 -- @tparam string url `redis://[[user]:password@]host[:port][/db]`
--- (user and password percent-decoded; port 6379 and db 0 by default)
 -- @treturn table `{ host, port, db, user, password, ipv6, where }`, where
 -- `where` ("Redis at host:port/db") names the server in messages
 -- @treturn[2] nil
 -- @treturn[2] string what is wrong
-function M.parse_url(url)
-  if type(url) ~= "string" then return bad_url("not a string") end
-  local rest = url:match("^redis://(.*)$")
-  if not rest then return bad_url("it must start with redis://") end
-  local cfg = { port = 6379, db = 0 }
-  local at = rest:find("@[^@]*$")
-  if at then
-    local user, password = rest:sub(1, at - 1):match("^([^:]*):(.*)$")
-    if not user then return bad_url("the part before '@' must be [user]:password") end
-    if password == "" then return bad_url("the password before '@' is empty") end
-    cfg.user = user ~= "" and unescape(user) or nil
-    cfg.password = unescape(password)
-    rest = rest:sub(at + 1)
-  end
-  local ok, err = parse_hostpart(cfg, rest)
-  if not ok then return nil, err end
-  local host = cfg.ipv6 and "[" .. cfg.host .. "]" or cfg.host
-  cfg.where = format("Redis at %s:%d%s", host, cfg.port, cfg.db ~= 0 and "/" .. cfg.db or "")
-  return cfg
-end
-
-local parsed, n_parsed = {}, 0 -- url -> cfg, for the URLs this process uses
-
--- M.parse_url, remembered (a turn should not parse its URL every time).
-local function config(url)
-  local cfg = parsed[url]
-  if cfg then return cfg end
-  local err
-  cfg, err = M.parse_url(url)
-  if not cfg then return nil, err end
-  if n_parsed >= 64 then parsed, n_parsed = {}, 0 end
-  parsed[url], n_parsed = cfg, n_parsed + 1
-  return cfg
-end
-
--- `s` with every secret of `secrets` masked by the core's one scrubber (as
--- given, percent-encoded, JSON-escaped, any 8 of its characters in a row).
--- The core leaves secrets under 4 bytes alone (they would match ordinary
--- words); a Redis password that short is still masked as given.
-local function scrub_string(s, secrets)
-  for _, secret in pairs(secrets) do
-    if #secret >= 4 then
-      s = core.scrub(s, secret)
-    elseif secret ~= "" then
-      local i, j = s:find(secret, 1, true)
-      while i do
-        s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
-        i, j = s:find(secret, i + 3, true)
-      end
-    end
-  end
-  return s
-end
-
--- A message from a library or a server, without the URL's password.
-local function redact(s, cfg)
-  s = tostring(s)
-  if not cfg.password then return s end
-  return scrub_string(s, { cfg.password })
-end
+M.parse_url = core.redis_url
 
 -- ------------------------------------------------------------ the backends
 
@@ -177,7 +82,7 @@ local function cosockets()
   return nil
 end
 
-local resty_lib, cjson -- loaded on first use; false: missing
+local resty_lib, cjson, own_session -- made on first use; resty_lib false: missing
 
 local function load_resty()
   if resty_lib == nil then
@@ -202,167 +107,69 @@ function M.available()
   return "hiredis"
 end
 
-local function now()
-  local ngx = cosockets()
-  if ngx then
-    ngx.update_time()
-    return ngx.now()
-  end
-  return core.monotonic()
-end
+local now = core.monotonic
 
+-- ngx.sleep where the phase can yield: the worker goes on meanwhile.
 local function sleep(s)
   local ngx = cosockets()
   if ngx then return ngx.sleep(s) end
   core.sleep(s)
 end
 
--- A connection, whichever the client: conn:call(cmd, ...) -> true, reply |
--- false, message, broken (broken: the connection is unusable, not just an
--- error reply from Redis). Each call must be answered by conn.until.
-
--- Plain Lua and worker threads: the C core's connection of a session.
-local Core = {}
-Core.__index = Core
-
-local own_session -- this module's session, when the caller gives none
-
--- Redis gets at most half of what is left, so that the call still has time
--- to go by itself when Redis does not answer.
-function Core:call(cmd, ...)
-  local left = self["until"] - now()
-  if left <= 0 then return false, self.cfg.where .. ": no time left for Redis", true end
-  local ok, v, msg = self.session:redis(self.url, left / 2, self.ct, cmd, ...)
-  if ok then return true, v end
-  return false, msg, v ~= "error"
-end
-
-function Core.release() end -- the session keeps it
-
-local Resty = {}
-Resty.__index = Resty
-
-local function resty_connect(ngx, cfg, timeout, url)
+-- One command through lua-resty-redis on a kept connection of the URL's
+-- pool, logged in (AUTH, SELECT) when new; `command`'s returns.
+local function resty_command(ngx, link, timeout, cmd, ...)
+  local cfg = link.cfg
   local red, err = resty_lib:new()
-  if not red then return nil, err end
+  if not red then return false, err, true end
   red:set_timeout(timeout * 1000)
-  local host = cfg.ipv6 and "[" .. cfg.host .. "]" or cfg.host
-  local ok, cerr = red:connect(host, cfg.port, { pool = "cachectl:" .. ngx.md5(url) })
-  if not ok then return nil, cerr end
-  return setmetatable({ red = red, ngx = ngx, reused = (red:get_reused_times() or 0) > 0 }, Resty)
-end
-
-function Resty:call(cmd, ...)
-  local red = self.red
-  local left = self["until"] - now()
-  if left <= 0 then return false, "no time left for Redis", true end
-  red:set_timeout(min(left / 2, self.ct) * 1000)
-  local res, err = red[cmd:lower()](red, ...)
-  if res == nil then return false, err, true end
-  if res == false then return false, err, false end
-  if res == self.ngx.null then res = nil end
+  local ok
+  ok, err = red:connect(cfg.ipv6 and "[" .. cfg.host .. "]" or cfg.host, cfg.port,
+    { pool = "cachectl:" .. ngx.md5(link.url) })
+  if ok and (red:get_reused_times() or 0) == 0 then
+    if cfg.user then ok, err = red:auth(cfg.user, cfg.password)
+    elseif cfg.password then ok, err = red:auth(cfg.password) end
+    if not ok then err = "login refused: " .. tostring(err)
+    elseif cfg.db ~= 0 then
+      ok, err = red:select(cfg.db)
+      if not ok then err = "SELECT " .. cfg.db .. " refused: " .. tostring(err) end
+    end
+  end
+  local res
+  if ok then res, err = red[cmd](red, ...) end
+  if res == nil then -- no connection, or it broke: not kept
+    red:close()
+    return false, err, true
+  end
+  red:set_keepalive(60000, 32)
+  if res == false then return false, err end -- Redis's error reply
+  if res == ngx.null then res = nil end
   return true, res
 end
 
-function Resty:close() self.red:close() end
-function Resty:release() self.red:set_keepalive(60000, 32) end
-
--- ------------------------------------------------------------- connections
-
--- AUTH and SELECT on a new cosocket connection; true, or nil, message.
-local function login(conn, cfg)
-  if cfg.password then
-    local ok, err
-    if cfg.user then
-      ok, err = conn:call("auth", cfg.user, cfg.password)
-    else
-      ok, err = conn:call("auth", cfg.password)
-    end
-    if not ok then return nil, "login refused: " .. tostring(err) end
-  end
-  if cfg.db ~= 0 then
-    local ok, err = conn:call("select", cfg.db)
-    if not ok then return nil, "SELECT " .. cfg.db .. " refused: " .. tostring(err) end
-  end
-  return true
-end
-
--- A connection to `link.url` that must answer by link.until.
-local function open(link)
-  local ngx = cosockets()
+-- One command (lower case) on the link's Redis, within half of what is left
+-- of the link's budget (the call must still have time to go by itself when
+-- Redis does not answer). Returns true, reply, or false, a message naming
+-- the server (never the password), and whether Redis could not be used at
+-- all (not just an error reply).
+local function command(link, cmd, ...)
+  local left, ngx = link["until"] - now(), cosockets()
+  if left <= 0 then return false, link.cfg.where .. ": no time left for Redis", true end
   if not ngx then
     if not link.session then
       own_session = own_session or core.session()
       link.session = own_session
     end
-    return setmetatable({ session = link.session, url = link.url, cfg = link.cfg, ct = link.ct,
-      ["until"] = link["until"] }, Core)
+    -- the core's messages name the server, the password scrubbed
+    local ok, v, msg = link.session:redis(link.url, left / 2, link.ct, cmd, ...)
+    if ok then return true, v end
+    return false, msg, v ~= "error"
   end
   if not load_resty() then error(MISSING_RESTY, 0) end
-  local conn, err = resty_connect(ngx, link.cfg, min(link.ct, math.max(link["until"] - now(), 0.001)), link.url)
-  if not conn then return nil, err end
-  conn.ct, conn["until"] = link.ct, link["until"]
-  if not conn.reused then
-    local ok, lerr = login(conn, link.cfg)
-    if not ok then
-      conn:close()
-      return nil, lerr
-    end
-  end
-  return conn
-end
-
--- Runs fn(conn), which returns true, value or false, message, broken.
--- Returns true, value or false, message (naming the server, never the
--- password), unreachable (true: Redis could not be used at all).
-local function with_redis(link, fn)
-  local conn, err = open(link)
-  local cfg = link.cfg
-  if not conn then return false, cfg.where .. ": " .. redact(err, cfg), true end
-  local ok, value, broken = fn(conn)
-  if ok then
-    conn:release()
-    return true, value
-  end
-  if broken and conn.close then conn:close() else conn:release() end
-  local msg = redact(value, cfg)
-  if not msg:find(cfg.where, 1, true) then msg = cfg.where .. ": " .. msg end
-  return false, msg, broken
-end
-
--- EVALSHA of a script, loading it (again) when Redis does not know it.
--- Returns true, reply or false, message, broken.
-local function eval(conn, script, ...)
-  if script.sha then
-    local ok, res, broken = conn:call("evalsha", script.sha, ...)
-    if ok or broken or not tostring(res):find("NOSCRIPT", 1, true) then return ok, res, broken end
-  end
-  local ok, sha, broken = conn:call("script", "LOAD", script.src)
-  if not ok then return false, sha, broken end
-  script.sha = sha
-  return conn:call("evalsha", sha, ...)
-end
-
-local function redis_call(cmd, ...)
-  local args = { n = select("#", ...), ... }
-  return function(conn)
-    return conn:call(cmd, (table.unpack or G.unpack)(args, 1, args.n))
-  end
-end
-
--- ------------------------------------------------------------------ checks
-
-local function check(ok, fname, msg)
-  if not ok then error("cachectl.fleet." .. fname .. ": " .. msg, 3) end
-end
-
-local function is_digest(d)
-  return type(d) == "string" and #d == 64 and d:find("^%x+$") ~= nil
-end
-
-local function is_number(v, lo, allow_nil)
-  if v == nil then return allow_nil end
-  return type(v) == "number" and v >= lo and v < 1 / 0
+  local ok, v, broken = resty_command(ngx, link, min(left / 2, link.ct), cmd, ...)
+  if ok then return true, v end
+  -- the password masked however short (it may be)
+  return false, link.cfg.where .. ": " .. core.scrub(tostring(v), link.cfg.password, true), broken
 end
 
 -- --------------------------------------------------------------- outcomes
@@ -385,21 +192,6 @@ local function integers(v)
   return v
 end
 
--- A copy of `v` with every secret form scrubbed from its strings (keys too).
-local function scrubbed(v, secrets)
-  if type(v) == "string" then return scrub_string(v, secrets) end
-  if type(v) ~= "table" then return v end
-  local t = {}
-  for k, x in pairs(v) do t[scrubbed(k, secrets)] = scrubbed(x, secrets) end
-  return t
-end
-
--- The outcome as JSON, with the caller's secrets scrubbed out.
-local function encode_outcome(res, err, secrets)
-  if secrets then res, err = scrubbed(res, secrets), scrubbed(err, secrets) end
-  return json().encode({ res = res, err = err })
-end
-
 -- res, err from a stored outcome, each marked coalesced = true; nil when
 -- the text is not one.
 local function decode_outcome(text)
@@ -414,12 +206,16 @@ local function decode_outcome(text)
   return { res = res, err = err }
 end
 
--- ------------------------------------------------------------- coalescing
-
-local function new_token()
-  local addr = tostring({}):match("0x(%x+)") or ""
-  return format("%s%.0f-%x-%s", PENDING, now() * 1e6, random(0, 0x3fffffff), addr)
+--- The error of a waiter that saw no outcome within its budget.
+-- @tparam string label names the call (e.g. "omni.reset_cache")
+-- @tparam number budget seconds
+-- @treturn table a `timeout` error, attempts 0
+function M.no_outcome(label, budget)
+  return core.error{ kind = "timeout", attempts = 0,
+    message = format("coalesced call %s: no outcome from the first caller within %g s", label, budget) }
 end
+
+-- ------------------------------------------------------------- coalescing
 
 --- A link to the Redis of `url` for one call: what the functions below take.
 -- @tparam string url `redis://[[user]:password@]host[:port][/db]`
@@ -431,9 +227,9 @@ end
 -- @treturn[2] string what is wrong with the URL
 function M.link(url, budget, opts)
   opts = opts or {}
-  local cfg, err = config(url)
+  local cfg, err = core.redis_url(url)
   if not cfg then return nil, err end
-  return { url = url, cfg = cfg, ct = opts.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+  return { url = url, cfg = cfg, ct = opts.connect_timeout or core.defaults.connect_timeout,
     session = opts.session, ["until"] = now() + budget }
 end
 
@@ -445,9 +241,10 @@ end
 -- or nil when Redis could not be used
 -- @treturn string the claim's token ("mine"), or the message (nil)
 function M.claim(link, digest, window)
-  local key, token = "cachectl:co:" .. digest:lower(), new_token()
-  local ttl = format("%d", floor(window * 1000) + 1)
-  local ok, claimed = with_redis(link, redis_call("set", key, token, "NX", "PX", ttl))
+  local token = format("%s%.0f-%x-%s", PENDING, now() * 1e6, random(0, 0x3fffffff),
+    tostring({}):match("0x(%x+)") or "")
+  local ok, claimed = command(link, "set", KEY .. digest:lower(), token, "NX", "PX",
+    format("%d", floor(window * 1000) + 1))
   if not ok then return nil, claimed end
   if claimed then return "mine", token end
   return "theirs"
@@ -464,18 +261,19 @@ end
 -- @param res the outcome
 -- @param err
 -- @tparam[opt] {string,...} secrets masked in what is stored
+-- @treturn boolean whether the outcome was stored
 function M.settle(link, digest, token, window, res, err, secrets)
-  local key = "cachectl:co:" .. digest:lower()
-  local sent = res ~= nil or (type(err) == "table" and (err.attempts or 0) > 0)
-  local text = sent and encode_outcome(res, err, secrets)
-  if text and with_redis(link, function(conn)
-    return eval(conn, STORE, 1, key, token, text, format("%d", min(GRACE_MS, floor(window * 1000) + 1)))
-  end) then
-    return true
+  local key = KEY .. digest:lower()
+  if res ~= nil or (type(err) == "table" and (err.attempts or 0) > 0) then
+    -- every form of every secret masked, however short (core.scrub copies)
+    local text = json().encode({ res = core.scrub(res, secrets, true), err = core.scrub(err, secrets, true) })
+    local grace = format("%d", min(GRACE_MS, floor(window * 1000) + 1))
+    if text and command(link, "eval", STORE, 1, key, token, text, grace) then
+      return true
+    end
   end
-  if with_redis(link, function(conn) return eval(conn, RELEASE, 1, key, token) end) then return false end
   -- scripts refused (an ACL without EVAL, a full Redis): a plain DEL still frees the waiters
-  with_redis(link, redis_call("del", key))
+  if not command(link, "eval", RELEASE, 1, key, token) then command(link, "del", key) end
   return false
 end
 
@@ -490,7 +288,7 @@ function M.await(link, digests)
   while left > 0 do
     for _, d in pairs(digests) do
       if found[d] == nil then
-        local ok, value = with_redis(link, redis_call("get", "cachectl:co:" .. d:lower()))
+        local ok, value = command(link, "get", KEY .. d:lower())
         if not ok then return found end
         if value == nil then
           found[d], left = false, left - 1
@@ -505,6 +303,14 @@ function M.await(link, digests)
     interval = min(interval * 1.5, POLL_MAX)
   end
   return found
+end
+
+local function check(ok, msg)
+  if not ok then error("cachectl.fleet.coalesce: " .. msg, 3) end
+end
+
+local function seconds(v, lo)
+  return type(v) == "number" and v >= lo and v < 1 / 0
 end
 
 --- Runs `run` once for every identical call that starts within `window`
@@ -530,14 +336,15 @@ end
 -- @raise on a wrong argument, or what `run` raises (the winner then drops its claim)
 function M.coalesce(url, digest, window, budget, run, opts)
   opts = opts or {}
-  check(type(url) == "string", "coalesce", "url must be a string (" .. URL_FORM .. ")")
-  check(is_number(opts.connect_timeout, 0, true) and opts.connect_timeout ~= 0, "coalesce",
+  check(type(url) == "string", "url must be a string (redis://[[user]:password@]host[:port][/db])")
+  check(opts.connect_timeout == nil or seconds(opts.connect_timeout, 0) and opts.connect_timeout > 0,
     "connect_timeout must be a number of seconds > 0")
-  check(is_digest(digest), "coalesce", "digest must be a SHA-256 digest in hex (64 digits)")
-  check(is_number(window, 0) and window > 0, "coalesce", "window must be a number of seconds > 0")
-  check(is_number(budget, 0), "coalesce", "budget must be a number of seconds >= 0")
-  check(type(run) == "function", "coalesce", "run must be a function")
-  check(opts.secrets == nil or type(opts.secrets) == "table", "coalesce", "opts.secrets must be a list of strings")
+  check(type(digest) == "string" and #digest == 64 and digest:find("^%x+$"),
+    "digest must be a SHA-256 digest in hex (64 digits)")
+  check(seconds(window, 0) and window > 0, "window must be a number of seconds > 0")
+  check(seconds(budget, 0), "budget must be a number of seconds >= 0")
+  check(type(run) == "function", "run must be a function")
+  check(opts.secrets == nil or type(opts.secrets) == "table", "opts.secrets must be a list of strings")
   local link, perr = M.link(url, budget, opts)
   if not link then return nil, "invalid", perr end
   local mine, token = M.claim(link, digest, window)
@@ -545,24 +352,18 @@ function M.coalesce(url, digest, window, budget, run, opts)
   if mine == "theirs" then
     local o = M.await(link, { digest })[digest]
     if o then return o.res, o.err, true end
-    if o == nil then
-      local left = link["until"] - now()
-      if left > 0 then
-        -- Redis failed while waiting: this caller goes on by itself
-        local res, err = run(left)
-        return res, err, false
-      end
-      return nil, core.error({ kind = "timeout", attempts = 0,
-        message = format("coalesced call %s: no outcome from the first caller within %g s",
-          opts.label or "(" .. digest .. ")", budget) }), false
+    if o == nil and link["until"] <= now() then
+      return nil, M.no_outcome(opts.label or "(" .. digest .. ")", budget), false
     end
-    mine, token = M.claim(link, digest, window) -- the claim went without an outcome
+    -- Redis failed while waiting (nil): this caller goes on by itself; the
+    -- claim went without an outcome (false): it may become the first
+    if o == false then mine, token = M.claim(link, digest, window) end
     if mine ~= "mine" then
-      local res, err = run(math.max(link["until"] - now(), 0))
+      local res, err = run(max(link["until"] - now(), 0))
       return res, err, false
     end
   end
-  local ok, res, err = pcall(run, math.max(link["until"] - now(), 0))
+  local ok, res, err = pcall(run, max(link["until"] - now(), 0))
   if not ok then
     M.settle(link, digest, token, window, nil, nil)
     error(res, 0)
