@@ -20,9 +20,6 @@ local TIMEOUT = core.defaults.timeout
 
 local M = {}
 
---- The core's error constructor (`core.error`), kept for callers.
-M.new_error = core.error
-
 local function deep_copy(v)
   if type(v) ~= "table" then return v end
   local out = {}
