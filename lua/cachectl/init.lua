@@ -176,8 +176,10 @@ end
 -- The options for one call: the client's defaults that this call takes,
 -- overridden by the call's own; and this layer's options (coalesce,
 -- check_policy). Mistakes raise at the caller's caller. Without options of
--- its own a call gets the same tables every time, and, when it goes straight
--- to the session, the session's call bound once (st.plain[call][3]).
+-- its own a call gets the same tables every time (never changed: a call
+-- with positional arguments copies them), and, when it goes straight to the
+-- session, the session's call bound once (st.plain[call][3]): positional
+-- calls and calls without arguments alike.
 local function call_options(st, row, opts, where)
   if opts == nil then
     local plain = st.plain[row.name]
@@ -416,21 +418,19 @@ local function method(svc, row)
     local st = private[self]
     if not st or st.closed then st = state(self) end
     local last = (select(nargs + 1, ...))
-    if nargs == 0 and last == nil then
-      local plain = st.plain[call]
-      if plain and plain[3] then
-        local res, err = plain[3](plain[1])
-        if err then return nil, hint(st, err) end
-        return res
-      end
-    end
     local opts, layer = call_options(st, row, last, where)
     if nargs > 0 then
-      -- a call from inside another's event must not change the options that one reads
-      if next(st.calls) ~= nil then opts = copy(opts) end
+      -- the call's own table: the client's cached one is never changed
+      if last == nil then opts = copy(opts) end
       for i = 1, nargs do
         opts[args[i]] = arg_or_default(st, (select(i, ...)), args[i])
       end
+    end
+    local bound = last == nil and st.plain[call][3]
+    if bound then
+      local res, err = bound(opts)
+      if err then return nil, hint(st, err) end
+      return res
     end
     return within(st, run, st, row, opts, layer)
   end
