@@ -418,7 +418,8 @@ local function method(svc, row)
     local st = private[self]
     if not st or st.closed then st = state(self) end
     local last = (select(nargs + 1, ...))
-    local opts, layer = call_options(st, row, last, where)
+    local plain, opts, layer = last == nil and st.plain[call]
+    if plain then opts, layer = plain[1], plain[2] else opts, layer = call_options(st, row, last, where) end
     if nargs > 0 then
       -- the call's own table: the client's cached one is never changed
       if last == nil then opts = copy(opts) end
