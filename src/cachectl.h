@@ -147,6 +147,10 @@ int cc_prepared_take(lua_State *L, int idx, const cc_endpoint *ep, cc_req *out);
  * credential, URL, body) as hex; 0 when SHA-256 failed. */
 int cc_identity(const cc_endpoint *ep, const cc_req *r, char hex[65]);
 
+/* cache.c: the command's compile cache (core.cache_folder, core.cache_searcher). */
+int cc_cache_folder_l(lua_State *L);
+int cc_cache_searcher_l(lua_State *L);
+
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
 

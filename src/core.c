@@ -388,6 +388,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
         { "check_options", check_options_l }, { "sha256", sha256_l }, { "identity", identity_l },
         { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l }, { "prepare", cc_prepare_l }, { "parsed", parsed_l }, { "error", error_l },
         { "is_uuid", is_uuid_l }, { "file_info", file_info_l },
+        { "cache_folder", cc_cache_folder_l }, { "cache_searcher", cc_cache_searcher_l },
         { NULL, NULL }
     };
     const curl_version_info_data *v;
