@@ -40,7 +40,7 @@ end
 
 -- core.cache_folder() in a child process with only these of the three
 -- variables set: its two values, printed.
-local function folder(env)
+local function folder_of(env)
   local set = {}
   for k, v in pairs(env) do set[#set + 1] = k .. "=" .. sh_quote(v) end
   local code = ("package.cpath = %q print(require('cachectl.core').cache_folder())"):format(package.cpath)
@@ -55,15 +55,17 @@ describe("the compile cache", function()
   local VERSION = (rawget(_G, "jit") and jit.version or _VERSION):gsub("[^%w%.]", "")
 
   it("lives in $CACHECTL_CACHE_DIR, else $XDG_CACHE_HOME/cachectl, else ~/.cache/cachectl, per Lua", function()
-    assert.equal("/c/" .. VERSION .. "\tfalse", folder{ CACHECTL_CACHE_DIR = "/c", XDG_CACHE_HOME = "/x", HOME = "/h" })
-    assert.equal("/x/cachectl/" .. VERSION .. "\tfalse", folder{ XDG_CACHE_HOME = "/x", HOME = "/h" })
-    assert.equal("/h/.cache/cachectl/" .. VERSION .. "\ttrue", folder{ XDG_CACHE_HOME = "", HOME = "/h" })
-    assert.equal("nil", folder{ CACHECTL_CACHE_DIR = "", HOME = "/h" })
-    assert.equal("nil", folder{})
+    assert.equal("/c/" .. VERSION .. "\tfalse",
+      folder_of{ CACHECTL_CACHE_DIR = "/c", XDG_CACHE_HOME = "/x", HOME = "/h" })
+    assert.equal("/x/cachectl/" .. VERSION .. "\tfalse", folder_of{ XDG_CACHE_HOME = "/x", HOME = "/h" })
+    assert.equal("/h/.cache/cachectl/" .. VERSION .. "\ttrue", folder_of{ XDG_CACHE_HOME = "", HOME = "/h" })
+    assert.equal("nil", folder_of{ CACHECTL_CACHE_DIR = "", HOME = "/h" })
+    assert.equal("nil", folder_of{})
   end)
 
   describe("searcher", function()
-    local NAME, SOURCE, EDITED = "cachectl.cli.cachetest", "return { from = 'source' }\n", "return { from = 'edited' }\n"
+    local NAME = "cachectl.cli.cachetest"
+    local SOURCE, EDITED = "return { from = 'source' }\n", "return { from = 'edited' }\n"
     local OTHER = string.dump(loadstr("return { from = 'cache' }"))
     local dir, src, saved_path
     before_each(function()
@@ -147,7 +149,8 @@ describe("the compile cache", function()
         plant(dir .. "/real/c")
         sh("ln -s real " .. sh_quote(dir .. "/link"))
         assert.equal("source", from(dir .. "/link/c"))
-        assert.equal(#SOURCE .. "\n" .. SOURCE .. OTHER, read_file(dir .. "/real/c/" .. NAME .. ".luac"))  -- nor written
+        -- nor written
+        assert.equal(#SOURCE .. "\n" .. SOURCE .. OTHER, read_file(dir .. "/real/c/" .. NAME .. ".luac"))
         plant(dir .. "/open")
         write_file(dir .. "/open/stale.tmp", "x")
         write_file(dir .. "/open/notes.txt", "kept")
@@ -161,7 +164,7 @@ describe("the compile cache", function()
         assert.is_nil(read_file(dir .. "/open/" .. NAME .. ".luac"):find(OTHER, 1, true))
       end)
 
-      it("a version folder in a folder group or others may use: that one set back to 700, the entries emptied", function()
+      it("a version folder in a folder others may use: that one set back to 700, the entries emptied", function()
         plant(dir .. "/root/c")
         sh("chmod 770 " .. sh_quote(dir .. "/root"))
         assert.equal("source", from(dir .. "/root/c"))
@@ -190,7 +193,7 @@ describe("the compile cache", function()
         assert.truthy(read_file(dir .. "/home/.cache/cachectl/c/" .. NAME .. ".luac"))
       end)
 
-      it("an entry that is a folder, a FIFO, a link, writable by others or has an absurd length line is compiled", function()
+      it("an entry that is a folder, a FIFO, a link, writable by others or of absurd length is compiled", function()
         local entry = dir .. "/c/" .. NAME .. ".luac"
         sh("mkdir -p -m 700 " .. sh_quote(entry))
         assert.equal("source", from(dir .. "/c"))
