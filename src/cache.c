@@ -19,9 +19,10 @@
  * must be real folders (not symbolic links) of the effective user, in a
  * folder that group and others may not write unless it is sticky (as
  * /tmp; there no one renames another's files), owned by the user or root.
- * A folder of ours that group or others may use is set back to mode 700
- * and the version subfolder emptied (what it holds may have been written
- * by others). Missing folders are made, mode 700, when an entry is first
+ * A folder of ours that group or others may use (the cache folder or its
+ * version subfolder) is set back to mode 700 and the version subfolder
+ * emptied of *.luac and *.tmp (what it holds may have been written by
+ * others). Missing folders are made, mode 700, when an entry is first
  * written, below an existing folder only ($HOME is never made; its .cache
  * is, as the XDG specification asks). An entry is read only when it is a
  * regular file of the effective user that group and others may not write,
