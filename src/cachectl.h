@@ -150,6 +150,10 @@ int cc_identity(const cc_endpoint *ep, const cc_req *r, char hex[65]);
 /* redis.c: core.redis_url, a Redis URL read as the turns read it. */
 int cc_redis_url_l(lua_State *L);
 
+/* cache.c: the command's compile cache (core.cache_folder, core.cache_searcher). */
+int cc_cache_folder_l(lua_State *L);
+int cc_cache_searcher_l(lua_State *L);
+
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
 
