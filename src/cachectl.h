@@ -121,6 +121,9 @@ typedef struct cc_req {
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
 unsigned long cc_req_parsed(void);      /* options tables read so far, process-wide */
 void cc_req_free(cc_req *r);
+/* A copy of src that owns its own memory (a kept request sent again); 0
+ * when out of memory (dst then holds nothing to free). */
+int cc_req_copy(const cc_req *src, cc_req *dst);
 /* options.c */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
 void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep, int idx,

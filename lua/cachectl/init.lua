@@ -105,6 +105,8 @@ local function new_client(svc, opts)
   opts = opts or {}
   check(svc.name, opts, nil, where)
   local defaults = copy(opts)
+  -- fixed now: a change to the caller's tables afterwards changes no call
+  if type(defaults.rate_limit) == "table" then defaults.rate_limit = copy(defaults.rate_limit) end
   if defaults[svc.secret] == nil then
     defaults[svc.secret] = nonempty_env(svc.env[svc.secret])
   end
@@ -179,7 +181,8 @@ end
 -- its own a call gets the same tables every time (never changed: a call
 -- with positional arguments copies them), and, when it goes straight to the
 -- session, the session's call bound once (st.plain[call][3]): positional
--- calls and calls without arguments alike.
+-- calls and calls without arguments alike; these send copies of a request
+-- read once (the client's options are fixed when it is made).
 local function call_options(st, row, opts, where)
   if opts == nil then
     local plain = st.plain[row.name]
@@ -203,7 +206,9 @@ local function call_options(st, row, opts, where)
     end
   end
   if not opts then
-    st.plain[row.name] = { merged, layer, direct(merged, layer) and st.session:bind(st.svc.name, row.name) }
+    -- a call without arguments sends copies of its request, read once
+    local kept = #row.args == 0 and direct(merged, layer) and core.prepare(st.svc.name, row.name, merged, true)
+    st.plain[row.name] = { merged, layer, direct(merged, layer) and st.session:bind(st.svc.name, row.name, kept or nil) }
   end
   return merged, layer
 end
