@@ -90,12 +90,19 @@ local function nonempty_env(name)
   return nil
 end
 
--- core.check_options, its mistakes raised without a position (LuaJIT
--- would give one inside this file, of no use to the caller).
-local function check(service, opts, call, where)
-  local ok, msg = pcall(core.check_options, service, opts, call, where)
-  if not ok then error((tostring(msg):gsub("^[^\n]-%.lua:%d+: ", "")), 0) end
+-- A core function whose mistakes (raised: unknown options, wrong types) are
+-- raised again without a position inside this file, of no use to the
+-- caller: worded as the call by UUID words them.
+local function bare(fn, ...)
+  local ok, a, b = pcall(fn, ...)
+  if not ok then error((tostring(a):gsub("^[^\n]-%.lua:%d+: ", "")), 0) end
+  return a, b
 end
+
+local function check(...) bare(core.check_options, ...) end
+
+-- core.identity: the digest of a call, or nil and its `invalid` error.
+local function identity(...) return bare(core.identity, ...) end
 
 local function new_client(svc, opts)
   local where = "cachectl." .. svc.name .. ".new"
@@ -348,7 +355,7 @@ end
 local function model_policies(st, opts, started)
   policies.need_yaml("check_policy")
   local yopts = yaml_options(st, opts)
-  local key, bad = core.identity(st.svc.name, "model_yaml", yopts)
+  local key, bad = identity(st.svc.name, "model_yaml", yopts)
   if not key then return nil, hint(st, bad), 0 end
   local now = gettime()
   local kept = st.policies[key]
@@ -399,7 +406,7 @@ local function run(st, row, opts, layer)
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
   if layer.check_policy and checkable(opts.policy) then
-    local _, invalid = core.identity(st.svc.name, row.name, opts)
+    local _, invalid = identity(st.svc.name, row.name, opts)
     if invalid then return nil, hint(st, invalid) end
     local started = gettime()
     local known, err, sent = model_policies(st, opts, started)
@@ -665,7 +672,7 @@ local function reset_batch(st, names, base, model, layer, concurrency, window)
     item.model_id, item.policy = model, names[i]
     local invalid
     if layer.check_policy and checkable(names[i]) then
-      invalid = select(2, core.identity(st.svc.name, "reset_cache", item))
+      invalid = select(2, identity(st.svc.name, "reset_cache", item))
     end
     if invalid then results[i] = { policy = names[i], err = hint(st, invalid) } else todo[#todo + 1] = { i, item } end
   end
@@ -757,10 +764,14 @@ local function pick(st, opts, records, name, skipped, sent)
       others[#others + 1] = candidate(r)
     end
   end
-  if #found == 1 then return found[1] end
-  if #found > 1 then
+  -- a record with an id that is no UUID is a model too: beside another, the
+  -- name is ambiguous (a record without an id, skipped by models(), is not)
+  local odd = unusable - skipped
+  if #found == 1 and odd == 0 then return found[1] end
+  if #found > 0 then
     return nil, lua_error(st, opts, { kind = "invalid", field = "model", candidates = found, attempts = sent,
-      message = format("%d models are named %q: %s; give one of their ids", #found, name, id_list(found)) })
+      message = format("%d models are named %q: %s%s; give one of their ids", #found + odd, name,
+        id_list(found), odd > 0 and format(" and %d with an id that is not a UUID", odd) or "") })
   end
   if unusable > 0 then
     return nil, lua_error(st, opts, { kind = "decode", field = "model", candidates = {}, attempts = sent,
@@ -793,6 +804,12 @@ local function search(self, st, name, lopts, key)
   return copy(model), nil, sent
 end
 
+-- The model list's refusal of a name as the refusal of the model it names.
+local function name_refused(st, bad)
+  if bad.field == "name" then bad.field, bad.message = "model", "model " .. bad.message end
+  return hint(st, bad)
+end
+
 --- Finds the one Omni model named exactly `name`, with `omni:models{ name =
 -- name }`; a model found is kept per client (and host and credential) for
 -- 60 seconds, like a model's policies.
@@ -816,9 +833,9 @@ local function find_model(self, name, opts)
   end
   local lopts = copy(opts or {})
   lopts.name = name
-  local key, bad = core.identity(st.svc.name, "list_models",
+  local key, bad = identity(st.svc.name, "list_models",
     (call_options(st, st.svc.calls.list_models, copy(lopts, "limit"), "omni:find_model")))
-  if not key then return nil, hint(st, bad) end
+  if not key then return nil, name_refused(st, bad) end
   st.names = st.names or {}
   local model, err = within(st, search, self, st, name, lopts, key)
   return model, err
@@ -839,7 +856,7 @@ end
 -- anything (with a stand-in model), or nil.
 local function refused(st, row, merged)
   merged.model_id = NIL_UUID
-  local ok, bad = core.identity(st.svc.name, row.name, merged)
+  local ok, bad = identity(st.svc.name, row.name, merged)
   if not ok then return hint(st, bad) end
 end
 
@@ -908,9 +925,9 @@ local function by_name(fn, row, where, shape)
     local lopts = lookup_options(st, checked, timeout)
     lopts.name = model
     local key
-    key, bad = core.identity(st.svc.name, "list_models",
+    key, bad = identity(st.svc.name, "list_models",
       (call_options(st, st.svc.calls.list_models, copy(lopts), where)))
-    if not key then return fail(hint(st, bad)) end
+    if not key then return fail(name_refused(st, bad)) end
     st.names = st.names or {}
     return within(st, function()
       local found, err, sent = search(self, st, model, lopts, key)
