@@ -902,6 +902,9 @@ static int read_l(lua_State *L)
     reader *r = s->r;
     size_t len;
     const char *src = lua_tolstring(L, 2, &len);
+    /* the building takes a bounded number of slots (about 30 at a merge),
+     * whatever the depth: the open collections are in the work table */
+    if (!lua_checkstack(L, 48)) return refuse(s, "memory", "not enough memory to read the YAML", 0), 0;
     s->clock = lua_isnil(L, 3) ? 0 : 3;
     lua_getfield(L, LUA_REGISTRYINDEX, NULL_KEY);
     s->null = lua_gettop(L);
@@ -975,7 +978,9 @@ int cc_yaml_load_l(lua_State *L)
     lua_pushlightuserdata(L, &s);
     status = lua_pcall(L, 4, 1, 0);
     reader_close(r);
-    if (status == LUA_ERRMEM) {
+    /* Lua 5.3's buffers raise an allocation failure as an error that says so */
+    if (status == LUA_ERRMEM || (status != 0 && lua_type(L, -1) == LUA_TSTRING
+                                 && strstr(lua_tostring(L, -1), "not enough memory"))) {
         lua_pushnil(L);
         lua_pushliteral(L, "not enough memory to read the YAML");
         lua_pushliteral(L, "memory");
