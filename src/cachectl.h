@@ -157,6 +157,13 @@ int cc_redis_url_l(lua_State *L);
 int cc_cache_folder_l(lua_State *L);
 int cc_cache_searcher_l(lua_State *L);
 
+/* yaml.c: core.yaml_load, a YAML document read within limits, and
+ * core.yaml_slot; cc_yaml_init sets the module's yaml_null and yaml_limits
+ * (the table at the top of the stack). */
+int cc_yaml_load_l(lua_State *L);
+int cc_yaml_slot_l(lua_State *L);
+void cc_yaml_init(lua_State *L);
+
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
 

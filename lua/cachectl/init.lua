@@ -353,7 +353,6 @@ end
 -- credential) for POLICY_TTL seconds: the list, or nil, err; and the number
 -- of requests sent for it (0 when kept).
 local function model_policies(st, opts, started)
-  policies.need_yaml("check_policy")
   local yopts = yaml_options(st, opts)
   local key, bad = identity(st.svc.name, "model_yaml", yopts)
   if not key then return nil, hint(st, bad), 0 end
@@ -607,7 +606,7 @@ local function models(self, opts)
 end
 
 --- The cache policies an Omni model declares in its model file (read fully
--- resolved, so an extended model's policies count), read with lyaml's parser
+-- resolved, so an extended model's policies count), read with libyaml's parser
 -- within limits (docs/lua.md: nesting depth, events, nodes with aliases and
 -- merge keys expanded, keys) and the call's timeout.
 -- @tparam string model_id the model's UUID (nil: the client's `model_id`)
@@ -621,13 +620,11 @@ end
 -- or has a refused shape (`cache_policies` not a mapping, a name that is not
 -- a string, an undeclared `default_cache_policy`, no such file); `timeout`
 -- when reading it outlasts the call's timeout
--- @raise when lyaml (Debian lua-yaml) is not installed
 -- @usage local list, err = omni:cache_policies(model_id)
 -- @function omni:cache_policies
 local function cache_policies(self, model_id, opts)
   local st = state(self)
   local started = gettime()
-  policies.need_yaml("omni:cache_policies")
   local base, layer = call_options(st, st.svc.calls.model_yaml, opts, "omni:cache_policies")
   local yopts = copy(base)
   yopts.model_id = arg_or_default(st, model_id, "model_id")
@@ -1034,11 +1031,7 @@ do
   omni.reset_cache = by_name(omni.reset_cache, calls.reset_cache, "omni:reset_cache", "policy")
   omni.reset_caches = by_name(omni.reset_caches, calls.reset_cache, "omni:reset_caches", "batch")
   omni.model_yaml = by_name(omni.model_yaml, calls.model_yaml, "omni:model_yaml", "opts")
-  local policies_of = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", "opts")
-  omni.cache_policies = function(self, model, opts)
-    policies.need_yaml("omni:cache_policies")     -- before a lookup is sent
-    return policies_of(self, model, opts)
-  end
+  omni.cache_policies = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", "opts")
 end
 
 return M
