@@ -99,10 +99,14 @@ local function bare(fn, ...)
   return a, b
 end
 
-local function check(...) bare(core.check_options, ...) end
+local function check(...)
+  bare(core.check_options, ...)
+end
 
 -- core.identity: the digest of a call, or nil and its `invalid` error.
-local function identity(...) return bare(core.identity, ...) end
+local function identity(...)
+  return bare(core.identity, ...)
+end
 
 local function new_client(svc, opts)
   local where = "cachectl." .. svc.name .. ".new"
@@ -214,8 +218,9 @@ local function call_options(st, row, opts, where)
   end
   if not opts then
     -- a call without arguments sends copies of its request, read once
-    local kept = #row.args == 0 and direct(merged, layer) and core.prepare(st.svc.name, row.name, merged, true)
-    st.plain[row.name] = { merged, layer, direct(merged, layer) and st.session:bind(st.svc.name, row.name, kept or nil) }
+    local go = direct(merged, layer)
+    local kept = go and #row.args == 0 and core.prepare(st.svc.name, row.name, merged, true)
+    st.plain[row.name] = { merged, layer, go and st.session:bind(st.svc.name, row.name, kept or nil) }
   end
   return merged, layer
 end
@@ -877,6 +882,45 @@ local function count_lookup(err, sent, counted_already)
   return err
 end
 
+-- The call failing with err: nil, err; for a batch, each item's outcome
+-- (an item refused before the lookup keeps its own error).
+local function failed(names, pre, err)
+  if not names then return nil, err end
+  local results = {}
+  for i = 1, #names do results[i] = { policy = names[i], err = pre[i] or err } end
+  return results
+end
+
+-- A call by model name once every option was checked (c: what by_name
+-- made of it), inside the client's call guard: the lookup, then the call
+-- with what is left of the timeout; `attempts` counts the lookup's requests.
+local function named(self, st, c)
+  local found, err, sent = search(self, st, c.model, c.lopts, c.key)
+  local left = found and c.timeout - (gettime() - c.started)
+  if found and left <= 0 then
+    err = no_time_left(st, c.merged, format("looking up the model named %q", c.model), sent)
+  end
+  if not found or left <= 0 then return failed(c.names, c.pre, err) end
+  local o, counted_already = copy(c.opts or {}), {}
+  o.timeout = left
+  if not c.names then
+    local res
+    if c.shape == "opts" then res, err = c.fn(self, found.id, o) else res, err = c.fn(self, found.id, c.arg, o) end
+    if res ~= nil then return res end
+    return nil, count_lookup(err, sent, counted_already)
+  end
+  local good, at = {}, {}
+  for i = 1, #c.names do
+    if not c.pre[i] then good[#good + 1], at[#at + 1] = c.names[i], i end
+  end
+  local out, results = c.fn(self, found.id, good, o), failed(c.names, c.pre, nil)
+  for k, i in ipairs(at) do
+    results[i] = out[k]
+    count_lookup(out[k].err, sent, counted_already)
+  end
+  return results
+end
+
 -- A method that takes a model (UUID or name) first, made to resolve a name
 -- before it runs. `shape`: how its other arguments go: "policy" (policy,
 -- opts), "batch" (names, opts) or "opts" (opts). The whole call runs on a
@@ -910,48 +954,17 @@ local function by_name(fn, row, where, shape)
       pre[i] = bad or refused(st, row, merged)
       any = any or not pre[i]
     end
-    -- the call failing with err (a batch's items refused before: their own)
-    local function fail(err)
-      if not names then return nil, err end
-      local results = {}
-      for i = 1, #names do results[i] = { policy = names[i], err = pre[i] or err } end
-      return results
-    end
-    if not any then return fail(pre[1]) end
+    if not any then return failed(names, pre, pre[1]) end
     local timeout = merged.timeout or TIMEOUT
     local lopts = lookup_options(st, checked, timeout)
     lopts.name = model
     local key
     key, bad = identity(st.svc.name, "list_models",
       (call_options(st, st.svc.calls.list_models, copy(lopts), where)))
-    if not key then return fail(name_refused(st, bad)) end
+    if not key then return failed(names, pre, name_refused(st, bad)) end
     st.names = st.names or {}
-    return within(st, function()
-      local found, err, sent = search(self, st, model, lopts, key)
-      local left = found and timeout - (gettime() - started)
-      if found and left <= 0 then
-        err = no_time_left(st, merged, format("looking up the model named %q", model), sent)
-      end
-      if not found or left <= 0 then return fail(err) end
-      local o, counted_already = copy(opts or {}), {}
-      o.timeout = left
-      if not names then
-        local res
-        if shape == "opts" then res, err = fn(self, found.id, o) else res, err = fn(self, found.id, arg, o) end
-        if res ~= nil then return res end
-        return nil, count_lookup(err, sent, counted_already)
-      end
-      local good, at = {}, {}
-      for i = 1, #names do
-        if not pre[i] then good[#good + 1], at[#at + 1] = names[i], i end
-      end
-      local out, results = fn(self, found.id, good, o), fail(nil)
-      for k, i in ipairs(at) do
-        results[i] = out[k]
-        count_lookup(out[k].err, sent, counted_already)
-      end
-      return results
-    end)
+    return within(st, named, self, st, { fn = fn, shape = shape, model = model, arg = arg, opts = opts,
+      names = names, pre = pre, merged = merged, lopts = lopts, key = key, timeout = timeout, started = started })
   end
 end
 
