@@ -2,8 +2,8 @@
 -- raises and changes nothing, for a client as for a session: the call ends
 -- normally, the client stays usable and keeps its connection; a to-be-closed
 -- client (__close) is closed when the call ends and releases its connection.
--- Connections are counted from /proc/net/tcp (established, to the
--- scripted server's port), the server keeping them alive.
+-- Connections are counted from /proc/net/tcp and this process's
+-- descriptors (established, to the scripted server's port).
 local hostile = require "support.hostile_server"
 local helpers = require "support.helpers"
 local cachectl = require "cachectl"
@@ -11,19 +11,11 @@ local core = require "cachectl.core"
 
 local UUID = helpers.UUID
 
--- How many TCP connections are open to 127.0.0.1:port: the established
--- entries of /proc/net/tcp whose remote end is that port. Only this process
--- connects to the scripted server (its port is its own); the server's ends
--- have it as their local port; a closed client end leaves "established" at
--- once (FIN_WAIT, TIME_WAIT).
-local function connections(port)
-  local n = 0
-  for line in io.lines("/proc/net/tcp") do
-    local remote_port, state = line:match("^%s*%d+: %x+:%x+ 0100007F:(%x+) (%x%x) ")
-    if remote_port and tonumber(remote_port, 16) == port and state == "01" then n = n + 1 end
-  end
-  return n
-end
+-- How many TCP connections this process holds open to 127.0.0.1:port (the
+-- scripted server keeps them alive; a closed client end leaves
+-- "established" at once): its own sockets only, as another process of a
+-- parallel run may reach a port of the same number.
+local connections = helpers.my_connections
 
 describe("close() inside on_event", function()
   local srv

@@ -184,6 +184,23 @@ function M.read_file(path)
   return s
 end
 
+--- How many established TCP connections this process holds to 127.0.0.1:`port`
+-- (its socket descriptors matched with /proc/net/tcp: the other processes
+-- of a parallel run, which may reach a port of the same number, never count).
+function M.my_connections(port)
+  local pid = assert((M.read_file("/proc/self/stat") or ""):match("^(%d+)"))
+  local p = assert(io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null"))
+  local mine = {}
+  for inode in p:read("*a"):gmatch("socket:%[(%d+)%]") do mine[inode] = true end
+  p:close()
+  local n = 0
+  for line in (M.read_file("/proc/net/tcp") or ""):gmatch("[^\n]+") do
+    local remote, state, inode = line:match("^%s*%d+: %x+:%x+ 0100007F:(%x+) (%x%x) %S+ %S+ %S+ +%d+ +%d+ +(%d+)")
+    if remote and tonumber(remote, 16) == port and state == "01" and mine[inode] then n = n + 1 end
+  end
+  return n
+end
+
 --- Writes a file, then gives it `mode` (e.g. "600") when one is given.
 function M.write_file(path, text, mode)
   local f = assert(io.open(path, "wb"))
