@@ -231,6 +231,47 @@ local function await_theirs(ctx, list, theirs, digests, started, items)
   return again
 end
 
+-- Stores the outcomes of the batch's claims for the fleet (ok), or
+-- releases them (the batch raised: no outcome, the waiters go at once).
+local function settle_mine(ctx, list, mine, digests, window, items, ok)
+  for i, m in pairs(mine) do
+    local it = ok and items[i] or {}
+    fleet.settle(m.link, digests[i], m.token, window, it.result, it.err, { list[i][ctx.service.secret] })
+  end
+end
+
+-- What a batch does with each item: identical items found (dup[i] = the
+-- first of them), kept outcomes shared (one in flight elsewhere in the
+-- worker: the item sends its own), the fleet's claims taken (mine); theirs
+-- wait for another process's outcome, now_items go at once.
+local function plan(ctx, list, window, started, b)
+  local seen = {}
+  for i = 1, #list do
+    local opts, digest, bad = list[i]
+    if window then digest, bad, b.reqs[i] = identify(ctx, opts) end
+    local o = digest and lookup(digest, started)
+    if bad then
+      b.items[i] = { err = bad }
+    elseif o and not o.pending then
+      local res, err = share(ctx, opts, o.res, o.err)
+      b.items[i] = { result = res, err = err }
+    elseif digest and seen[digest] then
+      b.dup[i] = seen[digest]
+    else
+      b.digests[i] = digest
+      if digest then seen[digest] = i end
+      local state, link, token
+      if digest then state, link, token = claim(ctx, opts, digest, window) end
+      if state == "theirs" then
+        b.theirs[#b.theirs + 1] = { i = i, link = link }
+      else
+        if state == "mine" then b.mine[i] = { link = link, token = token } end
+        b.now_items[#b.now_items + 1] = i
+      end
+    end
+  end
+end
+
 --- Several calls of one endpoint, concurrently (up to `concurrency`), with
 -- identical ones sent once and shared when a coalesce window is given
 -- (across the fleet when their rate limit names Redis: the claims first,
@@ -241,48 +282,25 @@ end
 -- @tparam[opt] number window the coalesce window (seconds), or nil
 -- @treturn {table,...} one `{ result = res, err = err }` per call, in order
 function M.batch(ctx, list, concurrency, window)
-  local items, reqs, digests, dup, seen = {}, {}, {}, {}, {}
-  local now_items, mine, theirs = {}, {}, {}
-  local started = gettime()
-  -- identical items found (dup[i] = the first of them), kept outcomes shared
-  -- (one in flight elsewhere in the worker: the item sends its own), the
-  -- fleet's claims taken: theirs wait for another process's outcome
-  for i = 1, #list do
-    local opts, digest, bad = list[i]
-    if window then digest, bad, reqs[i] = identify(ctx, opts) end
-    local o = digest and lookup(digest, started)
-    if bad then
-      items[i] = { err = bad }
-    elseif o and not o.pending then
-      local res, err = share(ctx, opts, o.res, o.err)
-      items[i] = { result = res, err = err }
-    elseif digest and seen[digest] then
-      dup[i] = seen[digest]
-    else
-      digests[i] = digest
-      if digest then seen[digest] = i end
-      local state, link, token
-      if digest then state, link, token = claim(ctx, opts, digest, window) end
-      if state == "theirs" then
-        theirs[#theirs + 1] = { i = i, link = link }
-      else
-        if state == "mine" then mine[i] = { link = link, token = token } end
-        now_items[#now_items + 1] = i
-      end
-    end
+  local b = { items = {}, reqs = {}, digests = {}, dup = {}, now_items = {}, mine = {}, theirs = {} }
+  local items, digests, started = b.items, b.digests, gettime()
+  -- the claims taken so far are released when planning raises (on_event
+  -- raising on a shared outcome, a mistake in a later item)
+  local ok, why = pcall(plan, ctx, list, window, started, b)
+  if not ok then
+    settle_mine(ctx, list, b.mine, digests, window, items, false)
+    error(why, 0)
   end
   -- every item this process runs, at once; their outcomes stored for the
   -- fleet, or the claims released when the batch raises
-  local ok, why = pcall(send_items, ctx, list, reqs, now_items, concurrency, started, items)
-  for i, m in pairs(mine) do
-    local it = ok and items[i] or {}
-    fleet.settle(m.link, digests[i], m.token, window, it.result, it.err, { list[i][ctx.service.secret] })
-  end
+  ok, why = pcall(send_items, ctx, list, b.reqs, b.now_items, concurrency, started, items)
+  settle_mine(ctx, list, b.mine, digests, window, items, ok)
   if not ok then error(why, 0) end
-  send_items(ctx, list, reqs, await_theirs(ctx, list, theirs, digests, started, items), concurrency, started, items)
+  send_items(ctx, list, b.reqs, await_theirs(ctx, list, b.theirs, digests, started, items), concurrency,
+    started, items)
   for i, d in pairs(digests) do keep(d, started, window, items[i].result, items[i].err) end
   for i = 1, #list do
-    local first = dup[i]
+    local first = b.dup[i]
     if first then
       local res, err = share(ctx, list[i], items[first].result, items[first].err)
       items[i] = { result = res, err = err }
