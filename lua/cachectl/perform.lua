@@ -48,7 +48,10 @@ end
 -- send: its request prepared once outside nginx, else the table itself.
 -- nil, err for a bad value.
 local function identify(ctx, opts)
-  if ctx.nginx then return core.identity(ctx.service.name, ctx.call, opts), nil, opts end
+  if ctx.nginx then
+    local id, bad = core.identity(ctx.service.name, ctx.call, opts)   -- both: nil, err for a bad value
+    return id, bad, opts
+  end
   local prep, bad = core.prepare(ctx.service.name, ctx.call, opts)
   if not prep then return nil, bad end
   return prep:identity(), nil, prep
