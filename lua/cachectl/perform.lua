@@ -234,6 +234,45 @@ local function await_theirs(ctx, list, theirs, digests, started, items)
   return again
 end
 
+-- The items whose identical call was in flight elsewhere in the worker:
+-- its outcome shared, or (none kept: it sent nothing, or raised) added to
+-- again, to go by themselves.
+local function await_ours(ctx, list, ours, items, again)
+  for _, w in ipairs(ours) do
+    local o, late = await(ctx, list[w.i], w.digest, w.mark)
+    if late then
+      items[w.i] = { err = late }
+    elseif o then
+      local res, err = share(ctx, list[w.i], o.res, o.err)
+      items[w.i] = { result = res, err = err }
+    else
+      again[#again + 1] = w.i
+    end
+  end
+  return again
+end
+
+-- Marks the items this process sends now as in flight (inside nginx an
+-- identical call of the worker waits for them, as for M.one's); returns
+-- the marks, for `unmark`.
+local function mark(b, window, started)
+  local marks = {}
+  for _, i in ipairs(b.now_items) do
+    local d = b.digests[i]
+    if d then
+      marks[d] = { pending = true, expires = started + window }
+      outcomes[d] = marks[d]
+    end
+  end
+  return marks
+end
+
+local function unmark(marks)
+  for d, m in pairs(marks) do
+    if outcomes[d] == m then outcomes[d] = nil end
+  end
+end
+
 -- Stores the outcomes of the batch's claims for the fleet (ok), or
 -- releases them (the batch raised: no outcome, the waiters go at once).
 local function settle_mine(ctx, list, mine, digests, window, items, ok)
@@ -244,9 +283,10 @@ local function settle_mine(ctx, list, mine, digests, window, items, ok)
 end
 
 -- What a batch does with each item: identical items found (dup[i] = the
--- first of them), kept outcomes shared (one in flight elsewhere in the
--- worker: the item sends its own), the fleet's claims taken (mine); theirs
--- wait for another process's outcome, now_items go at once.
+-- first of them), kept outcomes shared, one in flight elsewhere in the
+-- worker awaited (ours; outside nginx none can be: the item sends its own),
+-- the fleet's claims taken (mine); theirs wait for another process's
+-- outcome, now_items go at once.
 local function plan(ctx, list, window, started, b)
   local seen = {}
   for i = 1, #list do
@@ -260,6 +300,9 @@ local function plan(ctx, list, window, started, b)
       b.items[i] = { result = res, err = err }
     elseif digest and seen[digest] then
       b.dup[i] = seen[digest]
+    elseif o and ctx.nginx then
+      seen[digest] = i
+      b.ours[#b.ours + 1] = { i = i, digest = digest, mark = o }
     else
       b.digests[i] = digest
       if digest then seen[digest] = i end
@@ -285,7 +328,7 @@ end
 -- @tparam[opt] number window the coalesce window (seconds), or nil
 -- @treturn {table,...} one `{ result = res, err = err }` per call, in order
 function M.batch(ctx, list, concurrency, window)
-  local b = { items = {}, reqs = {}, digests = {}, dup = {}, now_items = {}, mine = {}, theirs = {} }
+  local b = { items = {}, reqs = {}, digests = {}, dup = {}, now_items = {}, mine = {}, theirs = {}, ours = {} }
   local items, digests, started = b.items, b.digests, gettime()
   -- the claims taken so far are released when planning raises (on_event
   -- raising on a shared outcome, a mistake in a later item)
@@ -296,11 +339,13 @@ function M.batch(ctx, list, concurrency, window)
   end
   -- every item this process runs, at once; their outcomes stored for the
   -- fleet, or the claims released when the batch raises
+  local marks = mark(b, window, started)
   ok, why = pcall(send_items, ctx, list, b.reqs, b.now_items, concurrency, started, items)
+  unmark(marks)
   settle_mine(ctx, list, b.mine, digests, window, items, ok)
   if not ok then error(why, 0) end
-  send_items(ctx, list, b.reqs, await_theirs(ctx, list, b.theirs, digests, started, items), concurrency,
-    started, items)
+  local again = await_theirs(ctx, list, b.theirs, digests, started, items)
+  send_items(ctx, list, b.reqs, await_ours(ctx, list, b.ours, items, again), concurrency, started, items)
   for i, d in pairs(digests) do keep(d, started, window, items[i].result, items[i].err) end
   for i = 1, #list do
     local first = b.dup[i]
