@@ -1,0 +1,334 @@
+-- An adversary's pass over today's refactors (fleet.lua + perform.lua: the
+-- batch's claims and the outcome stored as JSON; openresty.lua; init.lua's
+-- by_name; C: error messages on one line, secrets scrubbed), held to the
+-- contract (/work/shared/API.md v3, docs/fleet.md, docs/lua.md).
+--
+-- Each test quotes the contract line it holds the code to and what it got
+-- when written ("got:"). Tests marked pending are defects in init.lua, left
+-- to its owner. Real parts only: the mock, a real redis-server (free
+-- loopback port, stopped by its pid), a child Lua process, real nginx.
+local string = string
+local assert, ipairs, pcall, require, tostring =
+  assert, ipairs, pcall, require, tostring
+
+local helpers = require "support.helpers"
+local server = require "support.mock_server"
+local redis_server = require "support.redis_server"
+local nginx_server = require "support.nginx_server"
+local lua_child = require "support.lua_child"
+local core = require "cachectl.core"
+local cachectl = require "cachectl"
+
+local UUID = helpers.UUID
+
+-- The claims (`cachectl:co:*`) of a Redis whose value is still a pending mark.
+local function pending_claims(red)
+  local c = red:client()
+  local out = {}
+  for _, k in ipairs(c:keys("cachectl:co:*")) do
+    local v = c:get(k)
+    if v and v:sub(1, 8) == "pending:" then out[#out + 1] = k end
+  end
+  return out
+end
+
+describe("refactor adversary: C error messages", function()
+  local srv = server.use()
+
+  -- API.md "Secrets": "The key and the token never appear in err.message,
+  -- tostring(err) ... neither as given nor percent-encoded or JSON-escaped (a
+  -- service may echo them in those forms)."
+  -- got: a token holding U+2028 (or a bidi control such as U+202E) between
+  -- pieces of 7 bytes, echoed by the service, came back whole in err.message
+  -- and err.code, the separators made spaces: "bad token abcdefg hijklmn
+  -- opqrstu here" (cc_push_line put the text on one line before it scrubbed
+  -- it, so no run of 8 of the secret's bytes was left to mask).
+  for _, sep in ipairs{ "\u{2028}", "\u{2029}", "\u{202E}", "\u{2066}", "\u{200F}" } do
+    it(("masks an echoed token that holds %q between short pieces"):format(sep), function()
+      local token = "abcdefg" .. sep .. "hijklmn" .. sep .. "opqrstu"
+      srv:fault{ path = "/cache_reset/*", status = 401,
+        body = '{"error":"E' .. token .. '","message":"bad token ' .. token .. ' here"}' }
+      local res, err = core.omni.reset_cache{ token = token, base_url = srv.base, model_id = UUID,
+        policy = "daily", retries = 0 }
+      assert.is_nil(res)
+      assert.equal("http", err.kind)
+      for _, text in ipairs{ err.message, err.code, tostring(err) } do
+        assert.is_nil(text:find("hijklmn", 1, true), text)
+        assert.is_nil(text:find("abcdefg", 1, true), text)
+        assert.is_nil(text:find("[\r\n]"), text)
+      end
+    end)
+  end
+
+  -- same line, through core.error(fields, secret): one-lined and scrubbed
+  it("core.error masks a secret with a line separator inside, and keeps the line whole", function()
+    local secret = "1234567\u{2028}abcdefg\u{2029}ABCDEFG"
+    local err = core.error({ kind = "api", message = "echo " .. secret .. "\r\nnext\u{202E}" }, secret)
+    assert.is_nil(err.message:find("abcdefg", 1, true), err.message)
+    assert.is_nil(err.message:find("1234567", 1, true), err.message)
+    assert.is_nil(err.message:find("[\r\n]"), err.message)
+    assert.is_nil(err.message:find("\u{202E}", 1, true), err.message)
+  end)
+end)
+
+describe("refactor adversary: fleet #redis", function()
+  local srv, red
+
+  setup(function()
+    redis_server.need_redis_lua()
+    srv = server.start()
+    red = redis_server.start()
+  end)
+  teardown(function()
+    if red then red:stop() end
+    if srv then srv:stop() end
+  end)
+  before_each(function()
+    srv:reset()
+    red:client():flushall()
+  end)
+
+  local function client(token, extra)
+    local o = { token = token, base_url = srv.base, coalesce = 10,
+      rate_limit = { requests = 60, per = 60, redis = red:url() } }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return cachectl.omni.new(o)
+  end
+
+  -- API.md "Fleet": "Coalescing never strands and never shares nothing: ...
+  -- a first caller that cannot store its outcome releases its claim, and its
+  -- waiters go on by themselves at once"; "Events": "an error it [on_event]
+  -- raises ends the call cleanly (nothing leaked)".
+  -- got: a batch whose on_event raised on a `coalesced` event (an item
+  -- sharing an outcome kept in the process) while the batch took its claims
+  -- left the claim of an earlier item in Redis as "pending:..." for the whole
+  -- window: every other process's identical call waited on it.
+  it("a batch raising from on_event while it takes its claims releases the claims it took", function()
+    local boom, token = {}, helpers.uid("tok-adv-batch")
+    local c = client(token, {
+      on_event = function(ev) if ev.type == "coalesced" then error(boom) end end })
+    assert.truthy(c:reset_cache(UUID, "hourly"))           -- kept in the process
+    local ok, why = pcall(c.reset_caches, c, UUID, { "daily", "hourly" })
+    assert.is_false(ok)
+    assert.equal(boom, why)
+    assert.same({}, pending_claims(red))
+    -- and an identical call goes at once, sending its own
+    local started = core.monotonic()
+    local res = assert(client(token, { timeout = 2 }):reset_cache(UUID, "daily"))
+    assert.is_nil(res.coalesced)
+    assert.is_true(core.monotonic() - started < 1)
+  end)
+
+  -- API.md "Fleet": "A shared success is the same table content with
+  -- coalesced = true added".
+  -- got: a waiter in another process got 0.12345678901234999 for the first
+  -- caller's 0.12345678901234568, and 1234567890123500032 for
+  -- 1.2345678901234568e+18 (the outcome went through lua-cjson at 14 digits).
+  it("a waiter in another process gets the first caller's numbers exactly", function()
+    local token = helpers.uid("tok-adv-num")
+    srv:fault{ path = "/cache_reset/*", body = '{"success":true,"n":1234567890123456789,'
+      .. '"f":0.1234567890123456789,"small":7,"s":"\\u0000n:5","t":"\\u0000s:x"}' }
+    local code = redis_server.prelude() .. ([[
+local cachectl = require "cachectl"
+local o = cachectl.omni.new{ token = %q, base_url = %q, coalesce = 10,
+  rate_limit = { requests = 60, per = 60, redis = %q } }
+local r, e = assert(o:reset_cache(%q, "daily"))
+io.write(string.format("%%.17g %%.17g %%q %%q", r.n, r.f, r.s, r.t))
+]]):format(token, srv.base, red:url(), UUID)
+    local out, ok = lua_child.run(code)
+    assert.is_true(ok, out)
+    local res = assert(client(token):reset_cache(UUID, "daily"))
+    assert.is_true(res.coalesced)
+    assert.equal(1, #srv:requests())
+    assert.equal(out, string.format("%.17g %.17g %q %q", res.n, res.f, res.s, res.t))
+    assert.equal(7, res.small)
+  end)
+end)
+
+describe("refactor adversary: models by name (init.lua)", function()
+  local srv = server.use()
+
+  local function client()
+    return cachectl.omni.new{ token = helpers.uid("tok-adv-name"), base_url = srv.base }
+  end
+
+  -- API.md "Omni models": "find_model ... none or several is kind =
+  -- "invalid", field = "model""; "Bad input": "err.field naming the option".
+  -- got: reset_cache("No\nSuch", "daily") -> invalid with field = "name" and
+  -- "name must be non-empty text without control characters": a field of
+  -- models{} that reset_cache has no option for (nothing was sent: that held).
+  pending("a model name with control characters is refused with field 'model' (init.lua by_name)", function()
+    local c = client()
+    local res, err = c:reset_cache("No\nSuch\u{202E}Model", "daily")
+    assert.is_nil(res)
+    assert.equal("invalid", err.kind)
+    assert.equal("model", err.field)
+    assert.equal(0, err.attempts)
+    assert.equal(0, #srv:requests())
+  end)
+
+  -- API.md "Bad input": "A programming mistake raises a Lua error that names
+  -- the option" -- as the same call by UUID does, with the caller's position.
+  -- got: by name, the raise carries the library's own position:
+  -- ".../lua/cachectl/init.lua:836: omni.reset_cache: unknown option 'modelId'"
+  -- (by UUID: "omni.reset_cache: unknown option 'modelId'").
+  pending("a mistake in the options of a call by name raises as the call by UUID does (init.lua by_name)", function()
+    local c = client()
+    local _, by_uuid = pcall(c.reset_cache, c, UUID, "daily", { modelId = 1 })
+    local _, by_name = pcall(c.reset_cache, c, "Sales", "daily", { modelId = 1 })
+    assert.is_nil(tostring(by_name):find("init%.lua"), by_name)
+    assert.equal(tostring(by_uuid):gsub("^.-: omni", "omni"), tostring(by_name):gsub("^.-: omni", "omni"))
+    assert.equal(0, #srv:requests())
+  end)
+
+  -- held (a path no spec covered): a batch by name whose lookup fails gives
+  -- every item the lookup's error, except the items refused before the
+  -- lookup, which keep their own (attempts 0); API.md "Fine points":
+  -- "attempts counts the requests that were sent".
+  it("a batch by name whose lookup fails: refused items keep their own error", function()
+    srv:fault{ method = "GET", path = "/v1/models", fault = "503" }
+    local c = client()
+    local results = c:reset_caches("Sales", { "daily", "", "hourly" }, { retries = 1 })
+    assert.equal(3, #results)
+    assert.equal("http", results[1].err.kind)
+    assert.equal(2, results[1].err.attempts)
+    assert.equal("invalid", results[2].err.kind)
+    assert.equal("policy", results[2].err.field)
+    assert.equal(0, results[2].err.attempts)
+    assert.equal("http", results[3].err.kind)
+    assert.equal(2, #srv:requests())
+  end)
+end)
+
+-- nginx: one worker, a thread pool, the mock; each location takes the token,
+-- the model and the policy from the query.
+local function nginx_conf(root)
+  return function(dir, port)
+    return ([[
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+daemon off;
+master_process on;
+worker_processes 1;
+error_log %s/error.log notice;
+pid %s/nginx.pid;
+env MOCK_BASE;
+thread_pool cachectl threads=8;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path %s/body;
+    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;;";
+    lua_package_cpath "%s/build/luajit/?.so;;";
+    server {
+        listen 127.0.0.1:%d;
+        location = /ping { content_by_lua_block { ngx.say("pong") } }
+        location = /one {
+            default_type application/json;
+            content_by_lua_block {
+                local cjson = require "cjson"
+                local omni = require("cachectl").omni.new{ token = ngx.var.arg_token,
+                  base_url = os.getenv("MOCK_BASE"), coalesce = 30 }
+                local res, err = omni:reset_cache(ngx.var.arg_model, "daily",
+                  { timeout = tonumber(ngx.var.arg_timeout) })
+                ngx.say(cjson.encode{ ok = res ~= nil, coalesced = res and res.coalesced or false,
+                  err = err and tostring(err), kind = err and err.kind, field = err and err.field,
+                  attempts = err and err.attempts })
+            }
+        }
+        location = /batch {
+            default_type application/json;
+            content_by_lua_block {
+                local cjson = require "cjson"
+                local omni = require("cachectl").omni.new{ token = ngx.var.arg_token,
+                  base_url = os.getenv("MOCK_BASE"), coalesce = 30 }
+                local out = {}
+                for i, it in ipairs(omni:reset_caches(ngx.var.arg_model, { "daily" })) do
+                  out[i] = { ok = it.result ~= nil, coalesced = it.result and it.result.coalesced or false,
+                    err = it.err and tostring(it.err) }
+                end
+                ngx.say(cjson.encode(out))
+            }
+        }
+    }
+}
+]]):format(dir, dir, dir, root, root, root, port)
+  end
+end
+
+describe("refactor adversary: coalescing inside nginx #nginx", function()
+  local srv, nginx
+
+  setup(function()
+    local root = nginx_server.root_dir(debug.getinfo(1, "S").source)
+    nginx_server.prepare(root)
+    srv = server.start()
+    nginx = nginx_server.start{ conf = nginx_conf(root), env = { MOCK_BASE = srv.base } }
+  end)
+  teardown(function()
+    if nginx then nginx:stop() end
+    if srv then srv:stop() end
+  end)
+  before_each(function() srv:reset() end)
+
+  local function path(loc, token, extra)
+    return ("/%s?model=%s&token=%s%s"):format(loc, UUID, token, extra or "")
+  end
+
+  -- API.md "Fleet": "identical calls ... that start within coalesce seconds
+  -- of a first one share that one request's outcome instead of sending their
+  -- own: concurrent ones in the process (a batch, several clients)".
+  -- got: a single call made while a batch's identical item was in flight in
+  -- the same worker sent its own request (2 at the mock, the single call not
+  -- coalesced): a batch marked none of its first calls in flight.
+  it("a call made while a batch's identical item is in flight in the worker shares its outcome", function()
+    srv:fault{ path = "/cache_reset/*", hold = 0.6 }
+    local token = helpers.uid("tok-adv-ngx-b")
+    local first = nginx_server.send(nginx.port, "GET", path("batch", token))
+    require("socket").sleep(0.2)
+    local second = nginx_server.send(nginx.port, "GET", path("one", token))
+    local b, o = nginx_server.receive(first), nginx_server.receive(second)
+    assert.equal(200, b.status, b.body)
+    assert.equal(200, o.status, o.body)
+    assert.is_true(b.json[1].ok, b.body)
+    assert.is_true(o.json.ok, o.body)
+    assert.equal(1, #srv:requests())
+    assert.is_true(o.json.coalesced, o.body)
+  end)
+
+  -- the same line, the other way round.
+  -- got: a batch item made while an identical single call was in flight in
+  -- the same worker sent its own request (2 at the mock); perform.batch's own
+  -- comment said so ("one in flight elsewhere in the worker: the item sends
+  -- its own").
+  it("a batch item made while an identical call is in flight in the worker shares its outcome", function()
+    srv:fault{ path = "/cache_reset/*", hold = 0.6 }
+    local token = helpers.uid("tok-adv-ngx-o")
+    local first = nginx_server.send(nginx.port, "GET", path("one", token))
+    require("socket").sleep(0.2)
+    local second = nginx_server.send(nginx.port, "GET", path("batch", token))
+    local o, b = nginx_server.receive(first), nginx_server.receive(second)
+    assert.equal(200, o.status, o.body)
+    assert.equal(200, b.status, b.body)
+    assert.is_true(o.json.ok, o.body)
+    assert.is_true(b.json[1].ok, b.body)
+    assert.equal(1, #srv:requests())
+    assert.is_true(b.json[1].coalesced, b.body)
+  end)
+
+  -- API.md "Fine points": "timeout, connect_timeout ... must be > 0 ...,
+  -- else invalid"; "Every numeric option outside its documented range ... is
+  -- invalid or raises naming the option, never an internal error".
+  for _, t in ipairs{ "0", "-1", "nan", "inf", "1e300" } do
+    it("a coalesced call with timeout " .. t .. " is invalid at once inside nginx, nothing sent", function()
+      local started = require("socket").gettime()
+      local res = nginx_server.request(nginx.port, "GET", path("one", helpers.uid("tok-adv-ngx-t"), "&timeout=" .. t))
+      assert.equal(200, res.status, res.body)
+      assert.equal("invalid", res.json.kind, res.body)
+      assert.equal("timeout", res.json.field, res.body)
+      assert.equal(0, res.json.attempts)
+      assert.equal(0, #srv:requests())
+      assert.is_true(require("socket").gettime() - started < 2)
+    end)
+  end
+end)
