@@ -48,13 +48,13 @@ end
 -- send: its request prepared once outside nginx, else the table itself.
 -- nil, err for a bad value.
 local function identify(ctx, opts)
-  if ctx.nginx then
-    local id, bad = core.identity(ctx.service.name, ctx.call, opts)   -- both: nil, err for a bad value
-    return id, bad, opts
-  end
-  local prep, bad = core.prepare(ctx.service.name, ctx.call, opts)
-  if not prep then return nil, bad end
-  return prep:identity(), nil, prep
+  -- through pcall: a mistake the core raises names no line of this file
+  -- (the core points at its caller), as when the call goes uncoalesced
+  local fine, id, bad = pcall(ctx.nginx and core.identity or core.prepare, ctx.service.name, ctx.call, opts)
+  if not fine then error(id, 0) end
+  if ctx.nginx then return id, bad, opts end   -- both: nil, err for a bad value
+  if not id then return nil, bad end
+  return id:identity(), nil, id
 end
 
 -- `req` (opts, or its prepared request) with what is left of the timeout
