@@ -145,6 +145,26 @@ io.write(string.format("%%.17g %%.17g %%q %%q", r.n, r.f, r.s, r.t))
   end)
 end)
 
+describe("refactor adversary: coalesced calls' mistakes", function()
+  local srv = server.use()
+
+  -- API.md "Bad input": "A programming mistake raises a Lua error that names
+  -- the option" -- the same error whether the call is coalesced or not.
+  -- got: with coalesce, "/.../lua/cachectl/perform.lua:55: omni.reset_cache:
+  -- option 'user_agent' must be a string, got table" (a line of the library,
+  -- where without coalesce the message is "omni.reset_cache: option ...").
+  it("a coalesced call raises a mistake as an uncoalesced one does, without a line of the library", function()
+    local c = cachectl.omni.new{ token = helpers.uid("tok-adv-mistake"), base_url = srv.base }
+    local _, plain = pcall(c.reset_cache, c, UUID, "daily", { user_agent = {} })
+    local _, one = pcall(c.reset_cache, c, UUID, "daily", { user_agent = {}, coalesce = 5 })
+    local _, batch = pcall(c.reset_caches, c, UUID, { "daily" }, { user_agent = {}, coalesce = 5 })
+    assert.equal("omni.reset_cache: option 'user_agent' must be a string, got table", plain)
+    assert.equal(plain, one)
+    assert.equal(plain, batch)
+    assert.equal(0, #srv:requests())
+  end)
+end)
+
 describe("refactor adversary: models by name (init.lua)", function()
   local srv = server.use()
 
@@ -236,6 +256,16 @@ http {
                   attempts = err and err.attempts })
             }
         }
+        location = /mistake {
+            default_type text/plain;
+            content_by_lua_block {
+                local omni = require("cachectl").omni.new{ token = ngx.var.arg_token,
+                  base_url = os.getenv("MOCK_BASE") }
+                local ok, why = pcall(omni.reset_cache, omni, ngx.var.arg_model, "daily",
+                  { user_agent = function() end, coalesce = tonumber(ngx.var.arg_coalesce) })
+                ngx.say(tostring(ok), " ", tostring(why))
+            }
+        }
         location = /batch {
             default_type application/json;
             content_by_lua_block {
@@ -315,6 +345,21 @@ describe("refactor adversary: coalescing inside nginx #nginx", function()
     assert.equal(1, #srv:requests())
     assert.is_true(b.json[1].coalesced, b.body)
   end)
+
+  -- API.md "Bad input": "A programming mistake raises a Lua error that names
+  -- the option: ... an option has the wrong type".
+  -- got: "unsupported Lua type: LUA_TFUNCTION in the argument" (nginx's
+  -- words, from ngx.run_worker_thread) for user_agent = function() end; with
+  -- coalesce, "/.../lua/cachectl/perform.lua:52: omni.reset_cache: option
+  -- 'user_agent' must be a string, got function" (a line of the library).
+  for _, co in ipairs{ "", "&coalesce=5" } do
+    it("an option of the wrong type (a function) raises naming it inside nginx" .. co, function()
+      local res = nginx_server.request(nginx.port, "GET", path("mistake", helpers.uid("tok-adv-ngx-m"), co))
+      assert.equal(200, res.status, res.body)
+      assert.equal("false omni.reset_cache: option 'user_agent' must be a string, got function\n", res.body)
+      assert.equal(0, #srv:requests())
+    end)
+  end
 
   -- API.md "Fine points": "timeout, connect_timeout ... must be > 0 ...,
   -- else invalid"; "Every numeric option outside its documented range ... is
