@@ -165,6 +165,55 @@ describe("refactor adversary: coalesced calls' mistakes", function()
   end)
 end)
 
+describe("refactor adversary: Redis going away #redis #slow", function()
+  local srv
+
+  setup(function()
+    redis_server.need_redis_lua()
+    srv = server.start()
+  end)
+  teardown(function()
+    if srv then srv:stop() end
+  end)
+
+  -- API.md "Fleet": "waiters stop waiting as soon as the claim is gone"; "A
+  -- Redis that is slow, frozen or failing never holds a call past its
+  -- timeout". A waiter whose Redis dies while the first caller (another
+  -- process) runs goes by itself at once, and succeeds.
+  -- (held: a path no spec covered: the waiter's polls failing mid-wait)
+  it("a waiter whose Redis is stopped mid-wait goes by itself at once", function()
+    local red = redis_server.start()
+    local ok, why = pcall(function()
+      local token = helpers.uid("tok-adv-gone")
+      srv:fault{ path = "/cache_reset/*", hold = 3, times = 1 }
+      local code = redis_server.prelude() .. ([[
+local cachectl = require "cachectl"
+local o = cachectl.omni.new{ token = %q, base_url = %q, coalesce = 10, timeout = 8,
+  rate_limit = { requests = 60, per = 60, redis = %q } }
+o:reset_cache(%q, "daily")
+]]):format(token, srv.base, red:url(), UUID)
+      local file = os.tmpname()
+      helpers.write_file(file, string.format("package.path = %q\npackage.cpath = %q\n", package.path,
+        package.cpath) .. code)
+      local lua = lua_child.interpreter()
+      assert(helpers.succeeds(("(%s %s; rm -f %s) >/dev/null 2>&1 &"):format(lua, file, file)))
+      -- the child's claim is taken once its request is held at the mock
+      assert(helpers.eventually(function() local up = #srv:requests() == 1; return up, up end, 250))
+      assert(helpers.succeeds(("(sleep 0.7; kill %d) >/dev/null 2>&1 &"):format(red.pid)))
+      local started = core.monotonic()
+      local c = cachectl.omni.new{ token = token, base_url = srv.base, coalesce = 10, timeout = 8,
+        rate_limit = { requests = 60, per = 60, redis = red:url() } }
+      local res, err = c:reset_cache(UUID, "daily")
+      local took = core.monotonic() - started
+      assert.truthy(res, tostring(err))
+      assert.is_nil(res.coalesced)
+      assert.is_true(took > 0.5 and took < 2, "took " .. took)
+    end)
+    red:stop()
+    assert(ok, why)
+  end)
+end)
+
 describe("refactor adversary: models by name (init.lua)", function()
   local srv = server.use()
 
@@ -199,6 +248,27 @@ describe("refactor adversary: models by name (init.lua)", function()
     assert.is_nil(tostring(by_name):find("init%.lua"), by_name)
     assert.equal(tostring(by_uuid):gsub("^.-: omni", "omni"), tostring(by_name):gsub("^.-: omni", "omni"))
     assert.equal(0, #srv:requests())
+  end)
+
+  -- API.md "Omni models": "find_model(...): the one model whose name is
+  -- exactly that ...; none or several is kind = "invalid", field = "model",
+  -- with the candidates' ids in the message. Wherever a call takes a model
+  -- UUID ... a value that is not a UUID is taken as a model name and
+  -- resolved this way first".
+  -- got: a list answering two records named "Dup", one with an id that is
+  -- not a UUID, made find_model("Dup") return the other, and reset_cache("Dup",
+  -- "daily") reset its cache (2 requests): the ambiguity was hidden, where a
+  -- single such record is `decode` ("no usable id").
+  pending("two records of one name, one without a usable id, is not resolved to the other (init.lua)", function()
+    srv:fault{ method = "GET", path = "/v1/models", body = { pageInfo = { hasNextPage = false },
+      records = { { id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n\u{202E}", name = "Dup" },
+        { id = UUID, name = "Dup" } } } }
+    local c = client()
+    local res, err = c:reset_cache("Dup", "daily")
+    assert.is_nil(res)
+    assert.equal("model", err.field)
+    assert.equal(1, #srv:requests())
+    assert.is_nil(err.message:find("[\r\n]"))
   end)
 
   -- held (a path no spec covered): a batch by name whose lookup fails gives
