@@ -12,8 +12,8 @@
 local core = require "cachectl.core"
 local fleet = require "cachectl.fleet"
 
-local pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, _G =
-  pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, _G
+local pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, coroutine, _G =
+  pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, coroutine, _G
 local max = math.max
 local gettime = core.monotonic
 local TIMEOUT = core.defaults.timeout
@@ -152,10 +152,25 @@ end
 -- its request runs): a later one waits, up to its timeout, for the first's
 -- outcome; none kept (the first sent nothing, or raised) -> nil: it goes
 -- itself; none within the timeout -> nil, a timeout error.
+--
+-- A first caller killed meanwhile (ngx.thread.kill of its light thread, or
+-- of the batch's) never ends its call: its mark holds the first caller's
+-- coroutine, and once nginx says that one is dead the mark is dropped and
+-- the waiters go by themselves.
+local function new_mark(expires)
+  return { pending = true, expires = expires, co = coroutine.running() }
+end
+
 local function await(ctx, opts, digest, mark)
   local sleep, budget = rawget(_G, "ngx").sleep, opts.timeout or TIMEOUT
   local deadline = gettime() + budget
-  while outcomes[digest] == mark and gettime() < deadline do sleep(0.005) end
+  while outcomes[digest] == mark and gettime() < deadline do
+    if mark.co and coroutine.status(mark.co) == "dead" then
+      outcomes[digest] = nil
+      break
+    end
+    sleep(0.005)
+  end
   local o = outcomes[digest]
   if o == mark then return nil, fleet.no_outcome(ctx.service.name .. "." .. ctx.call, budget) end
   if o and not o.pending then return o end
@@ -182,7 +197,7 @@ function M.one(ctx, opts, window)
   if o then return share(ctx, opts, o.res, o.err) end
   -- marked as in flight for the others (inside nginx they overlap); the
   -- mark goes whatever happens
-  local mark = { pending = true, expires = now + window }
+  local mark = new_mark(now + window)
   outcomes[digest] = mark
   local ok, res, err = pcall(run, ctx, opts, req, digest, window)
   if outcomes[digest] == mark then outcomes[digest] = nil end
@@ -260,7 +275,7 @@ local function mark(b, window, started)
   for _, i in ipairs(b.now_items) do
     local d = b.digests[i]
     if d then
-      marks[d] = { pending = true, expires = started + window }
+      marks[d] = new_mark(started + window)
       outcomes[d] = marks[d]
     end
   end
