@@ -336,6 +336,23 @@ http {
                 ngx.say(tostring(ok), " ", tostring(why))
             }
         }
+        location = /killed {
+            default_type application/json;
+            content_by_lua_block {
+                local cjson = require "cjson"
+                local omni = require("cachectl").omni.new{ token = ngx.var.arg_token,
+                  base_url = os.getenv("MOCK_BASE"), coalesce = 30, timeout = 4 }
+                local call = ngx.var.arg_batch and function() return omni:reset_caches(ngx.var.arg_model, { "daily" }) end
+                  or function() return omni:reset_cache(ngx.var.arg_model, "daily") end
+                local t = ngx.thread.spawn(call)
+                ngx.sleep(0.2)
+                assert(ngx.thread.kill(t))
+                local started = ngx.now()
+                local res, err = omni:reset_cache(ngx.var.arg_model, "daily")
+                ngx.update_time()
+                ngx.say(cjson.encode{ ok = res ~= nil, err = err and tostring(err), took = ngx.now() - started })
+            }
+        }
         location = /batch {
             default_type application/json;
             content_by_lua_block {
@@ -415,6 +432,23 @@ describe("refactor adversary: coalescing inside nginx #nginx", function()
     assert.equal(1, #srv:requests())
     assert.is_true(b.json[1].coalesced, b.body)
   end)
+
+  -- API.md "Fleet": "Coalescing never strands ...: waiters stop waiting as
+  -- soon as the claim is gone".
+  -- got: with the first caller's light thread killed (ngx.thread.kill) while
+  -- its request ran, an identical call of the worker waited its whole
+  -- timeout (4 s) and ended with "timeout: coalesced call omni.reset_cache:
+  -- no outcome from the first caller within 4 s": the mark of the killed call
+  -- stayed until the window's end.
+  for _, batch in ipairs{ "", "&batch=1" } do
+    it("a call whose identical first call was killed goes by itself at once" .. batch, function()
+      srv:fault{ path = "/cache_reset/*", hold = 1, times = 1 }
+      local res = nginx_server.request(nginx.port, "GET", path("killed", helpers.uid("tok-adv-ngx-k"), batch))
+      assert.equal(200, res.status, res.body)
+      assert.is_true(res.json.ok, res.body)
+      assert.is_true(res.json.took < 0.5, res.body)
+    end)
+  end
 
   -- API.md "Bad input": "A programming mistake raises a Lua error that names
   -- the option: ... an option has the wrong type".
