@@ -252,9 +252,10 @@ end
 -- The items whose identical call was in flight elsewhere in the worker:
 -- its outcome shared, or (none kept: it sent nothing, or raised) added to
 -- again, to go by themselves.
-local function await_ours(ctx, list, ours, items, again)
+local function await_ours(ctx, list, ours, items, again, started)
   for _, w in ipairs(ours) do
-    local o, late = await(ctx, list[w.i], w.digest, w.mark)
+    -- within what is left of the item's timeout
+    local o, late = await(ctx, rest_of(list[w.i], nil, started), w.digest, w.mark)
     if late then
       items[w.i] = { err = late }
     elseif o then
@@ -360,7 +361,7 @@ function M.batch(ctx, list, concurrency, window)
   settle_mine(ctx, list, b.mine, digests, window, items, ok)
   if not ok then error(why, 0) end
   local again = await_theirs(ctx, list, b.theirs, digests, started, items)
-  send_items(ctx, list, b.reqs, await_ours(ctx, list, b.ours, items, again), concurrency, started, items)
+  send_items(ctx, list, b.reqs, await_ours(ctx, list, b.ours, items, again, started), concurrency, started, items)
   for i, d in pairs(digests) do keep(d, started, window, items[i].result, items[i].err) end
   for i = 1, #list do
     local first = b.dup[i]
