@@ -359,10 +359,14 @@ http {
                 local cjson = require "cjson"
                 local omni = require("cachectl").omni.new{ token = ngx.var.arg_token,
                   base_url = os.getenv("MOCK_BASE"), coalesce = 30 }
-                local out = {}
-                for i, it in ipairs(omni:reset_caches(ngx.var.arg_model, { "daily" })) do
+                local out, names, started = {}, {}, ngx.now()
+                for p in (ngx.var.arg_policies or "daily"):gmatch("[^,]+") do names[#names + 1] = p end
+                local items = omni:reset_caches(ngx.var.arg_model, names,
+                  { timeout = tonumber(ngx.var.arg_timeout) })
+                ngx.update_time()
+                for i, it in ipairs(items) do
                   out[i] = { ok = it.result ~= nil, coalesced = it.result and it.result.coalesced or false,
-                    err = it.err and tostring(it.err) }
+                    err = it.err and tostring(it.err), kind = it.err and it.err.kind, took = ngx.now() - started }
                 end
                 ngx.say(cjson.encode(out))
             }
@@ -431,6 +435,25 @@ describe("refactor adversary: coalescing inside nginx #nginx", function()
     assert.is_true(b.json[1].ok, b.body)
     assert.equal(1, #srv:requests())
     assert.is_true(b.json[1].coalesced, b.body)
+  end)
+
+  -- API.md "Fleet": "The call's timeout covers everything the call does: ...
+  -- waiting for a coalesced outcome, and every attempt". A batch item that
+  -- waits for an identical call in flight in the worker waits only for what
+  -- is left of its timeout once the batch's own items have run.
+  -- (guards the fix above: a first version waited a whole timeout more)
+  it("a batch item awaiting a call in flight in the worker keeps to the batch's timeout", function()
+    srv:fault{ path = "/cache_reset/daily", hold = 3.5, times = 1 }
+    srv:fault{ path = "/cache_reset/hourly", hold = 1.5, times = 1 }
+    local token = helpers.uid("tok-adv-ngx-w")
+    local first = nginx_server.send(nginx.port, "GET", path("one", token))
+    require("socket").sleep(0.2)
+    local b = nginx_server.request(nginx.port, "GET", path("batch", token, "&policies=hourly,daily&timeout=2.5"))
+    nginx_server.receive(first)
+    assert.equal(200, b.status, b.body)
+    assert.is_true(b.json[1].ok, b.body)
+    assert.equal("timeout", b.json[2].kind, b.body)
+    assert.is_true(b.json[2].took < 3, b.body)
   end)
 
   -- API.md "Fleet": "Coalescing never strands ...: waiters stop waiting as
