@@ -214,6 +214,80 @@ o:reset_cache(%q, "daily")
   end)
 end)
 
+-- A fake Redis: answers every command with an error whose text holds a
+-- line feed, an escape sequence and a bidi control.
+local FAKE_REDIS = [=[
+local socket = require "socket"
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname()
+io.stdout:write("port=", port, "\n")
+io.stdout:flush()
+srv:settimeout(30)
+while true do
+  local c = srv:accept()
+  if not c then break end
+  c:settimeout(5)
+  while true do
+    local line = c:receive("*l")
+    if not line then break end
+    if line:sub(1, 1) == "*" then
+      for _ = 1, tonumber(line:sub(2)) do c:receive("*l"); c:receive("*l") end
+      c:send("-ERR refused\nnext line \27[31m\u{202E}reversed\r\n")
+      break
+    end
+  end
+  c:close()
+end
+]=]
+
+describe("refactor adversary: a hostile Redis's words #redis", function()
+  local srv = server.use()
+
+  -- API.md "Events": the redis_fallback event reports the fallback; today's
+  -- change 4: "every error message is put on one line (C0, DEL, C1 ..., bidi
+  -- controls -> spaces)", as the call's own error is under
+  -- redis_required.
+  -- got: the event's message carried Redis's text as it came: "Redis at
+  -- 127.0.0.1:N: ...: ERR refused\nnext line \27[31m\u{202E}reversed".
+  it("the redis_fallback event's message is one line without controls", function()
+    local file = os.tmpname()
+    helpers.write_file(file, string.format("package.path = %q\npackage.cpath = %q\n", package.path,
+      package.cpath) .. FAKE_REDIS)
+    local p = assert(io.popen(lua_child.interpreter() .. " " .. file .. " & echo pid=$!"))
+    local port, pid
+    for _ = 1, 2 do
+      local line = p:read("*l") or ""
+      port = port or line:match("^port=(%d+)$")
+      pid = pid or line:match("^pid=(%d+)$")
+    end
+    local ok, why = pcall(function()
+      local events = {}
+      local c = cachectl.omni.new{ token = helpers.uid("tok-adv-fake"), base_url = srv.base, timeout = 5,
+        rate_limit = { requests = 60, per = 60, redis = "redis://127.0.0.1:" .. port },
+        on_event = function(ev) events[#events + 1] = ev end }
+      assert.truthy(c:reset_cache(UUID, "daily"))
+      local seen = 0
+      for _, ev in ipairs(events) do
+        if ev.type == "redis_fallback" then
+          seen = seen + 1
+          assert.is_nil(ev.message:find("[%c\127]"), ev.message)
+          assert.is_nil(ev.message:find("\u{202E}", 1, true), ev.message)
+          assert.truthy(ev.message:find("refused", 1, true), ev.message)
+        end
+      end
+      assert.equal(1, seen)
+      local _, err = c:reset_cache(UUID, "hourly", { rate_limit = { requests = 60, per = 60,
+        redis = "redis://127.0.0.1:" .. port, redis_required = true } })
+      assert.equal("connect", err.kind)
+      assert.is_nil(err.message:find("[%c\127]"), err.message)
+    end)
+    p:close()
+    if pid then helpers.succeeds("kill " .. pid .. " 2>/dev/null") end
+    os.remove(file)
+    assert(ok, why)
+  end)
+end)
+
 describe("refactor adversary: models by name (init.lua)", function()
   local srv = server.use()
 
