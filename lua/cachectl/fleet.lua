@@ -226,7 +226,11 @@ local function decode_outcome(text)
   if type(res) == "table" then res.coalesced = true end
   if type(err) == "table" then
     err.coalesced = true
-    setmetatable(err, core.error_mt)     -- as stored: the first caller's error
+    -- as stored, through core.error (its text on one line): one that is
+    -- not an error of cachectl is no outcome
+    local ok, e = pcall(core.error, err)
+    if not ok then return nil end
+    err = e
   end
   return { res = res, err = err }
 end
