@@ -20,6 +20,7 @@ local core = require "cachectl.core"
 local cachectl = require "cachectl"
 
 local UUID = helpers.UUID
+local cjson_encode = require("cjson").encode
 
 -- The claims (`cachectl:co:*`) of a Redis whose value is still a pending mark.
 local function pending_claims(red)
@@ -117,6 +118,36 @@ describe("refactor adversary: fleet #redis", function()
     local res = assert(client(token, { timeout = 2 }):reset_cache(UUID, "daily"))
     assert.is_nil(res.coalesced)
     assert.is_true(core.monotonic() - started < 1)
+  end)
+
+  -- API.md "Returns": "err is a table with a metatable whose __tostring
+  -- gives one readable line"; change 4: "every error message is put on one
+  -- line".
+  -- got: an error stored in Redis (by another process, another version, or
+  -- anyone who can write there) came back as stored, its metatable set:
+  -- tostring(err) was "cachectl: api: line one\nline two ... (code c\nd)".
+  it("a stored error read by a waiter is one line; a stored non-error is no outcome", function()
+    local token = helpers.uid("tok-adv-stored")
+    local opts = { token = token, base_url = srv.base, model_id = UUID, policy = "daily" }
+    local key = "cachectl:co:" .. assert(core.identity("omni", "reset_cache", opts)):lower()
+    local admin = red:client()
+    admin:set(key, cjson_encode{ err = { kind = "api", message = "line one\nline two \u{202E}x",
+      code = "c\nd", attempts = 1 } }, "PX", 10000)
+    local res, err = client(token):reset_cache(UUID, "daily")
+    assert.is_nil(res)
+    assert.is_true(err.coalesced)
+    assert.equal(0, #srv:requests())
+    assert.is_nil(tostring(err):find("[%c\127]"), tostring(err))
+    assert.is_nil(tostring(err):find("\u{202E}", 1, true), tostring(err))
+    -- not an error of cachectl: the waiter goes by itself (and sends)
+    opts.policy = "hourly"
+    key = "cachectl:co:" .. assert(core.identity("omni", "reset_cache", opts)):lower()
+    admin:set(key, cjson_encode{ err = { kind = "nonsense", attempts = 1 } }, "PX", 10000)
+    local started = core.monotonic()
+    res = client(token):reset_cache(UUID, "hourly")
+    assert.is_true(core.monotonic() - started < 1)
+    assert.truthy(res)
+    assert.equal(1, #srv:requests())
   end)
 
   -- API.md "Fleet": "A shared success is the same table content with
