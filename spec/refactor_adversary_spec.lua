@@ -447,8 +447,9 @@ http {
                 local cjson = require "cjson"
                 local omni = require("cachectl").omni.new{ token = ngx.var.arg_token,
                   base_url = os.getenv("MOCK_BASE"), coalesce = 30, timeout = 4 }
-                local call = ngx.var.arg_batch and function() return omni:reset_caches(ngx.var.arg_model, { "daily" }) end
-                  or function() return omni:reset_cache(ngx.var.arg_model, "daily") end
+                local model = ngx.var.arg_model
+                local call = ngx.var.arg_batch and function() return omni:reset_caches(model, { "daily" }) end
+                  or function() return omni:reset_cache(model, "daily") end
                 local t = ngx.thread.spawn(call)
                 ngx.sleep(0.2)
                 assert(ngx.thread.kill(t))
