@@ -27,7 +27,7 @@ all: $(OUT)/cachectl/core.so
 
 $(OUT)/cachectl/core.so: $(SRC) $(HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -shared -o $@ $(SRC) $(LDSAN) -lcurl -lhiredis -lcrypto -lanl -lm
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(SRC) $(LDSAN) -lcurl -lyaml -lhiredis -lcrypto -lanl -lm
 
 clean:
 	rm -rf build

@@ -14,10 +14,10 @@ libcurl, with retries, timeouts, kept-alive connections, concurrent batches,
 a command-line tool and a mock server for tests.
 
 Redis (rate_limit.redis, coalescing across processes) is reached from C
-through hiredis, linked like libcurl. Optional: lyaml (Debian lua-yaml), for
-omni:cache_policies and check_policy only; lua-resty-redis, for coalescing
-through Redis on nginx's main side only; LuaSocket, for the milliseconds in
-the command's output only. Without them every other call works. The rock
+through hiredis, and Omni model files (omni:cache_policies, check_policy)
+are read in C with libyaml, within limits; both are linked like libcurl.
+Optional: lua-resty-redis, for coalescing through Redis on nginx's main side
+only; LuaSocket, for the milliseconds in the command's output only. Without them every other call works. The rock
 installs the man page of the command, cachectl(1), and the documentation
 (docs/, `luarocks doc cachectl`).
 ]],
@@ -28,13 +28,13 @@ dependencies = {
   "lua >= 5.1",
   "lua-cjson >= 2.1",
   "argparse >= 0.6",
-  -- optional, not installed by default: "lyaml >= 6.2" (omni:cache_policies, check_policy),
-  -- "luasocket >= 3.0" (the command's times in milliseconds)
+  -- optional, not installed by default: "luasocket >= 3.0" (the command's times in milliseconds)
 }
 external_dependencies = {
   CURL = { library = "curl" },
   CRYPTO = { library = "crypto" },
   HIREDIS = { header = "hiredis/async.h", library = "hiredis" },
+  YAML = { header = "yaml.h", library = "yaml" },
 }
 build = {
   type = "builtin",
@@ -44,12 +44,13 @@ build = {
         "src/core.c", "src/session.c", "src/handles.c", "src/engine.c", "src/transfer.c", "src/events.c",
         "src/options.c", "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
         "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
-        "src/limiter.c", "src/redis.c", "src/scrub.c", "src/urls.c", "src/prepared.c",
+        "src/limiter.c", "src/redis.c", "src/scrub.c", "src/urls.c", "src/prepared.c", "src/yaml.c",
+        "src/cache.c",
       },
       defines = { "_GNU_SOURCE" },
-      incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)", "$(HIREDIS_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(CRYPTO_LIBDIR)", "$(HIREDIS_LIBDIR)" },
-      libraries = { "curl", "hiredis", "crypto", "anl", "m" },
+      incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)", "$(HIREDIS_INCDIR)", "$(YAML_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(CRYPTO_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(YAML_LIBDIR)" },
+      libraries = { "curl", "yaml", "hiredis", "crypto", "anl", "m" },
     },
     cachectl = "lua/cachectl/init.lua",
     ["cachectl.perform"] = "lua/cachectl/perform.lua",
@@ -64,7 +65,6 @@ build = {
     ["cachectl.cli.man"] = "lua/cachectl/cli/man.lua",
     ["cachectl.cli.omni"] = "lua/cachectl/cli/omni.lua",
     ["cachectl.cli.dry"] = "lua/cachectl/cli/dry.lua",
-    ["cachectl.cli.cache"] = "lua/cachectl/cli/cache.lua",
     ["cachectl.cli.json"] = "lua/cachectl/cli/json.lua",
     ["cachectl.openresty"] = "lua/cachectl/openresty.lua",
   },

@@ -1,5 +1,5 @@
 -- Omni discovery in the Lua layer: omni:models (paging), omni:model_yaml,
--- omni:cache_policies (the model file read with lyaml, in the file's order)
+-- omni:cache_policies (the model file read by the C core, in the file's order)
 -- and check_policy (a misspelled policy refused before anything is reset),
 -- against the mock's documented default models.
 local server = require "support.mock_server"
@@ -246,24 +246,27 @@ describe("Omni discovery (Lua layer)", function()
       assert.matches("not valid YAML %(line %d+, column %d+%)", bad.message)
     end)
 
-    it("without lyaml raises naming the package; every other call still works", function()
+    it("needs no lyaml: the C core reads the model file (libyaml)", function()
       local saved = {}
-      for _, m in ipairs{ "cachectl", "cachectl.policies", "lyaml", "yaml" } do
+      for _, m in ipairs{ "cachectl", "cachectl.policies", "cachectl.yaml", "lyaml", "yaml" } do
         saved[m] = package.loaded[m]
         package.loaded[m] = nil
       end
       package.preload.lyaml = function() error("module 'lyaml' not found") end
+      package.preload.yaml = function() error("module 'yaml' not found") end
       local ok, err = pcall(function()
         local fresh = require "cachectl"
         local c = fresh.omni.new{ token = helpers.uid("tok-nolyaml"), base_url = srv.base }
-        assert.error_matches(function() c:cache_policies(SALES) end, "lua%-yaml.*lyaml")
-        assert.error_matches(function() c:reset_cache(SALES, "daily", { check_policy = true }) end, "lua%-yaml")
-        assert.equal(0, #srv:requests())
-        assert(c:reset_cache(SALES, "daily"))
-        assert(c:models())
+        local list = assert(c:cache_policies(SALES))
+        assert.equal("daily", list.default)
+        assert(c:reset_cache(SALES, "daily", { check_policy = true }))
+        assert.is_nil(package.loaded.lyaml)
+        assert.is_nil(package.loaded.yaml)
       end)
-      package.preload.lyaml = nil
-      for m, v in pairs(saved) do package.loaded[m] = v end
+      package.preload.lyaml, package.preload.yaml = nil, nil
+      for _, m in ipairs{ "cachectl", "cachectl.policies", "cachectl.yaml", "lyaml", "yaml" } do
+        package.loaded[m] = saved[m]
+      end
       assert(ok, err)
     end)
   end)

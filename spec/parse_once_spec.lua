@@ -34,6 +34,46 @@ describe("one parse per call", function()
     assert.equal(1, parses(function() assert(ml:clear_queue{ product = "face_gen" }) end))
   end)
 
+  -- A call without arguments reads the client's options once, for the
+  -- client's life: each call sends a copy of that request.
+  it("a call without arguments: read once per client, then copies sent", function()
+    local seen = 0
+    local ml = cachectl.modelslab.new{ key = "key-parse-once-0123", base_url = srv.url .. "/api",
+      on_event = function(ev) if ev.type == "attempt" then seen = seen + 1 end end }
+    srv:reset()
+    assert.equal(1, parses(function() assert(ml:clear_cache()) end))
+    assert.equal(0, parses(function() assert(ml:clear_cache()) end))
+    assert.equal(0, parses(function() assert(ml:clear_cache()) end))
+    local log = srv:requests()
+    assert.equal(3, #log)
+    for _, r in ipairs(log) do assert.equal('{"key":"key-parse-once-0123"}', r.body) end
+    assert.equal(3, seen)
+    -- a client whose options the core refuses at the call: each call says so, nothing sent
+    local bad = cachectl.modelslab.new{ key = "key-parse-once-0123", base_url = "ftp://127.0.0.1/api" }
+    for _ = 1, 2 do
+      local res, err = bad:clear_cache()
+      assert.is_nil(res)
+      assert.same({ "invalid", "base_url" }, { err.kind, err.field })
+    end
+    assert.equal(3, #srv:requests())
+  end)
+
+  it("a kept request (core.prepare(..., true)) is sent as often as asked, as a copy", function()
+    local s = core.session()
+    local p = assert(core.prepare("omni", "reset_cache", { token = "tok-parse-once-0123",
+      base_url = srv.url .. "/api", model_id = MODEL, policy = "daily" }, true))
+    local send = s:bind("omni", "reset_cache", p)
+    srv:reset()
+    assert.equal(0, parses(function()
+      assert(send())
+      assert(send({ this = "is ignored" }))
+      assert(s:call("omni", "reset_cache", p))
+    end))
+    assert.equal(3, #srv:requests())
+    assert.error_matches(function() s:call("omni", "list_models", p) end, "prepared for omni.reset_cache")
+    s:close()
+  end)
+
   it("each item of a batch", function()
     local c = client()
     assert.equal(3, parses(function()

@@ -1,11 +1,10 @@
 -- An adversary's pass over today's refactors (fleet.lua + perform.lua: the
 -- batch's claims and the outcome stored as JSON; openresty.lua; init.lua's
 -- by_name; C: error messages on one line, secrets scrubbed), held to the
--- contract (/work/shared/API.md v3, docs/fleet.md, docs/lua.md).
+-- contract (API.md v3, docs/fleet.md, docs/lua.md).
 --
 -- Each test quotes the contract line it holds the code to and what it got
--- when written ("got:"). Tests marked pending are defects in init.lua, left
--- to its owner. Real parts only: the mock, a real redis-server (free
+-- when written ("got:"): every defect found is fixed. Real parts only: the mock, a real redis-server (free
 -- loopback port, stopped by its pid), a child Lua process, real nginx.
 local string = string
 local assert, ipairs, pcall, require, tostring =
@@ -331,7 +330,7 @@ describe("refactor adversary: models by name (init.lua)", function()
   -- got: reset_cache("No\nSuch", "daily") -> invalid with field = "name" and
   -- "name must be non-empty text without control characters": a field of
   -- models{} that reset_cache has no option for (nothing was sent: that held).
-  pending("a model name with control characters is refused with field 'model' (init.lua by_name)", function()
+  it("a model name with control characters is refused with field 'model' (init.lua by_name)", function()
     local c = client()
     local res, err = c:reset_cache("No\nSuch\u{202E}Model", "daily")
     assert.is_nil(res)
@@ -346,7 +345,7 @@ describe("refactor adversary: models by name (init.lua)", function()
   -- got: by name, the raise carries the library's own position:
   -- ".../lua/cachectl/init.lua:836: omni.reset_cache: unknown option 'modelId'"
   -- (by UUID: "omni.reset_cache: unknown option 'modelId'").
-  pending("a mistake in the options of a call by name raises as the call by UUID does (init.lua by_name)", function()
+  it("a mistake in the options of a call by name raises as the call by UUID does (init.lua by_name)", function()
     local c = client()
     local _, by_uuid = pcall(c.reset_cache, c, UUID, "daily", { modelId = 1 })
     local _, by_name = pcall(c.reset_cache, c, "Sales", "daily", { modelId = 1 })
@@ -364,7 +363,7 @@ describe("refactor adversary: models by name (init.lua)", function()
   -- not a UUID, made find_model("Dup") return the other, and reset_cache("Dup",
   -- "daily") reset its cache (2 requests): the ambiguity was hidden, where a
   -- single such record is `decode` ("no usable id").
-  pending("two records of one name, one without a usable id, is not resolved to the other (init.lua)", function()
+  it("two records of one name, one without a usable id, is not resolved to the other (init.lua)", function()
     srv:fault{ method = "GET", path = "/v1/models", body = { pageInfo = { hasNextPage = false },
       records = { { id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n\u{202E}", name = "Dup" },
         { id = UUID, name = "Dup" } } } }

@@ -121,6 +121,9 @@ typedef struct cc_req {
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
 unsigned long cc_req_parsed(void);      /* options tables read so far, process-wide */
 void cc_req_free(cc_req *r);
+/* A copy of src that owns its own memory (a kept request sent again); 0
+ * when out of memory (dst then holds nothing to free). */
+int cc_req_copy(const cc_req *src, cc_req *dst);
 /* options.c */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep);
 void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep, int idx,
@@ -149,6 +152,17 @@ int cc_identity(const cc_endpoint *ep, const cc_req *r, char hex[65]);
 
 /* redis.c: core.redis_url, a Redis URL read as the turns read it. */
 int cc_redis_url_l(lua_State *L);
+
+/* cache.c: the command's compile cache (core.cache_folder, core.cache_searcher). */
+int cc_cache_folder_l(lua_State *L);
+int cc_cache_searcher_l(lua_State *L);
+
+/* yaml.c: core.yaml_load, a YAML document read within limits, and
+ * core.yaml_slot; cc_yaml_init sets the module's yaml_null and yaml_limits
+ * (the table at the top of the stack). */
+int cc_yaml_load_l(lua_State *L);
+int cc_yaml_slot_l(lua_State *L);
+void cc_yaml_init(lua_State *L);
 
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);

@@ -50,4 +50,25 @@ static inline lua_State *cc_mainthread(lua_State *L)
 #define cc_mainthread(L) ((lua_State *)NULL)
 #endif
 
+/* The function on top as bytecode stripped of debug information, given to
+ * the writer: lua_dump strips from 5.3 on; LuaJIT's lua_dump never does, its
+ * string.dump(f, true) does (Lua 5.1's ignores the flag). */
+#if LUA_VERSION_NUM >= 503
+#define cc_dump_stripped(L, w, d) lua_dump(L, (w), (d), 1)
+#else
+static inline int cc_dump_stripped(lua_State *L, lua_Writer w, void *d)
+{
+    const char *s;
+    size_t n;
+    int rc = 1;
+    lua_getglobal(L, "string");
+    lua_getfield(L, -1, "dump");
+    lua_pushvalue(L, -3);
+    lua_pushboolean(L, 1);
+    if (lua_pcall(L, 2, 1, 0) == 0 && (s = lua_tolstring(L, -1, &n)) != NULL) rc = w(L, s, n, d);
+    lua_pop(L, 2);
+    return rc;
+}
+#endif
+
 #endif

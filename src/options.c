@@ -83,8 +83,9 @@ const char *cc_user_agent_default(void)
 /* { name = "string" | "number" | "boolean" | "string|number" } */
 void cc_push_option_names(lua_State *L, const cc_endpoint *ep)
 {
-    int i;
-    lua_newtable(L);
+    int i, n = 0;
+    for (i = 0; i < O_COUNT; i++) n += !cc_optdefs[i].bit || (ep->opts & cc_optdefs[i].bit);
+    lua_createtable(L, 0, n);               /* sized once: no rehash per option */
     for (i = 0; i < O_COUNT; i++) {
         if (cc_optdefs[i].bit && !(ep->opts & cc_optdefs[i].bit)) continue;
         if (cc_optdefs[i].type == T_STR_OR_NUM) lua_pushliteral(L, "string|number");

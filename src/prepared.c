@@ -2,7 +2,9 @@
  * of core.prepare(service, call, opts), which the Lua layer asks for its
  * identity (coalescing) and then sends (session:call, session:batch), so an
  * options table is parsed once per call. The run takes what the object
- * holds: it is sent once. */
+ * holds: it is sent once. A kept one (core.prepare(..., true)) is never
+ * used up: each run sends a copy (a client's call without options, bound
+ * with session:bind, reads its options once for the client's life). */
 #include <math.h>
 #include <string.h>
 #include "cachectl.h"
@@ -15,6 +17,7 @@ typedef struct prepared {
     cc_req req;
     int ref;            /* on_event in the registry, or LUA_NOREF */
     int sent;
+    int kept;           /* sent as copies, never used up */
 } prepared;
 
 static prepared *check_prepared(lua_State *L, int idx)
@@ -34,14 +37,17 @@ int cc_identity(const cc_endpoint *ep, const cc_req *r, char hex[65])
     return d && cc_digest_hex(d, hex) && ok;
 }
 
-/* p = core.prepare(service, call, opts), or nil, err (invalid); raises on
- * programming mistakes, like the call. */
+/* p = core.prepare(service, call, opts [, kept]), or nil, err (invalid);
+ * raises on programming mistakes, like the call. */
 int cc_prepare_l(lua_State *L)
 {
     const cc_endpoint *ep = cc_endpoint_find(luaL_checkstring(L, 1), luaL_checkstring(L, 2));
     prepared *p;
+    int kept;
     luaL_argcheck(L, ep != NULL, 2, "no such call");
     luaL_checktype(L, 3, LUA_TTABLE);
+    kept = lua_toboolean(L, 4);
+    lua_settop(L, 3);
     p = cc_newuserdata(L, sizeof *p);
     memset(p, 0, sizeof *p);
     p->ref = LUA_NOREF;
@@ -49,6 +55,7 @@ int cc_prepare_l(lua_State *L)
     luaL_getmetatable(L, REQ_MT);
     lua_setmetatable(L, -2);
     p->ep = ep;
+    p->kept = kept;
     if (!cc_req_parse(L, 3, ep, &p->req)) {
         lua_pushnil(L);
         cc_push_error(L, CC_INVALID, p->req.bad_msg, 0, NULL, -1, 0, p->req.bad_field, NULL);
@@ -108,9 +115,13 @@ int cc_prepared_take(lua_State *L, int idx, const cc_endpoint *ep, cc_req *out)
     if (p->ep != ep)
         luaL_error(L, "cachectl: a request prepared for %s.%s sent as %s.%s", p->ep->service, p->ep->name,
                    ep->service, ep->name);
-    *out = p->req;
-    memset(&p->req, 0, sizeof p->req);
-    p->sent = 1;
+    if (!p->kept) {
+        *out = p->req;
+        memset(&p->req, 0, sizeof p->req);
+        p->sent = 1;
+    } else if (!cc_req_copy(&p->req, out)) {
+        luaL_error(L, "not enough memory");
+    }
     if (p->ref == LUA_NOREF) return 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
     return 2;

@@ -9,6 +9,7 @@
  * with. The copies hold the credential, so they are wiped when freed. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include "options.h"
 #include "digest.h"
@@ -237,6 +238,45 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
         cc_req_free(r);
         return luaL_error(L, "not enough memory");
     }
+    return 1;
+}
+
+/* p moved from src's own texts to the same place in own (a static text,
+ * such as the default User-Agent, stays). */
+static const char *rebase(const char *p, const cc_req *src, char *own)
+{
+    uintptr_t at = (uintptr_t)p, lo = (uintptr_t)src->own;
+    return p && src->own && at >= lo && at < lo + src->own_len ? own + (at - lo) : p;
+}
+
+static char *dup_bytes(const char *p, size_t n)
+{
+    char *d = p ? malloc(n ? n : 1) : NULL;
+    if (d) memcpy(d, p, n);
+    return d;
+}
+
+int cc_req_copy(const cc_req *src, cc_req *dst)
+{
+    *dst = *src;
+    dst->own = dup_bytes(src->own, src->own_len);
+    dst->url = src->url ? dup_bytes(src->url, strlen(src->url) + 1) : NULL;
+    dst->body = dup_bytes(src->body, src->body_len);
+    dst->lim_name = src->lim_name ? dup_bytes(src->lim_name, strlen(src->lim_name) + 1) : NULL;
+    if ((src->own && !dst->own) || (src->url && !dst->url) || (src->body && !dst->body) ||
+        (src->lim_name && !dst->lim_name)) {
+        if (!dst->body) dst->body_len = 0;
+        if (!dst->own) dst->own_len = 0;
+        cc_req_free(dst);
+        return 0;
+    }
+    dst->user_agent = rebase(src->user_agent, src, dst->own);
+    dst->proxy = rebase(src->proxy, src, dst->own);
+    dst->ca_file = rebase(src->ca_file, src, dst->own);
+    dst->secret = rebase(src->secret, src, dst->own);
+    dst->redis_url = rebase(src->redis_url, src, dst->own);
+    dst->dict_name = rebase(src->dict_name, src, dst->own);
+    dst->method = rebase(src->method, src, dst->own);
     return 1;
 }
 

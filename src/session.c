@@ -164,12 +164,16 @@ static int session_call(lua_State *L)
 
 /* res, err = f(opts): a call bound to a session (upvalue 1, checked when
  * bound) and an endpoint row (upvalue 2): core.<service>.<name> and the
- * functions of session:bind. */
+ * functions of session:bind; with a kept request (upvalue 3), f() sends a
+ * copy of it, whatever it is given. */
 int cc_bound_call(lua_State *L)
 {
     cc_session *s = cc_session_of(L, lua_upvalueindex(1));
     const cc_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
-    if (lua_type(L, 1) != LUA_TTABLE)
+    if (!lua_isnoneornil(L, lua_upvalueindex(3))) {
+        lua_settop(L, 0);
+        lua_pushvalue(L, lua_upvalueindex(3));
+    } else if (lua_type(L, 1) != LUA_TTABLE)
         return luaL_error(L, "bad argument #1 to '%s.%s' (options table expected, got %s)",
                           ep->service, ep->name, luaL_typename(L, 1));
     lua_settop(L, 1);
@@ -177,16 +181,19 @@ int cc_bound_call(lua_State *L)
     return cc_run(L, s, ep, 1, 1, 1);
 }
 
-/* f = session:bind(service, name): f(opts) is session:call(service, name,
- * opts) with the endpoint found once. */
+/* f = session:bind(service, name [, kept]): f(opts) is session:call(service,
+ * name, opts) with the endpoint found once; with a kept request of that
+ * call (core.prepare(service, name, opts, true)), f() sends a copy of it. */
 static int session_bind(lua_State *L)
 {
     const cc_endpoint *ep;
     cc_session_check(L, 1);
     ep = endpoint_arg(L, 2);
-    lua_settop(L, 1);
+    lua_settop(L, 4);                       /* session, service, name, kept */
     lua_pushlightuserdata(L, (void *)ep);
-    lua_pushcclosure(L, cc_bound_call, 2);
+    lua_replace(L, 2);
+    lua_remove(L, 3);
+    lua_pushcclosure(L, cc_bound_call, 3);
     return 1;
 }
 

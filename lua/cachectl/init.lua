@@ -90,11 +90,22 @@ local function nonempty_env(name)
   return nil
 end
 
--- core.check_options, its mistakes raised without a position (LuaJIT
--- would give one inside this file, of no use to the caller).
-local function check(service, opts, call, where)
-  local ok, msg = pcall(core.check_options, service, opts, call, where)
-  if not ok then error((tostring(msg):gsub("^[^\n]-%.lua:%d+: ", "")), 0) end
+-- A core function whose mistakes (raised: unknown options, wrong types) are
+-- raised again without a position inside this file, of no use to the
+-- caller: worded as the call by UUID words them.
+local function bare(fn, ...)
+  local ok, a, b = pcall(fn, ...)
+  if not ok then error((tostring(a):gsub("^[^\n]-%.lua:%d+: ", "")), 0) end
+  return a, b
+end
+
+local function check(...)
+  bare(core.check_options, ...)
+end
+
+-- core.identity: the digest of a call, or nil and its `invalid` error.
+local function identity(...)
+  return bare(core.identity, ...)
 end
 
 local function new_client(svc, opts)
@@ -105,6 +116,8 @@ local function new_client(svc, opts)
   opts = opts or {}
   check(svc.name, opts, nil, where)
   local defaults = copy(opts)
+  -- fixed now: a change to the caller's tables afterwards changes no call
+  if type(defaults.rate_limit) == "table" then defaults.rate_limit = copy(defaults.rate_limit) end
   if defaults[svc.secret] == nil then
     defaults[svc.secret] = nonempty_env(svc.env[svc.secret])
   end
@@ -176,8 +189,11 @@ end
 -- The options for one call: the client's defaults that this call takes,
 -- overridden by the call's own; and this layer's options (coalesce,
 -- check_policy). Mistakes raise at the caller's caller. Without options of
--- its own a call gets the same tables every time, and, when it goes straight
--- to the session, the session's call bound once (st.plain[call][3]).
+-- its own a call gets the same tables every time (never changed: a call
+-- with positional arguments copies them), and, when it goes straight to the
+-- session, the session's call bound once (st.plain[call][3]): positional
+-- calls and calls without arguments alike; these send copies of a request
+-- read once (the client's options are fixed when it is made).
 local function call_options(st, row, opts, where)
   if opts == nil then
     local plain = st.plain[row.name]
@@ -201,7 +217,10 @@ local function call_options(st, row, opts, where)
     end
   end
   if not opts then
-    st.plain[row.name] = { merged, layer, direct(merged, layer) and st.session:bind(st.svc.name, row.name) }
+    -- a call without arguments sends copies of its request, read once
+    local go = direct(merged, layer)
+    local kept = go and #row.args == 0 and core.prepare(st.svc.name, row.name, merged, true)
+    st.plain[row.name] = { merged, layer, go and st.session:bind(st.svc.name, row.name, kept or nil) }
   end
   return merged, layer
 end
@@ -339,9 +358,8 @@ end
 -- credential) for POLICY_TTL seconds: the list, or nil, err; and the number
 -- of requests sent for it (0 when kept).
 local function model_policies(st, opts, started)
-  policies.need_yaml("check_policy")
   local yopts = yaml_options(st, opts)
-  local key, bad = core.identity(st.svc.name, "model_yaml", yopts)
+  local key, bad = identity(st.svc.name, "model_yaml", yopts)
   if not key then return nil, hint(st, bad), 0 end
   local now = gettime()
   local kept = st.policies[key]
@@ -392,7 +410,7 @@ local function run(st, row, opts, layer)
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
   if layer.check_policy and checkable(opts.policy) then
-    local _, invalid = core.identity(st.svc.name, row.name, opts)
+    local _, invalid = identity(st.svc.name, row.name, opts)
     if invalid then return nil, hint(st, invalid) end
     local started = gettime()
     local known, err, sent = model_policies(st, opts, started)
@@ -416,21 +434,20 @@ local function method(svc, row)
     local st = private[self]
     if not st or st.closed then st = state(self) end
     local last = (select(nargs + 1, ...))
-    if nargs == 0 and last == nil then
-      local plain = st.plain[call]
-      if plain and plain[3] then
-        local res, err = plain[3](plain[1])
-        if err then return nil, hint(st, err) end
-        return res
-      end
-    end
-    local opts, layer = call_options(st, row, last, where)
+    local plain, opts, layer = last == nil and st.plain[call]
+    if plain then opts, layer = plain[1], plain[2] else opts, layer = call_options(st, row, last, where) end
     if nargs > 0 then
-      -- a call from inside another's event must not change the options that one reads
-      if next(st.calls) ~= nil then opts = copy(opts) end
+      -- the call's own table: the client's cached one is never changed
+      if last == nil then opts = copy(opts) end
       for i = 1, nargs do
         opts[args[i]] = arg_or_default(st, (select(i, ...)), args[i])
       end
+    end
+    local bound = last == nil and st.plain[call][3]
+    if bound then
+      local res, err = bound(opts)
+      if err then return nil, hint(st, err) end
+      return res
     end
     return within(st, run, st, row, opts, layer)
   end
@@ -594,7 +611,7 @@ local function models(self, opts)
 end
 
 --- The cache policies an Omni model declares in its model file (read fully
--- resolved, so an extended model's policies count), read with lyaml's parser
+-- resolved, so an extended model's policies count), read with libyaml's parser
 -- within limits (docs/lua.md: nesting depth, events, nodes with aliases and
 -- merge keys expanded, keys) and the call's timeout.
 -- @tparam string model_id the model's UUID (nil: the client's `model_id`)
@@ -608,13 +625,11 @@ end
 -- or has a refused shape (`cache_policies` not a mapping, a name that is not
 -- a string, an undeclared `default_cache_policy`, no such file); `timeout`
 -- when reading it outlasts the call's timeout
--- @raise when lyaml (Debian lua-yaml) is not installed
 -- @usage local list, err = omni:cache_policies(model_id)
 -- @function omni:cache_policies
 local function cache_policies(self, model_id, opts)
   local st = state(self)
   local started = gettime()
-  policies.need_yaml("omni:cache_policies")
   local base, layer = call_options(st, st.svc.calls.model_yaml, opts, "omni:cache_policies")
   local yopts = copy(base)
   yopts.model_id = arg_or_default(st, model_id, "model_id")
@@ -659,7 +674,7 @@ local function reset_batch(st, names, base, model, layer, concurrency, window)
     item.model_id, item.policy = model, names[i]
     local invalid
     if layer.check_policy and checkable(names[i]) then
-      invalid = select(2, core.identity(st.svc.name, "reset_cache", item))
+      invalid = select(2, identity(st.svc.name, "reset_cache", item))
     end
     if invalid then results[i] = { policy = names[i], err = hint(st, invalid) } else todo[#todo + 1] = { i, item } end
   end
@@ -751,10 +766,14 @@ local function pick(st, opts, records, name, skipped, sent)
       others[#others + 1] = candidate(r)
     end
   end
-  if #found == 1 then return found[1] end
-  if #found > 1 then
+  -- a record with an id that is no UUID is a model too: beside another, the
+  -- name is ambiguous (a record without an id, skipped by models(), is not)
+  local odd = unusable - skipped
+  if #found == 1 and odd == 0 then return found[1] end
+  if #found > 0 then
     return nil, lua_error(st, opts, { kind = "invalid", field = "model", candidates = found, attempts = sent,
-      message = format("%d models are named %q: %s; give one of their ids", #found, name, id_list(found)) })
+      message = format("%d models are named %q: %s%s; give one of their ids", #found + odd, name,
+        id_list(found), odd > 0 and format(" and %d with an id that is not a UUID", odd) or "") })
   end
   if unusable > 0 then
     return nil, lua_error(st, opts, { kind = "decode", field = "model", candidates = {}, attempts = sent,
@@ -787,6 +806,12 @@ local function search(self, st, name, lopts, key)
   return copy(model), nil, sent
 end
 
+-- The model list's refusal of a name as the refusal of the model it names.
+local function name_refused(st, bad)
+  if bad.field == "name" then bad.field, bad.message = "model", "model " .. bad.message end
+  return hint(st, bad)
+end
+
 --- Finds the one Omni model named exactly `name`, with `omni:models{ name =
 -- name }`; a model found is kept per client (and host and credential) for
 -- 60 seconds, like a model's policies.
@@ -810,9 +835,9 @@ local function find_model(self, name, opts)
   end
   local lopts = copy(opts or {})
   lopts.name = name
-  local key, bad = core.identity(st.svc.name, "list_models",
+  local key, bad = identity(st.svc.name, "list_models",
     (call_options(st, st.svc.calls.list_models, copy(lopts, "limit"), "omni:find_model")))
-  if not key then return nil, hint(st, bad) end
+  if not key then return nil, name_refused(st, bad) end
   st.names = st.names or {}
   local model, err = within(st, search, self, st, name, lopts, key)
   return model, err
@@ -833,7 +858,7 @@ end
 -- anything (with a stand-in model), or nil.
 local function refused(st, row, merged)
   merged.model_id = NIL_UUID
-  local ok, bad = core.identity(st.svc.name, row.name, merged)
+  local ok, bad = identity(st.svc.name, row.name, merged)
   if not ok then return hint(st, bad) end
 end
 
@@ -855,6 +880,45 @@ local function count_lookup(err, sent, counted_already)
     err.attempts = (err.attempts or 0) + sent
   end
   return err
+end
+
+-- The call failing with err: nil, err; for a batch, each item's outcome
+-- (an item refused before the lookup keeps its own error).
+local function failed(names, pre, err)
+  if not names then return nil, err end
+  local results = {}
+  for i = 1, #names do results[i] = { policy = names[i], err = pre[i] or err } end
+  return results
+end
+
+-- A call by model name once every option was checked (c: what by_name
+-- made of it), inside the client's call guard: the lookup, then the call
+-- with what is left of the timeout; `attempts` counts the lookup's requests.
+local function named(self, st, c)
+  local found, err, sent = search(self, st, c.model, c.lopts, c.key)
+  local left = found and c.timeout - (gettime() - c.started)
+  if found and left <= 0 then
+    err = no_time_left(st, c.merged, format("looking up the model named %q", c.model), sent)
+  end
+  if not found or left <= 0 then return failed(c.names, c.pre, err) end
+  local o, counted_already = copy(c.opts or {}), {}
+  o.timeout = left
+  if not c.names then
+    local res
+    if c.shape == "opts" then res, err = c.fn(self, found.id, o) else res, err = c.fn(self, found.id, c.arg, o) end
+    if res ~= nil then return res end
+    return nil, count_lookup(err, sent, counted_already)
+  end
+  local good, at = {}, {}
+  for i = 1, #c.names do
+    if not c.pre[i] then good[#good + 1], at[#at + 1] = c.names[i], i end
+  end
+  local out, results = c.fn(self, found.id, good, o), failed(c.names, c.pre, nil)
+  for k, i in ipairs(at) do
+    results[i] = out[k]
+    count_lookup(out[k].err, sent, counted_already)
+  end
+  return results
 end
 
 -- A method that takes a model (UUID or name) first, made to resolve a name
@@ -890,48 +954,17 @@ local function by_name(fn, row, where, shape)
       pre[i] = bad or refused(st, row, merged)
       any = any or not pre[i]
     end
-    -- the call failing with err (a batch's items refused before: their own)
-    local function fail(err)
-      if not names then return nil, err end
-      local results = {}
-      for i = 1, #names do results[i] = { policy = names[i], err = pre[i] or err } end
-      return results
-    end
-    if not any then return fail(pre[1]) end
+    if not any then return failed(names, pre, pre[1]) end
     local timeout = merged.timeout or TIMEOUT
     local lopts = lookup_options(st, checked, timeout)
     lopts.name = model
     local key
-    key, bad = core.identity(st.svc.name, "list_models",
+    key, bad = identity(st.svc.name, "list_models",
       (call_options(st, st.svc.calls.list_models, copy(lopts), where)))
-    if not key then return fail(hint(st, bad)) end
+    if not key then return failed(names, pre, name_refused(st, bad)) end
     st.names = st.names or {}
-    return within(st, function()
-      local found, err, sent = search(self, st, model, lopts, key)
-      local left = found and timeout - (gettime() - started)
-      if found and left <= 0 then
-        err = no_time_left(st, merged, format("looking up the model named %q", model), sent)
-      end
-      if not found or left <= 0 then return fail(err) end
-      local o, counted_already = copy(opts or {}), {}
-      o.timeout = left
-      if not names then
-        local res
-        if shape == "opts" then res, err = fn(self, found.id, o) else res, err = fn(self, found.id, arg, o) end
-        if res ~= nil then return res end
-        return nil, count_lookup(err, sent, counted_already)
-      end
-      local good, at = {}, {}
-      for i = 1, #names do
-        if not pre[i] then good[#good + 1], at[#at + 1] = names[i], i end
-      end
-      local out, results = fn(self, found.id, good, o), fail(nil)
-      for k, i in ipairs(at) do
-        results[i] = out[k]
-        count_lookup(out[k].err, sent, counted_already)
-      end
-      return results
-    end)
+    return within(st, named, self, st, { fn = fn, shape = shape, model = model, arg = arg, opts = opts,
+      names = names, pre = pre, merged = merged, lopts = lopts, key = key, timeout = timeout, started = started })
   end
 end
 
@@ -1011,11 +1044,7 @@ do
   omni.reset_cache = by_name(omni.reset_cache, calls.reset_cache, "omni:reset_cache", "policy")
   omni.reset_caches = by_name(omni.reset_caches, calls.reset_cache, "omni:reset_caches", "batch")
   omni.model_yaml = by_name(omni.model_yaml, calls.model_yaml, "omni:model_yaml", "opts")
-  local policies_of = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", "opts")
-  omni.cache_policies = function(self, model, opts)
-    policies.need_yaml("omni:cache_policies")     -- before a lookup is sent
-    return policies_of(self, model, opts)
-  end
+  omni.cache_policies = by_name(omni.cache_policies, calls.model_yaml, "omni:cache_policies", "opts")
 end
 
 return M

@@ -1,37 +1,20 @@
 --- cachectl.policies: an Omni model file's cache policies, and the check of
 -- a policy name against them.
 --
--- The YAML is read by lyaml's parser (Debian `lua-yaml`, the rock `lyaml`),
--- never by hand, within limits (cachectl.yaml): a model file comes from a
--- server, and a few kilobytes of merge keys or aliases must not take all
--- memory or time. lyaml is loaded on first use only: without it everything
--- else in cachectl works.
+-- The YAML is read by libyaml's parser in the C core, never by hand, within
+-- limits (cachectl.yaml): a model file comes from a server, and a few
+-- kilobytes of merge keys or aliases must not take all memory or time.
 --
 -- @module cachectl.policies
 
-local pcall, require, error, type, ipairs, tostring = pcall, require, error, type, ipairs, tostring
+local require, type, ipairs, tostring = require, type, ipairs, tostring
 local concat = table.concat
 local min, max, huge = math.min, math.max, math.huge
 local format = string.format
 
+local yaml = require "cachectl.yaml"
+
 local M = {}
-
-local MISSING = "cachectl: %s needs the YAML library lyaml: install the Debian package lua-yaml "
-  .. "or the rock lyaml (luarocks install lyaml)"
-
-local yaml
-
---- Loads lyaml, or raises naming the package to install.
--- @tparam string what the call that needs it, for the message
--- @raise when lyaml cannot be loaded
-function M.need_yaml(what)
-  if not yaml then
-    local ok = pcall(require, "lyaml")
-    local ok2, parser = pcall(require, "yaml")
-    if not (ok and ok2 and type(parser) == "table") then error(format(MISSING, what), 0) end
-    yaml = require "cachectl.yaml"
-  end
-end
 
 --- How many declared names a refusal lists, how many bytes of a name a
 -- message shows, and how many bytes of names the search for a suggestion
@@ -108,7 +91,6 @@ end
 -- the text is not YAML; never the text itself)
 -- @treturn[2] string why: "limit", "shape", "syntax", "memory" or "timeout"
 function M.parse(text, opts)
-  M.need_yaml("omni:cache_policies")
   local doc, why, reason = yaml.load(text, opts)
   if not doc then return nil, why, reason end
   if doc == yaml.null then return {} end
