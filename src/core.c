@@ -392,7 +392,7 @@ static int parsed_l(lua_State *L)
 }
 
 /* core.error(fields [, secret]) -> fields as an error of the module: its
- * metatable, and its message on one line (cc_one_line) with the secret
+ * metatable, and its message (and a string code) on one line (cc_one_line) with the secret
  * masked, as in the errors of calls; `kind` must be one of the kinds,
  * `message` a string. The one constructor of the Lua layer's own errors. */
 static int error_l(lua_State *L)
@@ -410,6 +410,12 @@ static int error_l(lua_State *L)
     text = lua_tolstring(L, -1, &n);
     cc_push_line(L, text, n, secret, sn);
     lua_setfield(L, 1, "message");
+    lua_getfield(L, 1, "code");                 /* the service's words too (an error stored in Redis) */
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        text = lua_tolstring(L, -1, &n);
+        cc_push_line(L, text, n, secret, sn);
+        lua_setfield(L, 1, "code");
+    }
     lua_getfield(L, 1, "attempts");
     if (lua_isnil(L, -1)) {
         lua_pushinteger(L, 0);

@@ -291,7 +291,7 @@ static void fall_back(lua_State *L, run *r, xfer *x, int out, const char *why, s
     if (!r->told && x->event) {
         r->told = 1;
         cc_event_new(L, x, "redis_fallback", x->attempts + 1);
-        lua_pushstring(L, why);
+        cc_push_line(L, why, strlen(why), NULL, 0);   /* Redis's words, on one line as errors are */
         lua_setfield(L, -2, "message");
         cc_emit(L, r, x);
     }

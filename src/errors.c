@@ -13,13 +13,19 @@ const char *const cc_kind_names[] = {
     "invalid", "connect", "timeout", "tls", "http", "api", "rate_limited", "decode", "too_large"
 };
 
-/* Pushes s (n bytes) on one line (cc_one_line) with the secret masked. */
+/* Pushes s (n bytes) on one line (cc_one_line) with the secret masked:
+ * masked before the text is put on one line (a secret holding U+2028, a
+ * bidi control or a raw C1 byte would otherwise be cut into pieces under 8
+ * bytes, each left visible) and after (a line break the one-lining makes a
+ * space may complete a secret that holds one). */
 void cc_push_line(lua_State *L, const char *s, size_t n, const char *secret, size_t sn)
 {
     char *t = cc_newuserdata(L, n + 1);       /* scratch the GC frees */
+    size_t m;
     memcpy(t, s, n);
-    lua_pushlstring(L, t, cc_scrub(t, cc_one_line(t, n), secret, sn));
-    cc_wipe(t, n);
+    m = cc_scrub(t, n, secret, sn);
+    lua_pushlstring(L, t, cc_scrub(t, cc_one_line(t, m), secret, sn));
+    cc_wipe(t, n);                            /* all of it: the scrub left bytes past m */
     lua_remove(L, -2);
 }
 

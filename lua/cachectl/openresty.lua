@@ -288,6 +288,11 @@ function M.call(service, call, opts, pool)
     error(format("cachectl: nginx %s: add 'thread_pool %s threads=16;' to the main section of nginx.conf "
       .. "(or give the client option thread_pool)", res, pool), 0)
   elseif not ok then
+    -- nginx could not copy the options (a function or a coroutine as a
+    -- value: "unsupported Lua type"): the core's own words name the option
+    local fine, id, bad = pcall(core.identity, service, call, mine)
+    if not fine then raise(id) end
+    if bad then return nil, bad end
     raise(res)
   end
   if err then err = core.error(err) end

@@ -12,8 +12,8 @@
 local core = require "cachectl.core"
 local fleet = require "cachectl.fleet"
 
-local pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, _G =
-  pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, _G
+local pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, coroutine, _G =
+  pcall, require, error, type, pairs, ipairs, setmetatable, getmetatable, rawget, coroutine, _G
 local max = math.max
 local gettime = core.monotonic
 local TIMEOUT = core.defaults.timeout
@@ -48,10 +48,13 @@ end
 -- send: its request prepared once outside nginx, else the table itself.
 -- nil, err for a bad value.
 local function identify(ctx, opts)
-  if ctx.nginx then return core.identity(ctx.service.name, ctx.call, opts), nil, opts end
-  local prep, bad = core.prepare(ctx.service.name, ctx.call, opts)
-  if not prep then return nil, bad end
-  return prep:identity(), nil, prep
+  -- through pcall: a mistake the core raises names no line of this file
+  -- (the core points at its caller), as when the call goes uncoalesced
+  local fine, id, bad = pcall(ctx.nginx and core.identity or core.prepare, ctx.service.name, ctx.call, opts)
+  if not fine then error(id, 0) end
+  if ctx.nginx then return id, bad, opts end   -- both: nil, err for a bad value
+  if not id then return nil, bad end
+  return id:identity(), nil, id
 end
 
 -- `req` (opts, or its prepared request) with what is left of the timeout
@@ -149,10 +152,25 @@ end
 -- its request runs): a later one waits, up to its timeout, for the first's
 -- outcome; none kept (the first sent nothing, or raised) -> nil: it goes
 -- itself; none within the timeout -> nil, a timeout error.
+--
+-- A first caller killed meanwhile (ngx.thread.kill of its light thread, or
+-- of the batch's) never ends its call: its mark holds the first caller's
+-- coroutine, and once nginx says that one is dead the mark is dropped and
+-- the waiters go by themselves.
+local function new_mark(expires)
+  return { pending = true, expires = expires, co = coroutine.running() }
+end
+
 local function await(ctx, opts, digest, mark)
   local sleep, budget = rawget(_G, "ngx").sleep, opts.timeout or TIMEOUT
   local deadline = gettime() + budget
-  while outcomes[digest] == mark and gettime() < deadline do sleep(0.005) end
+  while outcomes[digest] == mark and gettime() < deadline do
+    if mark.co and coroutine.status(mark.co) == "dead" then
+      outcomes[digest] = nil
+      break
+    end
+    sleep(0.005)
+  end
   local o = outcomes[digest]
   if o == mark then return nil, fleet.no_outcome(ctx.service.name .. "." .. ctx.call, budget) end
   if o and not o.pending then return o end
@@ -179,7 +197,7 @@ function M.one(ctx, opts, window)
   if o then return share(ctx, opts, o.res, o.err) end
   -- marked as in flight for the others (inside nginx they overlap); the
   -- mark goes whatever happens
-  local mark = { pending = true, expires = now + window }
+  local mark = new_mark(now + window)
   outcomes[digest] = mark
   local ok, res, err = pcall(run, ctx, opts, req, digest, window)
   if outcomes[digest] == mark then outcomes[digest] = nil end
@@ -231,6 +249,91 @@ local function await_theirs(ctx, list, theirs, digests, started, items)
   return again
 end
 
+-- The items whose identical call was in flight elsewhere in the worker:
+-- its outcome shared, or (none kept: it sent nothing, or raised) added to
+-- again, to go by themselves.
+local function await_ours(ctx, list, ours, items, again, started)
+  for _, w in ipairs(ours) do
+    -- within what is left of the item's timeout
+    local o, late = await(ctx, rest_of(list[w.i], nil, started), w.digest, w.mark)
+    if late then
+      items[w.i] = { err = late }
+    elseif o then
+      local res, err = share(ctx, list[w.i], o.res, o.err)
+      items[w.i] = { result = res, err = err }
+    else
+      again[#again + 1] = w.i
+    end
+  end
+  return again
+end
+
+-- Marks the items this process sends now as in flight (inside nginx an
+-- identical call of the worker waits for them, as for M.one's); returns
+-- the marks, for `unmark`.
+local function mark(b, window, started)
+  local marks = {}
+  for _, i in ipairs(b.now_items) do
+    local d = b.digests[i]
+    if d then
+      marks[d] = new_mark(started + window)
+      outcomes[d] = marks[d]
+    end
+  end
+  return marks
+end
+
+local function unmark(marks)
+  for d, m in pairs(marks) do
+    if outcomes[d] == m then outcomes[d] = nil end
+  end
+end
+
+-- Stores the outcomes of the batch's claims for the fleet (ok), or
+-- releases them (the batch raised: no outcome, the waiters go at once).
+local function settle_mine(ctx, list, mine, digests, window, items, ok)
+  for i, m in pairs(mine) do
+    local it = ok and items[i] or {}
+    fleet.settle(m.link, digests[i], m.token, window, it.result, it.err, { list[i][ctx.service.secret] })
+  end
+end
+
+-- What a batch does with each item: identical items found (dup[i] = the
+-- first of them), kept outcomes shared, one in flight elsewhere in the
+-- worker awaited (ours; outside nginx none can be: the item sends its own),
+-- the fleet's claims taken (mine); theirs wait for another process's
+-- outcome, now_items go at once.
+local function plan(ctx, list, window, started, b)
+  local seen = {}
+  for i = 1, #list do
+    local opts, digest, bad = list[i]
+    if window then digest, bad, b.reqs[i] = identify(ctx, opts) end
+    local o = digest and lookup(digest, started)
+    if bad then
+      b.items[i] = { err = bad }
+    elseif o and not o.pending then
+      local res, err = share(ctx, opts, o.res, o.err)
+      b.items[i] = { result = res, err = err }
+    elseif digest and seen[digest] then
+      b.dup[i] = seen[digest]
+    elseif o and ctx.nginx then
+      seen[digest] = i
+      b.ours[#b.ours + 1] = { i = i, digest = digest, mark = o }
+    else
+      b.digests[i] = digest
+      if digest then seen[digest] = i end
+      local state, link, token
+      if digest then state, link, token = claim(ctx, opts, digest, window) end
+      if state == "theirs" then
+        b.theirs[#b.theirs + 1] = { i = i, link = link }
+      else
+        if state == "mine" then b.mine[i] = { link = link, token = token } end
+        b.now_items[#b.now_items + 1] = i
+      end
+    end
+  end
+end
+
 --- Several calls of one endpoint, concurrently (up to `concurrency`), with
 -- identical ones sent once and shared when a coalesce window is given
 -- (across the fleet when their rate limit names Redis: the claims first,
@@ -241,48 +344,27 @@ end
 -- @tparam[opt] number window the coalesce window (seconds), or nil
 -- @treturn {table,...} one `{ result = res, err = err }` per call, in order
 function M.batch(ctx, list, concurrency, window)
-  local items, reqs, digests, dup, seen = {}, {}, {}, {}, {}
-  local now_items, mine, theirs = {}, {}, {}
-  local started = gettime()
-  -- identical items found (dup[i] = the first of them), kept outcomes shared
-  -- (one in flight elsewhere in the worker: the item sends its own), the
-  -- fleet's claims taken: theirs wait for another process's outcome
-  for i = 1, #list do
-    local opts, digest, bad = list[i]
-    if window then digest, bad, reqs[i] = identify(ctx, opts) end
-    local o = digest and lookup(digest, started)
-    if bad then
-      items[i] = { err = bad }
-    elseif o and not o.pending then
-      local res, err = share(ctx, opts, o.res, o.err)
-      items[i] = { result = res, err = err }
-    elseif digest and seen[digest] then
-      dup[i] = seen[digest]
-    else
-      digests[i] = digest
-      if digest then seen[digest] = i end
-      local state, link, token
-      if digest then state, link, token = claim(ctx, opts, digest, window) end
-      if state == "theirs" then
-        theirs[#theirs + 1] = { i = i, link = link }
-      else
-        if state == "mine" then mine[i] = { link = link, token = token } end
-        now_items[#now_items + 1] = i
-      end
-    end
+  local b = { items = {}, reqs = {}, digests = {}, dup = {}, now_items = {}, mine = {}, theirs = {}, ours = {} }
+  local items, digests, started = b.items, b.digests, gettime()
+  -- the claims taken so far are released when planning raises (on_event
+  -- raising on a shared outcome, a mistake in a later item)
+  local ok, why = pcall(plan, ctx, list, window, started, b)
+  if not ok then
+    settle_mine(ctx, list, b.mine, digests, window, items, false)
+    error(why, 0)
   end
   -- every item this process runs, at once; their outcomes stored for the
   -- fleet, or the claims released when the batch raises
-  local ok, why = pcall(send_items, ctx, list, reqs, now_items, concurrency, started, items)
-  for i, m in pairs(mine) do
-    local it = ok and items[i] or {}
-    fleet.settle(m.link, digests[i], m.token, window, it.result, it.err, { list[i][ctx.service.secret] })
-  end
+  local marks = mark(b, window, started)
+  ok, why = pcall(send_items, ctx, list, b.reqs, b.now_items, concurrency, started, items)
+  unmark(marks)
+  settle_mine(ctx, list, b.mine, digests, window, items, ok)
   if not ok then error(why, 0) end
-  send_items(ctx, list, reqs, await_theirs(ctx, list, theirs, digests, started, items), concurrency, started, items)
+  local again = await_theirs(ctx, list, b.theirs, digests, started, items)
+  send_items(ctx, list, b.reqs, await_ours(ctx, list, b.ours, items, again, started), concurrency, started, items)
   for i, d in pairs(digests) do keep(d, started, window, items[i].result, items[i].err) end
   for i = 1, #list do
-    local first = dup[i]
+    local first = b.dup[i]
     if first then
       local res, err = share(ctx, list[i], items[first].result, items[first].err)
       items[i] = { result = res, err = err }
