@@ -138,25 +138,24 @@ int cc_redis_url_l(lua_State *L)
 
 /* ---- failing ----------------------------------------------------------- */
 
-/* The URL's password masked in text (Redis may quote a command's arguments
- * in its error texts): the scrubber's forms, and a short one as given. */
-static void scrub_why(const cc_redis *c, char *text)
+/* The URL's password masked in text (size bytes; Redis may quote a
+ * command's arguments in its error texts) by the one scrubber. A password
+ * under 4 bytes that is still there leaves the whole text out: masked in
+ * place, it would show through the words around it ("dis**led"). */
+static void scrub_why(const cc_redis *c, char *text, size_t size)
 {
     size_t pn;
-    char *at, *from = text;
     if (!c->password || !(pn = strlen(c->password))) return;
     text[cc_scrub(text, strlen(text), c->password, pn)] = '\0';
-    while ((at = strstr(from, c->password)) != NULL) {
-        memset(at, '*', pn);
-        from = at + pn;
-    }
+    if (strstr(text, c->password))
+        snprintf(text, size, "Redis: a message left out (it holds the characters of the URL's password)");
 }
 
 static void fail(cc_redis *c, const char *what, const char *detail)
 {
     if (c->drop) return;        /* the first failure is the one to tell */
     snprintf(c->why, sizeof c->why, "%s: %s%s%s", c->where, what, detail ? ": " : "", detail ? detail : "");
-    scrub_why(c, c->why);
+    scrub_why(c, c->why, sizeof c->why);
     c->drop = 1;
     c->down_until = cc_mono() + DOWN_FOR;
 }
@@ -559,7 +558,7 @@ static void on_turn(redisAsyncContext *ac, void *reply, void *priv)
     } else if (rep->type == REDIS_REPLY_ERROR) {
         /* refused (an ACL, a full Redis): the connection itself still works */
         snprintf(c->why, sizeof c->why, "%s: the turn script failed: %s", c->where, rep->str);
-        scrub_why(c, c->why);
+        scrub_why(c, c->why, sizeof c->why);
         op_tell(op, RS_FAILED);
     } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)op->k + 1) {
         fail(c, "unexpected reply to the turn script", NULL);
@@ -802,7 +801,7 @@ static int push_outcome(lua_State *L, cc_redis *c, creply *out)
     if (out->type == REDIS_REPLY_ERROR) {
         lua_pushliteral(L, "error");
         snprintf(msg, sizeof msg, "%s: %s", c->where, out->str ? out->str : "error");
-        scrub_why(c, msg);
+        scrub_why(c, msg, sizeof msg);
         lua_pushstring(L, msg);
     } else {
         lua_pushstring(L, out->type == -2 ? "error" : "unreachable");
