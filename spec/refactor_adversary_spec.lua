@@ -43,7 +43,7 @@ describe("refactor adversary: C error messages", function()
   -- and err.code, the separators made spaces: "bad token abcdefg hijklmn
   -- opqrstu here" (cc_push_line put the text on one line before it scrubbed
   -- it, so no run of 8 of the secret's bytes was left to mask).
-  for _, sep in ipairs{ "\u{2028}", "\u{2029}", "\u{202E}", "\u{2066}", "\u{200F}" } do
+  for _, sep in ipairs{ "\226\128\168", "\226\128\169", "\226\128\174", "\226\129\166", "\226\128\143" } do
     it(("masks an echoed token that holds %q between short pieces"):format(sep), function()
       local token = "abcdefg" .. sep .. "hijklmn" .. sep .. "opqrstu"
       srv:fault{ path = "/cache_reset/*", status = 401,
@@ -62,12 +62,12 @@ describe("refactor adversary: C error messages", function()
 
   -- same line, through core.error(fields, secret): one-lined and scrubbed
   it("core.error masks a secret with a line separator inside, and keeps the line whole", function()
-    local secret = "1234567\u{2028}abcdefg\u{2029}ABCDEFG"
-    local err = core.error({ kind = "api", message = "echo " .. secret .. "\r\nnext\u{202E}" }, secret)
+    local secret = "1234567\226\128\168abcdefg\226\128\169ABCDEFG"
+    local err = core.error({ kind = "api", message = "echo " .. secret .. "\r\nnext\226\128\174" }, secret)
     assert.is_nil(err.message:find("abcdefg", 1, true), err.message)
     assert.is_nil(err.message:find("1234567", 1, true), err.message)
     assert.is_nil(err.message:find("[\r\n]"), err.message)
-    assert.is_nil(err.message:find("\u{202E}", 1, true), err.message)
+    assert.is_nil(err.message:find("\226\128\174", 1, true), err.message)
   end)
 end)
 
@@ -130,14 +130,14 @@ describe("refactor adversary: fleet #redis", function()
     local opts = { token = token, base_url = srv.base, model_id = UUID, policy = "daily" }
     local key = "cachectl:co:" .. assert(core.identity("omni", "reset_cache", opts)):lower()
     local admin = red:client()
-    admin:set(key, cjson_encode{ err = { kind = "api", message = "line one\nline two \u{202E}x",
+    admin:set(key, cjson_encode{ err = { kind = "api", message = "line one\nline two \226\128\174x",
       code = "c\nd", attempts = 1 } }, "PX", 10000)
     local res, err = client(token):reset_cache(UUID, "daily")
     assert.is_nil(res)
     assert.is_true(err.coalesced)
     assert.equal(0, #srv:requests())
     assert.is_nil(tostring(err):find("[%c\127]"), tostring(err))
-    assert.is_nil(tostring(err):find("\u{202E}", 1, true), tostring(err))
+    assert.is_nil(tostring(err):find("\226\128\174", 1, true), tostring(err))
     -- not an error of cachectl: the waiter goes by itself (and sends)
     opts.policy = "hourly"
     key = "cachectl:co:" .. assert(core.identity("omni", "reset_cache", opts)):lower()
@@ -262,7 +262,7 @@ while true do
     if not line then break end
     if line:sub(1, 1) == "*" then
       for _ = 1, tonumber(line:sub(2)) do c:receive("*l"); c:receive("*l") end
-      c:send("-ERR refused\nnext line \27[31m\u{202E}reversed\r\n")
+      c:send("-ERR refused\nnext line \27[31m\226\128\174reversed\r\n")
       break
     end
   end
@@ -278,7 +278,7 @@ describe("refactor adversary: a hostile Redis's words #redis", function()
   -- controls -> spaces)", as the call's own error is under
   -- redis_required.
   -- got: the event's message carried Redis's text as it came: "Redis at
-  -- 127.0.0.1:N: ...: ERR refused\nnext line \27[31m\u{202E}reversed".
+  -- 127.0.0.1:N: ...: ERR refused\nnext line \27[31m\226\128\174reversed".
   it("the redis_fallback event's message is one line without controls", function()
     local file = os.tmpname()
     helpers.write_file(file, string.format("package.path = %q\npackage.cpath = %q\n", package.path,
@@ -301,7 +301,7 @@ describe("refactor adversary: a hostile Redis's words #redis", function()
         if ev.type == "redis_fallback" then
           seen = seen + 1
           assert.is_nil(ev.message:find("[%c\127]"), ev.message)
-          assert.is_nil(ev.message:find("\u{202E}", 1, true), ev.message)
+          assert.is_nil(ev.message:find("\226\128\174", 1, true), ev.message)
           assert.truthy(ev.message:find("refused", 1, true), ev.message)
         end
       end
@@ -332,7 +332,7 @@ describe("refactor adversary: models by name (init.lua)", function()
   -- models{} that reset_cache has no option for (nothing was sent: that held).
   it("a model name with control characters is refused with field 'model' (init.lua by_name)", function()
     local c = client()
-    local res, err = c:reset_cache("No\nSuch\u{202E}Model", "daily")
+    local res, err = c:reset_cache("No\nSuch\226\128\174Model", "daily")
     assert.is_nil(res)
     assert.equal("invalid", err.kind)
     assert.equal("model", err.field)
@@ -365,7 +365,7 @@ describe("refactor adversary: models by name (init.lua)", function()
   -- single such record is `decode` ("no usable id").
   it("two records of one name, one without a usable id, is not resolved to the other (init.lua)", function()
     srv:fault{ method = "GET", path = "/v1/models", body = { pageInfo = { hasNextPage = false },
-      records = { { id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n\u{202E}", name = "Dup" },
+      records = { { id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n\226\128\174", name = "Dup" },
         { id = UUID, name = "Dup" } } } }
     local c = client()
     local res, err = c:reset_cache("Dup", "daily")
