@@ -2,7 +2,7 @@
 -- does with a call (a plain call, a call with options of its own, a batch
 -- item, a coalesced call, a coalesced batch), the core reads its options
 -- once. core.parsed() counts the tables read into requests.
-local assert, ipairs, require = assert, ipairs, require
+local assert, ipairs, require, rawget, _G = assert, ipairs, require, rawget, _G
 
 local core = require "cachectl.core"
 local cachectl = require "cachectl"
@@ -56,6 +56,25 @@ describe("one parse per call", function()
       assert.same({ "invalid", "base_url" }, { err.kind, err.field })
     end
     assert.equal(3, #srv:requests())
+  end)
+
+  -- The kept request holds the client's on_event, which may hold the client:
+  -- a dropped client is still collected (its connections with it). Not
+  -- before Lua 5.2 (and not in LuaJIT): without ephemerons, a client's
+  -- private state that refers back to the client keeps it, on_event alone.
+  local ephemerons = _VERSION ~= "Lua 5.1" and not rawget(_G, "jit")
+  local it_ephemerons = ephemerons and it or pending
+  it_ephemerons("a dropped client whose on_event refers to it is collected, kept request and all", function()
+    local weak = setmetatable({}, { __mode = "k" })
+    do
+      local ml
+      ml = cachectl.modelslab.new{ key = "key-parse-once-0123", base_url = srv.url .. "/api",
+        on_event = function() return ml end }
+      assert(ml:clear_cache())
+      weak[ml] = true
+    end
+    for _ = 1, 4 do collectgarbage() end
+    assert.is_nil(next(weak))
   end)
 
   it("a kept request (core.prepare(..., true)) is sent as often as asked, as a copy", function()

@@ -35,6 +35,22 @@ static inline void cc_setfuncs(lua_State *L, const luaL_Reg *l)
 #define cc_newuserdata(L, sz) lua_newuserdata(L, (sz))
 #endif
 
+/* A userdata with one user value, which the collector traces (a table:
+ * Lua 5.1 and LuaJIT give a userdata an environment table only). */
+#if LUA_VERSION_NUM >= 504
+#define cc_newuserdata1(L, sz) lua_newuserdatauv(L, (sz), 1)
+#define cc_setuservalue(L, i) lua_setiuservalue(L, (i), 1)
+#define cc_getuservalue(L, i) ((void)lua_getiuservalue(L, (i), 1))
+#elif LUA_VERSION_NUM >= 502
+#define cc_newuserdata1(L, sz) lua_newuserdata(L, (sz))
+#define cc_setuservalue(L, i) lua_setuservalue(L, (i))
+#define cc_getuservalue(L, i) ((void)lua_getuservalue(L, (i)))
+#else
+#define cc_newuserdata1(L, sz) lua_newuserdata(L, (sz))
+#define cc_setuservalue(L, i) ((void)lua_setfenv(L, (i)))
+#define cc_getuservalue(L, i) lua_getfenv(L, (i))
+#endif
+
 /* The state's main thread, whose hook the standalone interpreter sets on
  * SIGINT; Lua 5.1 and LuaJIT keep no reference to it (NULL). */
 #if LUA_VERSION_NUM >= 502

@@ -15,7 +15,6 @@
 typedef struct prepared {
     const cc_endpoint *ep;
     cc_req req;
-    int ref;            /* on_event in the registry, or LUA_NOREF */
     int sent;
     int kept;           /* sent as copies, never used up */
 } prepared;
@@ -48,9 +47,8 @@ int cc_prepare_l(lua_State *L)
     luaL_checktype(L, 3, LUA_TTABLE);
     kept = lua_toboolean(L, 4);
     lua_settop(L, 3);
-    p = cc_newuserdata(L, sizeof *p);
+    p = cc_newuserdata1(L, sizeof *p);       /* its user value: { on_event } */
     memset(p, 0, sizeof *p);
-    p->ref = LUA_NOREF;
     p->sent = 1;                /* nothing to free until parsed */
     luaL_getmetatable(L, REQ_MT);
     lua_setmetatable(L, -2);
@@ -62,10 +60,13 @@ int cc_prepare_l(lua_State *L)
         return 2;
     }
     p->sent = 0;
+    lua_createtable(L, 1, 0);
     lua_pushliteral(L, "on_event");
     lua_rawget(L, 3);
-    if (lua_type(L, -1) == LUA_TFUNCTION) p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (lua_type(L, -1) == LUA_TFUNCTION) lua_rawseti(L, -2, 1);
     else lua_pop(L, 1);
+    cc_setuservalue(L, 4);      /* traced with the object, never a root: a kept
+                                   request's on_event may hold its client */
     return 1;
 }
 
@@ -96,8 +97,6 @@ static int gc_m(lua_State *L)
     prepared *p = luaL_checkudata(L, 1, REQ_MT);
     if (!p->sent) cc_req_free(&p->req);
     p->sent = 1;
-    if (p->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, p->ref);
-    p->ref = LUA_NOREF;
     return 0;
 }
 
@@ -122,9 +121,12 @@ int cc_prepared_take(lua_State *L, int idx, const cc_endpoint *ep, cc_req *out)
     } else if (!cc_req_copy(&p->req, out)) {
         luaL_error(L, "not enough memory");
     }
-    if (p->ref == LUA_NOREF) return 1;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
-    return 2;
+    cc_getuservalue(L, idx);
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+    if (lua_type(L, -1) == LUA_TFUNCTION) return 2;
+    lua_pop(L, 1);
+    return 1;
 }
 
 void cc_prepared_init(lua_State *L)
