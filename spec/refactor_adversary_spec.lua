@@ -112,11 +112,10 @@ describe("refactor adversary: fleet #redis", function()
     assert.is_false(ok)
     assert.equal(boom, why)
     assert.same({}, pending_claims(red))
-    -- and an identical call goes at once, sending its own
-    local started = core.monotonic()
+    -- and an identical call goes by itself, sending its own (a claim left
+    -- pending would hold it past its timeout: nil, timeout)
     local res = assert(client(token, { timeout = 2 }):reset_cache(UUID, "daily"))
     assert.is_nil(res.coalesced)
-    assert.is_true(core.monotonic() - started < 1)
   end)
 
   -- API.md "Returns": "err is a table with a metatable whose __tostring
@@ -142,9 +141,8 @@ describe("refactor adversary: fleet #redis", function()
     opts.policy = "hourly"
     key = "cachectl:co:" .. assert(core.identity("omni", "reset_cache", opts)):lower()
     admin:set(key, cjson_encode{ err = { kind = "nonsense", attempts = 1 } }, "PX", 10000)
-    local started = core.monotonic()
-    res = client(token):reset_cache(UUID, "hourly")
-    assert.is_true(core.monotonic() - started < 1)
+    -- (a waiter taking it as an outcome to wait for would time out first)
+    res = client(token, { timeout = 2 }):reset_cache(UUID, "hourly")
     assert.truthy(res)
     assert.equal(1, #srv:requests())
   end)
@@ -598,14 +596,12 @@ describe("refactor adversary: coalescing inside nginx #nginx", function()
   -- invalid or raises naming the option, never an internal error".
   for _, t in ipairs{ "0", "-1", "nan", "inf", "1e300" } do
     it("a coalesced call with timeout " .. t .. " is invalid at once inside nginx, nothing sent", function()
-      local started = require("socket").gettime()
       local res = nginx_server.request(nginx.port, "GET", path("one", helpers.uid("tok-adv-ngx-t"), "&timeout=" .. t))
       assert.equal(200, res.status, res.body)
       assert.equal("invalid", res.json.kind, res.body)
       assert.equal("timeout", res.json.field, res.body)
       assert.equal(0, res.json.attempts)
       assert.equal(0, #srv:requests())
-      assert.is_true(require("socket").gettime() - started < 2)
     end)
   end
 end)
