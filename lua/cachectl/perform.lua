@@ -109,6 +109,12 @@ local function share(ctx, opts, res, err)
   return nil, err
 end
 
+-- share(), as a batch item's outcome.
+local function shared_item(ctx, opts, res, err)
+  local r, e = share(ctx, opts, res, err)
+  return { result = r, err = e }
+end
+
 -- The Redis of the call's rate limit, when it names one.
 local function redis_of(opts)
   return type(opts.rate_limit) == "table" and opts.rate_limit.redis or nil
@@ -238,8 +244,7 @@ local function await_theirs(ctx, list, theirs, digests, started, items)
     local i, budget = w.i, list[w.i].timeout or TIMEOUT
     local o = fleet.await(w.link, { digests[i] })[digests[i]]
     if o then
-      local res, err = share(ctx, list[i], o.res, o.err)
-      items[i] = { result = res, err = err }
+      items[i] = shared_item(ctx, list[i], o.res, o.err)
     elseif gettime() - started < budget then
       again[#again + 1] = i
     else
@@ -259,8 +264,7 @@ local function await_ours(ctx, list, ours, items, again, started)
     if late then
       items[w.i] = { err = late }
     elseif o then
-      local res, err = share(ctx, list[w.i], o.res, o.err)
-      items[w.i] = { result = res, err = err }
+      items[w.i] = shared_item(ctx, list[w.i], o.res, o.err)
     else
       again[#again + 1] = w.i
     end
@@ -312,8 +316,7 @@ local function plan(ctx, list, window, started, b)
     if bad then
       b.items[i] = { err = bad }
     elseif o and not o.pending then
-      local res, err = share(ctx, opts, o.res, o.err)
-      b.items[i] = { result = res, err = err }
+      b.items[i] = shared_item(ctx, opts, o.res, o.err)
     elseif digest and seen[digest] then
       b.dup[i] = seen[digest]
     elseif o and ctx.nginx then
@@ -365,10 +368,7 @@ function M.batch(ctx, list, concurrency, window)
   for i, d in pairs(digests) do keep(d, started, window, items[i].result, items[i].err) end
   for i = 1, #list do
     local first = b.dup[i]
-    if first then
-      local res, err = share(ctx, list[i], items[first].result, items[first].err)
-      items[i] = { result = res, err = err }
-    end
+    if first then items[i] = shared_item(ctx, list[i], items[first].result, items[first].err) end
   end
   return items
 end
