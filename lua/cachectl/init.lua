@@ -453,34 +453,8 @@ local function method(svc, row)
   end
 end
 
---- Client methods.
--- The methods built from the core's rows, one per call, each returning
--- `res` (the decoded answer) or `nil, err` (`kind`, `message`, `status`,
--- `code`, `retry_after`, `attempts`, `field`). Positional arguments first,
--- then an options table overriding the client's defaults; a nil positional
--- argument falls back to the client's option of that name.
---
--- ModelsLab: `ml:clear_cache(opts)`, `ml:clear_queue(opts)`,
--- `ml:enterprise_clear_cache(opts)`, `ml:restart_server(opts)`,
--- `ml:update_server(opts)`, `ml:system_details(opts)` (Enterprise calls take
--- `product`, default "3d", or false, and `deploy_type`; restart_server and
--- update_server are never retried).
---
--- Omni: `omni:reset_cache(model_id, policy, opts)` (opts: `reset_at`,
--- `check_policy`), `omni:list_models(opts)` (one page: `name`, `kind`,
--- `include_deleted`, `cursor`, `page_size`), `omni:model_yaml(model_id, opts)`
--- (`file_name`, `mode`, `fully_resolved`, `branch_id`; returns
--- `{ files = { ["model.yaml"] = text, ... }, version = n }`).
---
--- Both: `client:request(method, path, body, opts)`: any other request,
--- authenticated like the client's calls (only GET, PUT and DELETE are retried).
---
--- Every call but `request` takes `coalesce = seconds`: identical calls
--- within the window share one request's outcome (a shared one carries
--- `coalesced = true`).
--- @usage local res, err = omni:reset_cache(model_id, "daily", { reset_at = "2026-11-22T08:00:00Z" })
--- @usage local res, err = ml:clear_queue{ product = "face_gen" }
--- @section calls
+-- The client methods built from rows are documented in methods.luadoc;
+-- those below are written by hand.
 
 -- Whether a decoded JSON value is a list (an empty object reads as one).
 local function is_list(t)
