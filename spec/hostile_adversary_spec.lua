@@ -125,10 +125,10 @@ describe("#slow the adversary's pass (hostile input, callbacks)", function()
   -- ------------------------------------------------------------ YAML
 
   describe("model files", function()
-    -- Defect: lyaml's implicit scalar rules (which cachectl.yaml applies)
+    -- Defect: lyaml's implicit scalar rules (which the YAML reader, now yaml.c, applies)
     -- raise "attempt to perform arithmetic on a nil value" on scalars such
     -- as `01_`, `0b1_`, `-` and 400 digits, `1:00:` and 400 digits. The raise
-    -- is re-raised by cachectl.yaml as "not the parser's", so a 3-byte value
+    -- was re-raised by the YAML reader as "not the parser's", so a 3-byte value
     -- in a server's model file makes cache_policies and check_policy raise
     -- a Lua error (the command: kind "internal") instead of `nil, err`.
     for _, value in ipairs{ "01_", "0b1_", "+0_7_", "-" .. ("1"):rep(400), "1:00:" .. ("9"):rep(400) } do
@@ -146,7 +146,7 @@ describe("#slow the adversary's pass (hostile input, callbacks)", function()
     end
 
     -- Adjusted (see the fix's report): the contract asks for a plain value
-    -- or `decode`, never a raise; cachectl.yaml now tries lyaml's next rule
+    -- or `decode`, never a raise; the YAML reader now tries lyaml's next rule
     -- when one raises (`01_` is then the decimal 1, as YAML 1.1 reads it) or
     -- keeps the text, so the command lists the policy (exit 0). Either
     -- outcome passes, "internal" does not.

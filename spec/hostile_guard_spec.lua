@@ -8,6 +8,7 @@ local hostile = require "support.hostile_server"
 local scripted = require "support.scripted_server"
 local helpers = require "support.helpers"
 local cachectl = require "cachectl"
+local core = require "cachectl.core"
 
 local UUID = helpers.UUID
 local POLICIES = "cache_policies:\n  daily: {max_cache_age: 24 hours}\n  hourly: {}\n"
@@ -158,6 +159,45 @@ describe("the policy guard against a hostile server", function()
       assert.equal("no cache policy 'nope' in model " .. UUID .. " (known:  [31mred fake: line )", err.message)
       assert.is_nil(err.message:find("%c"))
       c:close()
+    end)
+  end)
+
+  describe("core.policy_check, the suggestion", function()
+    local function list(...)
+      local out = {}
+      for i, name in ipairs{ ... } do out[i] = { name = name } end
+      return out
+    end
+
+    -- The name suggested when `name` is refused, or nil.
+    local function suggested(name, policies)
+      local ok, message = core.policy_check(name, policies, UUID)
+      assert.is_nil(ok)
+      return message:match("; did you mean '(.-)'%?")
+    end
+
+    it("true for a declared name; else the nearest within two edits, the first in the file's order on a tie", function()
+      local p = list("dbily", "daily", "dai", "weekly")
+      assert.is_true(core.policy_check("daily", p, UUID))
+      assert.equal("daily", suggested("daily2", p))          -- one edit beats two
+      assert.equal("dbily", suggested("dbxly", p))           -- dbily and daily: one edit each, dbily first
+      assert.equal("dai", suggested("d", p))                 -- two deletions
+      assert.equal("weekly", suggested("weakli", p))         -- two substitutions
+      assert.is_nil(suggested("waakli", p))                  -- three
+      assert.is_nil(suggested("x", list("xxxx")))
+      assert.equal("no cache policy 'x' in model " .. UUID .. ": its model file declares none",
+        select(2, core.policy_check("x", {}, UUID)))
+    end)
+
+    it("compares at most 256 KiB of names: a near name past them is not suggested", function()
+      local long, p = string.rep("n", 1000), {}
+      local function name(i) return ("%04d"):format(i):rep(3) .. long end    -- 3 bytes apart from another
+      for i = 1, 400 do p[i] = { name = name(i) } end
+      assert.equal(name(200):sub(1, 64) .. "...", suggested(name(200) .. "x", p))
+      assert.is_nil(suggested(name(300) .. "x", p))          -- 300 names of 1,012 bytes: past the limit
+      local ok, message = core.policy_check("nope", p, UUID)
+      assert.is_nil(ok)
+      assert.matches(" and 390 more%)$", message)
     end)
   end)
 end)

@@ -10,8 +10,7 @@ local gen = require "support.hostile_yaml"
 local helpers = require "support.helpers"
 local cjson = require "cjson"
 local cachectl = require "cachectl"
-local yaml = require "cachectl.yaml"
-local policies = require "cachectl.policies"
+local core = require "cachectl.core"
 
 local UUID = helpers.UUID
 -- The interpreter running this spec, for the child processes.
@@ -96,8 +95,8 @@ io.stdout:flush()   -- before the exit: a sanitizer's own failure there ends the
     end)
 
     it("10,001 policies: decode, the keys limit; 10,000 are read", function()
-      assert_limit(in_child(gen.many_policies(yaml.LIMITS.keys + 1)), "keys")
-      local res = in_child(gen.many_policies(yaml.LIMITS.keys))
+      assert_limit(in_child(gen.many_policies(core.yaml_limits.keys + 1)), "keys")
+      local res = in_child(gen.many_policies(core.yaml_limits.keys))
       assert.is_true(res.ok, res.message)
     end)
   end)
@@ -289,10 +288,10 @@ io.stdout:flush()   -- before the exit: a sanitizer's own failure there ends the
       local script = os.tmpname()
       helpers.write_file(script, string.format([[
 package.path, package.cpath = %q, %q
-local yaml, gen = require "cachectl.yaml", require "support.hostile_yaml"
+local core, gen = require "cachectl.core", require "support.hostile_yaml"
 local clock = function() return #string.rep("x", 2 ^ 30) end
-local doc, why, reason = yaml.load(gen.wide(2000), { deadline = 1, clock = clock })
-io.write(tostring(doc), "|", tostring(why), "|", tostring(reason))
+local list, why, reason = core.model_policies(gen.wide(2000), nil, 1, clock)
+io.write(tostring(list), "|", tostring(why), "|", tostring(reason))
 ]], package.path, package.cpath))
       local p = io.popen("sh -c " .. helpers.sh_quote("ulimit -v " .. MEMORY_KB .. " && exec timeout 60 "
         .. LUA .. " " .. script) .. " 2>&1")
@@ -304,22 +303,19 @@ io.write(tostring(doc), "|", tostring(why), "|", tostring(reason))
 
     it("an error that is not the parser's is raised, not reported as YAML", function()
       local clock = function() error("attempt to index a nil value", 0) end
-      assert.error_matches(function() yaml.load(gen.wide(2000), { deadline = 1, clock = clock }) end,
+      assert.error_matches(function() core.model_policies(gen.wide(2000), nil, 1, clock) end,
         "attempt to index a nil value")
     end)
 
     it("reading stops at the deadline: timeout, whatever the document", function()
       local now = 0
       local clock = function() now = now + 1 return now end
-      local doc, why, reason = yaml.load(gen.wide(2000), { deadline = 1, clock = clock })
-      assert.is_nil(doc)
+      local list, why, reason = core.model_policies(gen.wide(2000), nil, 1, clock)
+      assert.is_nil(list)
       assert.equal("timeout", reason)
       assert.equal("reading the YAML took longer than the call's timeout", why)
-      local list, pwhy, preason = policies.parse(gen.wide(2000), { deadline = 1, clock = clock })
-      assert.is_nil(list)
-      assert.equal("timeout", preason)
-      assert.equal(why, pwhy)
-      assert.is_table(yaml.load(gen.wide(2000), { deadline = 1e9, clock = clock }))
+      list = assert(core.model_policies(gen.wide(2000), nil, 1e9, clock))
+      assert.equal("daily", list[1].name)
     end)
   end)
 end)

@@ -157,12 +157,18 @@ int cc_redis_url_l(lua_State *L);
 int cc_cache_folder_l(lua_State *L);
 int cc_cache_searcher_l(lua_State *L);
 
-/* yaml.c: core.yaml_load, a YAML document read within limits, and
- * core.yaml_slot; cc_yaml_init sets the module's yaml_null and yaml_limits
- * (the table at the top of the stack). */
+/* yaml.c: a YAML document read within limits (a Lua C function: text,
+ * limits, deadline, clock), its null value (in the registry under
+ * CC_YAML_NULL), the slot a mapping keeps a key under; cc_yaml_init sets the
+ * module's yaml_limits (the table at the top of the stack). */
+#define CC_YAML_NULL "cachectl.yaml_null"
 int cc_yaml_load_l(lua_State *L);
-int cc_yaml_slot_l(lua_State *L);
+void cc_yaml_push_slot(lua_State *L, int idx);
 void cc_yaml_init(lua_State *L);
+
+/* policies.c: core.model_policies, core.policy_check. */
+int cc_model_policies_l(lua_State *L);
+int cc_policy_check_l(lua_State *L);
 
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);

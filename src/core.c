@@ -479,7 +479,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
         { "scrub", scrub_l }, { "monotonic", monotonic_l }, { "sleep", sleep_l }, { "preview", preview_l }, { "prepare", cc_prepare_l }, { "parsed", parsed_l }, { "error", error_l },
         { "is_uuid", is_uuid_l }, { "file_info", file_info_l }, { "redis_url", cc_redis_url_l },
         { "cache_folder", cc_cache_folder_l }, { "cache_searcher", cc_cache_searcher_l },
-        { "yaml_load", cc_yaml_load_l }, { "yaml_slot", cc_yaml_slot_l },
+        { "model_policies", cc_model_policies_l }, { "policy_check", cc_policy_check_l },
         { NULL, NULL }
     };
     const curl_version_info_data *v;

@@ -1,6 +1,7 @@
 /* yaml.c — a YAML document a server sent (an Omni model file), read within
- * limits: core.yaml_load, and the slot a mapping keeps a key under
- * (core.yaml_slot). cachectl.yaml is its Lua face.
+ * limits (cc_yaml_load_l), and the slot a mapping keeps a key under;
+ * policies.c reads a model file's policies from the document
+ * (core.model_policies).
  *
  * A loader builds the whole document with no bound: merge keys copied
  * without limit, aliases shared (a billion laughs), anchors that contain
@@ -17,7 +18,7 @@
  * lyaml's rules raised (`01_`, `0b1_`: the next rule is tried); a tagged one
  * (`!!int 01_`) is refused as not what its tag says.
  *
- * The nodes are Lua tables (cachectl.yaml reads them): a mapping
+ * The nodes are Lua tables (policies.c walks them): a mapping
  * { own = {key, ...}, merged = {key, ...}, values = {[slot] = value},
  * from_merge = {[slot] = true}, count, n, h }; a sequence { items, n, h };
  * n: nodes with aliases expanded, h: height (1 for an empty collection).
@@ -34,7 +35,6 @@
 
 #define TAG "tag:yaml.org,2002:"
 #define READER_MT "cachectl.yaml_reader"
-#define NULL_KEY "cachectl.yaml_null"
 
 /* The limits of a document (docs/lua.md), in the order of limit_names. */
 enum { LIM_DEPTH, LIM_EVENTS, LIM_NODES, LIM_KEYS, LIM_KEY_BYTES, LIM_COUNT };
@@ -906,7 +906,7 @@ static int read_l(lua_State *L)
      * whatever the depth: the open collections are in the work table */
     if (!lua_checkstack(L, 48)) return refuse(s, "memory", "not enough memory to read the YAML", 0), 0;
     s->clock = lua_isnil(L, 3) ? 0 : 3;
-    lua_getfield(L, LUA_REGISTRYINDEX, NULL_KEY);
+    lua_getfield(L, LUA_REGISTRYINDEX, CC_YAML_NULL);
     s->null = lua_gettop(L);
     lua_newtable(L);
     s->work = lua_gettop(L);
@@ -938,7 +938,7 @@ static int read_l(lua_State *L)
     return 1;
 }
 
-/* core.yaml_load(text [, limits [, deadline [, clock]]]): the document, or
+/* cc_yaml_load_l(text [, limits [, deadline [, clock]]]): the document, or
  * nil, what is wrong (never the text), and why ("limit", "shape", "syntax",
  * "memory" or "timeout"). limits: a table of the limits to change;
  * deadline: a clock time past which reading stops; clock: a function giving
@@ -996,25 +996,18 @@ int cc_yaml_load_l(lua_State *L)
     return 1;
 }
 
-/* core.yaml_slot(key): the key under which a mapping's values table keeps
- * the value of key. */
-int cc_yaml_slot_l(lua_State *L)
+/* Pushes the slot a mapping keeps the key at idx under (policies.c walks
+ * the mappings). */
+void cc_yaml_push_slot(lua_State *L, int idx)
 {
-    luaL_checkany(L, 1);
-    lua_settop(L, 1);
-    lua_getfield(L, LUA_REGISTRYINDEX, NULL_KEY);
-    push_slot(L, 1, 2);
-    return 1;
+    idx = cc_absindex(L, idx);
+    lua_getfield(L, LUA_REGISTRYINDEX, CC_YAML_NULL);
+    push_slot(L, idx, lua_gettop(L));
+    lua_remove(L, -2);
 }
 
-static int null_tostring(lua_State *L)
-{
-    lua_pushliteral(L, "null");
-    return 1;
-}
-
-/* The reader's metatable, and into the table at the top of the stack:
- * yaml_null (the value of a null scalar) and yaml_limits (the defaults). */
+/* The reader's metatable, the null value (in the registry), and into the
+ * table at the top of the stack: yaml_limits (the defaults). */
 void cc_yaml_init(lua_State *L)
 {
     int i;
@@ -1023,18 +1016,12 @@ void cc_yaml_init(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    lua_getfield(L, LUA_REGISTRYINDEX, NULL_KEY);
+    lua_getfield(L, LUA_REGISTRYINDEX, CC_YAML_NULL);
     if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
         lua_newtable(L);
-        lua_createtable(L, 0, 1);
-        lua_pushcfunction(L, null_tostring);
-        lua_setfield(L, -2, "__tostring");
-        lua_setmetatable(L, -2);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, NULL_KEY);
+        lua_setfield(L, LUA_REGISTRYINDEX, CC_YAML_NULL);
     }
-    lua_setfield(L, -2, "yaml_null");
+    lua_pop(L, 1);
     lua_createtable(L, 0, LIM_COUNT);
     for (i = 0; i < LIM_COUNT; i++) {
         lua_pushinteger(L, limit_defaults[i]);

@@ -3,7 +3,7 @@
 -- The Lua layer over `cachectl.core`: clients with defaults taken from the
 -- environment, kept-alive connections, concurrent batches, coalescing and
 -- the fleet's rate limit (cachectl.perform), Omni's models and cache
--- policies (cachectl.policies). Every fact about a service and its calls
+-- policies (read and checked by the core). Every fact about a service and its calls
 -- comes from the core's rows (`core.services`): each client method is built
 -- from a call's row; only `omni:models`, `omni:cache_policies`,
 -- `omni:reset_caches` and `omni:find_model` are written by hand (and a
@@ -19,7 +19,6 @@
 
 local core = require "cachectl.core"
 local perform = require "cachectl.perform"
-local policies = require "cachectl.policies"
 
 local error, pcall, pairs, ipairs, next, type, select, tostring, setmetatable, getmetatable =
   error, pcall, pairs, ipairs, next, type, select, tostring, setmetatable, getmetatable
@@ -334,7 +333,7 @@ local function read_policies(st, yopts, window, started)
     return nil, lua_error(st, yopts, { kind = "decode", attempts = sent[1],
       message = format("the answer holds no file '%s' for model %s", yopts.file_name, yopts.model_id) }), sent[1]
   end
-  local list, why, reason = policies.parse(text, { deadline = started + (yopts.timeout or TIMEOUT) })
+  local list, why, reason = core.model_policies(text, nil, started + (yopts.timeout or TIMEOUT))
   if not list then
     return nil, lua_error(st, yopts, { kind = reason == "timeout" and "timeout" or "decode", attempts = sent[1],
       message = format("model %s: %s", yopts.model_id, why) }), sent[1]
@@ -373,7 +372,7 @@ end
 -- nil when the model declares `name`, else the `invalid` error refusing it
 -- (attempts: the requests sent to read the policies).
 local function refusal(st, opts, name, known, sent)
-  local ok, message = policies.check(name, known, opts.model_id)
+  local ok, message = core.policy_check(name, known, opts.model_id)
   if ok then return nil end
   return lua_error(st, opts, { kind = "invalid", field = "policy", attempts = sent, message = message })
 end
