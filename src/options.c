@@ -229,14 +229,21 @@ static void read_value(lua_State *L, const where *w, int i, cc_slot *v)
     }
 }
 
-void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_slot *v)
+void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_opts *o)
 {
+    cc_slot *v = o->v;
     where w = { NULL, NULL };
     w.ep = ep;
+    memset(v, 0, sizeof o->v);
+    o->ngiven = o->query = 0;
+    o->too_long = -1;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         int i = check_one(L, &w, ep->opts, 0);     /* never a client option: >= 0 */
         read_value(L, &w, i, &v[i]);
+        o->given[o->ngiven++] = i;
+        if (v[i].too_long && (o->too_long < 0 || i < o->too_long)) o->too_long = i;
+        o->query |= cc_optdefs[i].query != NULL;
         lua_pop(L, 1);
     }
     if (v[O_INSTANCE].set && v[O_BASE_URL].set)
@@ -414,12 +421,11 @@ static int check_numbers(cc_req *r, const cc_slot *v)
 }
 
 /* The texts every call takes; no text of any option over CC_MAX_TEXT. */
-static int check_common(cc_req *r, const cc_slot *v)
+static int check_common(cc_req *r, const cc_opts *o)
 {
+    const cc_slot *v = o->v;
     const char *why;
-    int i;
-    for (i = 0; i < O_COUNT; i++)
-        if (v[i].too_long) return bad(r, cc_optdefs[i].name, "is too long (over 64 KiB)");
+    if (o->too_long >= 0) return bad(r, cc_optdefs[o->too_long].name, "is too long (over 64 KiB)");
     if (v[O_BASE_URL].set && (why = check_base_url(v[O_BASE_URL].s, v[O_BASE_URL].len)))
         return bad(r, "base_url", why);
     if (v[O_USER_AGENT].set && cc_has_ctl(v[O_USER_AGENT].s, v[O_USER_AGENT].len))
@@ -551,7 +557,7 @@ static int check_specific(cc_req *r, const cc_slot *v, char *reset_at, size_t sz
     return !(ep->opts & OPT_REQUEST) || check_request(r, v);
 }
 
-int cc_opts_check(cc_req *r, cc_slot *v, char *reset_at, size_t sz)
+int cc_opts_check(cc_req *r, cc_opts *o, char *reset_at, size_t sz)
 {
-    return check_common(r, v) && check_specific(r, v, reset_at, sz);
+    return check_common(r, o) && check_specific(r, o->v, reset_at, sz);
 }
