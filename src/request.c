@@ -34,8 +34,8 @@ static int own_strings(cc_req *r, cc_opts *o)
         if (t->too_long) t->s = NULL;     /* refused by the checks, never copied */
         if (t->s) total += t->len + 1;
     }
-    if (v[O_RATE_LIMIT].redis) total += v[O_RATE_LIMIT].redis_len + 1;
-    if (v[O_RATE_LIMIT].dict) total += v[O_RATE_LIMIT].dict_len + 1;
+    if (o->limit.redis) total += o->limit.redis_len + 1;
+    if (o->limit.dict) total += o->limit.dict_len + 1;
     if (total == 0) return 1;
     if (!(r->own = malloc(total))) return 0;
     r->own_len = total;
@@ -47,8 +47,8 @@ static int own_strings(cc_req *r, cc_opts *o)
         t->s = r->own + at;
         at += t->len + 1;
     }
-    own_copy(r, &at, &v[O_RATE_LIMIT].redis, v[O_RATE_LIMIT].redis_len);
-    own_copy(r, &at, &v[O_RATE_LIMIT].dict, v[O_RATE_LIMIT].dict_len);
+    own_copy(r, &at, &o->limit.redis, o->limit.redis_len);
+    own_copy(r, &at, &o->limit.dict, o->limit.dict_len);
     return 1;
 }
 
