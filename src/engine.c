@@ -587,6 +587,7 @@ static void keep_event(lua_State *L, run *r, xfer *x)
 
 static void keep_on_event(lua_State *L, run *r, xfer *x, int idx)
 {
+    if (!x->req.on_event) return;       /* none given: no lookup */
     lua_pushliteral(L, "on_event");
     lua_rawget(L, idx);
     if (lua_type(L, -1) != LUA_TFUNCTION) {

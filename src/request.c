@@ -235,6 +235,7 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
         cc_req_free(r);
         return 0;
     }
+    r->on_event = o.v[O_ON_EVENT].set;
     if (r->limit_requests > 0)
         r->limit_key = cc_limit_key(ep->service, r->secret, r->secret_len, r->limit_requests,
                                     r->limit_per);
