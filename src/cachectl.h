@@ -103,6 +103,7 @@ typedef struct cc_req {
     int lim;                                  /* enum cc_lim: where turns are taken */
     const char *redis_url, *dict_name;        /* rate_limit.redis, .shared_dict (in own) */
     int redis_required;
+    int on_event;       /* an on_event function was given (the run takes it from the table) */
     char *lim_name;     /* malloc'd "cachectl:rl:<service>:<sha256 of the secret>:<n>:<per>":
                            the window's key in Redis and in a shared dict */
     char *url;          /* malloc'd full URL */

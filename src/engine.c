@@ -587,6 +587,7 @@ static void keep_event(lua_State *L, run *r, xfer *x)
 
 static void keep_on_event(lua_State *L, run *r, xfer *x, int idx)
 {
+    if (!x->req.on_event) return;       /* none given: no lookup */
     lua_pushliteral(L, "on_event");
     lua_rawget(L, idx);
     if (lua_type(L, -1) != LUA_TFUNCTION) {
@@ -635,12 +636,12 @@ static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double
                        a->ep->name, (int)i + 1, luaL_typename(L, -1));
         idx = top + 1;
     }
-    if ((ok = cc_prepared_take(L, idx, a->ep, &x->req)) != 0) {
+    if (lua_istable(L, idx)) {
+        if ((ok = cc_req_parse(L, idx, a->ep, &x->req)) != 0) keep_on_event(L, r, x, idx);
+    } else if ((ok = cc_prepared_take(L, idx, a->ep, &x->req)) != 0) {
         if (ok == 2) keep_event(L, r, x);       /* parsed once, by core.prepare */
-    } else if (!lua_istable(L, idx)) {
+    } else {
         luaL_error(L, "%s.%s: options table expected (got %s)", a->ep->service, a->ep->name, luaL_typename(L, idx));
-    } else if ((ok = cc_req_parse(L, idx, a->ep, &x->req)) != 0) {
-        keep_on_event(L, r, x, idx);
     }
     lua_settop(L, top);
     /* the header lines copy the credential and User-Agent at once: Lua code

@@ -129,14 +129,14 @@ static double given(double n)
 /* rate_limit = { requests = n, per = seconds, shared_dict = name, redis = URL,
  * redis_required = bool } (the table on the stack top): where the engine
  * takes its turns (limiter.c). */
-static void read_limit(lua_State *L, const where *w, cc_slot *v)
+static void read_limit(lua_State *L, const where *w, cc_limit_opts *v)
 {
     static const struct { const char *name; int type; } fields[] = {
         { "requests", T_NUM }, { "per", T_NUM }, { "shared_dict", T_STR }, { "redis", T_STR },
         { "redis_required", T_BOOL }
     };
     char msg[160];
-    v->n = v->per = -1;      /* not given */
+    v->requests = v->per = -1;      /* not given */
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
@@ -150,14 +150,14 @@ static void read_limit(lua_State *L, const where *w, cc_slot *v)
                      lua_typename(L, fields[i].type), luaL_typename(L, -1));
             fail(L, w, msg);
         }
-        if (i == 0) v->n = given(lua_tonumber(L, -1));
+        if (i == 0) v->requests = given(lua_tonumber(L, -1));
         else if (i == 1) v->per = given(lua_tonumber(L, -1));
         else if (i == 2) v->dict = lua_tolstring(L, -1, &v->dict_len);
         else if (i == 3) v->redis = lua_tolstring(L, -1, &v->redis_len);
         else v->required = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
-    v->b = v->table = 1;
+    v->table = 1;
 }
 
 static int type_ok(lua_State *L, int want, int t)
@@ -212,9 +212,11 @@ static int check_one(lua_State *L, const where *w, unsigned bits, int client)
     return slot;
 }
 
-/* Reads the value on the stack top into v (its type already checked). */
-static void read_value(lua_State *L, const where *w, int i, cc_slot *v)
+/* Reads the value on the stack top into slot i of o (its type already
+ * checked). */
+static void read_value(lua_State *L, const where *w, int i, cc_opts *o)
 {
+    cc_slot *v = &o->v[i];
     int t = lua_type(L, -1);
     v->set = 1;
     if (t == T_STR) {
@@ -223,20 +225,29 @@ static void read_value(lua_State *L, const where *w, int i, cc_slot *v)
     } else if (t == T_NUM) {
         v->n = lua_tonumber(L, -1);
     } else if (i == O_RATE_LIMIT && t == LUA_TTABLE) {
-        read_limit(L, w, v);
+        read_limit(L, w, &o->limit);
+        v->b = 1;
     } else {
         v->b = t == T_FUNC || lua_toboolean(L, -1);
     }
 }
 
-void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_slot *v)
+void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_opts *o)
 {
+    cc_slot *v = o->v;
     where w = { NULL, NULL };
     w.ep = ep;
+    memset(v, 0, sizeof o->v);
+    memset(&o->limit, 0, sizeof o->limit);
+    o->ngiven = o->query = 0;
+    o->too_long = -1;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         int i = check_one(L, &w, ep->opts, 0);     /* never a client option: >= 0 */
-        read_value(L, &w, i, &v[i]);
+        read_value(L, &w, i, o);
+        o->given[o->ngiven++] = i;
+        if (v[i].too_long && (o->too_long < 0 || i < o->too_long)) o->too_long = i;
+        o->query |= cc_optdefs[i].query != NULL;
         lua_pop(L, 1);
     }
     if (v[O_INSTANCE].set && v[O_BASE_URL].set)
@@ -267,7 +278,7 @@ void cc_check_options(lua_State *L, const cc_service *svc, const cc_endpoint *ep
 {
     unsigned bits = 0;
     size_t i;
-    cc_slot limit;
+    cc_limit_opts limit;
     int instance = 0, base_url = 0;
     where w = { NULL, NULL };
     w.text = where_text;
@@ -324,20 +335,20 @@ static int check_secret(cc_req *r, const cc_slot *v, const char *field)
 /* Off with false; true or absent means the service's default (Omni: 60 a
  * minute); a table may change either number, each > 0, and say where the
  * window is kept: the process (the default), Redis or an nginx shared dict. */
-static int check_limit(cc_req *r, const cc_slot *v)
+static int check_limit(cc_req *r, const cc_slot *given, const cc_limit_opts *v)
 {
     const char *why;
     cc_redis_url url;
     double requests = r->ep->svc->limit_requests, per = r->ep->svc->limit_per;
     if (v->table) {
-        if (v->n != -1) requests = v->n;
+        if (v->requests != -1) requests = v->requests;
         if (v->per != -1) per = v->per;
         if (!(requests >= 1 && requests <= 100000 && requests == floor(requests) && per > 0 && per <= 1e9))
             return bad(r, "rate_limit", "must be { requests = 1 to 100000, whole, per = seconds > 0 up to 1e9 }");
-        if (!r->ep->svc->limit_requests && (v->n == -1 || v->per == -1))
+        if (!r->ep->svc->limit_requests && (v->requests == -1 || v->per == -1))
             return bad(r, "rate_limit", "needs both requests and per for this service");
     }
-    if (v->set && !v->b) requests = 0;
+    if (given->set && !given->b) requests = 0;
     r->limit_requests = requests;
     r->limit_per = requests > 0 ? per : 0;
     r->lim = requests <= 0 ? LIM_OFF : v->redis ? LIM_REDIS : v->dict ? LIM_DICT : LIM_PROCESS;
@@ -414,12 +425,11 @@ static int check_numbers(cc_req *r, const cc_slot *v)
 }
 
 /* The texts every call takes; no text of any option over CC_MAX_TEXT. */
-static int check_common(cc_req *r, const cc_slot *v)
+static int check_common(cc_req *r, const cc_opts *o)
 {
+    const cc_slot *v = o->v;
     const char *why;
-    int i;
-    for (i = 0; i < O_COUNT; i++)
-        if (v[i].too_long) return bad(r, cc_optdefs[i].name, "is too long (over 64 KiB)");
+    if (o->too_long >= 0) return bad(r, cc_optdefs[o->too_long].name, "is too long (over 64 KiB)");
     if (v[O_BASE_URL].set && (why = check_base_url(v[O_BASE_URL].s, v[O_BASE_URL].len)))
         return bad(r, "base_url", why);
     if (v[O_USER_AGENT].set && cc_has_ctl(v[O_USER_AGENT].s, v[O_USER_AGENT].len))
@@ -432,7 +442,7 @@ static int check_common(cc_req *r, const cc_slot *v)
     r->user_agent = v[O_USER_AGENT].set ? v[O_USER_AGENT].s : cc_user_agent_default();
     r->proxy = v[O_PROXY].set ? v[O_PROXY].s : NULL;
     r->ca_file = v[O_CA_FILE].set ? v[O_CA_FILE].s : NULL;
-    return check_limit(r, &v[O_RATE_LIMIT]);
+    return check_limit(r, &v[O_RATE_LIMIT], &o->limit);
 }
 
 static int check_reset_at(cc_req *r, const cc_slot *v, char *out, size_t outsz)
@@ -551,7 +561,7 @@ static int check_specific(cc_req *r, const cc_slot *v, char *reset_at, size_t sz
     return !(ep->opts & OPT_REQUEST) || check_request(r, v);
 }
 
-int cc_opts_check(cc_req *r, cc_slot *v, char *reset_at, size_t sz)
+int cc_opts_check(cc_req *r, cc_opts *o, char *reset_at, size_t sz)
 {
-    return check_common(r, v) && check_specific(r, v, reset_at, sz);
+    return check_common(r, o) && check_specific(r, o->v, reset_at, sz);
 }

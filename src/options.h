@@ -38,25 +38,42 @@ typedef struct cc_optdef {
 extern const cc_optdef cc_optdefs[O_COUNT];
 
 /* One option's value as read. s points into the Lua table until request.c
- * replaces it with the request's own copy. */
+ * replaces it with the request's own copy. Small: a call zeroes one per
+ * option there is. */
 typedef struct cc_slot {
-    int set;
     const char *s;
     size_t len;
+    double n;
+    int set, b;
     int too_long;       /* a text over CC_MAX_TEXT: s is not kept */
-    double n, per;      /* per: rate_limit's second number */
-    int b, table;       /* table: rate_limit was given as a table */
-    const char *redis, *dict;    /* rate_limit.redis and .shared_dict, like s */
-    size_t redis_len, dict_len;
-    int required;       /* rate_limit.redis_required */
 } cc_slot;
 
-/* Reads the options table at idx (raw, without running any Lua code);
- * raises on an unknown name or a wrong type. */
-void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_slot *v);
+/* rate_limit given as a table, as read (its slot holds b = 1). */
+typedef struct cc_limit_opts {
+    int table;                   /* rate_limit was given as a table */
+    double requests, per;        /* -1: not given */
+    const char *redis, *dict;    /* rate_limit.redis and .shared_dict, like a slot's s */
+    size_t redis_len, dict_len;
+    int required;                /* rate_limit.redis_required */
+} cc_limit_opts;
+
+/* An options table as read: a slot per option, and which ones it gave, so
+ * that what is done per option given (copies, the length check, the query)
+ * visits the two or three a call gives, not every option there is. */
+typedef struct cc_opts {
+    cc_slot v[O_COUNT];
+    cc_limit_opts limit;
+    int given[O_COUNT], ngiven;   /* the slots given, in the order read */
+    int too_long;       /* the first slot (in slot order) with a text over CC_MAX_TEXT, or -1 */
+    int query;          /* an option sent as a query parameter was given */
+} cc_opts;
+
+/* Reads the options table at idx (raw, without running any Lua code) into
+ * o; raises on an unknown name or a wrong type. */
+void cc_opts_read(lua_State *L, int idx, const cc_endpoint *ep, cc_opts *o);
 /* Checks the values and fills r's settings; 0 with r->bad_field and
  * r->bad_msg set when one is bad. reset_at receives resetAt's text. */
-int cc_opts_check(cc_req *r, cc_slot *v, char *reset_at, size_t sz);
+int cc_opts_check(cc_req *r, cc_opts *o, char *reset_at, size_t sz);
 /* Records a bad value in r; returns 0. */
 int cc_opts_bad(cc_req *r, const char *field, const char *why);
 

@@ -24,28 +24,31 @@ static void own_copy(cc_req *r, size_t *at, const char **s, size_t len)
     *at += len + 1;
 }
 
-static int own_strings(cc_req *r, cc_slot *v)
+static int own_strings(cc_req *r, cc_opts *o)
 {
+    cc_slot *v = o->v;
     size_t total = 0, at = 0;
-    int i;
-    for (i = 0; i < O_COUNT; i++) {
-        if (v[i].too_long) v[i].s = NULL;     /* refused by the checks, never copied */
-        if (v[i].s) total += v[i].len + 1;
+    int k;
+    for (k = 0; k < o->ngiven; k++) {
+        cc_slot *t = &v[o->given[k]];
+        if (t->too_long) t->s = NULL;     /* refused by the checks, never copied */
+        if (t->s) total += t->len + 1;
     }
-    if (v[O_RATE_LIMIT].redis) total += v[O_RATE_LIMIT].redis_len + 1;
-    if (v[O_RATE_LIMIT].dict) total += v[O_RATE_LIMIT].dict_len + 1;
+    if (o->limit.redis) total += o->limit.redis_len + 1;
+    if (o->limit.dict) total += o->limit.dict_len + 1;
     if (total == 0) return 1;
     if (!(r->own = malloc(total))) return 0;
     r->own_len = total;
-    for (i = 0; i < O_COUNT; i++) {
-        if (!v[i].s) continue;
-        memcpy(r->own + at, v[i].s, v[i].len);
-        r->own[at + v[i].len] = '\0';
-        v[i].s = r->own + at;
-        at += v[i].len + 1;
+    for (k = 0; k < o->ngiven; k++) {
+        cc_slot *t = &v[o->given[k]];
+        if (!t->s) continue;
+        memcpy(r->own + at, t->s, t->len);
+        r->own[at + t->len] = '\0';
+        t->s = r->own + at;
+        at += t->len + 1;
     }
-    own_copy(r, &at, &v[O_RATE_LIMIT].redis, v[O_RATE_LIMIT].redis_len);
-    own_copy(r, &at, &v[O_RATE_LIMIT].dict, v[O_RATE_LIMIT].dict_len);
+    own_copy(r, &at, &o->limit.redis, o->limit.redis_len);
+    own_copy(r, &at, &o->limit.dict, o->limit.dict_len);
     return 1;
 }
 
@@ -109,11 +112,12 @@ static int build_base(cc_buf *b, const cc_req *r, const cc_slot *v)
 }
 
 /* ?name=value&... for the options the endpoint sends as query parameters,
- * each value percent-encoded. */
-static int build_query(cc_buf *b, const cc_slot *v)
+ * each value percent-encoded, in the order of cc_optdefs. */
+static int build_query(cc_buf *b, const cc_opts *o)
 {
+    const cc_slot *v = o->v;
     int i, first = 1;
-    for (i = 0; i < O_COUNT; i++) {
+    for (i = 0; o->query && i < O_COUNT; i++) {
         const cc_optdef *d = &cc_optdefs[i];
         char num[32];
         const char *val = v[i].s;
@@ -132,8 +136,9 @@ static int build_query(cc_buf *b, const cc_slot *v)
 
 /* Expands the path template; every value was checked, and the policy alone
  * needs encoding. product = false drops its segment. */
-static int build_url(cc_buf *b, const cc_req *r, const cc_slot *v)
+static int build_url(cc_buf *b, const cc_req *r, const cc_opts *o)
 {
+    const cc_slot *v = o->v;
     const char *p = r->ep->path;
     if (!build_base(b, r, v)) return 0;
     while (*p) {
@@ -157,7 +162,7 @@ static int build_url(cc_buf *b, const cc_req *r, const cc_slot *v)
         p = strchr(brace, '}') + 1;
         if (drop && *p == '/') p++;
     }
-    return build_query(b, v) && cc_buf_add(b, "", 1);
+    return build_query(b, o) && cc_buf_add(b, "", 1);
 }
 
 static int build_body(cc_buf *b, const cc_req *r, const char *reset_at, const cc_slot *v)
@@ -184,10 +189,10 @@ static int build_body(cc_buf *b, const cc_req *r, const char *reset_at, const cc
 }
 
 /* The URL and the body into r; 0 when out of memory (r unchanged). */
-static int build(cc_req *r, const cc_slot *v, const char *reset_at)
+static int build(cc_req *r, const cc_opts *o, const char *reset_at)
 {
     cc_buf url = { 0 }, body = { 0 };
-    if (!build_url(&url, r, v) || !build_body(&body, r, reset_at, v)) {
+    if (!build_url(&url, r, o) || !build_body(&body, r, reset_at, o->v)) {
         cc_buf_free(&url);
         cc_wipe(body.data, body.len);     /* it may hold the key */
         cc_buf_free(&body);
@@ -209,19 +214,18 @@ unsigned long cc_req_parsed(void)
 
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
 {
-    cc_slot v[O_COUNT];
+    cc_opts o;
     char reset_at[64];
     int top = lua_gettop(L), ok, built;
-    memset(v, 0, sizeof v);
     memset(r, 0, sizeof *r);
     r->ep = ep;
     idx = cc_absindex(L, idx);
     __atomic_fetch_add(&parsed, 1, __ATOMIC_RELAXED);
-    cc_opts_read(L, idx, ep, v);
-    if (v[O_BODY].set) hold_body(L, idx);
-    if (!own_strings(r, v)) return luaL_error(L, "not enough memory");
-    ok = cc_opts_check(r, v, reset_at, sizeof reset_at) && encode_body(L, r, v + O_BODY);
-    built = ok && build(r, v, reset_at);
+    cc_opts_read(L, idx, ep, &o);
+    if (o.v[O_BODY].set) hold_body(L, idx);
+    if (!own_strings(r, &o)) return luaL_error(L, "not enough memory");
+    ok = cc_opts_check(r, &o, reset_at, sizeof reset_at) && encode_body(L, r, o.v + O_BODY);
+    built = ok && build(r, &o, reset_at);
     lua_settop(L, top);                   /* the body and its JSON text, used by build */
     if (ok && !built) {
         cc_req_free(r);
@@ -231,6 +235,7 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
         cc_req_free(r);
         return 0;
     }
+    r->on_event = o.v[O_ON_EVENT].set;
     if (r->limit_requests > 0)
         r->limit_key = cc_limit_key(ep->service, r->secret, r->secret_len, r->limit_requests,
                                     r->limit_per);
