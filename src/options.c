@@ -139,9 +139,10 @@ static void read_limit(lua_State *L, const where *w, cc_limit_opts *v)
     v->requests = v->per = -1;      /* not given */
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-        size_t i;
-        for (i = 0; i < 5 && strcmp(k, fields[i].name) != 0; i++) {}
+        size_t n = 0, i;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &n) : "";
+        /* the whole name: "requests\0x" is no field */
+        for (i = strlen(k) == n ? 0 : 5; i < 5 && strcmp(k, fields[i].name) != 0; i++) {}
         if (i == 5)
             fail(L, w, "option 'rate_limit' takes only 'requests', 'per', 'shared_dict', "
                        "'redis' and 'redis_required'");
@@ -194,12 +195,19 @@ static int check_one(lua_State *L, const where *w, unsigned bits, int client)
     const cc_optdef *d;
     const char *name;
     char msg[200];
+    size_t len;
     int slot;
     if (lua_type(L, -2) != LUA_TSTRING) {
         snprintf(msg, sizeof msg, "option names must be strings, got %s", luaL_typename(L, -2));
         fail(L, w, msg);
     }
-    name = lua_tostring(L, -2);
+    name = lua_tolstring(L, -2, &len);
+    /* A name is matched whole: "token\0x" is no option. Taken as `token`, two
+     * such names would fill one slot twice (and overrun cc_opts.given). */
+    if (strlen(name) != len) {
+        snprintf(msg, sizeof msg, "unknown option '%.120s\\0...' (a name with a NUL byte)", name);
+        fail(L, w, msg);
+    }
     if (!(d = find_opt(name, bits, client, &slot))) {
         snprintf(msg, sizeof msg, "unknown option '%.120s'", name);
         fail(L, w, msg);
