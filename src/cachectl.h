@@ -103,7 +103,7 @@ typedef struct cc_req {
     int lim;                                  /* enum cc_lim: where turns are taken */
     const char *redis_url, *dict_name;        /* rate_limit.redis, .shared_dict (in own) */
     int redis_required;
-    int on_event;       /* an on_event function was given (the run takes it from the table) */
+    int on_event;       /* an on_event function was given (cc_req_parse pushes it) */
     char *lim_name;     /* malloc'd "cachectl:rl:<service>:<sha256 of the secret>:<n>:<per>":
                            the window's key in Redis and in a shared dict */
     char *url;          /* malloc'd full URL */
@@ -118,7 +118,9 @@ typedef struct cc_req {
 
 /* request.c: read opts (at index idx) into r. Raises on programming
  * mistakes; returns 0 and fills r->bad_field/bad_msg on a bad value (r then
- * holds nothing to free). cc_req_free is idempotent. */
+ * holds nothing to free). On success with r->on_event, the on_event function
+ * as the table held it when read is left pushed (Lua code run while the rest
+ * is checked, a finalizer, may change the table). cc_req_free is idempotent. */
 int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r);
 unsigned long cc_req_parsed(void);      /* options tables read so far, process-wide */
 void cc_req_free(cc_req *r);

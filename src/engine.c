@@ -585,23 +585,6 @@ static void keep_event(lua_State *L, run *r, xfer *x)
     x->event = 1;
 }
 
-static void keep_on_event(lua_State *L, run *r, xfer *x, int idx)
-{
-    if (!x->req.on_event) return;       /* none given: no lookup */
-    lua_pushliteral(L, "on_event");
-    lua_rawget(L, idx);
-    if (lua_type(L, -1) != LUA_TFUNCTION) {
-        lua_pop(L, 1);
-        return;
-    }
-    if (lua_isnil(L, r->events)) {
-        lua_newtable(L);
-        lua_replace(L, r->events);
-    }
-    lua_rawseti(L, r->events, (int)(x - r->x) + 1);
-    x->event = 1;
-}
-
 /* Keeps the nginx shared dict of x's rate_limit.shared_dict in the run's
  * dict table: it takes the turns, or those of a Redis that failed. Outside
  * nginx the process window does. */
@@ -637,7 +620,8 @@ static int parse_item(lua_State *L, const run_args *a, size_t i, int out, double
         idx = top + 1;
     }
     if (lua_istable(L, idx)) {
-        if ((ok = cc_req_parse(L, idx, a->ep, &x->req)) != 0) keep_on_event(L, r, x, idx);
+        /* on_event as read with the rest, pushed by cc_req_parse */
+        if ((ok = cc_req_parse(L, idx, a->ep, &x->req)) != 0 && x->req.on_event) keep_event(L, r, x);
     } else if ((ok = cc_prepared_take(L, idx, a->ep, &x->req)) != 0) {
         if (ok == 2) keep_event(L, r, x);       /* parsed once, by core.prepare */
     } else {

@@ -61,12 +61,13 @@ int cc_prepare_l(lua_State *L)
     }
     p->sent = 0;
     lua_createtable(L, 1, 0);
-    lua_pushliteral(L, "on_event");
-    lua_rawget(L, 3);
-    if (lua_type(L, -1) == LUA_TFUNCTION) lua_rawseti(L, -2, 1);
-    else lua_pop(L, 1);
+    if (p->req.on_event) {      /* pushed by cc_req_parse, as read */
+        lua_pushvalue(L, 5);
+        lua_rawseti(L, -2, 1);
+    }
     cc_setuservalue(L, 4);      /* traced with the object, never a root: a kept
                                    request's on_event may hold its client */
+    lua_settop(L, 4);
     return 1;
 }
 

@@ -52,13 +52,14 @@ static int own_strings(cc_req *r, cc_opts *o)
     return 1;
 }
 
-/* Pushes the body table of the options at idx, found with lua_next: no
- * allocation, so no finalizer can run before the table is held. */
-static void hold_body(lua_State *L, int idx)
+/* Pushes the value of option `name` (body, on_event) of the options at idx,
+ * found with lua_next: no allocation, so no finalizer can change it before
+ * it is held. */
+static void hold_option(lua_State *L, int idx, const char *name)
 {
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        if (lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "body") == 0) {
+        if (lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), name) == 0) {
             lua_remove(L, -2);
             return;
         }
@@ -222,20 +223,22 @@ int cc_req_parse(lua_State *L, int idx, const cc_endpoint *ep, cc_req *r)
     idx = cc_absindex(L, idx);
     __atomic_fetch_add(&parsed, 1, __ATOMIC_RELAXED);
     cc_opts_read(L, idx, ep, &o);
-    if (o.v[O_BODY].set) hold_body(L, idx);
+    r->on_event = o.v[O_ON_EVENT].set;
+    if (r->on_event) hold_option(L, idx, "on_event");    /* at top + 1, for the caller */
+    if (o.v[O_BODY].set) hold_option(L, idx, "body");
     if (!own_strings(r, &o)) return luaL_error(L, "not enough memory");
     ok = cc_opts_check(r, &o, reset_at, sizeof reset_at) && encode_body(L, r, o.v + O_BODY);
     built = ok && build(r, &o, reset_at);
-    lua_settop(L, top);                   /* the body and its JSON text, used by build */
+    lua_settop(L, top + r->on_event);     /* the body and its JSON text, used by build */
     if (ok && !built) {
         cc_req_free(r);
         return luaL_error(L, "not enough memory");
     }
     if (!ok) {
         cc_req_free(r);
+        lua_settop(L, top);
         return 0;
     }
-    r->on_event = o.v[O_ON_EVENT].set;
     if (r->limit_requests > 0)
         r->limit_key = cc_limit_key(ep->service, r->secret, r->secret_len, r->limit_requests,
                                     r->limit_per);
