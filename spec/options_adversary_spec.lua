@@ -162,6 +162,26 @@ describe("options adversary", function()
       assert.is_nil(outcomes["before F2"])
       assert.is_nil(outcomes["after F1"])
     end)
+
+    -- API.md "Lua layer": "`tostring(client)` shows the service and base
+    -- URL, never the credential" ("Secrets": never in tostring of any
+    -- object, as given or percent-encoded).
+    -- got: "cachectl.modelslab client (http://127.0.0.1:<port>/api/Sk-...)"
+    -- for a key that is also in the base URL (and the same for an Omni
+    -- token that is also the instance), while the events of the same
+    -- client mask it in their URLs.
+    it("DEFECT: tostring(client) shows the credential when the base URL holds it", function()
+      local key = "Sk-" .. helpers.hex(24)
+      local c = cachectl.modelslab.new{ key = key, base_url = srv.base .. "/" .. key }
+      assert.is_false(contains(tostring(c), key), tostring(c))
+      assert.matches("^cachectl%.modelslab client %(http://127%.0%.0%.1:%d+/api/%*%*%*%)$", tostring(c))
+      c:close()
+      local token = "t" .. helpers.hex(20)
+      c = cachectl.omni.new{ token = token, instance = token }
+      assert.is_false(contains(tostring(c), token), tostring(c))
+      c:close()
+      assert.equal(0, srv:count())
+    end)
   end)
 
   describe("held", function()
