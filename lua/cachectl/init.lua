@@ -967,14 +967,15 @@ function Client.__close(self)
   end
 end
 
--- The client's base URL as the service row builds it, without user info.
+-- The client's base URL as the service row builds it, without user info,
+-- and with the credential masked (a base URL or an instance may hold it).
 local function base_of(st)
   local d, svc = st.defaults, st.svc
   local base = d.base_url
   if not base and d.instance then
     base = (d.playground and svc.playground_host or svc.host or ""):gsub("{instance}", d.instance)
   end
-  if base then return (base:gsub("//[^/@]*@", "//")) end
+  if base then return core.scrub((base:gsub("//[^/@]*@", "//")), d[svc.secret]) end
   return svc.default_base or "no instance set"
 end
 
