@@ -182,6 +182,19 @@ describe("options adversary", function()
       c:close()
       assert.equal(0, srv:count())
     end)
+
+    it("DEFECT: core.preview masks the credential where it goes, not where the caller also put it", function()
+      local token = "t" .. helpers.hex(20)
+      local p = core.preview("omni", "list_models", { token = token, base_url = srv.base .. "/" .. token,
+        name = token })
+      local key = "sk-" .. helpers.hex(24)
+      local q = core.preview("modelslab", "clear_queue", { key = key, base_url = srv.base, deploy_type = key })
+      for _, shown in ipairs{ p.url, table.concat(p.headers, "\n"), q.url, q.body } do
+        assert.is_false(contains(shown, token) or contains(shown, key), shown)
+      end
+      assert.matches("name=***", p.url, 1, true)
+      assert.equal(0, srv:count())
+    end)
   end)
 
   describe("held", function()

@@ -193,9 +193,11 @@ static int push_preview(lua_State *L)
     return 1;
 }
 
+static void push_scrubbed(lua_State *L, int v, int secrets, int short_too, int depth);
+
 /* core.preview(service, call, opts) -> { method, url, headers = { line, ... },
  * body } of the request the call would send, "***" where the credential
- * goes (the command's --dry-run); or nil, err for a bad value. The headers
+ * goes and wherever else it appears (the command's --dry-run); or nil, err for a bad value. The headers
  * are the engine's (engine.c build_headers): User-Agent, Content-Type,
  * Accept, the service's Authorization, Expect for a body over 1 KiB. */
 static int preview_l(lua_State *L)
@@ -210,6 +212,8 @@ static int preview_l(lua_State *L)
         cc_push_error(L, CC_INVALID, r.bad_msg, 0, NULL, -1, 0, r.bad_field, NULL);
         return 2;
     }
+    lua_settop(L, 3);
+    if (r.secret) lua_pushlstring(L, r.secret, r.secret_len); else lua_pushnil(L);      /* 4: masked everywhere below */
     cc_req_free(&r);
     /* again with "***" for the credential: the preview shows where it goes */
     lua_newtable(L);
@@ -227,6 +231,8 @@ static int preview_l(lua_State *L)
     status = lua_pcall(L, 1, 1, 0);
     cc_req_free(&r);
     if (status != 0) return lua_error(L);
+    /* and masked wherever else the caller put it (another option's value) */
+    push_scrubbed(L, lua_gettop(L), 4, 0, 0);
     return 1;
 }
 
