@@ -15,11 +15,9 @@
 --
 -- @module cachectl.fleet
 
-local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, getmetatable, rawget =
-  require, pcall, error, type, tostring, tonumber, pairs, setmetatable, getmetatable, rawget
+local require, pcall, error, type, tostring, pairs, rawget = require, pcall, error, type, tostring, pairs, rawget
 local format = string.format
 local floor, min, max, random = math.floor, math.min, math.max, math.random
-local tointeger, mtype = math.tointeger, math.type -- nil before Lua 5.3
 local G = _G
 
 local core = require "cachectl.core"
@@ -82,7 +80,7 @@ local function cosockets()
   return nil
 end
 
-local resty_lib, cjson, own_session -- made on first use; resty_lib false: missing
+local resty_lib, own_session -- made on first use; resty_lib false: missing
 
 local function load_resty()
   if resty_lib == nil then
@@ -174,67 +172,6 @@ end
 
 -- --------------------------------------------------------------- outcomes
 
-local function json()
-  if cjson == nil then
-    local lib = require "cjson.safe"
-    cjson = lib.new and lib.new() or lib
-  end
-  return cjson
-end
-
--- lua-cjson writes numbers with 14 significant digits: a number it would
--- change travels as a tagged string (NUM .. "%.17g"), and a string that
--- begins with "\0" gets STR in front, so that every value comes back as
--- the first caller had it (`integers` undoes both).
-local NUM, STR = "\0n:", "\0s:"
-
-local function lossless(v)
-  local t = type(v)
-  if t == "table" then
-    local out = {}
-    for k, x in pairs(v) do out[k] = lossless(x) end
-    return setmetatable(out, getmetatable(v))
-  elseif t == "number" and v == v and v > -1 / 0 and v < 1 / 0 and tonumber(format("%.14g", v)) ~= v then
-    return NUM .. (mtype and mtype(v) == "integer" and format("%d", v)
-      or format("%.17g", v))
-  elseif t == "string" and v:byte(1) == 0 then
-    return STR .. v
-  end
-  return v
-end
-
--- Integral numbers back to integers (JSON decoding gives floats in 5.3+),
--- and the tagged values of `lossless` back to what they were.
-local function integers(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do v[k] = integers(x) end
-  elseif type(v) == "string" and v:byte(1) == 0 then
-    if v:sub(1, #NUM) == NUM then return tonumber(v:sub(#NUM + 1)) or v end
-    if v:sub(1, #STR) == STR then return v:sub(#STR + 1) end
-  elseif type(v) == "number" and tointeger then
-    return tointeger(v) or v
-  end
-  return v
-end
-
--- res, err from a stored outcome, each marked coalesced = true; nil when
--- the text is not one.
-local function decode_outcome(text)
-  local t = json().decode(text)
-  if type(t) ~= "table" then return nil end
-  local res, err = integers(t.res), integers(t.err)
-  if type(res) == "table" then res.coalesced = true end
-  if type(err) == "table" then
-    err.coalesced = true
-    -- as stored, through core.error (its text on one line): one that is
-    -- not an error of cachectl is no outcome
-    local ok, e = pcall(core.error, err)
-    if not ok then return nil end
-    err = e
-  end
-  return { res = res, err = err }
-end
-
 --- The error of a waiter that saw no outcome within its budget.
 -- @tparam string label names the call (e.g. "omni.reset_cache")
 -- @tparam number budget seconds
@@ -294,9 +231,9 @@ end
 function M.settle(link, digest, token, window, res, err, secrets)
   local key = KEY .. digest:lower()
   if res ~= nil or (type(err) == "table" and (err.attempts or 0) > 0) then
-    -- every form of every secret masked, however short (core.scrub copies)
-    local text = json().encode({ res = lossless(core.scrub(res, secrets, true)),
-      err = lossless(core.scrub(err, secrets, true)) })
+    -- JSON that gives back every value exactly, every form of every secret
+    -- masked, however short; nil when it cannot be stored
+    local text = core.outcome_encode(res, err, secrets)
     local grace = format("%d", min(GRACE_MS, floor(window * 1000) + 1))
     if text and command(link, "eval", STORE, 1, key, token, text, grace) then
       return true
@@ -323,7 +260,7 @@ function M.await(link, digests)
         if value == nil then
           found[d], left = false, left - 1
         elseif type(value) == "string" and value:sub(1, 1) == "{" then
-          found[d], left = decode_outcome(value) or false, left - 1
+          found[d], left = core.outcome_decode(value) or false, left - 1
         end
       end
     end
