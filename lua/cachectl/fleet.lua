@@ -15,7 +15,7 @@
 --
 -- @module cachectl.fleet
 
-local require, pcall, error, type, tostring, pairs, rawget = require, pcall, error, type, tostring, pairs, rawget
+local require, pcall, error, type, tostring, rawget = require, pcall, error, type, tostring, rawget
 local format = string.format
 local floor, min, max, random = math.floor, math.min, math.max, math.random
 local G = _G
@@ -170,7 +170,7 @@ local function command(link, cmd, ...)
   return false, link.cfg.where .. ": " .. core.scrub(tostring(v), link.cfg.password, true), broken
 end
 
--- --------------------------------------------------------------- outcomes
+-- ------------------------------------------------------------- coalescing
 
 --- The error of a waiter that saw no outcome within its budget.
 -- @tparam string label names the call (e.g. "omni.reset_cache")
@@ -180,8 +180,6 @@ function M.no_outcome(label, budget)
   return core.error{ kind = "timeout", attempts = 0,
     message = format("coalesced call %s: no outcome from the first caller within %g s", label, budget) }
 end
-
--- ------------------------------------------------------------- coalescing
 
 --- A link to the Redis of `url` for one call: what the functions below take.
 -- @tparam string url `redis://[[user]:password@]host[:port][/db]`
@@ -244,32 +242,24 @@ function M.settle(link, digest, token, window, res, err, secrets)
   return false
 end
 
---- Waits for the outcomes of claims held by others.
+--- Waits for the outcome of a claim held by another caller.
 -- @tparam table link
--- @tparam {string,...} digests
--- @treturn table digest -> { res = ..., err = ... } for the outcomes that came, or
--- `false` for a claim that went without one (its caller goes on by itself);
--- missing: none before the link's budget ran out, or Redis failed
-function M.await(link, digests)
-  local found, left, interval = {}, #digests, POLL_FIRST
-  while left > 0 do
-    for _, d in pairs(digests) do
-      if found[d] == nil then
-        local ok, value = command(link, "get", KEY .. d:lower())
-        if not ok then return found end
-        if value == nil then
-          found[d], left = false, left - 1
-        elseif type(value) == "string" and value:sub(1, 1) == "{" then
-          found[d], left = core.outcome_decode(value) or false, left - 1
-        end
-      end
-    end
+-- @tparam string digest
+-- @treturn table|boolean|nil `{ res = ..., err = ... }` when it came; `false`
+-- when the claim went without one (its caller goes on by itself); nil when
+-- none came before the link's budget ran out, or Redis failed
+function M.await(link, digest)
+  local key, interval = KEY .. digest:lower(), POLL_FIRST
+  while true do
+    local ok, value = command(link, "get", key)
+    if not ok then return nil end
+    if value == nil then return false end
+    if type(value) == "string" and value:sub(1, 1) == "{" then return core.outcome_decode(value) or false end
     local budget = link["until"] - now()
-    if left == 0 or budget <= 0 then break end
+    if budget <= 0 then return nil end
     sleep(min(interval, budget))
     interval = min(interval * 1.5, POLL_MAX)
   end
-  return found
 end
 
 local function check(ok, msg)
@@ -317,7 +307,7 @@ function M.coalesce(url, digest, window, budget, run, opts)
   local mine, token = M.claim(link, digest, window)
   if not mine then return nil, "unreachable", token end
   if mine == "theirs" then
-    local o = M.await(link, { digest })[digest]
+    local o = M.await(link, digest)
     if o then return o.res, o.err, true end
     if o == nil and link["until"] <= now() then
       return nil, M.no_outcome(opts.label or "(" .. digest .. ")", budget), false

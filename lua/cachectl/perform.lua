@@ -241,7 +241,7 @@ local function await_all(b, r)
   for _, w in ipairs(r.theirs) do
     local i = w.i
     local budget = b.list[i].timeout or TIMEOUT
-    local o = fleet.await(w.link, { b.ids[i] })[b.ids[i]]
+    local o = fleet.await(w.link, b.ids[i])
     if o then
       b.items[i] = shared(ctx, b.list[i], o.res, o.err)
     elseif gettime() - b.started < budget then
