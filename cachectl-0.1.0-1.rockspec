@@ -45,7 +45,7 @@ build = {
         "src/options.c", "src/endpoints.c", "src/errors.c", "src/parse.c", "src/ratelimit.c",
         "src/answer.c", "src/buf.c", "src/clock.c", "src/digest.c", "src/request.c",
         "src/limiter.c", "src/redis.c", "src/scrub.c", "src/urls.c", "src/prepared.c", "src/yaml.c",
-        "src/policies.c", "src/cache.c",
+        "src/policies.c", "src/cache.c", "src/outcome.c",
       },
       defines = { "_GNU_SOURCE" },
       incdirs = { "$(CURL_INCDIR)", "$(CRYPTO_INCDIR)", "$(HIREDIS_INCDIR)", "$(YAML_INCDIR)" },

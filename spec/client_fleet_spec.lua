@@ -254,4 +254,29 @@ describe("clients with rate_limit.redis and coalesce #redis", function()
     assert.equal(1, #of_type(events, "coalesced"))
     assert.equal(1, #srv:requests())
   end)
+
+  -- docs/fleet.md: "A waiter stops waiting as soon as the claim is gone
+  -- without an outcome, and sends its own request at once": it claims again
+  -- first (a single call did; a batch item does too), so the outcome it gets
+  -- is stored for the callers after it.
+  it("a waiter whose first caller leaves no outcome claims again, sends, and stores its outcome", function()
+    local token = helpers.uid("tok-fleet-again")
+    local lim = { requests = 60, per = 60, redis = redis:url() }
+    local admin = redis:client()
+    for _, batch in ipairs{ false, true } do
+      local policy = batch and "hourly" or "daily"
+      local key = "cachectl:co:" .. core.identity("omni", "reset_cache", { token = token, base_url = srv.base,
+        model_id = UUID, policy = policy }):lower()
+      -- another process's claim, which ends without an outcome
+      admin:set(key, "pending:someone-else", "PX", 300)
+      local c = omni(token, { coalesce = 30, timeout = 5, rate_limit = lim })
+      local res
+      if batch then res = c:reset_caches(UUID, { policy })[1].result else res = c:reset_cache(UUID, policy) end
+      assert.is_table(res, policy)
+      assert.is_nil(res.coalesced, policy)
+      assert.equal("{", (admin:get(key) or ""):sub(1, 1), policy .. ": the outcome is not stored")
+    end
+    admin:quit()
+    assert.equal(2, #srv:requests())
+  end)
 end)

@@ -164,6 +164,66 @@ describe("fleet", function()
     end)
   end)
 
+  -- What a first caller stores in Redis and its waiters read back
+  -- (core.outcome_encode, core.outcome_decode), without a Redis.
+  describe("outcomes as stored", function()
+    local mtype = math.type -- nil before Lua 5.3
+
+    it("come back exactly as the first caller had them, marked coalesced", function()
+      local res = { big = 1234567890123456789, f = 0.1234567890123456789, small = 7, half = 7.5, e = "",
+        tag = "\0n:5", str = "\0s:x", nul = "\0", list = { 1, 2 ^ 53 + 2, { deep = -0.1 / 3 } }, yes = true }
+      local o = assert(core.outcome_decode(assert(core.outcome_encode(res, nil))))
+      assert.is_true(o.res.coalesced)
+      o.res.coalesced = nil
+      assert.same(res, o.res)
+      for _, k in ipairs{ "big", "f", "small", "half" } do assert.is_true(res[k] == o.res[k], k) end
+      assert.is_true(res.list[2] == o.res.list[2] and res.list[3].deep == o.res.list[3].deep)
+      if mtype then
+        assert.same({ "integer", "integer", "float" }, { mtype(o.res.big), mtype(o.res.small), mtype(o.res.half) })
+      end
+      assert.is_nil(o.err)
+    end)
+
+    it("an error comes back an error of the module, on one line, marked coalesced", function()
+      local err = core.error{ kind = "http", message = "gone", status = 404, attempts = 1, code = "c" }
+      local o = assert(core.outcome_decode(assert(core.outcome_encode(nil, err))))
+      assert.is_nil(o.res)
+      assert.equal(core.error_mt, getmetatable(o.err))
+      assert.same({ "http", "gone", 404, 1, "c", true },
+        { o.err.kind, o.err.message, o.err.status, o.err.attempts, o.err.code, o.err.coalesced })
+      -- as another writer (or version) stored it
+      o = assert(core.outcome_decode(cjson.encode{ err = { kind = "api", message = "a\nb", attempts = 1 } }))
+      assert.equal("cachectl: api: a b (1 attempt)", tostring(o.err))
+    end)
+
+    it("hold no form of a secret, however short; the caller's own values are left untouched", function()
+      local token, pw = helpers.secret("TOKEN") .. "/+x", "pw"
+      local pct = token:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end)
+      local res = { echo = token, url = "https://h/?t=" .. pct, raw = token:gsub("/", "\\/"), short = "a pw b",
+        [token] = "as a key" }
+      local text = assert(core.outcome_encode(res, nil, { token, pw }))
+      for _, form in ipairs{ token, pct, pct:lower(), cjson.encode(token):sub(2, -2), pw } do
+        assert.is_nil(text:find(form, 1, true), form)
+      end
+      assert.equal(token, res.echo)
+      assert.same({ echo = "***", url = "https://h/?t=***", raw = "***", short = "***", ["***"] = "as a key",
+        coalesced = true }, core.outcome_decode(text).res)
+    end)
+
+    it("an outcome that cannot be stored is nil, and a text that is none reads as nil", function()
+      local deep = {}
+      for _ = 1, 1001 do deep = { deep } end
+      for _, res in ipairs{ { f = print }, { n = 0 / 0 }, { n = 1 / 0 }, deep } do
+        assert.is_nil(core.outcome_encode(res, nil))
+      end
+      for _, text in ipairs{ "", "{", "pending:x", '{"err":{"kind":"nonsense","attempts":1}}',
+                             '{"err":{"kind":"http"}}' } do
+        assert.is_nil(core.outcome_decode(text), text)
+      end
+      assert.error_matches(function() core.outcome_encode({}, nil, "s3cret") end, "a list of secrets")
+    end)
+  end)
+
   describe("with a Redis #redis", function()
     setup(function()
       srv = redis_server.start()

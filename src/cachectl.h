@@ -173,6 +173,11 @@ void cc_yaml_init(lua_State *L);
 int cc_model_policies_l(lua_State *L);
 int cc_policy_check_l(lua_State *L);
 
+/* outcome.c: sets core.outcome_encode and core.outcome_decode (a coalesced
+ * call's outcome as stored in Redis) in the module table at the top, which
+ * holds the scrub and error they use. */
+void cc_outcome_init(lua_State *L);
+
 /* request.c: r->lim_name built (0 when out of memory). */
 int cc_lim_name(cc_req *r);
 

@@ -506,6 +506,7 @@ CC_EXPORT int luaopen_cachectl_core(lua_State *L)
     lua_pop(L, 1);
     set_rows(L, module);
     cc_setfuncs(L, funcs);
+    cc_outcome_init(L);
     cc_yaml_init(L);
     lua_pushliteral(L, CC_VERSION);
     lua_setfield(L, -2, "version");

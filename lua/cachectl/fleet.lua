@@ -15,11 +15,9 @@
 --
 -- @module cachectl.fleet
 
-local require, pcall, error, type, tostring, tonumber, pairs, setmetatable, getmetatable, rawget =
-  require, pcall, error, type, tostring, tonumber, pairs, setmetatable, getmetatable, rawget
+local require, pcall, error, type, tostring, rawget = require, pcall, error, type, tostring, rawget
 local format = string.format
 local floor, min, max, random = math.floor, math.min, math.max, math.random
-local tointeger, mtype = math.tointeger, math.type -- nil before Lua 5.3
 local G = _G
 
 local core = require "cachectl.core"
@@ -82,7 +80,7 @@ local function cosockets()
   return nil
 end
 
-local resty_lib, cjson, own_session -- made on first use; resty_lib false: missing
+local resty_lib, own_session -- made on first use; resty_lib false: missing
 
 local function load_resty()
   if resty_lib == nil then
@@ -172,68 +170,7 @@ local function command(link, cmd, ...)
   return false, link.cfg.where .. ": " .. core.scrub(tostring(v), link.cfg.password, true), broken
 end
 
--- --------------------------------------------------------------- outcomes
-
-local function json()
-  if cjson == nil then
-    local lib = require "cjson.safe"
-    cjson = lib.new and lib.new() or lib
-  end
-  return cjson
-end
-
--- lua-cjson writes numbers with 14 significant digits: a number it would
--- change travels as a tagged string (NUM .. "%.17g"), and a string that
--- begins with "\0" gets STR in front, so that every value comes back as
--- the first caller had it (`integers` undoes both).
-local NUM, STR = "\0n:", "\0s:"
-
-local function lossless(v)
-  local t = type(v)
-  if t == "table" then
-    local out = {}
-    for k, x in pairs(v) do out[k] = lossless(x) end
-    return setmetatable(out, getmetatable(v))
-  elseif t == "number" and v == v and v > -1 / 0 and v < 1 / 0 and tonumber(format("%.14g", v)) ~= v then
-    return NUM .. (mtype and mtype(v) == "integer" and format("%d", v)
-      or format("%.17g", v))
-  elseif t == "string" and v:byte(1) == 0 then
-    return STR .. v
-  end
-  return v
-end
-
--- Integral numbers back to integers (JSON decoding gives floats in 5.3+),
--- and the tagged values of `lossless` back to what they were.
-local function integers(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do v[k] = integers(x) end
-  elseif type(v) == "string" and v:byte(1) == 0 then
-    if v:sub(1, #NUM) == NUM then return tonumber(v:sub(#NUM + 1)) or v end
-    if v:sub(1, #STR) == STR then return v:sub(#STR + 1) end
-  elseif type(v) == "number" and tointeger then
-    return tointeger(v) or v
-  end
-  return v
-end
-
--- res, err from a stored outcome, each marked coalesced = true; nil when
--- the text is not one.
-local function decode_outcome(text)
-  local t = json().decode(text)
-  if type(t) ~= "table" then return nil end
-  local res, err = integers(t.res), integers(t.err)
-  if type(res) == "table" then res.coalesced = true end
-  if type(err) == "table" then
-    err.coalesced = true
-    -- as stored, through core.error (its text on one line): one that is
-    -- not an error of cachectl is no outcome
-    local ok, e = pcall(core.error, err)
-    if not ok then return nil end
-    err = e
-  end
-  return { res = res, err = err }
-end
+-- ------------------------------------------------------------- coalescing
 
 --- The error of a waiter that saw no outcome within its budget.
 -- @tparam string label names the call (e.g. "omni.reset_cache")
@@ -243,8 +180,6 @@ function M.no_outcome(label, budget)
   return core.error{ kind = "timeout", attempts = 0,
     message = format("coalesced call %s: no outcome from the first caller within %g s", label, budget) }
 end
-
--- ------------------------------------------------------------- coalescing
 
 --- A link to the Redis of `url` for one call: what the functions below take.
 -- @tparam string url `redis://[[user]:password@]host[:port][/db]`
@@ -294,9 +229,9 @@ end
 function M.settle(link, digest, token, window, res, err, secrets)
   local key = KEY .. digest:lower()
   if res ~= nil or (type(err) == "table" and (err.attempts or 0) > 0) then
-    -- every form of every secret masked, however short (core.scrub copies)
-    local text = json().encode({ res = lossless(core.scrub(res, secrets, true)),
-      err = lossless(core.scrub(err, secrets, true)) })
+    -- JSON that gives back every value exactly, every form of every secret
+    -- masked, however short; nil when it cannot be stored
+    local text = core.outcome_encode(res, err, secrets)
     local grace = format("%d", min(GRACE_MS, floor(window * 1000) + 1))
     if text and command(link, "eval", STORE, 1, key, token, text, grace) then
       return true
@@ -307,32 +242,24 @@ function M.settle(link, digest, token, window, res, err, secrets)
   return false
 end
 
---- Waits for the outcomes of claims held by others.
+--- Waits for the outcome of a claim held by another caller.
 -- @tparam table link
--- @tparam {string,...} digests
--- @treturn table digest -> { res = ..., err = ... } for the outcomes that came, or
--- `false` for a claim that went without one (its caller goes on by itself);
--- missing: none before the link's budget ran out, or Redis failed
-function M.await(link, digests)
-  local found, left, interval = {}, #digests, POLL_FIRST
-  while left > 0 do
-    for _, d in pairs(digests) do
-      if found[d] == nil then
-        local ok, value = command(link, "get", KEY .. d:lower())
-        if not ok then return found end
-        if value == nil then
-          found[d], left = false, left - 1
-        elseif type(value) == "string" and value:sub(1, 1) == "{" then
-          found[d], left = decode_outcome(value) or false, left - 1
-        end
-      end
-    end
+-- @tparam string digest
+-- @treturn table|boolean|nil `{ res = ..., err = ... }` when it came; `false`
+-- when the claim went without one (its caller goes on by itself); nil when
+-- none came before the link's budget ran out, or Redis failed
+function M.await(link, digest)
+  local key, interval = KEY .. digest:lower(), POLL_FIRST
+  while true do
+    local ok, value = command(link, "get", key)
+    if not ok then return nil end
+    if value == nil then return false end
+    if type(value) == "string" and value:sub(1, 1) == "{" then return core.outcome_decode(value) or false end
     local budget = link["until"] - now()
-    if left == 0 or budget <= 0 then break end
+    if budget <= 0 then return nil end
     sleep(min(interval, budget))
     interval = min(interval * 1.5, POLL_MAX)
   end
-  return found
 end
 
 local function check(ok, msg)
@@ -380,7 +307,7 @@ function M.coalesce(url, digest, window, budget, run, opts)
   local mine, token = M.claim(link, digest, window)
   if not mine then return nil, "unreachable", token end
   if mine == "theirs" then
-    local o = M.await(link, { digest })[digest]
+    local o = M.await(link, digest)
     if o then return o.res, o.err, true end
     if o == nil and link["until"] <= now() then
       return nil, M.no_outcome(opts.label or "(" .. digest .. ")", budget), false
