@@ -58,29 +58,53 @@ local function decoded(out, who)
   return v
 end
 
--- Runs each of `codes` in its own process, all at once; their decoded outputs.
-local function run_all(codes)
+-- Runs each of `codes` in its own process, all at once; their decoded
+-- outputs. With `gate` (the children made with it), the children start
+-- their work together once every one of them is loaded and waiting.
+local function run_all(codes, gate)
   local procs, outs = {}, {}
   for i, code in ipairs(codes) do procs[i] = spawn(code) end
+  if gate then
+    local waited = 0
+    while select(2, helpers.read_file(gate .. ".ready"):gsub("\n", "")) < #codes and waited < 60 do
+      socket.sleep(0.01)
+      waited = waited + 0.01
+    end
+    helpers.write_file(gate .. ".go", "")
+  end
   for i, p in ipairs(procs) do outs[i] = decoded(p.finish(), "process " .. i) end
+  if gate then os.remove(gate .. ".ready"); os.remove(gate .. ".go") end
   return outs
 end
 
--- Lua source for a child: waits until `start_at` (epoch seconds), then runs
--- `body`, which sees TOKEN, BASE, REDIS, UUID, core, cachectl, cjson, and
--- `record(list)`, an on_event function that appends plain event tables.
-local function child(start_at, token, base, redis_url, body)
+-- A gate for run_all: children made with it wait for one another.
+local function new_gate()
+  local gate = tmpname()
+  helpers.write_file(gate .. ".ready", "")
+  return gate
+end
+
+-- Lua source for a child: runs `body` once every child of `gate` is
+-- loaded and waiting (with no gate, at once). `body` sees TOKEN, BASE,
+-- REDIS, UUID, core, cachectl, cjson, and `record(list)`, an on_event
+-- function that appends plain event tables.
+local function child(gate, token, base, redis_url, body)
   return string.format([[
 local core, cachectl, cjson, socket = require "cachectl.core", require "cachectl", require "cjson", require "socket"
-local TOKEN, BASE, REDIS, UUID = %q, %q, %q, %q
+local TOKEN, BASE, REDIS, UUID, GATE = %q, %q, %q, %q, %q
 local function record(list)
   return function(ev)
     list[#list + 1] = { type = ev.type, reason = ev.reason, wait = ev.wait, status = ev.status,
       attempt = ev.attempt, message = ev.message }
   end
 end
-while socket.gettime() < %f do socket.sleep(0.005) end
-]], token, base, redis_url, UUID, start_at) .. body
+if GATE ~= "" then
+  local f = assert(io.open(GATE .. ".ready", "a"))
+  f:write("ready\n")
+  f:close()
+  while not io.open(GATE .. ".go") do socket.sleep(0.005) end
+end
+]], token, base, redis_url, UUID, gate or "") .. body
 end
 
 -- The arrival times the mock recorded, in arrival order, and the records.
@@ -178,10 +202,9 @@ describe("fleet, exact #redis #slow", function()
     it("take their turns: {2 per 3 s}, two resets in two processes answered 503 once each", function()
       -- the first two requests of the token get a 503; the retries must wait for the window
       local token = helpers.uid("tok-retry") .. " fault=503 times=2"
-      local start_at = socket.gettime() + 1
-      local codes = {}
+      local gate, codes = new_gate(), {}
       for p = 1, 2 do
-        codes[p] = child(start_at, token, base, url, string.format([[
+        codes[p] = child(gate, token, base, url, string.format([[
 local events = {}
 local res, err = core.session():call("omni", "reset_cache", { token = TOKEN, base_url = BASE, model_id = UUID,
   policy = "proc%d", retries = 2, timeout = 15, on_event = record(events),
@@ -189,7 +212,7 @@ local res, err = core.session():call("omni", "reset_cache", { token = TOKEN, bas
 print(cjson.encode{ ok = res ~= nil, err = err and tostring(err), events = events })
 ]], p))
       end
-      local outs = run_all(codes)
+      local outs = run_all(codes, gate)
       local times, reqs = arrivals(m)
       print_arrivals("retries under 503, {2 per 3 s}, two processes: arrivals", reqs)
       for p, out in ipairs(outs) do
@@ -222,12 +245,9 @@ print(cjson.encode{ ok = res ~= nil, err = err and tostring(err), events = event
 
   it("two processes running batches at concurrency 1 and 3 under {3 per 1 s}: no 1 s holds more than 3", function()
     local token = helpers.uid("tok-batches")
-    -- 3 s for both children to be waiting when the batches start, on a
-    -- machine busy with the other passes of make test (1 s was not always)
-    local start_at = socket.gettime() + 3
-    local codes = {}
+    local gate, codes = new_gate(), {}
     for p, conc in ipairs{ 1, 3 } do
-      codes[p] = child(start_at, token, base, url, string.format([[
+      codes[p] = child(gate, token, base, url, string.format([[
 local list = {}
 for i = 1, 6 do
   list[i] = { token = TOKEN, base_url = BASE, model_id = UUID, policy = "c%d-" .. i, retries = 0, timeout = 30,
@@ -238,7 +258,7 @@ for i, item in ipairs(items) do out[i] = item.err and tostring(item.err) or "ok"
 print(cjson.encode(out))
 ]], conc, conc))
     end
-    local outs = run_all(codes)
+    local outs = run_all(codes, gate)
     local times, reqs = arrivals(m)
     print_arrivals("batches of 6 at concurrency 1 (c1-*) and 3 (c3-*), {3 per 1 s}: arrivals", reqs)
     for p = 1, 2 do assert.same({ "ok", "ok", "ok", "ok", "ok", "ok" }, outs[p], "process " .. p) end
@@ -382,7 +402,7 @@ print(cjson.encode(out))
     -- The first caller, in a child process: one coalesced reset of `token`
     -- through `redis_url`; prints { ok, err, coalesced }.
     local function first_caller(token, redis_url)
-      return spawn(child(0, token, base, redis_url, [[
+      return spawn(child(nil, token, base, redis_url, [[
 local c = cachectl.omni.new{ token = TOKEN, base_url = BASE, timeout = 8, retries = 0, coalesce = 30,
   rate_limit = { requests = 10, per = 1, redis = REDIS } }
 local res, err = c:reset_cache(UUID, "daily")
@@ -447,7 +467,7 @@ print(cjson.encode{ ok = res ~= nil, err = err and tostring(err), kind = err and
       assert(core.session():call("omni", "reset_cache", { token = token, base_url = base, model_id = UUID,
         policy = "fill", rate_limit = lim }))
       -- the first caller gives up at once: its turn lies past its 0.5 s timeout
-      local out = decoded(spawn(child(0, token, base, url, [[
+      local out = decoded(spawn(child(nil, token, base, url, [[
 local c = cachectl.omni.new{ token = TOKEN, base_url = BASE, timeout = 0.5, coalesce = 30,
   rate_limit = { requests = 1, per = 2, redis = REDIS } }
 local res, err = c:reset_cache(UUID, "daily")
