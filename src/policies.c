@@ -201,10 +201,10 @@ int cc_model_policies_l(lua_State *L)
     int rc;
     luaL_checkstring(L, 1);
     lua_settop(L, 4);
-    lua_pushcfunction(L, cc_yaml_load_l);
-    lua_insert(L, 1);
-    lua_call(L, 4, 3);                      /* a raise of the clock goes through */
-    if (lua_isnil(L, 1)) return 3;
+    /* called, not lua_call'ed: its argument errors then name this function
+     * (a raise of the clock goes through) */
+    if (cc_yaml_load_l(L) != 1) return 3;   /* nil, why, reason */
+    lua_replace(L, 1);
     lua_settop(L, 1);
     luaL_checkstack(L, 24, "model_policies");
     if (is_null(L, 1)) {
