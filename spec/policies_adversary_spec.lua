@@ -6,8 +6,10 @@
 -- lua/cachectl/core.luadoc). Each DEFECT test is a reproduction of one
 -- defect, written from the contract; the comment above it says what it got
 -- before the fix; the tests without DEFECT hold what held.
+local helpers = require "support.helpers"
 local core = require "cachectl.core"
 
+local UUID = helpers.UUID
 local DOC = "cache_policies: {daily: {max_cache_age: 24 hours}, hourly: {}}\ndefault_cache_policy: daily\n"
 
 -- The message of the error `fn` raises (it must raise).
@@ -69,5 +71,42 @@ describe("policies adversary: the arguments of core.model_policies", function()
                                              key_bytes = 2 ^ 62 }))
     assert.same({ "daily", "hourly" }, { list[1].name, list[2].name })
     assert.equal("daily", list.default)
+  end)
+end)
+
+describe("policies adversary: the arguments of core.policy_check", function()
+  -- Contract: policy_check takes `policies` "as model_policies returns
+  -- them" (core.luadoc); a programming mistake raises naming the argument
+  -- (API.md, Bad input). Got: a list with a hole or an item that is not a
+  -- table raised Lua's own "attempt to index a nil value" (or "a boolean
+  -- value"), naming nothing; and a policy named by a number (never a name
+  -- model_policies gives) was compared as text in the suggestion but not in
+  -- the match: "no cache policy '1' in model ...; did you mean '1'? (known: 1)".
+  it("DEFECT: an item that is not a policy raises naming the argument; a number is not a name", function()
+    for _, policies in ipairs{ { { name = "b" }, false }, { 5 }, { "daily" } } do
+      local message = raised(function() core.policy_check("a", policies, UUID) end)
+      assert.matches("policy_check", message, 1, true)
+      assert.matches("#2", message, 1, true)
+    end
+    for _, name in ipairs{ 1, 2 ^ 53 } do
+      local message = raised(function() core.policy_check(tostring(name), { { name = name } }, UUID) end)
+      assert.matches("policy_check", message, 1, true)
+      assert.matches("a policy without a name", message, 1, true)
+    end
+  end)
+
+  it("holds: a match before a bad item, metatables, a raising __index, no policies", function()
+    assert.is_true(core.policy_check("a", { { name = "a" }, false }, UUID))
+    assert.is_true(core.policy_check("a", { setmetatable({}, { __index = function() return "a" end }) }, UUID))
+    local guarded = setmetatable({}, { __len = function() error("never asked") end,
+                                      __index = function() error("never asked") end })
+    assert.equal("no cache policy 'a' in model " .. UUID .. ": its model file declares none",
+      select(2, core.policy_check("a", guarded, UUID)))
+    assert.error_matches(function()
+      core.policy_check("a", { setmetatable({}, { __index = function() error("from __index") end }) }, UUID)
+    end, "from __index")
+    for _, args in ipairs{ { nil, {}, UUID }, { "a", nil, UUID }, { "a", {}, nil }, { "a", 5, UUID } } do
+      assert.matches("policy_check", raised(function() core.policy_check(args[1], args[2], args[3]) end), 1, true)
+    end
   end)
 end)
