@@ -110,3 +110,109 @@ describe("policies adversary: the arguments of core.policy_check", function()
     end
   end)
 end)
+
+describe("policies adversary: hostile model files (held)", function()
+  -- The names of a list model_policies returned, in order.
+  local function names(list)
+    local out = {}
+    for i, p in ipairs(list) do out[i] = p.name end
+    return out
+  end
+
+  it("merge keys: a list with a non-mapping, a quoted '<<', a default and policies only merged", function()
+    local _, why, reason = core.model_policies("cache_policies: {a: {<<: [{x: 1}, [{y: 2}]]}}\n")
+    assert.equal("a merge key (<<) whose list holds something else than mappings", why)
+    assert.equal("shape", reason)
+    local list = assert(core.model_policies("cache_policies: {a: {'<<': {y: 1}, z: 2}}\n"))
+    assert.same({ name = "a", z = 2 }, list[1])             -- a quoted << is a key, its mapping left out
+    list = assert(core.model_policies("<<: {cache_policies: {a: {}}, default_cache_policy: a}\n"))
+    assert.same({ "a" }, names(list))
+    assert.equal("a", list.default)
+    list = assert(core.model_policies("cache_policies: {<<: [{b: {n: 1}}, {b: {n: 2}, c: ~}], a: {}}\n"))
+    assert.same({ "a", "b", "c" }, names(list))
+    assert.equal(1, list[2].n)                              -- the first mapping of the list wins
+  end)
+
+  it("names: a quoted \\0null is a name, a null key is not; NUL inside; cut at 64 bytes on a character", function()
+    local list = assert(core.model_policies('cache_policies: {"\\0null": {}, "a\\0b": {}}\n'))
+    assert.same({ "\0null", "a\0b" }, names(list))
+    local _, why = core.model_policies('cache_policies: {"\\0null": {}, ~: {}}\n')
+    assert.equal("cache_policies holds a name that is null, not a string", why)
+    local emoji = "\240\159\152\128"                        -- 4 bytes
+    for _, case in ipairs{ { string.rep("a", 60) .. emoji, string.rep("a", 60) .. emoji },
+                           { string.rep("a", 61) .. emoji, string.rep("a", 61) .. "..." },
+                           { string.rep("a", 63) .. "\195\169", string.rep("a", 63) .. "..." } } do
+      local text = 'cache_policies: {a: {}}\ndefault_cache_policy: "' .. case[1] .. '"\n'
+      _, why = core.model_policies(text)
+      assert.equal("default_cache_policy '" .. case[2] .. "' is not declared in cache_policies", why)
+    end
+  end)
+
+  it("a BOM, an empty document, a second empty one, NUL bytes in the text", function()
+    assert.same({ "a" }, names(assert(core.model_policies("\239\187\191cache_policies: {a: {}}\n"))))
+    assert.same({}, assert(core.model_policies("---\n...\n")))
+    assert.equal("more than one YAML document", select(2, core.model_policies("--- \n--- \n")))
+    assert.equal("syntax", select(3, core.model_policies("cache_policies: {a\0b: {}}\n")))
+  end)
+
+  it("the clock: a yield raises (no C boundary to cross), a non-number reads as no time passing", function()
+    local text = "cache_policies: {daily: {}}\nfiller: [" .. string.rep("0,", 1999) .. "0]\n"
+    local co = coroutine.create(function()
+      return core.model_policies(text, nil, 1, function() coroutine.yield() end)
+    end)
+    local ok, err = coroutine.resume(co)
+    assert.is_false(ok)
+    assert.matches("yield", tostring(err), 1, true)
+    local list = assert(core.model_policies(text, nil, 1e9, function() return nil end))
+    assert.equal("daily", list[1].name)
+  end)
+end)
+
+describe("policies adversary: the command against the mock's hostile model files", function()
+  local server = require "support.mock_server"
+  local support = require "support.cli"
+  local cjson = require "cjson"
+  local srv = server.use()
+  local ID = "0e4a5c1d-1111-4222-8333-444455556677"
+  local token = support.secret("t")
+
+  local function omni(yaml, argv)
+    srv:define_models({ { id = ID, name = "Hostile", yaml = yaml } })
+    local args = { "omni" }
+    for _, a in ipairs(argv) do args[#args + 1] = a end
+    args[#args + 1] = "--base-url"
+    args[#args + 1] = srv.base
+    return support.run(args, { OMNI_API_KEY = token })
+  end
+
+  local function resets()
+    local n = 0
+    for _, r in ipairs(srv:requests()) do
+      if r.method == "POST" then n = n + 1 end
+    end
+    return n
+  end
+
+  it("a refused name, a list of policies, a depth bomb: exit 1, one JSON document, nothing reset", function()
+    local cases = {
+      { 'cache_policies: {daily: {}, "da\\nily\\e[2J": {}}\n', "invalid", "did you mean 'daily'?" },
+      { "cache_policies: [daily, dialy]\n", "decode", "cache_policies is a list, not a mapping" },
+      { "a: " .. string.rep("[", 70) .. string.rep("]", 70) .. "\n", "decode", "(the depth limit)" },
+    }
+    for _, case in ipairs(cases) do
+      local status, out, err = omni(case[1], { "reset-cache", "--model", ID, "--policy", "dialy", "--json" })
+      assert.equal(1, status, err)
+      local doc = cjson.decode(out)
+      assert.is_false(doc.ok)
+      assert.equal(case[2], doc.results[1].error.kind)
+      assert.matches(case[3], doc.results[1].error.message, 1, true)
+      assert.is_nil(doc.results[1].error.message:find("%c"))
+      status, out, err = omni(case[1], { "reset-cache", "--model", ID, "--policy", "dialy", "--policy", "x" })
+      assert.equal(1, status)
+      assert.equal("", out)
+      assert.is_nil(err:find("\27", 1, true))
+      assert.equal(0, resets())
+      srv:reset()
+    end
+  end)
+end)
