@@ -201,10 +201,10 @@ int cc_model_policies_l(lua_State *L)
     int rc;
     luaL_checkstring(L, 1);
     lua_settop(L, 4);
-    lua_pushcfunction(L, cc_yaml_load_l);
-    lua_insert(L, 1);
-    lua_call(L, 4, 3);                      /* a raise of the clock goes through */
-    if (lua_isnil(L, 1)) return 3;
+    /* called, not lua_call'ed: its argument errors then name this function
+     * (a raise of the clock goes through) */
+    if (cc_yaml_load_l(L) != 1) return 3;   /* nil, why, reason */
+    lua_replace(L, 1);
     lua_settop(L, 1);
     luaL_checkstack(L, 24, "model_policies");
     if (is_null(L, 1)) {
@@ -232,15 +232,17 @@ int cc_model_policies_l(lua_State *L)
 
 /* ------------------------------------------------------------ the check */
 
-/* Pushes the name of policy i of the list at 2. */
+/* Pushes the name of policy i of the list at 2: a string, or it raises
+ * naming the argument. */
 static const char *name_at(lua_State *L, int i, size_t *len)
 {
-    const char *s;
     lua_rawgeti(L, 2, i);
+    if (!lua_istable(L, -1)) luaL_argerror(L, 2, lua_pushfstring(L, "policy %d is not a table", i));
     lua_getfield(L, -1, "name");
     lua_remove(L, -2);
-    if (!(s = lua_tolstring(L, -1, len))) luaL_argerror(L, 2, "a policy without a name");
-    return s;
+    /* a string only: a number would be compared as text here but not in the match */
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "a policy without a name");
+    return lua_tolstring(L, -1, len);
 }
 
 /* The Levenshtein distance between a and b, or limit + 1 when it exceeds
@@ -318,13 +320,12 @@ int cc_policy_check_l(lua_State *L)
     lua_settop(L, 3);
     n = (int)cc_rawlen(L, 2);
     for (i = 1; i <= n; i++) {
-        lua_rawgeti(L, 2, i);
-        lua_getfield(L, -1, "name");
+        name_at(L, i, NULL);                /* a policy and its name checked */
         if (lua_rawequal(L, -1, 1)) {
             lua_pushboolean(L, 1);
             return 1;
         }
-        lua_pop(L, 2);
+        lua_pop(L, 1);
     }
     lua_pushnil(L);
     lua_pushliteral(L, "no cache policy '");

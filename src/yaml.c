@@ -938,6 +938,34 @@ static int read_l(lua_State *L)
     return 1;
 }
 
+/* The limits table at 2 (none or nil: the defaults) into lim. A name that
+ * is not a limit (a typo), or a value that is not a number >= 0, is the
+ * caller's mistake: it raises naming it, never read as 0 or ignored. */
+static void read_limits(lua_State *L, lua_Integer *lim)
+{
+    int i;
+    for (i = 0; i < LIM_COUNT; i++) lim[i] = limit_defaults[i];
+    if (lua_isnoneornil(L, 2)) return;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        size_t len = 0;
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
+        lua_Number n = lua_tonumber(L, -1);
+        for (i = 0; name && i < LIM_COUNT; i++)
+            if (len == strlen(limit_names[i]) && memcmp(name, limit_names[i], len) == 0) break;
+        if (!name)
+            luaL_argerror(L, 2, lua_pushfstring(L, "a limit named by a %s", luaL_typename(L, -2)));
+        if (i == LIM_COUNT) luaL_argerror(L, 2, lua_pushfstring(L, "unknown limit '%s'", name));
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_argerror(L, 2, lua_pushfstring(L, "limit '%s' must be a number >= 0, got %s", name,
+                                                luaL_typename(L, -1)));
+        if (!(n >= 0)) luaL_argerror(L, 2, lua_pushfstring(L, "limit '%s' must be a number >= 0", name));
+        lim[i] = n >= 0x1p62 ? ((lua_Integer)1 << 62) : (lua_Integer)n;
+        lua_pop(L, 1);
+    }
+}
+
 /* cc_yaml_load_l(text [, limits [, deadline [, clock]]]): the document, or
  * nil, what is wrong (never the text), and why ("limit", "shape", "syntax",
  * "memory" or "timeout"). limits: a table of the limits to change;
@@ -947,21 +975,11 @@ int cc_yaml_load_l(lua_State *L)
 {
     st s;
     reader *r;
-    int i, status;
+    int status;
     luaL_checkstring(L, 1);
     memset(&s, 0, sizeof s);
     s.L = L;
-    for (i = 0; i < LIM_COUNT; i++) {
-        s.lim[i] = limit_defaults[i];
-        if (lua_isnoneornil(L, 2)) continue;
-        luaL_checktype(L, 2, LUA_TTABLE);
-        lua_getfield(L, 2, limit_names[i]);
-        if (!lua_isnil(L, -1)) {
-            lua_Number n = luaL_checknumber(L, -1);
-            s.lim[i] = n >= 0x1p62 ? ((lua_Integer)1 << 62) : n > 0 ? (lua_Integer)n : 0;
-        }
-        lua_pop(L, 1);
-    }
+    read_limits(L, s.lim);
     s.has_deadline = !lua_isnoneornil(L, 3);
     if (s.has_deadline) s.deadline = luaL_checknumber(L, 3);
     if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TFUNCTION);
