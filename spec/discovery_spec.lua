@@ -195,6 +195,15 @@ describe("Omni discovery (Lua layer)", function()
       assert.same({ fileName = "model.yaml", fullyResolved = "true" }, query(req))
     end)
 
+    it("asks for the file fully resolved only in the combined mode (a client's mode = staged included)", function()
+      local c = omni{ mode = "staged" }
+      assert(c:cache_policies(SALES))
+      assert(c:cache_policies(SALES, { mode = "combined" }))
+      local reqs = sent(srv, "GET", "/yaml")
+      assert.same({ fileName = "model.yaml", mode = "staged" }, query(reqs[#reqs - 1]))
+      assert.same({ fileName = "model.yaml", mode = "combined", fullyResolved = "true" }, query(reqs[#reqs]))
+    end)
+
     it("keeps the file's order whatever it is, with aliases and multi-line values", function()
       local id = "0f0e0d0c-0b0a-4909-8807-060504030201"
       srv:define_models{ { id = id, name = "Ordered", yaml = table.concat({

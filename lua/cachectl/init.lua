@@ -589,7 +589,8 @@ end
 -- merge keys expanded, keys) and the call's timeout.
 -- @tparam string model_id the model's UUID (nil: the client's `model_id`)
 -- @tparam[opt] table opts the options of `model_yaml` (`file_name` defaults to
--- "model.yaml", `fully_resolved` to true) and the common options
+-- "model.yaml", `fully_resolved` to true in the combined `mode`, Omni's
+-- default, the only one that resolves) and the common options
 -- @treturn table|nil `{ { name = "daily", max_cache_age = "24 hours",
 -- filter_suggestions_must_obey_policy = true }, ..., default = "daily" }` in
 -- the file's order; `default` from `default_cache_policy` (or nil); an empty
@@ -607,7 +608,10 @@ local function cache_policies(self, model_id, opts)
   local yopts = copy(base)
   yopts.model_id = arg_or_default(st, model_id, "model_id")
   if yopts.file_name == nil then yopts.file_name = "model.yaml" end
-  if yopts.fully_resolved == nil then yopts.fully_resolved = true end
+  -- Omni resolves the extends chain only in the combined mode (its default)
+  if yopts.fully_resolved == nil and (yopts.mode == nil or yopts.mode == "combined") then
+    yopts.fully_resolved = true
+  end
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
   local list, err = within(st, read_policies, st, yopts, window, started)
