@@ -9,8 +9,8 @@
 -- quoted) and pass with the fix; the others are what held. Real parts only:
 -- the mock (cachectl-mock) counts what was sent.
 local string, table = string, table
-local assert, collectgarbage, ipairs, pairs, pcall, rawget, setmetatable, tostring =
-  assert, collectgarbage, ipairs, pairs, pcall, rawget, setmetatable, tostring
+local assert, collectgarbage, ipairs, pairs, pcall, setmetatable, tostring =
+  assert, collectgarbage, ipairs, pairs, pcall, setmetatable, tostring
 
 local helpers = require "support.helpers"
 local server = require "support.mock_server"
@@ -21,16 +21,7 @@ local UUID = helpers.UUID
 local TOKEN, KEY = "demo-omni-token", "demo-modelslab-key"
 local LONG = string.rep("a", 64 * 1024 + 1)
 
--- An object whose finalizer is fn: a table in 5.2+, a proxy in 5.1 and LuaJIT.
-local function finalizable(fn)
-  local newproxy = rawget(_G, "newproxy")
-  if newproxy then
-    local p = newproxy(true)
-    getmetatable(p).__gc = fn
-    return p
-  end
-  return setmetatable({}, { __gc = fn })
-end
+local finalizable = helpers.finalizable
 
 -- Makes each collector step small (a state's work, a few finalizers), so
 -- that finalizers left pending run at the next allocations; returns what

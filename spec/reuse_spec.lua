@@ -182,14 +182,7 @@ describe("core sessions", function()
     -- Lua code runs inside a call: an on_event function, and whatever
     -- finalizer the collector runs then. Closing the session there must not
     -- free the run in progress.
-    local function finalizer(fn)
-      if newproxy then                        -- Lua 5.1, LuaJIT: only userdata have __gc
-        local p = newproxy(true)
-        getmetatable(p).__gc = fn
-        return p
-      end
-      return setmetatable({}, { __gc = fn })
-    end
+    local finalizer = helpers.finalizable
 
     for _, how in ipairs{ "__close", "__gc" } do
       it("by " .. how .. " from a finalizer run during a batch waits for the batch's end", function()

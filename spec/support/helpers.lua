@@ -236,4 +236,16 @@ function M.valgrind_lua(code)
   return ok == true and status == 0, out
 end
 
+-- An object whose finalizer is fn: a table in 5.2+, a proxy in 5.1 and
+-- LuaJIT (only userdata have __gc there).
+function M.finalizable(fn)
+  local newproxy = rawget(_G, "newproxy")
+  if newproxy then
+    local p = newproxy(true)
+    getmetatable(p).__gc = fn
+    return p
+  end
+  return setmetatable({}, { __gc = fn })
+end
+
 return M
