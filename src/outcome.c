@@ -129,7 +129,10 @@ static int outcome_encode_l(lua_State *L)
 
 /* core.outcome_decode(text) -> { res = ..., err = ... } | nil (upvalue:
  * core.error, which makes a stored err an error of the module, its text on
- * one line; one that is no error of cachectl is no outcome) */
+ * one line). What a first caller stores and nothing else is an outcome: a
+ * res that is a table, or else an err that is an error of cachectl for
+ * which something was sent (attempts > 0); a res or err of another type
+ * (JSON null included), or neither, is none. */
 static int outcome_decode_l(lua_State *L)
 {
     int i;
@@ -147,10 +150,20 @@ static int outcome_decode_l(lua_State *L)
             lua_pushboolean(L, 1);
             lua_setfield(L, -2, "coalesced");
             if (i == 1 && lua_pcall(L, 1, 1, 0) != 0) return 0;
+        } else if (!lua_isnil(L, -1)) {
+            return 0;
         }
         lua_setfield(L, 3, i == 0 ? "res" : "err");
         lua_settop(L, 3);
     }
+    lua_getfield(L, 3, "res");
+    lua_getfield(L, 3, "err");
+    if (lua_isnil(L, -2)) {
+        if (lua_isnil(L, -1)) return 0;
+        lua_getfield(L, -1, "attempts");
+        if (!(lua_tonumber(L, -1) > 0)) return 0;
+    }
+    lua_settop(L, 3);
     return 1;
 }
 
