@@ -90,16 +90,27 @@ static inline int cc_dump_stripped(lua_State *L, lua_Writer w, void *d)
 #endif
 
 /* Integers: Lua 5.3+ has them beside floats; Lua 5.1 and LuaJIT have
- * floats only. cc_pushnumber_of pushes Lua's tonumber of the text s (n
- * bytes, a NUL after them) and returns 1, or returns 0 and pushes nothing. */
+ * floats only. cc_pushinteger_of pushes the float at i as an integer when
+ * it is integral and in range (math.tointeger) and returns 1, else returns
+ * 0; cc_pushnumber_of pushes Lua's tonumber of the text s (n bytes, a NUL
+ * after them) and returns 1, or returns 0. Nothing is pushed on 0. */
 #if LUA_VERSION_NUM >= 503
 #define cc_isinteger(L, i) lua_isinteger(L, (i))
+static inline int cc_pushinteger_of(lua_State *L, int i)
+{
+    lua_Integer n;
+    lua_Number d = lua_tonumber(L, i);
+    if (lua_isinteger(L, i) || d != floor(d) || !lua_numbertointeger(d, &n)) return 0;
+    lua_pushinteger(L, n);
+    return 1;
+}
 static inline int cc_pushnumber_of(lua_State *L, const char *s, size_t n)
 {
     return strlen(s) == n && lua_stringtonumber(L, s) == n + 1;
 }
 #else
 #define cc_isinteger(L, i) 0
+#define cc_pushinteger_of(L, i) 0
 static inline int cc_pushnumber_of(lua_State *L, const char *s, size_t n)
 {
     lua_pushlstring(L, s, n);

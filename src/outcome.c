@@ -95,6 +95,16 @@ static void untag(lua_State *L, int t)
     if (pushed) lua_replace(L, t);
 }
 
+/* untag, and in an error an integral float an integer (Lua 5.3+): what a
+ * plain JSON writer (another version) stored reads as cjson's floats, and
+ * an error's numbers are counts (status, attempts); a first caller's own
+ * numbers are tagged, subtype and all. */
+static void untag_err(lua_State *L, int t)
+{
+    if (lua_type(L, t) == LUA_TNUMBER && cc_pushinteger_of(L, t)) lua_replace(L, t);
+    else untag(L, t);
+}
+
 /* encode(res, err, secrets, scrub) -> the text; raises where cjson cannot
  * write it (or scrub copy it) */
 static int encode(lua_State *L)
@@ -145,7 +155,7 @@ static int outcome_decode_l(lua_State *L)
     for (i = 0; i < 2; i++) {
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_getfield(L, 2, i == 0 ? "res" : "err");
-        walk(L, untag);
+        walk(L, i == 0 ? untag : untag_err);
         if (lua_istable(L, -1)) {
             lua_pushboolean(L, 1);
             lua_setfield(L, -2, "coalesced");
