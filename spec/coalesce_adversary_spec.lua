@@ -10,7 +10,7 @@
 -- The tests named "DEFECT: ..." failed when written (what they got is
 -- quoted) and pass with the fix; the others are what held. Real parts only:
 -- the mock counts what was sent; a real redis-server; a real nginx.
-local string, table, os, io = string, table, os, io
+local string, os, io = string, os, io
 local assert, ipairs, pairs, pcall, rawget, select, setmetatable, tostring, type =
   assert, ipairs, pairs, pcall, rawget, select, setmetatable, tostring, type
 
@@ -76,7 +76,7 @@ describe("coalesce adversary", function()
     -- table whose res the Lua layer indexed ("perform.lua:113: attempt to
     -- index a string value (local 'res')"), or a call returning nil, nil. An
     -- err for which nothing was sent is never shared either.
-    it("DEFECT: a text whose res is no table, with no res nor err, or an err that sent nothing is no outcome", function()
+    it("DEFECT: a text whose res is no table, with neither res nor err, or an err that sent nothing is none", function()
       for _, text in ipairs{ '{"res":"x"}', '{"res":5}', '{"res":true}', '{"res":null}', '{}',
                              '{"res":null,"err":null}', '{"err":"boom"}', '{"err":[]}',
                              '{"err":{"kind":"http","message":"m","attempts":0}}',
@@ -179,7 +179,9 @@ local c = require("cachectl").omni.new{ token = %q, base_url = %q, coalesce = 30
 local res = assert(c:reset_cache(%q, "daily"))
 local mtype, out = rawget(math, "type"), {}
 for k, v in pairs(res) do
-  if type(v) == "number" then out[k] = string.format("%%s|%%s|%%s", tostring(v), mtype and mtype(v) or "", tostring(1 / v)) end
+  if type(v) == "number" then
+    out[k] = string.format("%%s|%%s|%%s", tostring(v), mtype and mtype(v) or "", tostring(1 / v))
+  end
 end
 io.write(cjson.encode(out))
 ]], token, answers.base, url, UUID))
