@@ -3,10 +3,13 @@
  * core.outcome_encode and core.outcome_decode.
  *
  * The text is JSON written and read by the core's lua-cjson, which writes
- * numbers with 14 significant digits: a number it would change travels as a
- * tagged string, "\0n:" and its digits, and a string that begins with "\0"
- * gets "\0s:" in front. Reading undoes both and makes integral numbers
- * integers again (cjson reads floats). */
+ * numbers with 14 significant digits and without a point when integral: a
+ * number it would change, and under Lua 5.3+ every integer and integral
+ * float (whose subtype the text would not tell), travels as a tagged string,
+ * "\0n:" and its digits (a float's with a point or an exponent), and a
+ * string that begins with "\0" gets "\0s:" in front. Reading undoes both,
+ * so a waiter gets each number as the first caller had it: a float the
+ * core decoded from a service's answer stays a float, -0.0 included. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,28 +39,37 @@ static void walk(lua_State *L, void (*leaf)(lua_State *, int))
     }
 }
 
-/* Whether cjson's 14 digits give back the number at t; true for NaN and
- * the infinities, which it refuses (the outcome is then not stored). */
-static int exact_in_14(lua_State *L, int t)
+/* Whether cjson writes the number at t as text that reads back the same
+ * number of the same subtype: a float that is not integral and survives 14
+ * significant digits (under Lua 5.1 and LuaJIT, any number that does). True
+ * for NaN and the infinities, which it refuses (the outcome is then not
+ * stored). */
+static int plain(lua_State *L, int t)
 {
     char s[32];
-    double d = (double)lua_tonumber(L, t), back;
+    double d = (double)lua_tonumber(L, t);
+    if (d != d || isinf(d)) return 1;
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, t) || d == floor(d)) return 0;
+#endif
     snprintf(s, sizeof s, "%.14g", d);
-    back = strtod(s, NULL);
-    if (cc_isinteger(L, t))
-        return back == floor(back) && fabs(back) < 0x1p63 && (lua_Integer)back == lua_tointeger(L, t);
-    return back == d || d != d || isinf(d);
+    return strtod(s, NULL) == d;
 }
 
-/* A number cjson would change -> NUM and its exact digits; a string
- * beginning with "\0" -> STR and the string. */
+/* A number that is not plain -> NUM and its exact digits (a float's with a
+ * point or an exponent, so that it reads back a float); a string beginning
+ * with "\0" -> STR and the string. */
 static void tag(lua_State *L, int t)
 {
     char s[48] = NUM;
     size_t n = 0;
-    if (lua_type(L, t) == LUA_TNUMBER && !exact_in_14(L, t)) {
-        if (cc_isinteger(L, t)) snprintf(s + TAG, sizeof s - TAG, "%lld", (long long)lua_tointeger(L, t));
-        else snprintf(s + TAG, sizeof s - TAG, "%.17g", (double)lua_tonumber(L, t));
+    if (lua_type(L, t) == LUA_TNUMBER && !plain(L, t)) {
+        if (cc_isinteger(L, t)) {
+            snprintf(s + TAG, sizeof s - TAG, "%lld", (long long)lua_tointeger(L, t));
+        } else {
+            snprintf(s + TAG, sizeof s - TAG, "%.17g", (double)lua_tonumber(L, t));
+            if (!strpbrk(s + TAG, ".e")) strcat(s + TAG, ".0");
+        }
         lua_pushlstring(L, s, TAG + strlen(s + TAG));
         lua_replace(L, t);
     } else if (lua_type(L, t) == LUA_TSTRING && lua_tolstring(L, t, &n)[0] == '\0' && n > 0) {
@@ -68,21 +80,29 @@ static void tag(lua_State *L, int t)
     }
 }
 
-/* tag undone; an integral float -> an integer (Lua 5.3+). */
+/* tag undone: plain numbers are cjson's as they are. */
 static void untag(lua_State *L, int t)
 {
     size_t n = 0;
     const char *s = lua_type(L, t) == LUA_TSTRING ? lua_tolstring(L, t, &n) : "";
-    int pushed;
+    int pushed = 0;
     if (n >= TAG && memcmp(s, STR, TAG) == 0) {
         lua_pushlstring(L, s + TAG, n - TAG);
         pushed = 1;
     } else if (n >= TAG && memcmp(s, NUM, TAG) == 0) {
         pushed = cc_pushnumber_of(L, s + TAG, n - TAG);
-    } else {
-        pushed = lua_type(L, t) == LUA_TNUMBER && cc_pushinteger_of(L, t);
     }
     if (pushed) lua_replace(L, t);
+}
+
+/* untag, and in an error an integral float an integer (Lua 5.3+): what a
+ * plain JSON writer (another version) stored reads as cjson's floats, and
+ * an error's numbers are counts (status, attempts); a first caller's own
+ * numbers are tagged, subtype and all. */
+static void untag_err(lua_State *L, int t)
+{
+    if (lua_type(L, t) == LUA_TNUMBER && cc_pushinteger_of(L, t)) lua_replace(L, t);
+    else untag(L, t);
 }
 
 /* encode(res, err, secrets, scrub) -> the text; raises where cjson cannot
@@ -119,7 +139,10 @@ static int outcome_encode_l(lua_State *L)
 
 /* core.outcome_decode(text) -> { res = ..., err = ... } | nil (upvalue:
  * core.error, which makes a stored err an error of the module, its text on
- * one line; one that is no error of cachectl is no outcome) */
+ * one line). What a first caller stores and nothing else is an outcome: a
+ * res that is a table, or else an err that is an error of cachectl for
+ * which something was sent (attempts > 0); a res or err of another type
+ * (JSON null included), or neither, is none. */
 static int outcome_decode_l(lua_State *L)
 {
     int i;
@@ -132,15 +155,25 @@ static int outcome_decode_l(lua_State *L)
     for (i = 0; i < 2; i++) {
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_getfield(L, 2, i == 0 ? "res" : "err");
-        walk(L, untag);
+        walk(L, i == 0 ? untag : untag_err);
         if (lua_istable(L, -1)) {
             lua_pushboolean(L, 1);
             lua_setfield(L, -2, "coalesced");
             if (i == 1 && lua_pcall(L, 1, 1, 0) != 0) return 0;
+        } else if (!lua_isnil(L, -1)) {
+            return 0;
         }
         lua_setfield(L, 3, i == 0 ? "res" : "err");
         lua_settop(L, 3);
     }
+    lua_getfield(L, 3, "res");
+    lua_getfield(L, 3, "err");
+    if (lua_isnil(L, -2)) {
+        if (lua_isnil(L, -1)) return 0;
+        lua_getfield(L, -1, "attempts");
+        if (!(lua_tonumber(L, -1) > 0)) return 0;
+    }
+    lua_settop(L, 3);
     return 1;
 }
 

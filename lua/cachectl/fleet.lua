@@ -246,7 +246,8 @@ end
 -- @tparam table link
 -- @tparam string digest
 -- @treturn table|boolean|nil `{ res = ..., err = ... }` when it came; `false`
--- when the claim went without one (its caller goes on by itself); nil when
+-- when the claim went without one, or the key holds what is neither a claim
+-- nor an outcome (its caller goes on by itself); nil when
 -- none came before the link's budget ran out, or Redis failed
 function M.await(link, digest)
   local key, interval = KEY .. digest:lower(), POLL_FIRST
@@ -254,7 +255,8 @@ function M.await(link, digest)
     local ok, value = command(link, "get", key)
     if not ok then return nil end
     if value == nil then return false end
-    if type(value) == "string" and value:sub(1, 1) == "{" then return core.outcome_decode(value) or false end
+    -- anything but a claim is the outcome, or none (garbage: no claim to wait for)
+    if value:sub(1, #PENDING) ~= PENDING then return core.outcome_decode(value) or false end
     local budget = link["until"] - now()
     if budget <= 0 then return nil end
     sleep(min(interval, budget))

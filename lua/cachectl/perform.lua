@@ -206,10 +206,23 @@ local function plan(b, r, todo, wait)
   end
 end
 
+-- Keeps the outcomes of the items just sent (those not kept go on being
+-- kept at the batch's end: the ones shared from another process).
+local function keep_sent(b, sent)
+  for _, i in ipairs(sent) do
+    if b.keep[i] then
+      keep(b.ids[i], b.started, b.window, b.items[i].result, b.items[i].err)
+      b.keep[i] = nil
+    end
+  end
+end
+
 -- Runs the round's items that go now, all at once, marked as in flight
--- (inside nginx an identical call of the worker waits for them); then
--- stores their outcomes for the fleet, or releases the claims when the
--- round raised (in `plan` too: on_event raising on a shared outcome, a
+-- (inside nginx an identical call of the worker waits for them); keeps
+-- their outcomes at once in place of the marks (the batch may still wait
+-- for other items: a waiter of the worker must not find the mark gone and
+-- no outcome); then stores them for the fleet, or releases the claims when
+-- the round raised (in `plan` too: on_event raising on a shared outcome, a
 -- mistake in a later item), so that the waiters go at once.
 local function run(b, r, ok, why)
   local marks = {}
@@ -225,6 +238,7 @@ local function run(b, r, ok, why)
     for d, m in pairs(marks) do
       if outcomes[d] == m then outcomes[d] = nil end
     end
+    if ok then keep_sent(b, r.now) end
   end
   for i, m in pairs(r.mine) do
     local it = ok and b.items[i] or {}
