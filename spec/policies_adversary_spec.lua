@@ -249,3 +249,30 @@ describe("policies adversary: the command against the mock's hostile model files
     end
   end)
 end)
+
+describe("policies adversary: a checked reset's bad items send nothing (found by the lead)", function()
+  local server = require "support.mock_server"
+  local cachectl = require "cachectl"
+  local srv = server.use()
+
+  -- Contract: "Bad input gets a clear error naming what is wrong, and
+  -- nothing is sent" (API.md). Got: with check_policy, reset_caches read
+  -- the model file first and only then met its items' mistakes: { "" }
+  -- sent the read and was refused by the core (nothing to reset), and
+  -- { "daily", 5 } sent the read, then raised. A single reset_cache sent
+  -- nothing either way.
+  it("DEFECT: a batch whose items are all bad, or that raises, sends no read of the model file", function()
+    local omni = cachectl.omni.new{ token = helpers.uid("t"), base_url = srv.base, check_policy = true }
+    local results = omni:reset_caches(UUID, { "" })
+    assert.equal("invalid", results[1].err.kind)
+    assert.equal("policy", results[1].err.field)
+    assert.matches("policy", raised(function() omni:reset_caches(UUID, { "daily", 5 }) end), 1, true)
+    local _, err = omni:reset_cache(UUID, "")
+    assert.equal("invalid", err.kind)
+    assert.matches("policy", raised(function() omni:reset_cache(UUID, 5) end), 1, true)
+    assert.equal(0, #srv:requests())
+    -- and a good one reads the file once, then resets
+    assert(omni:reset_cache(UUID, "daily"))
+    assert.equal(2, #srv:requests())
+  end)
+end)

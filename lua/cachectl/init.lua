@@ -377,11 +377,6 @@ local function refusal(st, opts, name, known, sent)
   return lua_error(st, opts, { kind = "invalid", field = "policy", attempts = sent, message = message })
 end
 
--- Whether a value is a policy name worth checking (others are the core's to refuse).
-local function checkable(name)
-  return type(name) == "string" and name ~= ""
-end
-
 -- ------------------------------------------------------------ methods
 
 -- The options of a call whose timeout began at `started` (the policy
@@ -402,23 +397,52 @@ local function no_time_left(st, opts, what, sent)
     message = format("no time left for the request after %s (timeout %g s)", what, opts.timeout or TIMEOUT) })
 end
 
--- Runs one call of a row-built method: this layer's options, then the call.
--- With check_policy, every option of the reset is checked before the
--- policies are read: bad input sends nothing.
+-- The items of a reset batch (the policies named), sent; with check_policy,
+-- every item's options are checked first (a mistake raises, a bad value is
+-- the item's error: bad input sends nothing, not the read either), then the
+-- policies are read (when any item is left), then the names the model does
+-- not declare refused.
+local function reset_batch(st, names, base, model, layer, concurrency, window)
+  local results, todo = {}, {}
+  for i = 1, #names do
+    local item = copy(base)
+    item.model_id, item.policy = model, names[i]
+    local invalid = layer.check_policy and select(2, identity(st.svc.name, "reset_cache", item))
+    if invalid then results[i] = { policy = names[i], err = hint(st, invalid) } else todo[#todo + 1] = { i, item } end
+  end
+  if layer.check_policy and #todo > 0 then
+    local started = gettime()
+    local known, err, sent = model_policies(st, todo[1][2], started)
+    local left = {}
+    for _, t in ipairs(todo) do
+      local refused = not known and err or refusal(st, t[2], names[t[1]], known, sent)
+      local rest = not refused and time_left(t[2], started)
+      if not refused and not rest then refused = no_time_left(st, t[2], "reading the model's policies", sent) end
+      if refused then
+        results[t[1]] = { policy = names[t[1]], err = refused }
+      else
+        left[#left + 1] = { t[1], rest }
+      end
+    end
+    todo = left
+  end
+  local list = {}
+  for k, t in ipairs(todo) do list[k] = t[2] end
+  local items = perform.batch(context(st, "reset_cache"), list, concurrency, window)
+  for k, t in ipairs(todo) do
+    results[t[1]] = { policy = names[t[1]], result = items[k].result, err = hint(st, items[k].err) }
+  end
+  return results
+end
+
+-- Runs one call of a row-built method: this layer's options, then the
+-- call. With check_policy, a reset is a batch of one (reset_batch).
 local function run(st, row, opts, layer)
   local window, bad = perform.window(layer.coalesce)
   if bad then return nil, bad end
-  if layer.check_policy and checkable(opts.policy) then
-    local _, invalid = identity(st.svc.name, row.name, opts)
-    if invalid then return nil, hint(st, invalid) end
-    local started = gettime()
-    local known, err, sent = model_policies(st, opts, started)
-    if not known then return nil, err end
-    local refused = refusal(st, opts, opts.policy, known, sent)
-    if refused then return nil, refused end
-    local rest = time_left(opts, started)
-    if not rest then return nil, no_time_left(st, opts, "reading the model's policies", sent) end
-    opts = rest
+  if layer.check_policy and opts.policy ~= nil then
+    local item = reset_batch(st, { opts.policy }, opts, opts.model_id, layer, 1, window)[1]
+    return item.result, item.err
   end
   return one(st, row.name, opts, window)
 end
@@ -638,45 +662,6 @@ end
 local function all_failed(names, err)
   local results = {}
   for i = 1, #names do results[i] = { policy = names[i], err = err } end
-  return results
-end
-
--- The items of a batch (the policies named), sent; with check_policy,
--- every item's options are checked first, then the policies are read (when
--- any item is left), then the names the model does not declare refused.
-local function reset_batch(st, names, base, model, layer, concurrency, window)
-  local results, todo = {}, {}
-  for i = 1, #names do
-    local item = copy(base)
-    item.model_id, item.policy = model, names[i]
-    local invalid
-    if layer.check_policy and checkable(names[i]) then
-      invalid = select(2, identity(st.svc.name, "reset_cache", item))
-    end
-    if invalid then results[i] = { policy = names[i], err = hint(st, invalid) } else todo[#todo + 1] = { i, item } end
-  end
-  if layer.check_policy and #todo > 0 then
-    local started = gettime()
-    local known, err, sent = model_policies(st, todo[1][2], started)
-    local left = {}
-    for _, t in ipairs(todo) do
-      local refused = not known and err or checkable(names[t[1]]) and refusal(st, t[2], names[t[1]], known, sent)
-      local rest = not refused and time_left(t[2], started)
-      if not refused and not rest then refused = no_time_left(st, t[2], "reading the model's policies", sent) end
-      if refused then
-        results[t[1]] = { policy = names[t[1]], err = refused }
-      else
-        left[#left + 1] = { t[1], rest }
-      end
-    end
-    todo = left
-  end
-  local list = {}
-  for k, t in ipairs(todo) do list[k] = t[2] end
-  local items = perform.batch(context(st, "reset_cache"), list, concurrency, window)
-  for k, t in ipairs(todo) do
-    results[t[1]] = { policy = names[t[1]], result = items[k].result, err = hint(st, items[k].err) }
-  end
   return results
 end
 
