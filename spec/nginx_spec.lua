@@ -76,7 +76,8 @@ local function fields(err)
            attempts = err.attempts, line = tostring(err) }
 end
 
--- POST /call {token, rate_limit, timeout, policies, raise, batch}: resets the
+-- POST /call {token, rate_limit, timeout, policies, raise, batch, check_policy,
+-- model}: resets the
 -- policies one after another (or as one batch) with an on_event that records
 -- every event (and raises, with raise); answers the results, events and what
 -- was raised.
@@ -85,19 +86,19 @@ function M.call()
   local spec = cjson.decode(ngx.req.get_body_data())
   local out = { events = {}, results = {} }
   local omni = cachectl.omni.new{ token = spec.token, rate_limit = spec.rate_limit, timeout = spec.timeout,
-    on_event = function(ev)
+    check_policy = spec.check_policy, model_id = spec.model or UUID, on_event = function(ev)
       out.events[#out.events + 1] = ev
       if spec.raise then error("on_event says no", 0) end
     end }
   local ok, why = pcall(function()
     if spec.batch then
-      for i, item in ipairs(omni:reset_caches(UUID, spec.policies)) do
+      for i, item in ipairs(omni:reset_caches(nil, spec.policies)) do
         out.results[i] = { ok = item.result ~= nil, err = fields(item.err) }
       end
       return
     end
     for i, policy in ipairs(spec.policies) do
-      local res, err = omni:reset_cache(UUID, policy)
+      local res, err = omni:reset_cache(nil, policy)
       out.results[i] = { ok = res ~= nil, err = fields(err) }
     end
   end)
@@ -502,6 +503,20 @@ describe("cachectl in nginx (lua-nginx-module, LuaJIT) #nginx #redis", function(
     assert.equal("rate_limit", out.events[2].reason)
     assert.is_true(out.events[2].wait > 0 and out.events[2].wait <= 1)
     assert.equal(2, #calls_with(srv, token))
+  end)
+
+  it("checks a reset's policy (check_policy): the model file read once, a refused name not sent", function()
+    local token = uid("tok-check")
+    local out = call(one, { token = token, policies = { "daily", "dialy" }, check_policy = true,
+      model = helpers.UUID })
+    assert.is_true(out.results[1].ok, cjson.encode(out.results[1]))
+    assert.is_false(out.results[2].ok)
+    assert.equal("invalid", out.results[2].err.kind)
+    assert.matches("did you mean 'daily'", out.results[2].err.message, 1, true)
+    local sent = calls_with(srv, token)
+    assert.equal(2, #sent)
+    assert.equal("GET", sent[1].method)
+    assert.equal("POST", sent[2].method)
   end)
 
   it("raises what on_event raises: no later call is made", function()
