@@ -403,7 +403,7 @@ end
 -- policies are read (when any item is left), then the names the model does
 -- not declare refused.
 local function reset_batch(st, names, base, model, layer, concurrency, window)
-  local results, todo = {}, {}
+  local results, todo, sent = {}, {}, 0
   for i = 1, #names do
     local item = copy(base)
     item.model_id, item.policy = model, names[i]
@@ -412,7 +412,8 @@ local function reset_batch(st, names, base, model, layer, concurrency, window)
   end
   if layer.check_policy and #todo > 0 then
     local started = gettime()
-    local known, err, sent = model_policies(st, todo[1][2], started)
+    local known, err
+    known, err, sent = model_policies(st, todo[1][2], started)
     local left = {}
     for _, t in ipairs(todo) do
       local refused = not known and err or refusal(st, t[2], names[t[1]], known, sent)
@@ -430,7 +431,10 @@ local function reset_batch(st, names, base, model, layer, concurrency, window)
   for k, t in ipairs(todo) do list[k] = t[2] end
   local items = perform.batch(context(st, "reset_cache"), list, concurrency, window)
   for k, t in ipairs(todo) do
-    results[t[1]] = { policy = names[t[1]], result = items[k].result, err = hint(st, items[k].err) }
+    local err = items[k].err
+    -- the item's requests and the read of the model file made for it
+    if err and sent > 0 then err.attempts = (err.attempts or 0) + sent end
+    results[t[1]] = { policy = names[t[1]], result = items[k].result, err = hint(st, err) }
   end
   return results
 end
