@@ -98,8 +98,12 @@ static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
 {
     const char *why = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
     curl_off_t connect_us = 0;
+    long request_bytes = 0;
     const char *shortage = NULL;
     curl_easy_getinfo(x->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+    /* a kept-alive connection reused has no connect time (0): the request
+     * sent says it was connected */
+    curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &request_bytes);
     if (x->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
         o->kind = CC_TOO_LARGE;
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &o->status);
@@ -107,7 +111,7 @@ static void read_failure(xfer *x, CURLcode rc, double now, outcome *o)
                  (long long)x->req.max_bytes);
     } else if (rc == CURLE_OPERATION_TIMEDOUT) {
         o->kind = CC_TIMEOUT;
-        if (connect_us == 0 && now < x->deadline) {
+        if (connect_us == 0 && request_bytes == 0 && now < x->deadline) {
             o->retryable = 1;
             snprintf(o->msg, sizeof o->msg, "could not connect within connect_timeout (%gs)",
                      x->req.connect_timeout);
