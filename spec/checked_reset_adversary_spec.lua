@@ -175,7 +175,7 @@ describe("checked reset adversary: a single checked reset and a batch of one", f
   -- only: a 503 with retries = 1 gave attempts 2 for 3 requests (single and
   -- batch alike), 3 for 4 by name; a rate-limit refusal after the read gave
   -- 0 for the 1 request sent.
-  it("DEFECT: a checked reset that fails after the read counts the read in attempts", function()
+  it("DEFECT: a checked reset that fails after the read counts the read in attempts #slow", function()
     local faults = { { method = "POST", path = "/cache_reset/*", fault = "503" } }
     local failed = both{ model = UUID, policy = "daily", opts = { retries = 1 }, faults = faults }
     assert.same({ "http", 503 }, { failed.err.kind, failed.err.status })

@@ -73,7 +73,7 @@ describe("core errors", function()
       assert.equal(1, err.attempts)
     end)
 
-    it("is retried: retries = 2 makes 3 attempts", function()
+    it("is retried: retries = 2 makes 3 attempts #slow", function()
       local port = helpers.free_port()
       local err = assert_error("connect", clear_cache(uid("key"),
         { base_url = "http://127.0.0.1:" .. port .. "/api", retries = 2 }))
@@ -210,7 +210,7 @@ describe("core errors", function()
       assert.equal(1, err.attempts)
     end)
 
-    it("is retried after the wait Retry-After asks for", function()
+    it("is retried after the wait Retry-After asks for #slow", function()
       local res, err = clear_cache(uid("key") .. " fault=429 times=1", { retries = 1 })
       assert.is_nil(err)
       assert.equal("success", res.status)

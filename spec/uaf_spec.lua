@@ -80,7 +80,7 @@ describe("a call whose options change while it runs", function()
     end
   end
 
-  it_finalizer("keeps its token and User-Agent when a finalizer drops them between attempts", function()
+  it_finalizer("keeps its token and User-Agent when a finalizer drops them between attempts #slow", function()
     local res, err, token, ua, fired = reset_with_finalizer(" times=2")
     assert.is_nil(err)
     assert.is_true(res.success)
@@ -88,7 +88,7 @@ describe("a call whose options change while it runs", function()
     if LUA54 then assert.equal("during", fired) end
   end)
 
-  it_finalizer("masks the dropped token in its error after the last attempt", function()
+  it_finalizer("masks the dropped token in its error after the last attempt #slow", function()
     local res, err, token, ua, fired = reset_with_finalizer("")
     assert.is_nil(res)
     assert.equal("rate_limited", err.kind)
