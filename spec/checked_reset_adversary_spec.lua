@@ -455,33 +455,15 @@ return M
 
 local function nginx_conf(root)
   return function(dir, port)
-    return ([[
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-daemon off;
-master_process on;
-worker_processes 1;
-error_log %s/error.log notice;
-pid %s/nginx.pid;
-env OMNI_BASE_URL;
-thread_pool cachectl threads=4;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path %s/body;
-    proxy_temp_path %s/proxy;
-    fastcgi_temp_path %s/fastcgi;
-    uwsgi_temp_path %s/uwsgi;
-    scgi_temp_path %s/scgi;
-    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;;";
-    lua_package_cpath "%s/build/luajit/?.so;;";
+    return nginx_server.conf_head(dir, root, { env = { "OMNI_BASE_URL" }, threads = 4, connections = 64 })
+      .. ([[
     server {
         listen 127.0.0.1:%d;
         location = /ping { content_by_lua_block { ngx.say("pong") } }
         location = /run { content_by_lua_block { require("checked_hooks").run() } }
     }
 }
-]]):format(dir, dir, dir, dir, dir, dir, dir, root, root, dir, root, port)
+]]):format(port)
   end
 end
 

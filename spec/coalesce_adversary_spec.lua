@@ -286,22 +286,7 @@ describe("coalesce adversary inside nginx #nginx", function()
 
   local function conf(root)
     return function(dir, port)
-      return ([[
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-daemon off;
-master_process on;
-worker_processes 1;
-error_log %s/error.log notice;
-pid %s/nginx.pid;
-env MOCK_BASE;
-thread_pool cachectl threads=8;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path %s/body;
-    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;;";
-    lua_package_cpath "%s/build/luajit/?.so;;";
+      return nginx_server.conf_head(dir, root, { env = { "MOCK_BASE" } }) .. ([[
     server {
         listen 127.0.0.1:%d;
         location = /ping { content_by_lua_block { ngx.say("pong") } }
@@ -326,7 +311,7 @@ http {
         }
     }
 }
-]]):format(dir, dir, dir, root, root, root, port)
+]]):format(port)
     end
   end
 

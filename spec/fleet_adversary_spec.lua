@@ -925,23 +925,9 @@ return M
 ]]
     n = nginx_server.start{
       conf = function(dir, port)
-        return ([[
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-daemon off;
-master_process on;
-worker_processes 1;
-error_log %s/error.log notice;
-pid %s/nginx.pid;
-env ADV_MOCK_URL;
-env ADV_REDIS_URL;
-thread_pool cachectl threads=4;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path %s/body;
-    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;;";
-    lua_package_cpath "%s/build/luajit/?.so;;";
+        local head = nginx_server.conf_head(dir, ROOT,
+          { env = { "ADV_MOCK_URL", "ADV_REDIS_URL" }, threads = 4, connections = 64 })
+        return head .. ([[
     lua_shared_dict cachectl_limits 1m;
     server {
         listen 127.0.0.1:%d;
@@ -949,7 +935,7 @@ http {
         location = /call { content_by_lua_block { require("adv_hooks").call() } }
     }
 }
-]]):format(dir, dir, dir, ROOT, ROOT, dir, ROOT, port)
+]]):format(port)
       end,
       files = { ["adv_hooks.lua"] = hooks },
       env = { ADV_MOCK_URL = m.url, ADV_REDIS_URL = r.url },

@@ -5,8 +5,8 @@
 -- files = { ["x.lua"] = "..." }, env = { NAME = value } }` in `setup`,
 -- `n:stop()` in `teardown`. No assertions about the code under test here.
 local io, table = io, table
-local assert, error, pairs, setmetatable, tonumber, tostring, pcall =
-  assert, error, pairs, setmetatable, tonumber, tostring, pcall
+local assert, error, ipairs, pairs, setmetatable, tonumber, tostring, pcall =
+  assert, error, ipairs, pairs, setmetatable, tonumber, tostring, pcall
 
 local socket = require "socket"
 local cjson = require "cjson"
@@ -108,6 +108,43 @@ function M.connections_per_worker(port, workers, each)
     if full == workers then return by_pid end
   end
   error("could not reach " .. workers .. " workers with " .. each .. " connections each")
+end
+
+-- ---- configuration ---------------------------------------------------------
+
+--- The start of a spec's nginx.conf, in `dir` (the server's folder): the
+-- Lua module loaded, one master and `workers` worker processes (default 1),
+-- the `env` names passed on to the workers, the thread pool `cachectl`
+-- (`threads`, default 8), `connections` per worker (default 256), and an
+-- http block opened with every temp path in `dir` and the Lua paths of the
+-- repository at `root` (its lua/ tree and LuaJIT build) and of `dir` (the
+-- files the spec writes there). The caller adds its server blocks (and any
+-- other http directive) and closes the http block.
+function M.conf_head(dir, root, opts)
+  opts = opts or {}
+  local env = {}
+  for i, name in ipairs(opts.env or {}) do env[i] = "env " .. name .. ";\n" end
+  return ([[
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+daemon off;
+master_process on;
+worker_processes %d;
+error_log %s/error.log notice;
+pid %s/nginx.pid;
+%sthread_pool cachectl threads=%d;
+events { worker_connections %d; }
+http {
+    access_log off;
+    client_body_temp_path %s/body;
+    proxy_temp_path %s/proxy;
+    fastcgi_temp_path %s/fastcgi;
+    uwsgi_temp_path %s/uwsgi;
+    scgi_temp_path %s/scgi;
+    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;;";
+    lua_package_cpath "%s/build/luajit/?.so;;";
+]]):format(opts.workers or 1, dir, dir, table.concat(env), opts.threads or 8, opts.connections or 256,
+    dir, dir, dir, dir, dir, root, root, dir, root)
 end
 
 -- ---- windows -----------------------------------------------------------------
